@@ -1,0 +1,3 @@
+from customgpt.cli import main
+
+raise SystemExit(main())
