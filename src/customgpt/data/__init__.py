@@ -1,0 +1,1 @@
+"""Datasets: the registry of public datasets, and per-task datasets and collate functions."""
