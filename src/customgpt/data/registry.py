@@ -1,0 +1,297 @@
+"""The public datasets the project uses: where they come from, and how to get them safely.
+
+Each dataset has one canonical URL, a sha256 checksum, a size and a licence. :func:`fetch`
+returns a local path to a verified copy, looking in this order:
+
+1. a **mirror folder** (the ``data_dir`` argument, else the ``CUSTOMGPT_DATA_DIR`` environment
+   variable): a folder holding the files under their canonical names, for offline machines
+   and CI. A mirror file with the wrong checksum is an error (it is never silently replaced:
+   the mirror belongs to the user and may be read-only);
+2. the **cache folder** (the ``cache_dir`` argument, else ``$CUSTOMGPT_CACHE_DIR/datasets``,
+   else ``$XDG_CACHE_HOME/customgpt/datasets``, else ``~/.cache/customgpt/datasets``);
+3. a **download** into the cache: streamed to a temporary file beside its final place,
+   checksummed while it streams, and moved into place with ``os.replace`` only when the
+   checksum matches, so an interrupted or corrupt download never leaves a file that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from customgpt.errors import DataError
+
+#: Environment variable naming a mirror folder of the dataset files (checked first).
+DATA_DIR_ENV = "CUSTOMGPT_DATA_DIR"
+#: Environment variable overriding the root of customgpt's cache folder.
+CACHE_DIR_ENV = "CUSTOMGPT_CACHE_DIR"
+
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One public dataset file.
+
+    Attributes:
+        name: the registry name (``customgpt data fetch NAME``).
+        filename: the file's name in a mirror folder and in the cache.
+        url: the canonical download address.
+        sha256: hex digest of the exact file.
+        size: size in bytes.
+        licence: the licence it is distributed under.
+        description: one line saying what it is.
+    """
+
+    name: str
+    filename: str
+    url: str
+    sha256: str
+    size: int
+    licence: str
+    description: str
+
+
+#: The registry, by name.
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            name="sms-spam",
+            filename="sms_spam_collection.zip",
+            url="https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+            sha256="1587ea43e58e82b14ff1f5425c88e17f8496bfcdb67a583dbff9eefaf9963ce3",
+            size=203_415,
+            licence="CC BY 4.0 (Almeida & Hidalgo)",
+            description="SMS Spam Collection v.1: 5,574 tab-separated label/text lines (4,827 ham, 747 spam)",
+        ),
+        DatasetInfo(
+            name="instruction-data",
+            filename="instruction-data.json",
+            url="https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json",
+            sha256="7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
+            size=203_524,
+            licence="Apache-2.0",
+            description="1,100 Alpaca-style records {instruction, input, output}",
+        ),
+        DatasetInfo(
+            name="instruction-data-with-preference",
+            filename="instruction-data-with-preference.json",
+            url="https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
+            sha256="305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e",
+            size=386_968,
+            licence="Apache-2.0",
+            description="the 1,100 instruction records plus chosen/rejected responses (for DPO)",
+        ),
+        DatasetInfo(
+            name="the-verdict",
+            filename="the-verdict.txt",
+            url="https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt",
+            sha256="b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f",
+            size=20_479,
+            licence="public domain",
+            description="a 20,479-character public-domain short story: a tiny pretraining corpus",
+        ),
+    )
+}
+
+
+def get_info(name: str) -> DatasetInfo:
+    """The registry entry for ``name`` (a :class:`DataError` listing the known names if absent)."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}") from None
+
+
+def list_datasets() -> list[DatasetInfo]:
+    """All registry entries, in registry order."""
+    return list(DATASETS.values())
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def mirror_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The mirror folder: ``data_dir`` if given, else ``$CUSTOMGPT_DATA_DIR``, else None."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else None
+
+
+def cache_root() -> Path:
+    """Root of customgpt's cache: ``$CUSTOMGPT_CACHE_DIR``, else the platform cache folder."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "customgpt" / "Cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "customgpt"
+
+
+def dataset_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where downloaded datasets live: ``cache_dir`` if given, else ``cache_root()/datasets``."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "datasets"
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: str | os.PathLike[str], info: DatasetInfo) -> bool:
+    """True if ``path`` is exactly the registered file (size, then sha256)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size != info.size:
+            return False
+    except OSError:
+        return False
+    return sha256_file(path) == info.sha256
+
+
+def local_status(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> str:
+    """Where a verified copy of ``name`` is: ``"mirrored"``, ``"cached"``, ``"mirror: bad checksum"``
+    (a mirror file exists but is not the registered one), or ``"-"`` (none)."""
+    info = get_info(name)
+    mirror = mirror_dir(data_dir)
+    if mirror is not None and (mirror / info.filename).is_file():
+        return "mirrored" if verify(mirror / info.filename, info) else "mirror: bad checksum"
+    cached = dataset_cache_dir(cache_dir) / info.filename
+    if cached.is_file() and verify(cached, info):
+        return "cached"
+    return "-"
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def fetch(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    *,
+    timeout: float = 60.0,
+) -> Path:
+    """A local, checksum-verified copy of the dataset ``name``: mirror, else cache, else download.
+
+    Args:
+        name: a registry name (see :data:`DATASETS`).
+        data_dir: mirror folder; default ``$CUSTOMGPT_DATA_DIR``.
+        cache_dir: download folder; default ``$CUSTOMGPT_CACHE_DIR/datasets`` or the platform cache.
+        progress: show a progress bar while downloading.
+        timeout: seconds to wait for the server before giving up.
+
+    Raises:
+        DataError: unknown name, a mirror file with the wrong checksum, a download that
+            fails (offline, HTTP error) or whose checksum does not match (the bad file is
+            deleted). The message names the file, its URL and the mirror setting.
+    """
+    info = get_info(name)
+    mirror = mirror_dir(data_dir)
+    if mirror is not None:
+        candidate = mirror / info.filename
+        if candidate.is_file():
+            if not verify(candidate, info):
+                raise DataError(
+                    f"{candidate} is not the registered {info.name} file (sha256 {sha256_file(candidate)}, "
+                    f"expected {info.sha256}, {info.size} bytes); replace it with a fresh copy of {info.url}"
+                )
+            return candidate
+
+    folder = dataset_cache_dir(cache_dir)
+    target = folder / info.filename
+    if target.is_file():
+        if verify(target, info):
+            return target
+        target.unlink()  # a stale or corrupt cache entry: never use it, download again
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the dataset cache folder {folder}: {exc}") from exc
+    _download(info, target, progress=progress, timeout=timeout, mirror=mirror)
+    return target
+
+
+def _offline_hint(info: DatasetInfo, mirror: Path | None) -> str:
+    where = f"the mirror folder {mirror} has no {info.filename}; " if mirror is not None else ""
+    return (
+        f"{where}on an offline machine, download {info.url} elsewhere and put it in a mirror folder "
+        f"as {info.filename}, then set {DATA_DIR_ENV}=FOLDER (or pass --data-dir FOLDER)"
+    )
+
+
+def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float, mirror: Path | None) -> None:
+    """Stream ``info.url`` into a temp file beside ``target``, verify, then move into place."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{info.filename}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        n_bytes = 0
+        try:
+            request = urllib.request.Request(info.url, headers={"User-Agent": "customgpt"})
+            with urllib.request.urlopen(request, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
+                fd = -1  # now owned by ``out``
+                total = int(response.headers.get("Content-Length") or info.size)
+                bar = _progress_bar(total, info.filename) if progress else None
+                try:
+                    for chunk in iter(lambda: response.read(_CHUNK), b""):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        n_bytes += len(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                finally:
+                    if bar is not None:
+                        bar.close()
+        except urllib.error.HTTPError as exc:
+            raise DataError(
+                f"cannot download {info.filename} from {info.url}: HTTP {exc.code} {exc.reason}; "
+                + _offline_hint(info, mirror)
+            ) from exc
+        except OSError as exc:  # URLError, timeouts, refused connections, resets
+            reason = getattr(exc, "reason", exc)
+            raise DataError(
+                f"cannot download {info.filename} from {info.url} ({reason}); " + _offline_hint(info, mirror)
+            ) from exc
+        actual = digest.hexdigest()
+        if actual != info.sha256:
+            raise DataError(
+                f"checksum mismatch for {info.filename} downloaded from {info.url}: got sha256 {actual} "
+                f"({n_bytes} bytes), expected {info.sha256} ({info.size} bytes); the file was deleted"
+            )
+        os.replace(tmp, target)
+    finally:
+        if fd != -1:
+            os.close(fd)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False)
+
