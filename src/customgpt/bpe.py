@@ -1,0 +1,292 @@
+"""Byte-level BPE from scratch: the algorithms behind the ``bpe`` tokenizer engine.
+
+Everything here works on a *rank table*: a dict from a token's bytes to its rank, the
+format tiktoken uses. A token's rank is also its id, and a lower rank means the token was
+learned earlier. Single bytes have ranks 0..255 (in GPT-2's table they are listed in the
+order of :func:`bytes_to_unicode`, not by byte value).
+
+The pieces, in the order text flows through them:
+
+1. :func:`pretokenize` splits text into pre-tokens with GPT-2's regex (words with their
+   leading space, numbers, punctuation runs, whitespace). Merges never cross pre-tokens.
+2. :func:`bpe_merge` turns one pre-token's UTF-8 bytes into tokens: start from single bytes
+   and repeatedly merge the adjacent pair whose concatenation has the lowest rank.
+3. :func:`train_bpe_ranks` learns a rank table from text (byte-level, greedy: the most
+   frequent adjacent pair becomes the next token).
+4. :func:`to_hf_vocab_and_merges` rewrites a rank table as GPT-2's ``vocab.json`` +
+   ``merges.txt`` (the format Hugging Face's GPT-2 tokenizer reads).
+
+The tokenizer objects built on these live in :mod:`customgpt.tokenizer`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
+
+import regex
+
+from customgpt.errors import DataError
+
+#: GPT-2's pre-tokenization pattern, as published with the original model: English
+#: contractions, an optional space followed by letters / numbers / other symbols, then
+#: whitespace. ``\s+(?!\S)`` leaves the last space of a run for the next word, so
+#: "a   b" splits as "a", "  ", " b".
+GPT2_PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+_GPT2_PATTERN = regex.compile(GPT2_PAT_STR)
+
+#: rank used for "this pair cannot merge"; larger than any real rank.
+_NO_MERGE = float("inf")
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable unicode characters.
+
+    ``vocab.json`` and ``merges.txt`` are text files, so GPT-2 writes each token's bytes as
+    a string of printable characters: the 188 printable latin-1 bytes map to themselves,
+    the other 68 (control characters, space, ...) to code points 256 and up, in byte order.
+    Bytes 0..32 are all unprintable, so space (32) becomes ``chr(256 + 32)`` = ``Ġ``: that is
+    why a leading space shows as ``Ġ`` in GPT-2's vocabulary.
+    """
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    mapping = {b: chr(b) for b in printable}
+    next_code_point = 256
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(next_code_point)
+            next_code_point += 1
+    return mapping
+
+
+def pretokenize(text: str, pattern: regex.Pattern[str] = _GPT2_PATTERN) -> list[str]:
+    """Split ``text`` into pre-tokens (GPT-2's regex by default); BPE runs on each separately."""
+    return pattern.findall(text)
+
+
+def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], max_rank: int | None = None) -> list[bytes]:
+    """Split one pre-token's bytes into tokens by applying merges in rank order.
+
+    Start from single bytes; while some adjacent pair concatenates to a token in ``ranks``,
+    merge the pair with the lowest rank (the leftmost one on ties). With ``max_rank`` only
+    tokens of rank < ``max_rank`` may be formed (used to recover GPT-2's merge list).
+
+    ``pair_ranks[i]`` caches the rank of ``parts[i] + parts[i + 1]``; after a merge only the
+    two neighbouring entries change, so each step is one ``min`` over a list (a C loop)
+    instead of re-hashing every pair.
+    """
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    if len(parts) < 2:
+        return parts
+
+    def rank_of(token: bytes) -> float:
+        rank = ranks.get(token)
+        if rank is None or (max_rank is not None and rank >= max_rank):
+            return _NO_MERGE
+        return rank
+
+    pair_ranks = [rank_of(parts[i] + parts[i + 1]) for i in range(len(parts) - 1)]
+    while pair_ranks:
+        best = min(pair_ranks)
+        if best == _NO_MERGE:
+            break
+        i = pair_ranks.index(best)  # leftmost pair with the lowest rank
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        del pair_ranks[i]
+        # The merged token now pairs with its left and right neighbours.
+        if i > 0:
+            pair_ranks[i - 1] = rank_of(parts[i - 1] + parts[i])
+        if i < len(pair_ranks):
+            pair_ranks[i] = rank_of(parts[i] + parts[i + 1])
+    return parts
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+
+def count_pretokens(
+    texts: Iterable[str],
+    special_tokens: Iterable[str] = (),
+    pattern: regex.Pattern[str] = _GPT2_PATTERN,
+) -> Counter[bytes]:
+    """Count each distinct pre-token (as UTF-8 bytes) over ``texts``.
+
+    Special-token strings are cut out first, so they neither become part of a pre-token
+    nor teach the vocabulary merges (they get their own ids after training).
+    """
+    specials = sorted(set(special_tokens), key=len, reverse=True)
+    splitter = regex.compile("|".join(regex.escape(s) for s in specials)) if specials else None
+    counts: Counter[str] = Counter()
+    for text in texts:
+        chunks = splitter.split(text) if splitter is not None else [text]
+        for chunk in chunks:
+            counts.update(pattern.findall(chunk))
+    # Lone surrogates cannot be UTF-8 encoded; "replace" keeps training from crashing on
+    # text that came from a lossy decode.
+    result: Counter[bytes] = Counter()
+    for piece, n in counts.items():
+        result[piece.encode("utf-8", errors="replace")] += n
+    return result
+
+
+def _merge_word(word: tuple[int, ...], left: int, right: int, new_id: int) -> tuple[int, ...]:
+    """Replace every non-overlapping ``(left, right)`` in ``word``, scanning left to right."""
+    out: list[int] = []
+    i = 0
+    n = len(word)
+    while i < n:
+        if i + 1 < n and word[i] == left and word[i + 1] == right:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
+def _pairs(word: tuple[int, ...]) -> Counter[tuple[int, int]]:
+    return Counter(zip(word, word[1:]))
+
+
+def train_bpe_ranks(
+    pretoken_counts: Mapping[bytes, int],
+    n_ranks: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[bytes, int]:
+    """Learn a byte-level rank table with ``n_ranks`` tokens (256 bytes + learned merges).
+
+    Greedy BPE: repeatedly merge the most frequent adjacent pair of tokens, counting over
+    distinct pre-tokens weighted by how often they occur. Ties go to the pair whose tokens
+    were learned earliest (smallest left rank, then smallest right rank), so training is
+    deterministic.
+
+    Speed comes from never recounting from scratch: ``pair_counts`` holds the current count
+    of every pair, ``where`` the pre-tokens containing it, and a heap (with stale entries
+    skipped on pop) finds the best pair. A merge only revisits the pre-tokens it touches.
+
+    Single bytes get ranks equal to their byte value. If a merge produces bytes that are
+    already a token (two different pairs can spell the same bytes), the existing token is
+    reused and training goes on until ``n_ranks`` distinct tokens exist.
+
+    Raises:
+        DataError: the text has too few distinct adjacent pairs to learn that many tokens.
+    """
+    if n_ranks < 256:
+        raise DataError(f"a byte-level vocabulary needs at least 256 tokens, asked for {n_ranks}")
+    vocab: list[bytes] = [bytes([b]) for b in range(256)]  # id -> bytes
+    ids: dict[bytes, int] = {tok: i for i, tok in enumerate(vocab)}  # bytes -> id
+
+    # Distinct pre-tokens as tuples of token ids, with their frequency. Sorted so that the
+    # iteration order (and hence everything below) does not depend on input order.
+    items = sorted(pretoken_counts.items())
+    words: list[tuple[int, ...]] = [tuple(piece) for piece, _ in items]
+    freqs: list[int] = [n for _, n in items]
+
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for w, (word, freq) in enumerate(zip(words, freqs)):
+        for pair, n in _pairs(word).items():
+            pair_counts[pair] = pair_counts.get(pair, 0) + n * freq
+            where.setdefault(pair, set()).add(w)
+
+    # Max-heap by count via negation; ties pop the smallest (left, right) ids first.
+    heap = [(-count, pair[0], pair[1]) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    target = n_ranks
+    while len(vocab) < target:
+        # Pop until the entry still matches the pair's current count (others are stale).
+        while heap:
+            neg_count, left, right = heapq.heappop(heap)
+            if pair_counts.get((left, right)) == -neg_count:
+                break
+        else:
+            raise DataError(
+                f"the training text only supports a vocabulary of {len(vocab)} tokens "
+                f"(before special tokens); asked for {target}: use more text or a smaller vocab size"
+            )
+        merged = vocab[left] + vocab[right]
+        new_id = ids.get(merged)
+        if new_id is None:
+            new_id = len(vocab)
+            vocab.append(merged)
+            ids[merged] = new_id
+            if progress is not None:
+                progress(len(vocab) - 256, target - 256)
+
+        # Rewrite every pre-token containing the pair and apply the count differences.
+        # After a left-to-right merge the pair cannot occur in the word any more.
+        for w in sorted(where.pop((left, right), ())):
+            word = words[w]
+            old_pairs = _pairs(word)
+            if (left, right) not in old_pairs:
+                continue  # stale: an earlier merge already consumed it
+            new_word = _merge_word(word, left, right, new_id)
+            words[w] = new_word
+            new_pairs = _pairs(new_word)
+            freq = freqs[w]
+            for pair in old_pairs.keys() | new_pairs.keys():
+                delta = (new_pairs.get(pair, 0) - old_pairs.get(pair, 0)) * freq
+                if delta == 0:
+                    continue
+                count = pair_counts.get(pair, 0) + delta
+                if count > 0:
+                    pair_counts[pair] = count
+                    heapq.heappush(heap, (-count, pair[0], pair[1]))
+                else:
+                    pair_counts.pop(pair, None)
+                if delta > 0:
+                    where.setdefault(pair, set()).add(w)
+    return {tok: i for i, tok in enumerate(vocab)}
+
+
+# --------------------------------------------------------------------------------------
+# GPT-2's vocab.json / merges.txt
+# --------------------------------------------------------------------------------------
+
+
+def to_hf_vocab_and_merges(
+    ranks: Mapping[bytes, int], special_tokens: Mapping[str, int] | None = None
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Derive GPT-2's ``vocab.json`` and ``merges.txt`` contents from a rank table.
+
+    ``vocab`` maps each token, written with :func:`bytes_to_unicode`, to its id; special
+    tokens are added verbatim. ``merges`` lists one ``(left, right)`` pair per multi-byte
+    token, in rank order.
+
+    Recovering a token's merge: run BPE on the token's own bytes allowing only tokens of
+    lower rank. Because merges were learned in rank order, this rebuilds the token up to
+    its final step, leaving exactly the two parts that its merge joins.
+
+    Raises:
+        DataError: a multi-byte token cannot be built from two lower-rank tokens.
+    """
+    byte_encoder = bytes_to_unicode()
+
+    def to_str(token: bytes) -> str:
+        return "".join(byte_encoder[b] for b in token)
+
+    vocab = {to_str(token): rank for token, rank in ranks.items()}
+    merges: list[tuple[str, str]] = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) == 1:
+            continue
+        parts = bpe_merge(token, ranks, max_rank=rank)
+        if len(parts) != 2:
+            raise DataError(
+                f"token {token!r} (rank {rank}) is not the merge of two lower-rank tokens "
+                f"(BPE below its rank leaves {len(parts)} parts), so it has no merges.txt line"
+            )
+        merges.append((to_str(parts[0]), to_str(parts[1])))
+    for text, token_id in (special_tokens or {}).items():
+        vocab[text] = token_id
+    return vocab, merges

@@ -1,0 +1,647 @@
+"""GPT-2's byte-level BPE tokenizer, fully offline, with two interchangeable engines.
+
+* ``tiktoken``: tiktoken's Rust BPE, built from the vendored rank file (fast; the default).
+* ``bpe``: the same algorithm written out in Python (:mod:`customgpt.bpe`), with a cache per
+  pre-token. It gives the same ids (tested on every text of the shared datasets) and can
+  also train new vocabularies (:func:`train_bpe`).
+
+Both load ``assets/gpt2.tiktoken``: GPT-2's 50,256 merge ranks in tiktoken's text format
+(``base64(token) rank`` per line), whose sha256 is checked once per process. The special
+token ``<|endoftext|>`` gets id 50,256, for 50,257 ids in all.
+
+    >>> tok = get_tokenizer()
+    >>> tok.encode("Hello, world")
+    [15496, 11, 995]
+    >>> tok.decode([15496, 11, 995])
+    'Hello, world'
+
+Special tokens (``allowed_special`` of :meth:`Tokenizer.encode`):
+
+* a set of names (default ``{"<|endoftext|>"}``): those strings in the text become their
+  special ids; names the tokenizer does not define are ignored (as in tiktoken);
+* ``"all"``: every special token of the tokenizer;
+* ``"none"``: no special ids at all; ``"<|endoftext|>"`` in the text is encoded as the
+  ordinary characters it is made of (use this for untrusted user text).
+
+Unlike tiktoken, disallowed special text never raises: it is simply treated as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import hashlib
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from functools import cache, lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import regex
+
+from customgpt.bpe import (
+    GPT2_PAT_STR,
+    bpe_merge,
+    bytes_to_unicode,
+    count_pretokens,
+    to_hf_vocab_and_merges,
+    train_bpe_ranks,
+)
+from customgpt.constants import EOT_ID, EOT_TEXT, GPT2_VOCAB_SIZE
+from customgpt.errors import ConfigError, DataError
+
+__all__ = [
+    "ENGINES",
+    "GPT2_PAT_STR",
+    "GPT2_TIKTOKEN_SHA256",
+    "R50K_PAT_STR",
+    "BPETokenizer",
+    "IncrementalDecoder",
+    "TiktokenTokenizer",
+    "Tokenizer",
+    "bytes_to_unicode",
+    "get_tokenizer",
+    "gpt2_ranks",
+    "load_bpe",
+    "load_tiktoken_ranks",
+    "save_hf_tokenizer_files",
+    "save_tiktoken_ranks",
+    "to_hf_vocab_and_merges",
+    "train_bpe",
+]
+
+#: The engines :func:`get_tokenizer` accepts.
+ENGINES = ("tiktoken", "bpe")
+
+#: sha256 of ``assets/gpt2.tiktoken``: the same file tiktoken's ``r50k_base`` expects.
+GPT2_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+
+#: GPT-2's pattern in the equivalent form tiktoken uses for ``r50k_base`` (possessive
+#: quantifiers, so the Rust regex does not backtrack); the tiktoken engine runs this one.
+R50K_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+AllowedSpecial = AbstractSet[str] | Literal["all", "none"]
+_DEFAULT_ALLOWED: AbstractSet[str] = frozenset({EOT_TEXT})
+
+
+# --------------------------------------------------------------------------------------
+# Rank files (tiktoken's text format)
+# --------------------------------------------------------------------------------------
+
+
+def load_tiktoken_ranks(path: str | os.PathLike[str], expected_sha256: str | None = None) -> dict[bytes, int]:
+    """Read a rank table in tiktoken's text format (``base64(token) rank`` per line).
+
+    The ranks must be 0..n-1 with no token or rank repeated, and every single byte must be
+    a token (so any text can be encoded).
+
+    Raises:
+        DataError: the file's hash differs from ``expected_sha256`` or a line is malformed
+            (the message names the file and line).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if expected_sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected_sha256:
+            raise DataError(f"{path}: sha256 is {digest}, expected {expected_sha256} (corrupt or wrong file)")
+    ranks: dict[bytes, int] = {}
+    seen_ranks: set[int] = set()
+    for lineno, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise DataError(f"{path}:{lineno}: expected 'base64-token rank', got {line[:80]!r}")
+        try:
+            token = base64.b64decode(fields[0], validate=True)
+            rank = int(fields[1])
+        except (binascii.Error, ValueError) as exc:
+            raise DataError(f"{path}:{lineno}: cannot parse {line[:80]!r}: {exc}") from None
+        if not token:
+            raise DataError(f"{path}:{lineno}: empty token")
+        if token in ranks:
+            raise DataError(f"{path}:{lineno}: token {token!r} repeated (first at rank {ranks[token]})")
+        if rank in seen_ranks or rank < 0:
+            raise DataError(f"{path}:{lineno}: rank {rank} is negative or repeated")
+        ranks[token] = rank
+        seen_ranks.add(rank)
+    if seen_ranks != set(range(len(ranks))):
+        missing = min(set(range(len(ranks))) - seen_ranks)
+        raise DataError(f"{path}: ranks must be 0..{len(ranks) - 1} without gaps; {missing} is missing")
+    missing_bytes = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing_bytes:
+        raise DataError(f"{path}: not a byte-level vocabulary: byte {missing_bytes[0]} has no token")
+    return ranks
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tiktoken_ranks(ranks: Mapping[bytes, int], path: str | os.PathLike[str]) -> Path:
+    """Write a rank table in tiktoken's text format (atomically); returns the path."""
+    lines = [
+        base64.b64encode(token) + b" " + str(rank).encode()
+        for token, rank in sorted(ranks.items(), key=lambda item: item[1])
+    ]
+    path = Path(path)
+    _atomic_write_bytes(path, b"\n".join(lines) + b"\n")
+    return path
+
+
+@lru_cache(maxsize=1)
+def gpt2_ranks() -> dict[bytes, int]:
+    """GPT-2's 50,256 merge ranks from the vendored asset (hash checked once per process)."""
+    asset = resources.files("customgpt") / "assets" / "gpt2.tiktoken"
+    with resources.as_file(asset) as path:
+        return load_tiktoken_ranks(path, expected_sha256=GPT2_TIKTOKEN_SHA256)
+
+
+# --------------------------------------------------------------------------------------
+# The tokenizer interface
+# --------------------------------------------------------------------------------------
+
+
+class Tokenizer(ABC):
+    """What every tokenizer offers: text <-> ids, special tokens, the rank table.
+
+    Attributes:
+        name: a short name (``"gpt2"`` for GPT-2's vocabulary).
+        mergeable_ranks: token bytes -> id for the ordinary (BPE) tokens.
+        special_tokens: special token text -> id; ids follow the ordinary ones.
+    """
+
+    name: str
+    mergeable_ranks: dict[bytes, int]
+    special_tokens: dict[str, int]
+
+    def __init__(self, name: str, mergeable_ranks: dict[bytes, int], special_tokens: Mapping[str, int]):
+        self.name = name
+        self.mergeable_ranks = mergeable_ranks
+        self.special_tokens = dict(special_tokens)
+        n = len(mergeable_ranks)
+        for text, token_id in self.special_tokens.items():
+            if token_id < n:
+                raise ConfigError(f"special token {text!r} has id {token_id}, which an ordinary token uses")
+        # id -> bytes, for decoding (ranks are 0..n-1, specials come after).
+        self._id_to_bytes: dict[int, bytes] = {rank: token for token, rank in mergeable_ranks.items()}
+        for text, token_id in self.special_tokens.items():
+            self._id_to_bytes[token_id] = text.encode("utf-8")
+        self._vocab_size = max(self._id_to_bytes) + 1
+
+    # -- sizes and special ids ---------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (GPT-2: 50,257): the model's embedding must have this many rows."""
+        return self._vocab_size
+
+    @property
+    def eot_text(self) -> str:
+        """The end-of-text marker, ``<|endoftext|>``."""
+        return EOT_TEXT
+
+    @property
+    def eot_id(self) -> int:
+        """Id of ``<|endoftext|>`` (GPT-2: 50,256)."""
+        try:
+            return self.special_tokens[EOT_TEXT]
+        except KeyError:
+            raise ConfigError(f"tokenizer {self.name!r} has no {EOT_TEXT} special token") from None
+
+    def _resolve_allowed(self, allowed_special: AllowedSpecial) -> frozenset[str]:
+        """Turn an ``allowed_special`` argument into the set of special strings to match."""
+        if allowed_special == "all":
+            return frozenset(self.special_tokens)
+        if allowed_special == "none":
+            return frozenset()
+        if isinstance(allowed_special, str):
+            raise ConfigError(
+                f"allowed_special must be 'all', 'none' or a set of token strings, got {allowed_special!r}"
+            )
+        return frozenset(s for s in allowed_special if s in self.special_tokens)
+
+    # -- encoding ----------------------------------------------------------------------
+
+    @abstractmethod
+    def encode(self, text: str, allowed_special: AllowedSpecial = _DEFAULT_ALLOWED) -> list[int]:
+        """Token ids of ``text``; see the module docstring for ``allowed_special``."""
+
+    def encode_batch(
+        self, texts: Sequence[str], allowed_special: AllowedSpecial = _DEFAULT_ALLOWED
+    ) -> list[list[int]]:
+        """:meth:`encode` for each text."""
+        return [self.encode(text, allowed_special) for text in texts]
+
+    # -- decoding ----------------------------------------------------------------------
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token (a special token's bytes are its UTF-8 text)."""
+        try:
+            return self._id_to_bytes[token_id]
+        except (KeyError, TypeError):
+            raise DataError(
+                f"token id {token_id!r} is not in the vocabulary (ids are 0..{self.vocab_size - 1})"
+            ) from None
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The concatenated bytes of ``ids`` (may end inside a multi-byte character)."""
+        table = self._id_to_bytes
+        try:
+            return b"".join([table[i] for i in ids])
+        except (KeyError, TypeError):
+            bad = next(i for i in ids if i not in table)
+            raise DataError(
+                f"token id {bad!r} is not in the vocabulary (ids are 0..{self.vocab_size - 1})"
+            ) from None
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Text of ``ids``; invalid UTF-8 (e.g. a cut-off character) becomes U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def incremental_decoder(self, errors: str = "replace") -> IncrementalDecoder:
+        """A fresh :class:`IncrementalDecoder` over this tokenizer."""
+        return IncrementalDecoder(self, errors=errors)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"
+
+
+class IncrementalDecoder:
+    """Turn a stream of token ids into text, one piece at a time, for streaming output.
+
+    GPT-2 tokens are bytes, and one character can be split over several tokens (most emoji
+    and CJK characters are). :meth:`feed` returns only complete characters and holds back
+    the bytes of an unfinished one until the tokens that complete it arrive, so the
+    concatenated pieces (plus :meth:`flush`) always equal ``tokenizer.decode(all_ids)``.
+
+        >>> dec = get_tokenizer().incremental_decoder()
+        >>> [dec.feed(i) for i in get_tokenizer().encode("héllo 🎉")] + [dec.flush()]
+        ['h', 'é', 'llo', ' ', '', '🎉', '']
+    """
+
+    def __init__(self, tokenizer: Tokenizer, errors: str = "replace"):
+        self.tokenizer = tokenizer
+        self.errors = errors
+        # Python's incremental UTF-8 decoder keeps an incomplete trailing sequence buffered
+        # and, with errors="replace", replaces bad bytes exactly as a one-shot decode would.
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+
+    def feed(self, token_id: int) -> str:
+        """Add one token; return the text it completes (possibly ``""``)."""
+        return self._decoder.decode(self.tokenizer.token_bytes(token_id))
+
+    def feed_many(self, ids: Iterable[int]) -> str:
+        """Add several tokens at once; return the text they complete."""
+        return self._decoder.decode(self.tokenizer.decode_bytes(ids))
+
+    def flush(self) -> str:
+        """End of stream: return what is held back (an unfinished character becomes U+FFFD)."""
+        text = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        return text
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes held back because they do not form a complete character yet."""
+        return self._decoder.getstate()[0]
+
+    def reset(self) -> None:
+        """Drop any held-back bytes and start a new stream."""
+        self._decoder.reset()
+
+
+# --------------------------------------------------------------------------------------
+# Engine 1: tiktoken
+# --------------------------------------------------------------------------------------
+
+
+class TiktokenTokenizer(Tokenizer):
+    """GPT-2 BPE through ``tiktoken.Encoding`` (Rust), built offline from a rank table."""
+
+    def __init__(
+        self,
+        mergeable_ranks: dict[bytes, int],
+        special_tokens: Mapping[str, int],
+        name: str = "gpt2",
+        pat_str: str = R50K_PAT_STR,
+    ):
+        import tiktoken  # imported here so `import customgpt.tokenizer` stays light
+
+        super().__init__(name, mergeable_ranks, special_tokens)
+        self.encoding = tiktoken.Encoding(
+            name=name,
+            pat_str=pat_str,
+            mergeable_ranks=mergeable_ranks,
+            special_tokens=self.special_tokens,
+            explicit_n_vocab=self.vocab_size,
+        )
+
+    def encode(self, text: str, allowed_special: AllowedSpecial = _DEFAULT_ALLOWED) -> list[int]:
+        # disallowed_special=() : special text outside `allowed` is plain text, never an error.
+        return self.encoding.encode(
+            text, allowed_special=self._resolve_allowed(allowed_special), disallowed_special=()
+        )
+
+    def encode_batch(
+        self, texts: Sequence[str], allowed_special: AllowedSpecial = _DEFAULT_ALLOWED
+    ) -> list[list[int]]:
+        return self.encoding.encode_batch(
+            list(texts), allowed_special=self._resolve_allowed(allowed_special), disallowed_special=()
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Engine 2: BPE written out in Python
+# --------------------------------------------------------------------------------------
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE in plain Python: regex pre-tokenization, then rank-ordered merges.
+
+    Encoding ``text``:
+
+    1. cut out the allowed special tokens (they map straight to their ids);
+    2. split the rest into pre-tokens with GPT-2's regex;
+    3. UTF-8 encode each pre-token and merge its bytes by rank (:func:`customgpt.bpe.bpe_merge`);
+       the ids of a pre-token are cached (LRU), since words repeat a lot in real text.
+
+    Args:
+        mergeable_ranks: token bytes -> id (must include all 256 single bytes).
+        special_tokens: special text -> id (ids after the ordinary tokens).
+        name: a short name for messages.
+        pat_str: the pre-tokenization regex (GPT-2's by default).
+        cache_size: how many distinct pre-tokens to remember.
+    """
+
+    def __init__(
+        self,
+        mergeable_ranks: dict[bytes, int],
+        special_tokens: Mapping[str, int],
+        name: str = "bpe",
+        pat_str: str = GPT2_PAT_STR,
+        cache_size: int = 1 << 16,
+    ):
+        super().__init__(name, mergeable_ranks, special_tokens)
+        missing = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
+        if missing:
+            raise ConfigError(f"not a byte-level vocabulary: byte {missing[0]} has no token")
+        self.pat_str = pat_str
+        self._pattern = regex.compile(pat_str)
+        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._cache_size = cache_size
+        self._special_patterns: dict[frozenset[str], regex.Pattern[str]] = {}
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        special_tokens: Sequence[str] = (EOT_TEXT,),
+        name: str | None = None,
+    ) -> BPETokenizer:
+        """Load ranks saved with :meth:`save`; ``special_tokens`` get the ids after them, in order."""
+        ranks = load_tiktoken_ranks(path)
+        specials = {text: len(ranks) + i for i, text in enumerate(special_tokens)}
+        return cls(ranks, specials, name=name or Path(path).stem)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save the ranks in tiktoken's text format (atomically); special tokens are not in the
+        file: pass the same ``special_tokens`` to :meth:`load`."""
+        return save_tiktoken_ranks(self.mergeable_ranks, path)
+
+    def _encode_piece(self, piece: str) -> tuple[int, ...]:
+        """Ids of one pre-token, through an LRU cache."""
+        cache = self._cache
+        ids = cache.get(piece)
+        if ids is not None:
+            cache.move_to_end(piece)
+            return ids
+        ranks = self.mergeable_ranks
+        ids = tuple(ranks[part] for part in bpe_merge(piece.encode("utf-8"), ranks))
+        cache[piece] = ids
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)  # least recently used
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Ids of ``text`` with no special-token handling at all."""
+        out: list[int] = []
+        encode_piece = self._encode_piece
+        for piece in self._pattern.findall(text):
+            out.extend(encode_piece(piece))
+        return out
+
+    def _special_pattern(self, allowed: frozenset[str]) -> regex.Pattern[str]:
+        pattern = self._special_patterns.get(allowed)
+        if pattern is None:
+            # Longest first, so a special token that extends another one wins.
+            names = sorted(allowed, key=len, reverse=True)
+            pattern = regex.compile("|".join(regex.escape(name) for name in names))
+            self._special_patterns[allowed] = pattern
+        return pattern
+
+    def encode(self, text: str, allowed_special: AllowedSpecial = _DEFAULT_ALLOWED) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates cannot be UTF-8 encoded: like tiktoken, re-read the text via
+            # UTF-16 so valid surrogate pairs join and lone ones become U+FFFD.
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        allowed = self._resolve_allowed(allowed_special)
+        if not allowed:
+            return self.encode_ordinary(text)
+        out: list[int] = []
+        start = 0
+        for match in self._special_pattern(allowed).finditer(text):
+            out.extend(self.encode_ordinary(text[start : match.start()]))
+            out.append(self.special_tokens[match.group()])
+            start = match.end()
+        out.extend(self.encode_ordinary(text[start:]))
+        return out
+
+    def to_hf_vocab_and_merges(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        """This vocabulary as GPT-2's ``vocab.json`` dict and ``merges.txt`` pairs."""
+        return to_hf_vocab_and_merges(self.mergeable_ranks, self.special_tokens)
+
+
+# --------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------
+
+
+@cache
+def get_tokenizer(engine: str = "tiktoken") -> Tokenizer:
+    """GPT-2's tokenizer (50,257 ids), cached per engine; needs no network.
+
+    Args:
+        engine: ``"tiktoken"`` (Rust, fast) or ``"bpe"`` (the Python implementation).
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown tokenizer engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    ranks = gpt2_ranks()
+    specials = {EOT_TEXT: EOT_ID}
+    tokenizer: Tokenizer
+    if engine == "tiktoken":
+        tokenizer = TiktokenTokenizer(ranks, specials, name="gpt2")
+    else:
+        tokenizer = BPETokenizer(ranks, specials, name="gpt2")
+    assert tokenizer.vocab_size == GPT2_VOCAB_SIZE
+    return tokenizer
+
+
+def load_bpe(path: str | os.PathLike[str], special_tokens: Sequence[str] = (EOT_TEXT,)) -> BPETokenizer:
+    """Load a vocabulary saved by :func:`train_bpe` / :meth:`BPETokenizer.save`."""
+    return BPETokenizer.load(path, special_tokens=special_tokens)
+
+
+def _read_training_texts(texts_or_file: str | os.PathLike[str] | Iterable[str]) -> list[str]:
+    if isinstance(texts_or_file, str):
+        raise ConfigError(
+            "train_bpe: pass a pathlib.Path for a file, or a list of texts (a bare str is ambiguous)"
+        )
+    if isinstance(texts_or_file, os.PathLike):
+        path = Path(texts_or_file)
+        try:
+            return [path.read_text(encoding="utf-8")]
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
+    return list(texts_or_file)
+
+
+def train_bpe(
+    texts_or_file: os.PathLike[str] | Iterable[str],
+    vocab_size: int,
+    special_tokens: Sequence[str] = (EOT_TEXT,),
+    progress: Callable[[int, int], None] | None = None,
+) -> BPETokenizer:
+    """Train a byte-level BPE vocabulary with GPT-2's pre-tokenization.
+
+    Args:
+        texts_or_file: a path (``pathlib.Path``) to a UTF-8 text file, or an iterable of texts.
+        vocab_size: total ids, special tokens included (so ``vocab_size - len(special_tokens)``
+            BPE tokens: 256 bytes plus learned merges).
+        special_tokens: strings that get the last ids; they are cut out of the training text.
+        progress: called as ``progress(merges_done, merges_total)`` after each new token.
+
+    Returns:
+        A :class:`BPETokenizer` with exactly ``vocab_size`` ids.
+
+    Raises:
+        ConfigError: ``vocab_size`` too small, or repeated special tokens.
+        DataError: the text is too small for that many tokens.
+    """
+    special_tokens = list(special_tokens)
+    if len(set(special_tokens)) != len(special_tokens):
+        raise ConfigError(f"special_tokens has repeats: {special_tokens}")
+    n_ranks = vocab_size - len(special_tokens)
+    if n_ranks < 256:
+        raise ConfigError(
+            f"vocab_size must be at least {256 + len(special_tokens)} "
+            f"(256 bytes + {len(special_tokens)} special tokens), got {vocab_size}"
+        )
+    texts = _read_training_texts(texts_or_file)
+    counts = count_pretokens(texts, special_tokens)
+    ranks = train_bpe_ranks(counts, n_ranks, progress=progress)
+    specials = {text: n_ranks + i for i, text in enumerate(special_tokens)}
+    return BPETokenizer(ranks, specials, name=f"bpe-{vocab_size}")
+
+
+# --------------------------------------------------------------------------------------
+# Hugging Face files
+# --------------------------------------------------------------------------------------
+
+
+def save_hf_tokenizer_files(
+    folder: str | os.PathLike[str],
+    tokenizer: Tokenizer | None = None,
+    model_max_length: int = 1024,
+) -> list[Path]:
+    """Write ``vocab.json``, ``merges.txt``, ``tokenizer_config.json`` and
+    ``special_tokens_map.json`` so ``transformers.GPT2Tokenizer.from_pretrained(folder)``
+    (and ``GPT2TokenizerFast``) load this vocabulary and give the same ids as ``tokenizer``.
+
+    Args:
+        folder: where to write (created if needed); existing files are replaced atomically.
+        tokenizer: any :class:`Tokenizer`; GPT-2's by default.
+        model_max_length: the model's context length, recorded for Hugging Face.
+
+    Returns:
+        The paths written.
+    """
+    tokenizer = tokenizer if tokenizer is not None else get_tokenizer("tiktoken")
+    vocab, merges = _hf_vocab_and_merges(tokenizer)
+    folder = Path(folder)
+
+    eot = EOT_TEXT if EOT_TEXT in tokenizer.special_tokens else None
+    others = [s for s in tokenizer.special_tokens if s != eot]
+    special_map: dict[str, object] = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
+    if others:
+        special_map["additional_special_tokens"] = others
+    special_map = {k: v for k, v in special_map.items() if v is not None}
+    config = {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": {
+            str(token_id): {
+                "content": text,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for text, token_id in sorted(tokenizer.special_tokens.items(), key=lambda item: item[1])
+        },
+        # Decoding must give back the exact text (no " ." -> "." clean-up).
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+        "model_max_length": model_max_length,
+        "tokenizer_class": "GPT2Tokenizer",
+        **special_map,
+    }
+
+    def dump(obj: object) -> bytes:
+        return (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+    files = {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False).encode("utf-8"),
+        "merges.txt": ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8"),
+        "tokenizer_config.json": dump(config),
+        "special_tokens_map.json": dump(special_map),
+    }
+    written = []
+    for name, data in files.items():
+        _atomic_write_bytes(folder / name, data)
+        written.append(folder / name)
+    return written
+
+
+def _hf_vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    # GPT-2's 50k merges take a second to derive; both engines share one rank table.
+    if tokenizer.mergeable_ranks is gpt2_ranks() and tokenizer.special_tokens == {EOT_TEXT: EOT_ID}:
+        return _gpt2_hf_vocab_and_merges()
+    return to_hf_vocab_and_merges(tokenizer.mergeable_ranks, tokenizer.special_tokens)
+
+
+@lru_cache(maxsize=1)
+def _gpt2_hf_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    return to_hf_vocab_and_merges(gpt2_ranks(), {EOT_TEXT: EOT_ID})
