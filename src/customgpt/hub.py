@@ -1,0 +1,168 @@
+"""The Hugging Face hub: download GPT-2 weights by id, upload an exported folder.
+
+``huggingface_hub`` is imported inside the functions, so importing :mod:`customgpt` never
+pays for it. Every failure becomes a :class:`~customgpt.errors.CustomGPTError` whose message
+says what to do next (the CLI prints it as one line).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from customgpt.config import HF_HUB_IDS
+from customgpt.errors import CustomGPTError
+
+#: Short names that Hugging Face resolves to OpenAI's released GPT-2 checkpoints. They name
+#: *pretrained weights*; the preset names (``gpt2-124M`` ...) name a shape with random weights.
+HUB_ALIASES: dict[str, str] = {
+    "gpt2": HF_HUB_IDS["gpt2-124M"],
+    "gpt2-medium": HF_HUB_IDS["gpt2-355M"],
+    "gpt2-large": HF_HUB_IDS["gpt2-774M"],
+    "gpt2-xl": HF_HUB_IDS["gpt2-1558M"],
+}
+
+#: The files a GPT-2 model needs: the config and the weights (single file or shards).
+DOWNLOAD_PATTERNS = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+
+# owner/name, as the hub spells repository ids (letters, digits, '-', '_', '.').
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_repo_id(spec: str) -> str | None:
+    """The hub repository id that ``spec`` names (``gpt2`` → ``openai-community/gpt2``), or None."""
+    if spec in HUB_ALIASES:
+        return HUB_ALIASES[spec]
+    if _REPO_ID.match(spec) and ".." not in spec:
+        return spec
+    return None
+
+
+def hub_is_offline() -> bool:
+    """True when the environment tells the hub client not to use the network.
+
+    Read from the environment on every call (``huggingface_hub`` reads it once at import,
+    which would miss a variable set later, as the test-suite does).
+    """
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True
+    return False
+
+
+def _offline_advice(repo_id: str) -> str:
+    local = repo_id.rsplit("/", 1)[-1]
+    return (
+        f"download it on a connected machine (`hf download {repo_id} config.json model.safetensors "
+        f"--local-dir {local}`), copy the folder here and pass its path instead of the hub id"
+    )
+
+
+def download_model(repo_id: str, *, revision: str | None = None) -> Path:
+    """Fetch ``config.json`` and the safetensors weights of ``repo_id``; return the local folder.
+
+    Uses the hub's cache, so a second call costs nothing. Offline (``HF_HUB_OFFLINE=1``) only
+    the cache is consulted; a model that is not in it fails at once with advice to download
+    it elsewhere and pass the local folder.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        raise CustomGPTError("loading a model by hub id needs the huggingface_hub package") from exc
+
+    offline = hub_is_offline()
+    try:
+        folder = snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=DOWNLOAD_PATTERNS,
+            local_files_only=offline,
+            etag_timeout=10,
+        )
+    except LocalEntryNotFoundError as exc:
+        why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "the hub cannot be reached"
+        raise CustomGPTError(
+            f"cannot download {repo_id!r}: {why} and it is not in the local cache; {_offline_advice(repo_id)}"
+        ) from exc
+    except GatedRepoError as exc:
+        raise CustomGPTError(f"{repo_id!r} is gated on the hub: accept its terms and log in (`hf auth login`)") from exc
+    except RepositoryNotFoundError as exc:
+        raise CustomGPTError(f"no model {repo_id!r} on the Hugging Face hub (or it is private)") from exc
+    except RevisionNotFoundError as exc:
+        raise CustomGPTError(f"{repo_id!r} has no revision {revision!r}") from exc
+    except (OSError, ValueError) as exc:
+        # Connection errors (httpx/requests raise OSError subclasses) and invalid ids.
+        raise CustomGPTError(f"cannot download {repo_id!r} ({exc}); {_offline_advice(repo_id)}") from exc
+    return Path(folder)
+
+
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    *,
+    commit_message: str = "Upload GPT-2 model exported by customgpt",
+) -> str:
+    """Upload an exported Hugging Face folder (see :func:`customgpt.checkpoints.export_hf`).
+
+    Creates the repository if needed (``exist_ok``), then uploads every file of ``folder``
+    in one commit. Returns the repository URL.
+
+    Raises:
+        CustomGPTError: no token (log in or set ``HF_TOKEN``), a folder that is not an
+            export, or a hub error (the hub's message is kept).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CustomGPTError(f"no such folder: {folder}")
+    missing = [name for name in ("config.json", "model.safetensors") if not (folder / name).is_file()]
+    if missing:
+        raise CustomGPTError(
+            f"{folder} is not an exported model folder (missing {', '.join(missing)}); "
+            "create one with `customgpt convert SRC DST --to hf`"
+        )
+    import json
+
+    try:
+        hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CustomGPTError(f"cannot read {folder / 'config.json'}: {exc}") from exc
+    if not isinstance(hf_config, dict) or "model_type" not in hf_config:
+        raise CustomGPTError(
+            f"{folder} holds a customgpt checkpoint, not a Hugging Face export; "
+            "convert it first with `customgpt convert SRC DST --to hf`"
+        )
+    if not _REPO_ID.match(repo_id):
+        raise CustomGPTError(f"repository id must look like 'user/name', got {repo_id!r}")
+
+    import huggingface_hub
+
+    token = token or os.environ.get("HF_TOKEN") or huggingface_hub.get_token()
+    if not token:
+        raise CustomGPTError(
+            "pushing to the hub needs a Hugging Face token: run `hf auth login` "
+            "(older versions: `huggingface-cli login`) or set HF_TOKEN"
+        )
+    if hub_is_offline():
+        raise CustomGPTError("cannot push: the hub is offline (HF_HUB_OFFLINE=1 is set)")
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = huggingface_hub.HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
+        )
+    except HfHubHTTPError as exc:
+        raise CustomGPTError(f"hub refused the upload to {repo_id!r}: {exc}") from exc
+    except OSError as exc:
+        raise CustomGPTError(f"cannot reach the Hugging Face hub to push {repo_id!r}: {exc}") from exc
+    return str(url)
