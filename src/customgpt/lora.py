@@ -1,0 +1,798 @@
+"""LoRA: low-rank adapters on the GPT-2 linears, saved alone or exported for PEFT.
+
+A target linear ``y = W x + b`` becomes ``y = W x + b + (B A dropout(x)) * scaling`` with
+``A`` (r, in) and ``B`` (out, r): only ``A`` and ``B`` train, so the optimizer state and the
+weight gradients shrink from ``out * in`` to ``r * (in + out)`` numbers per layer. ``B`` starts
+at zero, so a freshly injected model computes exactly what the base model computes.
+
+Layout. :class:`LoRALinear` keeps the original ``nn.Linear`` as ``base_layer``, so the
+parameters of a wrapped ``attn.c_attn`` are ``attn.c_attn.base_layer.weight``,
+``attn.c_attn.lora_A`` and ``attn.c_attn.lora_B``. The usual order is: build or load the base
+model, then :func:`inject_lora`. A base checkpoint can also be loaded into an already
+injected model with :func:`load_base_state_dict`, which maps the plain names onto
+``base_layer``.
+
+Typical use::
+
+    cfg = LoRAConfig(r=8, alpha=16, targets=("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"))
+    inject_lora(model, cfg)
+    mark_only_lora_trainable(model, extra_trainable=("score",))
+    ...train...
+    save_adapter(model, "runs/adapter", base_model_info="gpt2-124M")
+    with disable_adapters(model):      # the same network as the base model (DPO reference)
+        ref_logits = model(idx)
+
+The tensors are oriented exactly as PEFT orients them for GPT-2 (``lora_A.weight`` (r, in),
+``lora_B.weight`` (out, r); PEFT's ``fan_in_fan_out`` only transposes the merged delta for
+Hugging Face's ``Conv1D``), so :func:`export_peft` and :func:`import_peft` copy the tensors
+and only rename the keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from customgpt.errors import CheckpointError, ConfigError
+
+#: Target names :class:`LoRAConfig` accepts. A target selects every ``nn.Linear`` whose
+#: module name is the target or ends with ``"." + target``: ``c_attn`` is GPT-2's fused
+#: q/k/v projection, ``attn.c_proj`` the attention output, ``c_fc`` and ``mlp.c_proj`` the
+#: MLP, ``c_proj`` both projections, ``score`` a classification head.
+KNOWN_TARGETS: tuple[str, ...] = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj", "c_proj", "score")
+
+#: Files written by :func:`save_adapter`.
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FORMAT = "customgpt-lora"
+ADAPTER_FORMAT_VERSION = 1
+
+#: Files of a Hugging Face PEFT adapter folder.
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+_PEFT_PREFIX = "base_model.model."
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """What to adapt and how strongly; validated on construction.
+
+    Attributes:
+        r: rank of the update (``A`` is (r, in), ``B`` is (out, r)).
+        alpha: the update is scaled by ``alpha / r`` (or ``alpha / sqrt(r)`` with ``rslora``).
+        dropout: dropout on the input of the LoRA path only (training mode only).
+        targets: module-name suffixes to adapt, from :data:`KNOWN_TARGETS`.
+        rslora: rank-stabilised scaling ``alpha / sqrt(r)``, which keeps the update's size
+            steady as ``r`` grows.
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("c_attn",)
+    rslora: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ConfigError(f"lora.r must be a positive integer, got {self.r!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+            raise ConfigError(f"lora.alpha must be a number > 0, got {self.alpha!r}")
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0.0 <= self.dropout < 1.0
+        ):
+            raise ConfigError(f"lora.dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.rslora, bool):
+            raise ConfigError(f"lora.rslora must be true or false, got {self.rslora!r}")
+        targets = self.targets
+        # A bare string would otherwise be read as a sequence of one-letter targets.
+        if isinstance(targets, str) or not isinstance(targets, Iterable):
+            raise ConfigError(f"lora.targets must be a list of module names, got {targets!r}")
+        targets = tuple(targets)
+        if not targets:
+            raise ConfigError(f"lora.targets must name at least one module (known: {', '.join(KNOWN_TARGETS)})")
+        for t in targets:
+            if t not in KNOWN_TARGETS:
+                raise ConfigError(f"lora.targets: unknown target {t!r} (known: {', '.join(KNOWN_TARGETS)})")
+        if len(set(targets)) != len(targets):
+            raise ConfigError(f"lora.targets lists a module twice: {list(targets)}")
+        object.__setattr__(self, "targets", targets)  # frozen: store the normalised tuple
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / math.sqrt(self.r) if self.rslora else self.alpha / self.r
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["targets"] = list(self.targets)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "lora") -> LoRAConfig:
+        """Build from a mapping (a training config's ``lora:`` section); unknown keys are an error."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------- the layer
+
+
+class LoRALinear(nn.Module):
+    """An ``nn.Linear`` plus a trainable low-rank update: ``base(x) + B A dropout(x) * scaling``.
+
+    ``merge()`` folds the update into ``base_layer.weight`` (for inference or export) and
+    ``unmerge()`` takes it out again by subtraction, which restores the weight to within float
+    rounding (about 1e-7 relative), not bit for bit: no copy of the weight is kept, so merging
+    costs no memory. ``disabled`` skips the update (the base model's output, exactly).
+    """
+
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.r = r
+        self.alpha = alpha
+        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
+        factory = dict(device=base_layer.weight.device, dtype=base_layer.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **factory))  # (out, r)
+        # PEFT's default: A like nn.Linear's own init, B zero so training starts at the base model.
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.disabled = False
+
+    # The wrapped layer's tensors, for code that reads ``module.weight`` of a linear.
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base_layer.bias
+
+    def delta_weight(self) -> Tensor:
+        """The update ``scaling * B @ A`` as an (out, in) matrix, computed in float32."""
+        return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base_layer(x)
+        if self.disabled:
+            if self.merged:
+                raise RuntimeError("LoRA adapter is disabled but merged into the weight; unmerge it first")
+            return out
+        if self.merged:
+            return out  # the update is already inside base_layer.weight
+        # (…, in) → (…, r) → (…, out); never forms the (out, in) delta.
+        return out + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """``W += scaling * B @ A``; a second call does nothing."""
+        if not self.merged:
+            w = self.base_layer.weight
+            w.add_(self.delta_weight().to(w.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """``W -= scaling * B @ A``, undoing :meth:`merge`; does nothing when not merged."""
+        if self.merged:
+            w = self.base_layer.weight
+            w.sub_(self.delta_weight().to(w.dtype))
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}, "
+            f"scaling={self.scaling:g}, merged={self.merged}, disabled={self.disabled}"
+        )
+
+
+# --------------------------------------------------------------------------- inject / trainability
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """The model's LoRA layers by module name, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """A module name matches a pattern that equals it, ends it after a dot, or globs it."""
+    return name == pattern or name.endswith("." + pattern) or fnmatch.fnmatchcase(name, pattern)
+
+
+def _target_linears(model: nn.Module, cfg: LoRAConfig) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` modules that ``cfg.targets`` select; every target must select one."""
+    found: dict[str, nn.Linear] = {}
+    used: set[str] = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        hits = [t for t in cfg.targets if name == t or name.endswith("." + t)]
+        if hits:
+            found[name] = module
+            used.update(hits)
+    missing = [t for t in cfg.targets if t not in used]
+    if missing:
+        raise ConfigError(f"lora.targets: {', '.join(map(repr, missing))} match no linear layer of this model")
+    return found
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def inject_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
+    """Wrap every target linear of ``model`` in a :class:`LoRALinear`, in place.
+
+    Returns the names of the replaced modules. The adapters start with ``B = 0``, so the
+    model's outputs are unchanged until training moves ``B``. The config is kept as
+    ``model.lora_config`` for :func:`save_adapter` and :func:`export_peft`.
+    """
+    if lora_layers(model):
+        raise ConfigError("the model already has LoRA adapters; inject into a plain model")
+    targets = _target_linears(model, cfg)
+    # A weight shared with another module (the LM head tied to the token embedding) would
+    # change both on merge; refuse rather than silently edit the embedding.
+    owners: dict[int, list[str]] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for p_name, p in module.named_parameters(recurse=False, remove_duplicate=False):
+            owners.setdefault(id(p), []).append(f"{mod_name}.{p_name}" if mod_name else p_name)
+    for name, linear in targets.items():
+        shared = owners.get(id(linear.weight), [])
+        if len(shared) > 1:
+            raise ConfigError(f"lora.targets: {name}.weight is shared with {shared}; a tied weight cannot be adapted")
+    for name, linear in targets.items():
+        _set_submodule(model, name, LoRALinear(linear, cfg.r, cfg.alpha, cfg.dropout, cfg.rslora))
+    model.lora_config = cfg
+    return list(targets)
+
+
+def _modules_matching(model: nn.Module, patterns: Sequence[str], *, what: str) -> list[str]:
+    """Names of the modules that ``patterns`` select; a pattern that selects nothing is an error."""
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    names = [name for name, _ in model.named_modules() if name]
+    selected: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if _matches(n, pattern)]
+        if not hits:
+            raise ConfigError(f"{what}: {pattern!r} matches no module of this model")
+        selected += [h for h in hits if h not in selected]
+    # Keep only the outermost of nested selections (``transformer.h.1`` covers its children).
+    return [n for n in selected if not any(n.startswith(o + ".") for o in selected)]
+
+
+def mark_only_lora_trainable(model: nn.Module, extra_trainable: Sequence[str] = ()) -> list[str]:
+    """Freeze everything except the LoRA matrices and the modules named by ``extra_trainable``.
+
+    ``extra_trainable`` holds module-name patterns (``"score"``, ``"transformer.ln_f"``,
+    ``"transformer.h.11.*"``): a pattern selects a module whose name equals it, ends with
+    ``"." + pattern``, or matches it as a glob; all parameters under a selected module train.
+    Returns the names of the selected extra modules. A pattern that selects nothing is an error.
+    """
+    layers = lora_layers(model)
+    if not layers:
+        raise ConfigError("the model has no LoRA adapters; call inject_lora first")
+    extras = _modules_matching(model, extra_trainable, what="extra_trainable")
+    model.requires_grad_(False)
+    for layer in layers.values():
+        layer.lora_A.requires_grad_(True)
+        layer.lora_B.requires_grad_(True)
+    for name in extras:
+        model.get_submodule(name).requires_grad_(True)
+    return extras
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a tied weight counts once."""
+    params = list(model.parameters())  # parameters() yields each shared tensor once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def parameter_summary(model: nn.Module) -> str:
+    """One line: ``trainable 1,234 / 124,439,808 (0.99%)``."""
+    trainable, total = count_parameters(model)
+    share = 100.0 * trainable / total if total else 0.0
+    return f"trainable {trainable:,} / {total:,} ({share:.2f}%)"
+
+
+# --------------------------------------------------------------------------- merge / disable
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Fold every adapter into its base weight (idempotent). Returns the number of layers."""
+    layers = lora_layers(model)
+    for layer in layers.values():
+        layer.merge()
+    return len(layers)
+
+
+def unmerge_lora(model: nn.Module) -> int:
+    """Take every merged adapter out of its base weight again. Returns the number of layers."""
+    layers = lora_layers(model)
+    for layer in layers.values():
+        layer.unmerge()
+    return len(layers)
+
+
+def remove_lora(model: nn.Module) -> nn.Module:
+    """Merge the adapters and put the plain ``nn.Linear`` layers back: a plain model again.
+
+    The model is changed in place and returned; its state dict then has the base model's
+    keys and the merged weights (what :func:`customgpt.checkpoints.save_model` expects).
+    """
+    for name, layer in lora_layers(model).items():
+        layer.disabled = False
+        layer.merge()
+        _set_submodule(model, name, layer.base_layer)
+    if hasattr(model, "lora_config"):
+        del model.lora_config
+    return model
+
+
+def _plain_name(key: str) -> str:
+    return key.replace(".base_layer.", ".")
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The plain model's state dict with the adapters folded in, leaving ``model`` unchanged.
+
+    Keys are the base model's (``...attn.c_attn.weight``); tensors of merged layers are used
+    as they are, the others get ``scaling * B @ A`` added to a copy.
+    """
+    layers = lora_layers(model)
+    out: dict[str, Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        module_name, _, leaf = key.rpartition(".")
+        if module_name in layers and leaf in ("lora_A", "lora_B"):
+            continue
+        tensor = tensor.detach()
+        owner = module_name.removesuffix(".base_layer")
+        if module_name.endswith(".base_layer") and leaf == "weight" and owner in layers:
+            layer = layers[owner]
+            if not layer.merged:
+                tensor = (tensor.float() + layer.delta_weight()).to(tensor.dtype)
+        out[_plain_name(key)] = tensor
+    return out
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the base model inside the block: the same network with every adapter switched off.
+
+    This is the reference model of preference tuning (DPO) without a second copy of the
+    weights. Merged adapters are unmerged for the block and merged again afterwards.
+    """
+    layers = list(lora_layers(model).values())
+    if not layers:
+        raise ConfigError("the model has no LoRA adapters to disable")
+    was_merged = [layer for layer in layers if layer.merged]
+    was_disabled = [layer.disabled for layer in layers]
+    for layer in was_merged:
+        layer.unmerge()
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer, flag in zip(layers, was_disabled):
+            layer.disabled = flag
+        for layer in was_merged:
+            layer.merge()
+
+
+# --------------------------------------------------------------------------- state dicts and checksum
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The adapter tensors alone: ``{"transformer.h.0.attn.c_attn.lora_A": (r, in), ...}``."""
+    out: dict[str, Tensor] = {}
+    for name, layer in lora_layers(model).items():
+        out[f"{name}.lora_A"] = layer.lora_A.detach()
+        out[f"{name}.lora_B"] = layer.lora_B.detach()
+    return out
+
+
+def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The base model's tensors under their plain names (no ``base_layer``, no adapters).
+
+    Refuses while adapters are merged: the base weights are then not available exactly.
+    """
+    layers = lora_layers(model)
+    merged = [name for name, layer in layers.items() if layer.merged]
+    if merged:
+        raise CheckpointError(f"LoRA adapters are merged into {merged[0]} (and others); call unmerge_lora first")
+    out: dict[str, Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        module_name, _, leaf = key.rpartition(".")
+        if module_name in layers and leaf in ("lora_A", "lora_B"):
+            continue
+        out[_plain_name(key)] = tensor.detach()
+    return out
+
+
+def load_base_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Load a plain (base model) state dict into a model that already has adapters.
+
+    Names such as ``...attn.c_attn.weight`` go to ``...attn.c_attn.base_layer.weight``; every
+    base tensor must be present and no unknown key may appear. The adapters are left as they
+    are and count as unmerged afterwards (the new base weights contain no update).
+    """
+    layers = lora_layers(model)
+    renamed: dict[str, Tensor] = {}
+    for key, tensor in state_dict.items():
+        module_name, _, leaf = key.rpartition(".")
+        renamed[f"{module_name}.base_layer.{leaf}" if module_name in layers else key] = tensor
+    result = model.load_state_dict(renamed, strict=False)
+    missing = [k for k in result.missing_keys if k.rpartition(".")[2] not in ("lora_A", "lora_B")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"base state dict does not fit the model: missing {[_plain_name(k) for k in missing][:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    for layer in layers.values():
+        layer.merged = False
+
+
+def base_checksum(model: nn.Module, exclude_modules: Sequence[str] = ()) -> str:
+    """sha256 over the base model's tensors, in sorted key order, as float32 for floats.
+
+    Each tensor contributes its name, shape and bytes. Floating tensors are hashed as float32
+    so a bf16 checkpoint and its exact float32 upcast hash alike. Tensors under the modules
+    in ``exclude_modules`` (heads saved with the adapter) are left out.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(base_state_dict(model).items()):
+        if any(key.startswith(m + ".") for m in exclude_modules):
+            continue
+        t = tensor.detach().cpu()
+        if t.is_floating_point():
+            t = t.float()
+        t = t.contiguous()
+        digest.update(f"{key}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+
+    A crash leaves either the old file or the new one, never half a file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+    _atomic_write(path, write)
+
+
+def _write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    # Own, contiguous CPU copies: safetensors refuses views that share storage.
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: not found") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_tensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
+
+
+def _config_of(model: nn.Module) -> LoRAConfig:
+    cfg = getattr(model, "lora_config", None)
+    if not isinstance(cfg, LoRAConfig) or not lora_layers(model):
+        raise ConfigError("the model has no LoRA adapters; call inject_lora first")
+    return cfg
+
+
+def save_adapter(
+    model: nn.Module,
+    folder: str | os.PathLike[str],
+    base_model_info: str | Mapping[str, Any] | None = None,
+    *,
+    extra_trainable: Sequence[str] = (),
+) -> Path:
+    """Write the adapters alone: ``adapter.safetensors`` and ``adapter_config.json``.
+
+    ``base_model_info`` names the base (a spec string such as ``"gpt2-124M"`` or a path, or a
+    mapping such as ``{"spec": ..., "name": ...}``). The config also records the base model's
+    :class:`~customgpt.config.GPTConfig` and :func:`base_checksum`, so :func:`load_adapter`
+    can refuse a different base. Modules selected by ``extra_trainable`` (a classification
+    head) are saved whole beside the adapters and left out of the checksum.
+    """
+    cfg = _config_of(model)
+    folder = Path(folder)
+    extras = _modules_matching(model, extra_trainable, what="extra_trainable") if extra_trainable else []
+    if isinstance(base_model_info, str):
+        info: dict[str, Any] = {"spec": base_model_info}
+    else:
+        info = dict(base_model_info or {})
+    model_config = getattr(model, "config", None)
+    if model_config is not None and hasattr(model_config, "to_dict"):
+        info["config"] = model_config.to_dict()
+    info["sha256"] = base_checksum(model, extras)
+
+    tensors = lora_state_dict(model)
+    # Saved modules go under their plain names, so they load into the plain base model.
+    for key, tensor in base_state_dict(model).items():
+        if any(key.startswith(m + ".") for m in extras):
+            tensors[key] = tensor
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "format_version": ADAPTER_FORMAT_VERSION,
+        "lora": cfg.to_dict(),
+        "base_model": info,
+        "modules_to_save": extras,
+        "layers": list(lora_layers(model)),
+    }
+    _write_tensors(folder / ADAPTER_WEIGHTS, tensors, {"format": "pt"})
+    _write_json(folder / ADAPTER_CONFIG, meta)  # last: its presence marks a complete folder
+    return folder
+
+
+def read_adapter_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``adapter_config.json`` of a folder written by :func:`save_adapter`, checked."""
+    path = Path(folder) / ADAPTER_CONFIG
+    meta = _read_json(path)
+    if meta.get("format") != ADAPTER_FORMAT:
+        hint = " (a PEFT adapter? use import_peft)" if "peft_type" in meta else ""
+        raise CheckpointError(f"{path}: not a customgpt LoRA adapter{hint}")
+    if meta.get("format_version") != ADAPTER_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported format_version {meta.get('format_version')!r}")
+    return meta
+
+
+def _check_fit(
+    model: nn.Module,
+    cfg: LoRAConfig,
+    tensors: Mapping[str, Tensor],
+    extra_tensors: Mapping[str, Tensor],
+    source: Path,
+) -> None:
+    """Check every adapter tensor against ``model`` without changing it; name the first misfit."""
+    if lora_layers(model):
+        raise CheckpointError(f"{source}: the model already has LoRA adapters; load onto a plain base model")
+    try:
+        targets = _target_linears(model, cfg)
+    except ConfigError as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
+    for key, tensor in tensors.items():
+        module_name, _, leaf = key.rpartition(".")
+        if leaf not in ("lora_A", "lora_B") or module_name not in targets:
+            raise CheckpointError(f"{source}: adapter tensor {key!r} has no matching target layer in this model")
+        linear = targets[module_name]
+        expected = (cfg.r, linear.in_features) if leaf == "lora_A" else (linear.out_features, cfg.r)
+        if tuple(tensor.shape) != expected:
+            raise CheckpointError(
+                f"{source}: shape mismatch for adapter tensor {key!r}: the adapter has {tuple(tensor.shape)}, "
+                f"this model's {module_name} needs {expected}"
+            )
+    for name in targets:
+        for leaf in ("lora_A", "lora_B"):
+            if f"{name}.{leaf}" not in tensors:
+                raise CheckpointError(f"{source}: the adapter has no tensor {name}.{leaf} for this model's {name}")
+    state = model.state_dict()
+    for key, tensor in extra_tensors.items():
+        if key not in state:
+            raise CheckpointError(f"{source}: saved module tensor {key!r} has no counterpart in this model")
+        if tuple(tensor.shape) != tuple(state[key].shape):
+            raise CheckpointError(
+                f"{source}: shape mismatch for saved module tensor {key!r}: the adapter has "
+                f"{tuple(tensor.shape)}, this model has {tuple(state[key].shape)}"
+            )
+
+
+def _inject_and_copy(
+    model: nn.Module, cfg: LoRAConfig, tensors: Mapping[str, Tensor], extra_tensors: Mapping[str, Tensor]
+) -> None:
+    """Copy the saved modules into the plain model, inject ``cfg``'s adapters, copy them in.
+
+    The tensors were checked by :func:`_check_fit`.
+    """
+    with torch.no_grad():
+        state = model.state_dict(keep_vars=True)  # plain names: nothing is injected yet
+        for key, tensor in extra_tensors.items():
+            target = state[key]
+            target.data.copy_(tensor.to(device=target.device, dtype=target.dtype))
+        inject_lora(model, cfg)
+        layers = lora_layers(model)
+        for key, tensor in tensors.items():
+            module_name, _, leaf = key.rpartition(".")
+            param = getattr(layers[module_name], leaf)
+            param.copy_(tensor.to(device=param.device, dtype=param.dtype))
+
+
+def load_adapter(model: nn.Module, folder: str | os.PathLike[str], *, verify_base: bool = True) -> LoRAConfig:
+    """Inject adapters into a plain base model and load them from ``folder``.
+
+    Refuses, with a :class:`~customgpt.errors.CheckpointError` and before changing the model,
+    a base whose shapes do not fit (naming the tensor) or, with ``verify_base``, whose weights
+    differ from the base the adapter was saved on (naming both checksums). Returns the
+    adapter's :class:`LoRAConfig`.
+    """
+    folder = Path(folder)
+    meta = read_adapter_config(folder)
+    try:
+        cfg = LoRAConfig.from_dict(meta.get("lora"), where=f"{folder / ADAPTER_CONFIG}: lora")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+    extras = list(meta.get("modules_to_save") or [])
+    everything = _read_tensors(folder / ADAPTER_WEIGHTS)
+    tensors = {k: v for k, v in everything.items() if k.rpartition(".")[2] in ("lora_A", "lora_B")}
+    extra_tensors = {k: v for k, v in everything.items() if k not in tensors}
+
+    _check_fit(model, cfg, tensors, extra_tensors, folder)  # shapes first: the more telling error
+    base_meta = meta.get("base_model") or {}
+    expected = base_meta.get("sha256")
+    if verify_base and expected:
+        actual = base_checksum(model, extras)
+        if actual != expected:
+            trained_on = base_meta.get("spec") or base_meta.get("name") or "an unnamed base"
+            raise CheckpointError(
+                f"{folder}: base model checksum mismatch: the adapter was saved on {trained_on} whose base "
+                f"weights hash to sha256 {expected}, but this model's base weights hash to {actual}; "
+                "load the matching base model"
+            )
+    _inject_and_copy(model, cfg, tensors, extra_tensors)
+    return cfg
+
+
+# --------------------------------------------------------------------------- Hugging Face PEFT
+
+
+def export_peft(
+    model: nn.Module,
+    folder: str | os.PathLike[str],
+    base_model_name_or_path: str | None = None,
+    *,
+    task_type: str = "CAUSAL_LM",
+) -> Path:
+    """Write the adapters as a Hugging Face PEFT LoRA folder for ``GPT2LMHeadModel``.
+
+    Files: ``adapter_config.json`` (``peft_type`` LORA, ``fan_in_fan_out`` true because
+    Hugging Face's GPT-2 uses ``Conv1D`` layers) and ``adapter_model.safetensors`` with keys
+    ``base_model.model.<module>.lora_A.weight`` (r, in) and ``...lora_B.weight`` (out, r).
+    customgpt's module names are GPT-2's, so the keys map one to one and the tensors are
+    copied unchanged. Load with
+    ``PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(hf_folder), folder)``.
+    """
+    cfg = _config_of(model)
+    folder = Path(folder)
+    tensors = {
+        f"{_PEFT_PREFIX}{name}.weight": tensor for name, tensor in lora_state_dict(model).items()
+    }
+    config = {
+        "peft_type": "LORA",
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "revision": None,
+        "inference_mode": True,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "use_rslora": cfg.rslora,
+        "target_modules": list(cfg.targets),
+        "fan_in_fan_out": True,
+        "bias": "none",
+        "init_lora_weights": True,
+        "use_dora": False,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    _write_tensors(folder / PEFT_WEIGHTS, tensors, {"format": "pt"})
+    _write_json(folder / PEFT_CONFIG, config)
+    return folder
+
+
+def import_peft(model: nn.Module, folder: str | os.PathLike[str]) -> LoRAConfig:
+    """Inject and load a Hugging Face PEFT LoRA adapter for GPT-2 (the inverse of :func:`export_peft`).
+
+    Supports plain LoRA (no DoRA, no per-layer rank or alpha patterns, no bias training, no
+    saved modules) on customgpt's target names. Returns the resulting :class:`LoRAConfig`.
+    """
+    folder = Path(folder)
+    path = folder / PEFT_CONFIG
+    meta = _read_json(path)
+    if meta.get("peft_type") != "LORA":
+        raise CheckpointError(f"{path}: peft_type is {meta.get('peft_type')!r}, only 'LORA' is supported")
+    unsupported = {
+        "use_dora": bool(meta.get("use_dora")),
+        "bias": meta.get("bias", "none") != "none",
+        "lora_bias": bool(meta.get("lora_bias")),
+        "rank_pattern": bool(meta.get("rank_pattern")),
+        "alpha_pattern": bool(meta.get("alpha_pattern")),
+        "layers_to_transform": meta.get("layers_to_transform") is not None,
+        "modules_to_save": bool(meta.get("modules_to_save")),
+        "layer_replication": bool(meta.get("layer_replication")),
+    }
+    for key, bad in unsupported.items():
+        if bad:
+            raise CheckpointError(f"{path}: {key}={meta[key]!r} is not supported by customgpt's LoRA")
+    targets = meta.get("target_modules")
+    if not isinstance(targets, list):
+        raise CheckpointError(f"{path}: target_modules must be a list of names, got {targets!r}")
+    try:
+        cfg = LoRAConfig(
+            r=meta.get("r", 8),
+            alpha=meta.get("lora_alpha", 8),
+            dropout=meta.get("lora_dropout", 0.0),
+            targets=tuple(targets),
+            rslora=bool(meta.get("use_rslora", False)),
+        )
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    tensors: dict[str, Tensor] = {}
+    for key, tensor in _read_tensors(folder / PEFT_WEIGHTS).items():
+        if not (key.startswith(_PEFT_PREFIX) and key.endswith(".weight")):
+            raise CheckpointError(f"{folder / PEFT_WEIGHTS}: unexpected tensor {key!r}")
+        tensors[key[len(_PEFT_PREFIX) : -len(".weight")]] = tensor
+    _check_fit(model, cfg, tensors, {}, folder)
+    _inject_and_copy(model, cfg, tensors, {})
+    return cfg
