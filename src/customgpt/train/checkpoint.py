@@ -1,0 +1,260 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint is a folder::
+
+    checkpoints/last/
+        model.safetensors, config.json, metadata.json   the weights (customgpt.checkpoints format,
+                                                        so the folder also loads with load_model)
+        trainer_state.pt    optimizer, grad scaler, step, epoch, position in the epoch,
+                            RNG states of every process, best metric, counters
+        train_config.yaml   the resolved training config of the run
+        manifest.json       size and sha256 of every file above (written last)
+
+``trainer_state.pt`` is written with ``torch.save`` and read with
+``torch.load(weights_only=True)``: it holds only tensors and plain Python values (NumPy's
+RNG state is converted to a tensor), so loading never unpickles arbitrary objects.
+
+Atomicity: a checkpoint is written whole into ``<name>.tmp/``, verified complete, then
+renamed into place: the old folder moves to ``<name>.prev/``, the new one to ``<name>/``,
+and ``.prev`` is deleted. A crash at any point leaves a complete ``<name>/`` or, between
+the two renames, a complete ``<name>.prev/`` that :func:`find_checkpoint` falls back to.
+A folder whose files do not match its manifest (truncated, corrupted) raises
+:class:`~customgpt.errors.CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from customgpt.errors import CheckpointError
+from customgpt.train.distributed import unwrap
+from customgpt.train.files import atomic_open, atomic_write_text, fsync_dir
+
+STATE_NAME = "trainer_state.pt"
+MANIFEST_NAME = "manifest.json"
+CONFIG_NAME = "train_config.yaml"
+LAST = "last"
+BEST = "best"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, PyTorch (CPU and every CUDA device) generator states, as tensors and
+    plain values only (loadable with ``weights_only=True``)."""
+    version, internal, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {
+            "kind": str(np_kind),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64).copy()),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Undo :func:`capture_rng_state`: the generators continue exactly where they were."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = list(state["cuda"])
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith("."))
+    manifest = {"files": {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+    atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Check that every file listed in the manifest is present with its size and sha256.
+
+    Raises:
+        CheckpointError: missing folder or manifest, or a missing, truncated or altered file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder} does not exist")
+    manifest_path = folder / MANIFEST_NAME
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {folder} is incomplete: no {MANIFEST_NAME}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {folder}: unreadable {MANIFEST_NAME}: {exc}") from exc
+    for name in (STATE_NAME, "model.safetensors"):
+        if name not in files:
+            raise CheckpointError(f"checkpoint {folder}: {MANIFEST_NAME} does not list {name}")
+    for name, info in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {folder}: {name} is missing")
+        size = path.stat().st_size
+        if size != info["size"]:
+            raise CheckpointError(
+                f"checkpoint {folder}: {name} is truncated or altered ({size} bytes, expected {info['size']})"
+            )
+        if _sha256(path) != info["sha256"]:
+            raise CheckpointError(f"checkpoint {folder}: {name} is corrupted (sha256 mismatch)")
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_checkpoint(
+    root: str | Path,
+    name: str,
+    model: nn.Module,
+    state: Mapping[str, Any],
+    *,
+    config_yaml: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint ``root/name`` atomically and return its path.
+
+    Args:
+        root: the checkpoints folder of the run.
+        name: ``last``, ``best`` or any folder name.
+        model: the model (DDP/compile wrappers are unwrapped); its weights go to
+            ``model.safetensors`` via :func:`customgpt.checkpoints.save_model`.
+        state: the trainer state (tensors and plain Python values only).
+        config_yaml: the run's resolved config, stored as ``train_config.yaml``.
+        metadata: JSON-able extras for ``metadata.json``.
+    """
+    from customgpt.checkpoints import save_model
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left over from an interrupted write
+    try:
+        save_model(unwrap(model), tmp, metadata={"kind": "training-checkpoint", **dict(metadata or {})})
+        with atomic_open(tmp / STATE_NAME, "wb") as fh:
+            torch.save(dict(state), fh)
+        if config_yaml is not None:
+            atomic_write_text(tmp / CONFIG_NAME, config_yaml)
+        _write_manifest(tmp)
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_into_place(tmp, root / name)
+    return root / name
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    prev = final.with_name(final.name + ".prev")
+    if prev.exists() and final.exists():
+        shutil.rmtree(prev)  # a complete ``final`` exists, the older copy is not needed
+    if final.exists():
+        final.replace(prev)
+    tmp.replace(final)
+    fsync_dir(final.parent)
+    if prev.exists():
+        shutil.rmtree(prev, ignore_errors=True)
+
+
+def copy_checkpoint(root: str | Path, src: str, dst: str) -> Path:
+    """Copy checkpoint ``root/src`` to ``root/dst`` with the same atomic swap (e.g. last → best)."""
+    root = Path(root)
+    tmp = root / f"{dst}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        shutil.copytree(root / src, tmp)
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_into_place(tmp, root / dst)
+    return root / dst
+
+
+# --------------------------------------------------------------------------- find and load
+
+
+def find_checkpoint(path: str | Path, name: str = LAST) -> Path:
+    """The checkpoint to resume from: ``path`` itself if it is a checkpoint folder, else
+    ``path/checkpoints/<name>`` of a run folder (or its ``.prev`` copy after a crash mid-swap)."""
+    path = Path(path)
+    if (path / MANIFEST_NAME).is_file() or (path / STATE_NAME).is_file():
+        return path
+    for root in (path / CHECKPOINTS_DIR, path):
+        for candidate in (root / name, root / f"{name}.prev"):
+            if (candidate / MANIFEST_NAME).is_file():
+                return candidate
+    raise CheckpointError(f"no checkpoint to resume from in {path} (looked for {CHECKPOINTS_DIR}/{name}/)")
+
+
+def load_trainer_state(folder: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """Read ``trainer_state.pt`` (``weights_only=True``) after checking the manifest."""
+    folder = Path(folder)
+    if verify:
+        verify_checkpoint(folder)
+    path = folder / STATE_NAME
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle opcodes, disallowed globals, ...
+        raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path} is not a customgpt trainer state")
+    return state
+
+
+def load_model_weights(folder: str | Path, model: nn.Module) -> None:
+    """Copy the checkpoint's weights into ``model`` (unwrapped, any device), shapes checked."""
+    from customgpt.checkpoints import load_model
+
+    plain = unwrap(model)
+    loaded = load_model(Path(folder), device="cpu", dtype=torch.float32)
+    try:
+        plain.load_state_dict(loaded.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {folder} does not match the model: {exc}") from exc
+
+
+def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Verify ``folder``, load its weights into ``model`` and return its trainer state."""
+    state = load_trainer_state(folder, verify=True)
+    load_model_weights(folder, model)
+    return state

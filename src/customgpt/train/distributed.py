@@ -1,0 +1,166 @@
+"""Data-parallel training: the same command under ``torchrun`` trains on every process.
+
+``torchrun`` (``python -m torch.distributed.run``) starts one process per device and sets
+``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``. :func:`init_distributed` reads them and joins
+the process group (NCCL on CUDA, Gloo on CPU); without them it is a no-op with one process.
+
+The global batch is ``micro_batch × accumulation × world_size`` sequences. Every process
+draws the same shuffled order of examples and takes its own slice of each global batch
+(:func:`shard`), so the union of what all processes see in a step is exactly the batch one
+process would see alone. Gradients are averaged by :class:`DistributedDataParallel` only on
+the last micro-batch of a step (:func:`sync_context` wraps the others in ``no_sync``).
+Only rank 0 logs and writes checkpoints; the others wait at :func:`barrier`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``, ``local_rank`` on its node."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_dist_info() -> DistInfo:
+    """The process's place from torchrun's environment variables (1 process if unset)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+    )
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group when launched by torchrun; returns this process's :class:`DistInfo`.
+
+    ``device_type`` picks the backend: ``nccl`` for CUDA, ``gloo`` otherwise. On CUDA the
+    process binds to GPU ``LOCAL_RANK``.
+    """
+    info = env_dist_info()
+    if not info.enabled or (dist.is_available() and dist.is_initialized()):
+        return info
+    if not dist.is_available():
+        raise RuntimeError("this PyTorch build has no torch.distributed; run with one process")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return info
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def cleanup() -> None:
+    """Leave the process group (safe to call when none was joined)."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op with one)."""
+    if is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes, in place, and return it (identity with one)."""
+    if is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    if is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every process's ``obj``, in rank order (``[obj]`` with one process)."""
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every process."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(model)`` when running with several processes, else ``model``.
+
+    DDP broadcasts rank 0's weights at construction, so every process starts identical.
+    """
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DDP(model, device_ids=device_ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and/or ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+def sync_context(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """``model.no_sync()`` on accumulation micro-steps (no gradient all-reduce), else nothing."""
+    if not sync and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def shard(global_batch: Sequence[int], info: DistInfo, micro_batch: int, accumulation: int) -> list[list[int]]:
+    """This process's micro-batches (lists of example indices) of one global batch.
+
+    Rank ``r`` takes the ``r``-th contiguous block of ``micro_batch * accumulation`` indices
+    and cuts it into ``accumulation`` micro-batches. Deterministic, no communication.
+    """
+    per_rank = micro_batch * accumulation
+    if len(global_batch) != per_rank * info.world_size:
+        raise ValueError(f"global batch of {len(global_batch)} != {micro_batch} x {accumulation} x {info.world_size}")
+    mine = list(global_batch[info.rank * per_rank:(info.rank + 1) * per_rank])
+    return [mine[i * micro_batch:(i + 1) * micro_batch] for i in range(accumulation)]
+
+
+def iter_shard(items: Sequence[Any], info: DistInfo) -> Iterator[Any]:
+    """Every ``world_size``-th item starting at ``rank`` (to split evaluation batches)."""
+    yield from items[info.rank::info.world_size]

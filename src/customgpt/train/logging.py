@@ -1,0 +1,229 @@
+"""What a run reports: a progress bar, ``metrics.jsonl``, PNG plots, optional TensorBoard.
+
+``metrics.jsonl`` holds one JSON object per line, each with ``step`` and any of
+``loss`` (train loss of that step's global batch), ``lr``, ``grad_norm``, ``tokens_per_s``,
+``tokens``, ``elapsed`` (seconds), ``epoch``, ``val_loss`` and other evaluation values,
+``sample`` (generated text). Lines are flushed as written, so a killed run keeps everything
+logged before it died; on resume, lines past the checkpoint's step are dropped first, so
+the file tells one consistent story.
+
+Only rank 0 writes (pass ``enabled=False`` elsewhere). matplotlib (Agg backend, no
+display needed) and TensorBoard are imported only when used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from customgpt.errors import ConfigError, CustomGPTError
+from customgpt.train.files import atomic_write_text
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record of a run's ``metrics.jsonl`` (a torn last line from a crash is skipped)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class MetricsLogger:
+    """Appends records to ``run_dir/metrics.jsonl`` and, optionally, TensorBoard.
+
+    Args:
+        run_dir: the run folder.
+        enabled: False on every rank but 0 (all methods become no-ops).
+        tensorboard: also write TensorBoard scalars to ``run_dir/tensorboard``.
+        resume_step: when resuming from a checkpoint at this step, drop later records first.
+    """
+
+    def __init__(
+        self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False, resume_step: int | None = None
+    ) -> None:
+        self.path = Path(run_dir) / METRICS_NAME
+        self.enabled = enabled
+        self._fh = None
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        else:
+            atomic_write_text(self.path, "")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError(
+                    "logging.tensorboard: TensorBoard is not installed (pip install tensorboard, "
+                    "or pip install 'customgpt[tensorboard]')"
+                ) from exc
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Write one record (must include ``step``)."""
+        if not self.enabled or self._fh is None:
+            return
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        if self._tb is not None:
+            step = int(record["step"])
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, step)
+                elif key == "sample" and isinstance(value, str):
+                    self._tb.add_text("sample", value, step)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Progress:
+    """A tqdm bar over optimizer steps showing loss, LR and tokens/s (tqdm adds the ETA).
+
+    Disabled (no output at all) when ``enabled`` is False, e.g. on ranks other than 0.
+    """
+
+    def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, desc: str = "train") -> None:
+        self.enabled = enabled
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+    def update(self, *, loss: float | None = None, lr: float | None = None, tokens_per_s: float | None = None,
+               n: int = 1) -> None:
+        if self._bar is None:
+            return
+        postfix = {}
+        if loss is not None:
+            postfix["loss"] = f"{loss:.3f}"
+        if lr is not None:
+            postfix["lr"] = f"{lr:.2e}"
+        if tokens_per_s is not None:
+            postfix["tok/s"] = f"{tokens_per_s:,.0f}"
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(n)
+
+    def write(self, text: str) -> None:
+        """Print a line without breaking the bar (plain print when disabled on rank 0 too)."""
+        if self._bar is not None:
+            self._bar.write(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class Throughput:
+    """Tokens per second over the steps since the last call (wall clock)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self._last = self.start
+
+    def rate(self, tokens: int) -> float:
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        return tokens / elapsed if elapsed > 0 else math.inf
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _series(records: Iterable[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        value = r.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            xs.append(r["step"])
+            ys.append(value)
+    return xs, ys
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Draw ``loss.png`` (train and validation loss by step) and ``lr.png`` from ``metrics.jsonl``.
+
+    Returns the files written (into ``out_dir``, default the run folder).
+    """
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    if not records:
+        raise CustomGPTError(f"no metrics to plot: {run_dir / METRICS_NAME} is missing or empty")
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only; works without a display
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir) if out_dir is not None else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label, style in (("loss", "train", "-"), ("val_loss", "validation", "o-")):
+        xs, ys = _series(records, key)
+        if xs:
+            ax.plot(xs, ys, style, label=label, markersize=3, linewidth=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.set_title(f"loss: {run_dir.name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save_figure(fig, out / "loss.png"))
+    plt.close(fig)
+
+    xs, ys = _series(records, "lr")
+    if xs:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.plot(xs, ys, linewidth=1.2)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("learning rate")
+        ax.set_title(f"learning rate: {run_dir.name}")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(_save_figure(fig, out / "lr.png"))
+        plt.close(fig)
+    return written
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    import io
+
+    from customgpt.train.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

@@ -1,0 +1,68 @@
+"""AdamW with weight decay on matrices and embeddings only.
+
+Decay pulls weights towards zero. That is a useful prior for the large matrices (linear
+layers, embeddings) but hurts scale and shift parameters: biases and LayerNorm gains are
+1-D and decaying them towards 0 only fights the normalisation. So parameters with two or
+more dimensions decay, 1-D ones do not (the split GPT-2 style training uses).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from customgpt.train.config import OptimConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups of the trainable parameters: >=2-D with ``weight_decay``, the rest with 0.
+
+    ``named_parameters`` yields a tied weight (the LM head sharing ``wte``) once, so it is
+    optimised once. Frozen parameters (``requires_grad=False``, e.g. outside LoRA) are left out.
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    decay_names: list[str] = []
+    no_decay_names: list[str] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() >= 2:
+            decay.append(p)
+            decay_names.append(name)
+        else:
+            no_decay.append(p)
+            no_decay_names.append(name)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay, "names": decay_names})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "names": no_decay_names})
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, lr: float, device: torch.device | str | None = None
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`.
+
+    ``cfg.fused`` None picks the fused kernel on CUDA (one kernel for all parameters) and
+    the multi-tensor ``foreach`` path elsewhere; True/False force it. The LR is set again
+    each step from the schedule, ``lr`` is just the starting value.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    fused = cfg.fused if cfg.fused is not None else device.type == "cuda"
+    kwargs: dict = {"fused": True} if fused else {"foreach": True}
+    groups = param_groups(model, cfg.weight_decay)
+    # "names" is informational; keep it out of the optimizer (its state_dict must stay plain).
+    for g in groups:
+        g.pop("names")
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

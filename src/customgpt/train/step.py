@@ -1,0 +1,99 @@
+"""One optimizer step from several micro-batches: exact accumulation, clipping, stepping.
+
+Gradient accumulation must give the update the big batch would. With a mean loss per
+micro-batch that is only true when every micro-batch has the same number of targets.
+The exact way: every micro-batch contributes ``sum of its token losses / N``, where ``N`` is
+the number of (non-ignored) targets in the **whole global batch**, over all micro-batches
+and all processes. :func:`micro_loss_weight` gives the factor to multiply a micro-batch's
+mean loss by. Under DDP, gradients are *averaged* over processes, so the factor includes
+``world_size`` to turn that average back into the sum.
+
+Typical use (per optimizer step)::
+
+    micro = [next_batch() for _ in range(accum)]
+    n_global = global_count(sum(count_targets(y) for _, y in micro))
+    for i, (x, y) in enumerate(micro):
+        with sync_context(model, sync=i == accum - 1), runtime.autocast():
+            loss = loss_fn(model, x, y)                      # mean over this micro-batch
+        w = micro_loss_weight(count_targets(y), n_global, world_size)
+        scaler.scale(loss * w).backward()
+    grad_norm = optimizer_step(optimizer, scaler, model.parameters(), max_norm=1.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from customgpt.constants import IGNORE_INDEX
+from customgpt.train.distributed import all_reduce_sum
+
+
+def count_targets(targets: Tensor, ignore_index: int = IGNORE_INDEX) -> int:
+    """Number of targets that count towards the loss."""
+    return int((targets != ignore_index).sum().item())
+
+
+def global_count(local: int | float, device: torch.device | str = "cpu") -> int:
+    """Sum a per-process count over all processes (the count itself with one process)."""
+    t = torch.tensor([float(local)], dtype=torch.float64, device=device)
+    return int(all_reduce_sum(t).item())
+
+
+def micro_loss_weight(n_micro: int, n_global: int, world_size: int = 1) -> float:
+    """Factor for a micro-batch's *mean* loss so the accumulated gradient is that of
+    ``sum of all token losses / n_global`` (the global batch's mean)."""
+    if n_global <= 0:
+        return 0.0
+    return n_micro * world_size / n_global
+
+
+def global_mean(local_sum: float, n_global: int, device: torch.device | str = "cpu") -> float:
+    """The global batch's mean loss from each process's sum of token losses."""
+    t = torch.tensor([float(local_sum)], dtype=torch.float64, device=device)
+    total = all_reduce_sum(t).item()
+    return total / n_global if n_global > 0 else math.nan
+
+
+def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float | None) -> float:
+    """Clip the global L2 norm of all gradients to ``max_norm`` (None or 0: no clipping).
+
+    Returns the norm *before* clipping, which is what is worth logging: it shows how often
+    and how hard clipping acts. Under DDP the gradients are already averaged, so this is the
+    global norm on every process.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return 0.0
+    limit = float(max_norm) if max_norm else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    return float(norm)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    parameters: Iterable[Tensor],
+    max_norm: float | None = 1.0,
+) -> tuple[float, bool]:
+    """Unscale (fp16), clip, step, update the scaler and zero the gradients.
+
+    Returns (pre-clip gradient norm, whether the step was applied). A step is skipped when
+    the gradient norm is not finite: the fp16 scaler then lowers its scale (normal at the
+    start of fp16 training); in fp32/bf16 a skipped step means the run is diverging.
+    """
+    params = list(parameters)
+    if scaler is not None and scaler.is_enabled():
+        scaler.unscale_(optimizer)
+    norm = clip_grad_norm(params, max_norm)
+    applied = math.isfinite(norm)
+    if scaler is not None and scaler.is_enabled():
+        scaler.step(optimizer)  # skips by itself on inf/nan gradients
+        scaler.update()
+    elif applied:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, applied
