@@ -362,13 +362,6 @@ class TiktokenTokenizer(Tokenizer):
             text, allowed_special=self._resolve_allowed(allowed_special), disallowed_special=()
         )
 
-    def encode_batch(
-        self, texts: Sequence[str], allowed_special: AllowedSpecial = _DEFAULT_ALLOWED
-    ) -> list[list[int]]:
-        return self.encoding.encode_batch(
-            list(texts), allowed_special=self._resolve_allowed(allowed_special), disallowed_special=()
-        )
-
 
 # --------------------------------------------------------------------------------------
 # Engine 2: BPE written out in Python
