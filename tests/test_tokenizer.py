@@ -20,8 +20,10 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tiktoken
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiktoken.load import load_tiktoken_bpe
@@ -177,7 +179,7 @@ def test_rank_file_errors_name_file_and_line(tmp_path):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_basic_api(engine):
     tok = get_tokenizer(engine)
-    assert get_tokenizer(engine) is tok  # cached
+    assert get_tokenizer(engine) is tok is get_tokenizer(engine=engine)  # cached
     assert tok.vocab_size == 50257
     assert tok.eot_id == 50256
     assert tok.eot_text == EOT
@@ -219,6 +221,14 @@ def test_decode_errors(engine):
             tok.decode([15496, bad])
         with pytest.raises(DataError, match="not in the vocabulary"):
             tok.token_bytes(bad)
+    # ids from a generator, numpy or a tensor are fine
+    assert tok.decode(i for i in [15496, 11, 995]) == "Hello, world"
+    assert tok.decode(np.array([15496, 11, 995])) == "Hello, world"
+    assert tok.decode(list(torch.tensor([15496, 11, 995]))) == "Hello, world"
+    with pytest.raises(DataError, match="not in the vocabulary"):
+        tok.decode(i for i in [15496, 50257])
+    with pytest.raises(DataError, match="not in the vocabulary"):
+        tok.decode([1.5])
     # a cut-off character decodes to U+FFFD by default, raises with errors="strict"
     assert tok.decode([12520]) == " \ufffd"
     with pytest.raises(UnicodeDecodeError):
@@ -254,7 +264,7 @@ def test_bpe_cache_is_bounded():
     reference = get_tokenizer("tiktoken")
     text = "the quick brown fox jumps over the lazy dog " * 3 + "and then some more words appear"
     assert tok.encode(text) == reference.encode(text)
-    assert len(tok._cache) <= 8
+    assert tok._encode_piece.cache_info().currsize == 8
 
 
 # --------------------------------------------------------------------------------------
@@ -582,3 +592,16 @@ def test_cli_train(tmp_path, dataset_texts, capsys):
         == 2
     )
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("specials", [[], [EOT, "<|pad|>"]])
+def test_hf_export_of_trained_special_tokens(specials, dataset_texts, tmp_path):
+    from transformers import GPT2TokenizerFast
+
+    tok = train_bpe(dataset_texts["the-verdict"], vocab_size=258 + len(specials), special_tokens=specials)
+    save_hf_tokenizer_files(tmp_path, tok)
+    hf = GPT2TokenizerFast.from_pretrained(tmp_path)
+    assert len(hf) == tok.vocab_size  # nothing added behind our back
+    assert hf.eos_token == (EOT if specials else None)
+    text = f"hello {EOT} the<|pad|>re"
+    assert hf(text)["input_ids"] == tok.encode(text, allowed_special="all")

@@ -33,10 +33,10 @@ import binascii
 import codecs
 import hashlib
 import json
+import operator
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from functools import cache, lru_cache
@@ -254,25 +254,35 @@ class Tokenizer(ABC):
 
     # -- decoding ----------------------------------------------------------------------
 
+    def _bad_id(self, token_id: object) -> DataError:
+        return DataError(f"token id {token_id!r} is not in the vocabulary (ids are 0..{self.vocab_size - 1})")
+
+    def _as_id(self, token_id: object) -> int:
+        """``token_id`` as a plain int (accepts numpy / 0-d torch integers via ``__index__``)."""
+        try:
+            return operator.index(token_id)  # type: ignore[arg-type]
+        except TypeError:
+            raise self._bad_id(token_id) from None
+
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes of one token (a special token's bytes are its UTF-8 text)."""
         try:
             return self._id_to_bytes[token_id]
         except (KeyError, TypeError):
-            raise DataError(
-                f"token id {token_id!r} is not in the vocabulary (ids are 0..{self.vocab_size - 1})"
-            ) from None
+            pass
+        token_id = self._as_id(token_id)  # e.g. a 0-d tensor, which hashes by identity
+        if token_id not in self._id_to_bytes:
+            raise self._bad_id(token_id)
+        return self._id_to_bytes[token_id]
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The concatenated bytes of ``ids`` (may end inside a multi-byte character)."""
         table = self._id_to_bytes
+        ids = ids if isinstance(ids, (list, tuple)) else list(ids)
         try:
-            return b"".join([table[i] for i in ids])
+            return b"".join([table[i] for i in ids])  # the fast path: plain ints
         except (KeyError, TypeError):
-            bad = next(i for i in ids if i not in table)
-            raise DataError(
-                f"token id {bad!r} is not in the vocabulary (ids are 0..{self.vocab_size - 1})"
-            ) from None
+            return b"".join([self.token_bytes(i) for i in ids])  # converts, or names the bad id
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Text of ``ids``; invalid UTF-8 (e.g. a cut-off character) becomes U+FFFD."""
@@ -400,8 +410,9 @@ class BPETokenizer(Tokenizer):
             raise ConfigError(f"not a byte-level vocabulary: byte {missing[0]} has no token")
         self.pat_str = pat_str
         self._pattern = regex.compile(pat_str)
-        self._cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-        self._cache_size = cache_size
+        # Words repeat a lot in real text, so the ids of each pre-token are cached
+        # (functools' LRU cache: bounded, C-implemented and thread-safe).
+        self._encode_piece = lru_cache(maxsize=cache_size)(self._bpe_piece)
         self._special_patterns: dict[frozenset[str], regex.Pattern[str]] = {}
 
     @classmethod
@@ -421,19 +432,10 @@ class BPETokenizer(Tokenizer):
         file: pass the same ``special_tokens`` to :meth:`load`."""
         return save_tiktoken_ranks(self.mergeable_ranks, path)
 
-    def _encode_piece(self, piece: str) -> tuple[int, ...]:
-        """Ids of one pre-token, through an LRU cache."""
-        cache = self._cache
-        ids = cache.get(piece)
-        if ids is not None:
-            cache.move_to_end(piece)
-            return ids
+    def _bpe_piece(self, piece: str) -> tuple[int, ...]:
+        """Ids of one pre-token (uncached; :attr:`_encode_piece` is the cached version)."""
         ranks = self.mergeable_ranks
-        ids = tuple(ranks[part] for part in bpe_merge(piece.encode("utf-8"), ranks))
-        cache[piece] = ids
-        if len(cache) > self._cache_size:
-            cache.popitem(last=False)  # least recently used
-        return ids
+        return tuple(ranks[part] for part in bpe_merge(piece.encode("utf-8"), ranks))
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of ``text`` with no special-token handling at all."""
@@ -481,15 +483,19 @@ class BPETokenizer(Tokenizer):
 # --------------------------------------------------------------------------------------
 
 
-@cache
 def get_tokenizer(engine: str = "tiktoken") -> Tokenizer:
-    """GPT-2's tokenizer (50,257 ids), cached per engine; needs no network.
+    """GPT-2's tokenizer (50,257 ids), one shared instance per engine; needs no network.
 
     Args:
         engine: ``"tiktoken"`` (Rust, fast) or ``"bpe"`` (the Python implementation).
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown tokenizer engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    return _gpt2_tokenizer(engine)
+
+
+@cache
+def _gpt2_tokenizer(engine: str) -> Tokenizer:
     ranks = gpt2_ranks()
     specials = {EOT_TEXT: EOT_ID}
     tokenizer: Tokenizer
@@ -589,6 +595,9 @@ def save_hf_tokenizer_files(
     special_map: dict[str, object] = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
     if others:
         special_map["additional_special_tokens"] = others
+    # Without <|endoftext|>, the roles are written as null: left out, Hugging Face would
+    # add <|endoftext|> as a new token (its GPT-2 default) and change the vocabulary.
+    roles = dict(special_map)
     special_map = {k: v for k, v in special_map.items() if v is not None}
     config = {
         "add_bos_token": False,
@@ -609,7 +618,7 @@ def save_hf_tokenizer_files(
         "errors": "replace",
         "model_max_length": model_max_length,
         "tokenizer_class": "GPT2Tokenizer",
-        **special_map,
+        **roles,
     }
 
     def dump(obj: object) -> bytes:
