@@ -345,6 +345,11 @@ def test_hf_files(hf_dir):
     assert config["eos_token"] == EOT and config["model_max_length"] == 1024
     assert json.loads((hf_dir / "special_tokens_map.json").read_text())["eos_token"] == EOT
     assert not [p for p in hf_dir.iterdir() if p.name.endswith(".tmp")]
+    for engine in ENGINES:
+        assert get_tokenizer(engine).to_hf_vocab_and_merges() == (
+            vocab,
+            [tuple(m.split()) for m in merges[1:]],
+        )
 
 
 def test_hf_tokenizer_classes_load_export(hf_dir, reference):

@@ -288,6 +288,12 @@ class Tokenizer(ABC):
         """Text of ``ids``; invalid UTF-8 (e.g. a cut-off character) becomes U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
+    def to_hf_vocab_and_merges(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        """This vocabulary as GPT-2's ``vocab.json`` dict and ``merges.txt`` pairs
+        (see :func:`customgpt.bpe.to_hf_vocab_and_merges`)."""
+        vocab, merges = _hf_vocab_and_merges(self)
+        return dict(vocab), list(merges)  # copies: GPT-2's are cached
+
     def incremental_decoder(self, errors: str = "replace") -> IncrementalDecoder:
         """A fresh :class:`IncrementalDecoder` over this tokenizer."""
         return IncrementalDecoder(self, errors=errors)
@@ -472,10 +478,6 @@ class BPETokenizer(Tokenizer):
             start = match.end()
         out.extend(self.encode_ordinary(text[start:]))
         return out
-
-    def to_hf_vocab_and_merges(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
-        """This vocabulary as GPT-2's ``vocab.json`` dict and ``merges.txt`` pairs."""
-        return to_hf_vocab_and_merges(self.mergeable_ranks, self.special_tokens)
 
 
 # --------------------------------------------------------------------------------------
