@@ -827,7 +827,7 @@ def export_hf(
     if include_tokenizer:
         from customgpt.tokenizer import save_hf_tokenizer_files
 
-        save_hf_tokenizer_files(folder)
+        save_hf_tokenizer_files(folder, model_max_length=config.context_length)
     return folder
 
 

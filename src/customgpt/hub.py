@@ -39,16 +39,22 @@ def hub_repo_id(spec: str) -> str | None:
     return None
 
 
-def hub_is_offline() -> bool:
-    """True when the environment tells the hub client not to use the network.
+def offline_variable() -> str | None:
+    """The environment variable (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``) that tells
+    the hub client not to use the network, or None.
 
     Read from the environment on every call (``huggingface_hub`` reads it once at import,
     which would miss a variable set later, as the test-suite does).
     """
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True
-    return False
+            return var
+    return None
+
+
+def hub_is_offline() -> bool:
+    """True when :func:`offline_variable` finds the hub switched off."""
+    return offline_variable() is not None
 
 
 def _offline_advice(repo_id: str) -> str:
@@ -77,17 +83,17 @@ def download_model(repo_id: str, *, revision: str | None = None) -> Path:
     except ImportError as exc:  # pragma: no cover - it is a declared dependency
         raise CustomGPTError("loading a model by hub id needs the huggingface_hub package") from exc
 
-    offline = hub_is_offline()
+    offline = offline_variable()
     try:
         folder = snapshot_download(
             repo_id,
             revision=revision,
             allow_patterns=DOWNLOAD_PATTERNS,
-            local_files_only=offline,
+            local_files_only=offline is not None,
             etag_timeout=10,
         )
     except LocalEntryNotFoundError as exc:
-        why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "the hub cannot be reached"
+        why = f"the hub is offline ({offline}=1)" if offline else "the hub cannot be reached"
         raise CustomGPTError(
             f"cannot download {repo_id!r}: {why} and it is not in the local cache; {_offline_advice(repo_id)}"
         ) from exc
@@ -151,8 +157,8 @@ def push_to_hub(
             "pushing to the hub needs a Hugging Face token: run `hf auth login` "
             "(older versions: `huggingface-cli login`) or set HF_TOKEN"
         )
-    if hub_is_offline():
-        raise CustomGPTError("cannot push: the hub is offline (HF_HUB_OFFLINE=1 is set)")
+    if offline_variable():
+        raise CustomGPTError(f"cannot push: the hub is switched off ({offline_variable()}=1 is set)")
     from huggingface_hub.errors import HfHubHTTPError
 
     api = huggingface_hub.HfApi(token=token)
