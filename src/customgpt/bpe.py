@@ -153,10 +153,6 @@ def _merge_word(word: tuple[int, ...], left: int, right: int, new_id: int) -> tu
     return tuple(out)
 
 
-def _pairs(word: tuple[int, ...]) -> Counter[tuple[int, int]]:
-    return Counter(zip(word, word[1:]))
-
-
 def train_bpe_ranks(
     pretoken_counts: Mapping[bytes, int],
     n_ranks: int,
@@ -170,8 +166,8 @@ def train_bpe_ranks(
     deterministic.
 
     Speed comes from never recounting from scratch: ``pair_counts`` holds the current count
-    of every pair, ``where`` the pre-tokens containing it, and a heap (with stale entries
-    skipped on pop) finds the best pair. A merge only revisits the pre-tokens it touches.
+    of every pair, ``where`` the pre-tokens containing it, and a lazily updated heap finds
+    the best pair. A merge only revisits the pre-tokens it touches.
 
     Single bytes get ranks equal to their byte value. If a merge produces bytes that are
     already a token (two different pairs can spell the same bytes), the existing token is
@@ -194,21 +190,27 @@ def train_bpe_ranks(
     pair_counts: dict[tuple[int, int], int] = {}
     where: dict[tuple[int, int], set[int]] = {}
     for w, (word, freq) in enumerate(zip(words, freqs)):
-        for pair, n in _pairs(word).items():
-            pair_counts[pair] = pair_counts.get(pair, 0) + n * freq
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] = pair_counts.get(pair, 0) + freq
             where.setdefault(pair, set()).add(w)
 
     # Max-heap by count via negation; ties pop the smallest (left, right) ids first.
+    # Invariant: every pair in `pair_counts` has a heap entry with a count >= its current
+    # count. Increases push a new entry; decreases push nothing, and an outdated entry is
+    # re-pushed with the current count when it reaches the top. So the popped entry that
+    # matches its pair's count is the true maximum, and the heap stays small.
     heap = [(-count, pair[0], pair[1]) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
 
     target = n_ranks
     while len(vocab) < target:
-        # Pop until the entry still matches the pair's current count (others are stale).
         while heap:
             neg_count, left, right = heapq.heappop(heap)
-            if pair_counts.get((left, right)) == -neg_count:
+            current = pair_counts.get((left, right))
+            if current == -neg_count:
                 break
+            if current is not None:  # count went down since this entry was pushed
+                heapq.heappush(heap, (-current, left, right))
         else:
             raise DataError(
                 f"the training text only supports a vocabulary of {len(vocab)} tokens "
@@ -223,29 +225,34 @@ def train_bpe_ranks(
             if progress is not None:
                 progress(len(vocab) - 256, target - 256)
 
-        # Rewrite every pre-token containing the pair and apply the count differences.
-        # After a left-to-right merge the pair cannot occur in the word any more.
-        for w in sorted(where.pop((left, right), ())):
+        # Rewrite every pre-token containing the pair and collect the count differences:
+        # each pre-token loses its old pairs and gains its new ones, times its frequency.
+        # (After a left-to-right merge the pair itself cannot occur in the word any more.)
+        deltas: dict[tuple[int, int], int] = {}
+        for w in where.pop((left, right), ()):
             word = words[w]
-            old_pairs = _pairs(word)
-            if (left, right) not in old_pairs:
-                continue  # stale: an earlier merge already consumed it
             new_word = _merge_word(word, left, right, new_id)
+            if len(new_word) == len(word):
+                continue  # stale entry: an earlier merge already consumed the pair here
             words[w] = new_word
-            new_pairs = _pairs(new_word)
             freq = freqs[w]
-            for pair in old_pairs.keys() | new_pairs.keys():
-                delta = (new_pairs.get(pair, 0) - old_pairs.get(pair, 0)) * freq
-                if delta == 0:
-                    continue
-                count = pair_counts.get(pair, 0) + delta
-                if count > 0:
-                    pair_counts[pair] = count
-                    heapq.heappush(heap, (-count, pair[0], pair[1]))
-                else:
-                    pair_counts.pop(pair, None)
-                if delta > 0:
+            for pair in zip(word, word[1:]):
+                deltas[pair] = deltas.get(pair, 0) - freq
+            for pair in zip(new_word, new_word[1:]):
+                deltas[pair] = deltas.get(pair, 0) + freq
+                # Pairs without the new token were already in the word (and in `where`).
+                if new_id in pair:
                     where.setdefault(pair, set()).add(w)
+        for pair, delta in deltas.items():
+            if delta == 0:
+                continue
+            count = pair_counts.get(pair, 0) + delta
+            if count > 0:
+                pair_counts[pair] = count
+                if delta > 0:
+                    heapq.heappush(heap, (-count, pair[0], pair[1]))
+            else:
+                pair_counts.pop(pair, None)
     return {tok: i for i, tok in enumerate(vocab)}
 
 
