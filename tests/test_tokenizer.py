@@ -468,6 +468,42 @@ def test_train_matches_naive_algorithm(dataset_texts):
     assert list(fast) == _naive_train(counts, 420)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.text(st.sampled_from("abcab ."), max_size=30), min_size=1, max_size=8),
+    n_merges=st.integers(1, 30),
+)
+def test_train_matches_naive_algorithm_random(texts, n_merges):
+    # tiny alphabets make ties and different pairs spelling the same bytes common
+    counts = count_pretokens(texts)
+    try:
+        expected = _naive_train(counts, 256 + n_merges)
+    except ValueError:  # min() of no pairs: the text runs out of merges
+        with pytest.raises(DataError, match="only supports"):
+            train_bpe_ranks(counts, 256 + n_merges)
+        return
+    assert list(train_bpe_ranks(counts, 256 + n_merges)) == expected
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(st.text(st.sampled_from("abcab ."), min_size=5, max_size=40), min_size=4, max_size=8),
+    probe=st.text(st.sampled_from("abc ."), max_size=60),
+)
+def test_hf_export_of_random_trained_vocab(texts, probe, tmp_path):
+    from transformers import GPT2TokenizerFast
+
+    try:
+        tok = train_bpe(texts, vocab_size=256 + 12 + 1)
+    except DataError:
+        return  # too little text for 12 merges
+    folder = tmp_path / str(abs(hash((tuple(texts), probe))))
+    save_hf_tokenizer_files(folder, tok)
+    hf = GPT2TokenizerFast.from_pretrained(folder)
+    for text in [*texts, probe]:
+        assert hf(text)["input_ids"] == tok.encode(text)
+
+
 def test_train_the_verdict(dataset_texts, tmp_path, reference):
     text = dataset_texts["the-verdict"][0]
     path = tmp_path / "the-verdict.txt"
