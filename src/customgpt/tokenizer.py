@@ -170,7 +170,10 @@ def save_tiktoken_ranks(ranks: Mapping[bytes, int], path: str | os.PathLike[str]
 
 @lru_cache(maxsize=1)
 def gpt2_ranks() -> dict[bytes, int]:
-    """GPT-2's 50,256 merge ranks from the vendored asset (hash checked once per process)."""
+    """GPT-2's 50,256 merge ranks from the vendored asset (hash checked once per process).
+
+    The dict is shared by every GPT-2 tokenizer: treat it as read-only.
+    """
     asset = resources.files("customgpt") / "assets" / "gpt2.tiktoken"
     with resources.as_file(asset) as path:
         return load_tiktoken_ranks(path, expected_sha256=GPT2_TIKTOKEN_SHA256)
