@@ -81,6 +81,31 @@ def test_untied_head_round_trip(tmp_path):
         export_hf(model, tmp_path / "hf")
 
 
+def test_replaced_head_is_not_dropped_silently(tmp_path):
+    model = tiny_model()
+    model.lm_head = torch.nn.Linear(48, 100, bias=False)  # e.g. a new head, config still tied
+    with pytest.raises(CheckpointError, match="lm_head.weight is not the token embedding"):
+        save_model(model, tmp_path)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_compiled_model_is_saved_as_the_plain_model(tmp_path):
+    """torch.compile wraps the model as ``_orig_mod`` (its state-dict keys gain that prefix);
+    a stand-in wrapper of the same shape keeps this test free of the compiler's start-up."""
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+            self.config = inner.config
+
+    model = tiny_model(seed=3)
+    save_model(Wrapped(model), tmp_path / "ours")
+    export_hf(Wrapped(model), tmp_path / "hf")
+    assert _same_weights(load_model(tmp_path / "ours"), model)
+    assert _same_weights(load_model(tmp_path / "hf"), model)
+
+
 def test_preset_random_init_is_seeded():
     a = load_model("cpu-tiny", seed=5)
     state = torch.random.get_rng_state()

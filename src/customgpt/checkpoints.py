@@ -323,11 +323,28 @@ def check_customgpt_state(tensors: Mapping[str, Tensor], config: GPTConfig, *, s
     return tensors
 
 
+def _unwrap(model: GPT) -> GPT:
+    """The plain model behind ``torch.compile`` (whose state-dict keys gain ``_orig_mod.``)."""
+    return getattr(model, "_orig_mod", model)
+
+
 def state_for_saving(model: GPT) -> dict[str, Tensor]:
-    """The model's tensors with the tied head stored once (safetensors refuses shared tensors)."""
+    """The model's tensors with the tied head stored once (safetensors refuses shared tensors).
+
+    Raises:
+        CheckpointError: the config says the head is tied but ``lm_head.weight`` holds other
+            values (a replaced head would otherwise be dropped without a word).
+    """
+    model = _unwrap(model)
     state = dict(model.state_dict())
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
+    if model.config.tie_embeddings and "lm_head.weight" in state:
+        head, wte = state["lm_head.weight"], state["transformer.wte.weight"]
+        if head is not wte and not (head.shape == wte.shape and torch.equal(head, wte)):
+            raise CheckpointError(
+                "model.config.tie_embeddings is true but lm_head.weight is not the token embedding; "
+                "save a replaced head with its own config (tie_embeddings=false) or with save_weights()"
+            )
+        del state["lm_head.weight"]
     return state
 
 
@@ -415,6 +432,7 @@ def save_model(model: GPT, folder: str | Path, metadata: Mapping[str, Any] | Non
         json.dumps(meta)
     except TypeError as exc:
         raise CustomGPTError(f"checkpoint metadata must be JSON-serialisable: {exc}") from exc
+    model = _unwrap(model)
     with staged_files(folder) as stage:
         _write_safetensors(state_for_saving(model), stage.path(WEIGHTS_NAME), {"customgpt_format": "1"})
         stage.write_json(CONFIG_NAME, model.config.to_dict())
@@ -738,6 +756,19 @@ def _model_card(config: GPTConfig, name: str, dtype: str, provenance: Mapping[st
         if tokenizer
         else f"No tokenizer files: the vocabulary ({config.vocab_size}) is smaller than GPT-2's ({GPT2_VOCAB_SIZE})."
     )
+    if tokenizer:
+        hf_usage = f"""from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("path/to/{name}")
+model = AutoModelForCausalLM.from_pretrained("path/to/{name}")
+inputs = tokenizer("Every effort moves you", return_tensors="pt")
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))"""
+    else:
+        hf_usage = f"""import torch
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained("path/to/{name}")
+logits = model(torch.tensor([[1, 2, 3]])).logits  # token ids below {config.vocab_size}"""
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -778,12 +809,7 @@ model = load_model("path/to/{name}")  # a local folder or the hub id of this rep
 With transformers:
 
 ```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-tokenizer = AutoTokenizer.from_pretrained("path/to/{name}")
-model = AutoModelForCausalLM.from_pretrained("path/to/{name}")
-inputs = tokenizer("Every effort moves you", return_tensors="pt")
-print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))
+{hf_usage}
 ```
 """
 
@@ -808,6 +834,7 @@ def export_hf(
         include_tokenizer: write the GPT-2 tokenizer files; None (default) writes them when
             the vocabulary covers GPT-2's 50,257 ids.
     """
+    model = _unwrap(model)
     config = model.config
     hf = config.to_hf_dict()  # raises ConfigError for an untied head, which GPT-2 cannot express
     folder = Path(folder)
@@ -818,7 +845,7 @@ def export_hf(
         include_tokenizer = config.vocab_size >= GPT2_VOCAB_SIZE
     token_id = hf["eos_token_id"]
     generation = {"_from_model_config": True, "bos_token_id": token_id, "eos_token_id": token_id}
-    tensors = customgpt_to_hf_state(model.state_dict(), config)
+    tensors = customgpt_to_hf_state(state_for_saving(model), config)
     with staged_files(folder) as stage:
         _write_safetensors(tensors, stage.path(WEIGHTS_NAME), None)
         stage.write_json(CONFIG_NAME, hf)

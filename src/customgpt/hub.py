@@ -84,6 +84,13 @@ def download_model(repo_id: str, *, revision: str | None = None) -> Path:
         raise CustomGPTError("loading a model by hub id needs the huggingface_hub package") from exc
 
     offline = offline_variable()
+    network_errors: tuple[type[BaseException], ...] = (OSError, ValueError)
+    try:  # huggingface_hub >= 1.0 talks through httpx, whose errors are not OSErrors
+        import httpx
+
+        network_errors += (httpx.HTTPError,)
+    except ImportError:  # pragma: no cover
+        pass
     try:
         folder = snapshot_download(
             repo_id,
@@ -103,8 +110,7 @@ def download_model(repo_id: str, *, revision: str | None = None) -> Path:
         raise CustomGPTError(f"no model {repo_id!r} on the Hugging Face hub (or it is private)") from exc
     except RevisionNotFoundError as exc:
         raise CustomGPTError(f"{repo_id!r} has no revision {revision!r}") from exc
-    except (OSError, ValueError) as exc:
-        # Connection errors (httpx/requests raise OSError subclasses) and invalid ids.
+    except network_errors as exc:  # connection errors, invalid ids
         raise CustomGPTError(f"cannot download {repo_id!r} ({exc}); {_offline_advice(repo_id)}") from exc
     return Path(folder)
 
