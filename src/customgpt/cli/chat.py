@@ -1,0 +1,87 @@
+"""``customgpt chat``: talk to an instruction-tuned model on the terminal.
+
+    customgpt chat --model runs/alpaca/final --prompt-style alpaca --temperature 0.7
+
+Type a message and press Enter; the reply streams back. The history is kept within the
+model's context window (the oldest turns are dropped first). Commands: ``/reset`` forgets the
+history, ``/exit`` (or end of input, Ctrl-D) quits. Ctrl-C during a reply stops that reply
+and returns to the prompt; the part already shown stays in the history.
+
+Replies go to standard output, everything else (banner, notices) to standard error, so the
+chat can be scripted: ``printf 'Hi\\n/exit\\n' | customgpt chat --model M``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from customgpt.cli.generate import (
+    STYLE_NAMES,
+    add_model_arguments,
+    add_sampling_arguments,
+    load_for_generation,
+    one_line_errors,
+    sampling_params_from_args,
+)
+
+HELP = "commands: /reset clears the history, /exit quits (or Ctrl-D); Ctrl-C stops a reply"
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    one_line_errors(parser)
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--prompt-style", choices=STYLE_NAMES, default="alpaca",
+        help="the chat template the model was fine-tuned with (default: %(default)s)",
+    )
+    parser.add_argument("--system", default=None, help="a system message put before the conversation")
+    add_sampling_arguments(parser, max_new_tokens=256)
+
+
+def run(args: argparse.Namespace) -> int:
+    from customgpt.generate import ChatSession
+
+    params = sampling_params_from_args(args)
+    model, tokenizer = load_for_generation(args)
+    session = ChatSession(model, tokenizer, args.prompt_style, params, system=args.system, use_cache=args.use_cache)
+    interactive = sys.stdin.isatty()
+    out, err = sys.stdout, sys.stderr
+    if hasattr(out, "reconfigure"):
+        out.reconfigure(errors="replace")
+    print(f"chat with {args.model} (prompt style {session.style.name}); {HELP}", file=err)
+
+    def context_full() -> None:
+        print(f"\n[context full ({model.config.context_length} tokens): cropping from the left]", file=err, flush=True)
+
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            print("\n(use /exit or Ctrl-D to quit)", file=err)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            session.reset()
+            print("[history cleared]", file=err)
+            continue
+        if text in ("/help", "/?"):
+            print(HELP, file=err)
+            continue
+        stream = session.send(line, on_context_full=context_full)
+        try:
+            for piece in stream:
+                out.write(piece)
+                out.flush()
+        except KeyboardInterrupt:
+            stream.close()
+            print("\n[reply interrupted]", file=err, flush=True)
+        out.write("\n")
+        out.flush()
+    return 0

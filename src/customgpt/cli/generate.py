@@ -1,0 +1,176 @@
+"""``customgpt generate``: continue a prompt, streaming the text to the terminal.
+
+    customgpt generate --model runs/sms/final --prompt "Once upon a time" --max-new-tokens 64
+    customgpt generate --model gpt2 --prompt "Hello" --temperature 0.8 --top-k 50 --seed 1
+    customgpt generate --model ft/ --prompt-style alpaca --prompt "Name three colours." --stop "###"
+    customgpt generate --model cpu-tiny --prompt "Hi" --json     # one JSON object, no streaming
+
+MODEL is anything :func:`customgpt.checkpoints.load_model` accepts: a preset name (random,
+untrained weights: a warning says so), a customgpt or Hugging Face folder, a weights file or
+a hub id. The sampling options are shared with ``customgpt chat`` (see
+:func:`add_sampling_arguments`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from customgpt.cli._common import add_device_argument, add_dtype_argument
+
+if TYPE_CHECKING:
+    from customgpt.generate import SamplingParams
+    from customgpt.model import GPT
+    from customgpt.tokenizer import Tokenizer
+
+STYLE_NAMES = ("alpaca", "phi3", "plain")
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make option errors one line (``error: ...``, exit 2), like the command's other errors."""
+    prog = parser.prog
+
+    def error(message: str) -> None:  # argparse calls this and expects it not to return
+        print(f"error: {message} (see {prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, metavar="MODEL",
+        help="preset name (random weights), checkpoint folder, Hugging Face folder, weights file or hub id",
+    )
+    parser.add_argument("--config", default=None, help="config (preset name) for a lone weights file")
+    add_device_argument(parser)
+    add_dtype_argument(parser)
+    parser.add_argument(
+        "--no-cache", dest="use_cache", action="store_false",
+        help="run the whole window every step instead of using the KV cache (slow; for checking)",
+    )
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 128) -> None:
+    """The options that build :class:`~customgpt.generate.SamplingParams` (validated there)."""
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="most tokens to generate (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: %(default)s)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off (default)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]; 1 = off (default)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability; 0 = off")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats; 1 = off")
+    g.add_argument("--presence-penalty", type=float, default=0.0, help="subtracted from tokens already in the output")
+    g.add_argument("--frequency-penalty", type=float, default=0.0, help="subtracted per occurrence in the output")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before TEXT (repeatable)")
+    g.add_argument(
+        "--no-stop-at-eot", dest="stop_at_eot", action="store_false",
+        help="keep going past the <|endoftext|> token",
+    )
+    g.add_argument("--seed", type=int, default=None, help="random seed (also seeds a preset's random weights)")
+
+
+def sampling_params_from_args(args: argparse.Namespace, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+    from customgpt.generate import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        stop=tuple(dict.fromkeys([*args.stop, *extra_stop])),
+        stop_at_eot=args.stop_at_eot,
+        seed=args.seed,
+    )
+
+
+def load_for_generation(args: argparse.Namespace) -> tuple[GPT, Tokenizer]:
+    """Load the model (warning when its weights are random) and the GPT-2 tokenizer."""
+    from customgpt.checkpoints import load_model, resolve_model_spec
+    from customgpt.cli._common import resolve_device, resolve_dtype
+    from customgpt.tokenizer import get_tokenizer
+
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    source = resolve_model_spec(args.model, config=args.config)
+    if source.kind == "preset":
+        print(
+            f"warning: {args.model!r} is a preset: its weights are random and untrained, so the text "
+            "will be gibberish (give a checkpoint folder or a hub id for a trained model)",
+            file=sys.stderr,
+        )
+    seed = 0 if args.seed is None else args.seed
+    model = load_model(args.model, device=device, dtype=dtype, config=args.config, seed=seed)
+    return model, get_tokenizer()
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    one_line_errors(parser)
+    add_model_arguments(parser)
+    parser.add_argument("--prompt", required=True, help="the prompt; '-' reads it from standard input")
+    parser.add_argument(
+        "--prompt-style", choices=STYLE_NAMES, default=None,
+        help="wrap the prompt as an instruction in this template (and stop at its markers)",
+    )
+    parser.add_argument("--input", default=None, help="optional input for the instruction (with --prompt-style)")
+    add_sampling_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (text, counts, finish reason, speed)")
+
+
+def _print_json(obj: Any) -> None:
+    import json
+
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def run(args: argparse.Namespace) -> int:
+    from customgpt.errors import ConfigError
+    from customgpt.generate import stream_text
+    from customgpt.prompts import get_prompt_style
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    style = get_prompt_style(args.prompt_style) if args.prompt_style else None
+    if args.input is not None and style is None:
+        raise ConfigError("--input needs --prompt-style (it is the instruction's input section)")
+    if style is not None:
+        prompt = style.format_instruction(prompt, args.input)
+    params = sampling_params_from_args(args, style.stop_strings if style else ())
+    model, tokenizer = load_for_generation(args)
+
+    def context_full() -> None:
+        print(
+            f"\n[context full ({model.config.context_length} tokens): cropping from the left]",
+            file=sys.stderr, flush=True,
+        )
+
+    stream = stream_text(
+        model, tokenizer, prompt, params, use_cache=args.use_cache,
+        on_context_full=None if args.json else context_full,
+    )
+    if args.json:
+        result = stream.collect()
+        _print_json({"model": args.model, **result.to_dict()})
+        return 0
+    out = sys.stdout
+    if hasattr(out, "reconfigure"):
+        out.reconfigure(errors="replace")  # never die on a terminal that cannot show a character
+    try:
+        for piece in stream:
+            out.write(piece)
+            out.flush()
+    except KeyboardInterrupt:
+        stream.close()
+    result = stream.result
+    out.write("\n")
+    out.flush()
+    assert result is not None
+    print(
+        f"[{result.completion_tokens} tokens, {result.tokens_per_second:.1f} tokens/s, "
+        f"finish: {result.finish_reason}]",
+        file=sys.stderr,
+    )
+    return 130 if result.finish_reason == "interrupted" else 0
