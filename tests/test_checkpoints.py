@@ -355,6 +355,8 @@ def test_hub_id_resolves_through_the_cache(tmp_path, monkeypatch):
     assert _same_weights(model, load_model(tmp_path / "snapshot"))
     info = describe_model_spec("openai-community/gpt2")
     assert info.kind == "hub" and info.hub_id == "openai-community/gpt2"
+    assert calls[-1][1]["allow_patterns"] == ["config.json"]  # info never downloads weights
+    assert info.parameters == hf.num_parameters() and info.dtype == "float32"
 
 
 def test_describe_model_spec_counts(tmp_path):

@@ -483,7 +483,7 @@ class ModelSource:
             return f"preset {self.config.name} (random initialisation)"
         where = ", ".join(str(p) for p in self.weights)
         if self.kind == "hub":
-            return f"Hugging Face hub {self.hub_id} ({where})" if where else f"Hugging Face hub {self.hub_id}"
+            return f"Hugging Face hub {self.hub_id} ({where or 'weights not downloaded yet'})"
         label = {"customgpt": "customgpt checkpoint", "hf": "Hugging Face GPT-2 folder", "file": "weights file"}
         return f"{label[self.kind]} {where}"
 
@@ -531,19 +531,26 @@ def _folder_weights(folder: Path) -> list[Path]:
     raise CheckpointError(f"{folder} holds no {WEIGHTS_NAME} or {HF_BIN_NAME}{hint}")
 
 
-def _resolve_folder(folder: Path, spec: str, config: GPTConfig | None) -> ModelSource:
+def _resolve_folder(folder: Path, spec: str, config: GPTConfig | None, require_weights: bool = True) -> ModelSource:
     cfg_path = folder / CONFIG_NAME
     if not cfg_path.is_file():
         if config is None:
             raise CheckpointError(f"{folder} has no {CONFIG_NAME}; pass a config (a preset name) for its weights")
         return ModelSource(spec, "file", config, _folder_weights(folder), None)
     folder_config, layout = _config_from_json(cfg_path)
-    weights = _folder_weights(folder)
+    try:
+        weights = _folder_weights(folder)
+    except CheckpointError:
+        if require_weights:
+            raise
+        weights = []
     metadata = read_metadata(folder) if layout == "customgpt" else {}
     return ModelSource(spec, layout, config or folder_config, weights, layout, metadata=metadata)
 
 
-def resolve_model_spec(spec: str | Path, *, config: GPTConfig | str | None = None) -> ModelSource:
+def resolve_model_spec(
+    spec: str | Path, *, config: GPTConfig | str | None = None, download_weights: bool = True
+) -> ModelSource:
     """Decide what ``spec`` names, read its config, and find its weights (not read yet).
 
     In order: an existing folder (customgpt or Hugging Face, told apart by ``config.json``),
@@ -551,7 +558,8 @@ def resolve_model_spec(spec: str | Path, *, config: GPTConfig | str | None = Non
     a preset name such as ``gpt2-124M`` or ``cpu-tiny`` (random weights), then a hub id
     (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl`` or ``owner/name``), downloaded
     into the hub cache. ``config`` (a :class:`GPTConfig` or preset name) overrides the
-    config found.
+    config found. ``download_weights=False`` fetches only a hub model's ``config.json``
+    (its ``weights`` are then empty unless already cached).
     """
     from customgpt import hub
 
@@ -586,8 +594,8 @@ def resolve_model_spec(spec: str | Path, *, config: GPTConfig | str | None = Non
             f"unknown model {text!r}: not a file or folder, not a preset ({', '.join(list_presets())}), "
             f"not a hub id ({', '.join(hub.HUB_ALIASES)} or owner/name)"
         )
-    folder = hub.download_model(repo_id)
-    source = _resolve_folder(folder, text, cfg)
+    folder = hub.download_model(repo_id, config_only=not download_weights)
+    source = _resolve_folder(folder, text, cfg, require_weights=download_weights)
     source.kind, source.hub_id = "hub", repo_id
     return source
 
@@ -689,17 +697,18 @@ def embedding_parameters(config: GPTConfig) -> int:
 def describe_model_spec(spec: str | Path, *, config: GPTConfig | str | None = None) -> ModelInfo:
     """Summarise a model without loading its tensors (only the safetensors header is read).
 
-    A well-known hub id (``gpt2`` ...) that is not downloaded and cannot be (offline) is
-    described from its preset, with the source saying the weights are not local.
+    For a hub id only ``config.json`` is fetched. A well-known hub id (``gpt2`` ...) that is
+    not in the cache and cannot be fetched (offline) is described from its preset, with the
+    source saying so.
     """
     from customgpt import hub
 
     try:
-        source = resolve_model_spec(spec, config=config)
-    except CustomGPTError:
+        source = resolve_model_spec(spec, config=config, download_weights=False)
+    except hub.HubUnavailableError:
         repo = hub.hub_repo_id(str(spec))
         preset = {v: k for k, v in HF_HUB_IDS.items()}.get(repo or "")
-        if preset is None or Path(str(spec)).exists():
+        if preset is None:
             raise
         cfg = GPTConfig.from_preset(preset)
         return ModelInfo(

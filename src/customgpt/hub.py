@@ -57,6 +57,10 @@ def hub_is_offline() -> bool:
     return offline_variable() is not None
 
 
+class HubUnavailableError(CustomGPTError):
+    """The hub cannot be used (offline or unreachable) and the model is not in the cache."""
+
+
 def _offline_advice(repo_id: str) -> str:
     local = repo_id.rsplit("/", 1)[-1]
     return (
@@ -65,12 +69,14 @@ def _offline_advice(repo_id: str) -> str:
     )
 
 
-def download_model(repo_id: str, *, revision: str | None = None) -> Path:
+def download_model(repo_id: str, *, revision: str | None = None, config_only: bool = False) -> Path:
     """Fetch ``config.json`` and the safetensors weights of ``repo_id``; return the local folder.
 
     Uses the hub's cache, so a second call costs nothing. Offline (``HF_HUB_OFFLINE=1``) only
-    the cache is consulted; a model that is not in it fails at once with advice to download
-    it elsewhere and pass the local folder.
+    the cache is consulted; a model that is not in it fails at once
+    (:class:`HubUnavailableError`) with advice to download it elsewhere and pass the local
+    folder. ``config_only`` fetches just ``config.json`` (the returned folder still holds
+    the weights if they were downloaded before).
     """
     try:
         from huggingface_hub import snapshot_download
@@ -95,13 +101,13 @@ def download_model(repo_id: str, *, revision: str | None = None) -> Path:
         folder = snapshot_download(
             repo_id,
             revision=revision,
-            allow_patterns=DOWNLOAD_PATTERNS,
+            allow_patterns=["config.json"] if config_only else DOWNLOAD_PATTERNS,
             local_files_only=offline is not None,
             etag_timeout=10,
         )
     except LocalEntryNotFoundError as exc:
         why = f"the hub is offline ({offline}=1)" if offline else "the hub cannot be reached"
-        raise CustomGPTError(
+        raise HubUnavailableError(
             f"cannot download {repo_id!r}: {why} and it is not in the local cache; {_offline_advice(repo_id)}"
         ) from exc
     except GatedRepoError as exc:
@@ -111,7 +117,7 @@ def download_model(repo_id: str, *, revision: str | None = None) -> Path:
     except RevisionNotFoundError as exc:
         raise CustomGPTError(f"{repo_id!r} has no revision {revision!r}") from exc
     except network_errors as exc:  # connection errors, invalid ids
-        raise CustomGPTError(f"cannot download {repo_id!r} ({exc}); {_offline_advice(repo_id)}") from exc
+        raise HubUnavailableError(f"cannot download {repo_id!r} ({exc}); {_offline_advice(repo_id)}") from exc
     return Path(folder)
 
 
