@@ -53,6 +53,7 @@ def test_save_load_round_trip(tmp_path):
     assert _same_weights(loaded, model)
     assert loaded.lm_head.weight is loaded.transformer.wte.weight  # tied again
     assert not loaded.training  # eval mode, like from_pretrained
+    assert all(p.requires_grad for p in loaded.parameters())  # ready to fine-tune
     idx = torch.randint(0, 100, (2, 16))
     assert torch.equal(loaded(idx), model(idx))
 

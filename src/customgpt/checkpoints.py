@@ -48,7 +48,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Non-parameter buffers that old GPT-2 checkpoints carry (the causal mask and its fill value).
 _HF_BUFFER = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 # =========================================================================== atomic files
@@ -60,6 +59,9 @@ class _StagedFiles:
     Each file goes to a hidden temporary name in the same folder (same filesystem, so the
     final ``os.replace`` is atomic); only when all are complete are they renamed, in order.
     On an exception every temporary file is removed and the previous files stay untouched.
+    Each rename is atomic, the set of renames is not: a power cut between two renames (a
+    window of microseconds, after every byte is on disk) could pair new weights with an old
+    config, which loading then reports as a shape mismatch.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -378,6 +380,8 @@ def build_model(
 
     The model is built on the meta device and the tensors are assigned, so no time is spent
     on a random initialisation that would be overwritten. ``dtype=None`` keeps the stored dtype.
+    Tensors already on ``device`` in ``dtype`` are used as they are, not copied: pass clones
+    if ``state`` belongs to a live model that must stay independent.
     """
     device = _as_device(device)
     dtype = _as_dtype(dtype) or state["transformer.wte.weight"].dtype
