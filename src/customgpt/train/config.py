@@ -600,7 +600,7 @@ class TrainConfig(Section):
     grad_clip: float | None = 1.0  # max global grad norm; 0 or none: no clipping
     seed: int = 123
     eval_every: int = 50  # optimizer steps between evaluations; 0: only at the end
-    eval_iters: int | None = 20  # validation batches per evaluation; none: all
+    eval_iters: int | None = 20  # validation batches (of batch_size windows) per evaluation; none: all
     save_every: int | None = None  # steps between checkpoints; none: at every evaluation
 
     def validate(self) -> None:

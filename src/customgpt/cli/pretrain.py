@@ -1,0 +1,50 @@
+"""``customgpt pretrain``: next-token pretraining from a YAML config plus dotted overrides.
+
+    customgpt pretrain --config pretrain-verdict
+    customgpt pretrain --config configs/pretrain-verdict.yaml --train.epochs 2 --logging.out_dir runs/v2
+    customgpt pretrain --config pretrain-verdict --resume            # continue runs/.../checkpoints/last
+    customgpt pretrain --plot runs/pretrain-verdict                  # redraw loss.png and lr.png
+    torchrun --nproc_per_node 2 -m customgpt pretrain --config pretrain-verdict
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from customgpt.train.config import add_config_arguments
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--resume", nargs="?", const=True, default=None, metavar="PATH",
+        help="continue the run in logging.out_dir from checkpoints/last, or from the checkpoint "
+        "(or run folder) PATH",
+    )
+    parser.add_argument("--plot", metavar="RUN_DIR", help="draw RUN_DIR/loss.png and lr.png from its metrics and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        from customgpt.train.logging import plot_run
+
+        for path in plot_run(args.plot):
+            print(path)
+        return 0
+
+    from customgpt.train.config import load_config, to_yaml
+    from customgpt.train.distributed import env_dist_info
+    from customgpt.train.pretrain import PretrainConfig, pretrain
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    summary = pretrain(cfg, resume=args.resume)
+    if env_dist_info().is_main:
+        print(
+            f"trained {summary['steps']} steps in {summary['seconds']:.1f}s: train loss "
+            f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}, best validation loss "
+            f"{summary['best_val_loss']:.3f}\nrun folder: {summary['run_dir']} (final model: {summary['run_dir']}/final)"
+        )
+    return 0

@@ -1,0 +1,221 @@
+"""Pretraining data: text files → one cached token array → sliding windows of (input, target).
+
+1. **Sources** (:func:`resolve_sources`): text files, folders (their ``*.txt`` files, sorted),
+   or names of registered datasets (``the-verdict``, fetched through
+   :func:`customgpt.data.registry.fetch`, which honours the ``CUSTOMGPT_DATA_DIR`` mirror).
+2. **Tokenize once** (:func:`load_tokens`): each file is one document; documents are joined
+   with ``<|endoftext|>``. The ids go to a ``uint16`` file read back with ``np.memmap``
+   (GPT-2's 50,257 ids fit in 16 bits; half the size of int32 and never loaded whole). Its
+   name is a sha256 of the tokenizer's vocabulary and every source file's sha256, so an edited
+   file (or another tokenizer) gets a new cache entry and the old one is never reused.
+3. **Split** by token position (:func:`split_tokens`): the first ``1 - val_fraction`` of the
+   tokens train, the rest validate.
+4. **Windows** (:class:`TokenWindows`): inputs ``ids[i : i + T]`` and targets
+   ``ids[i + 1 : i + T + 1]`` for ``i = 0, stride, 2 * stride, ...`` while a full target fits.
+   ``stride == T`` gives non-overlapping windows (the book's chapter-5 setup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from customgpt.errors import ConfigError, DataError
+from customgpt.train.config import FieldError, Section
+from customgpt.train.files import atomic_open, atomic_write_text
+
+
+@dataclass
+class PretrainDataConfig(Section):
+    """Where the text comes from and how it is cut into training examples.
+
+    Attributes:
+        source: text files, folders, or registered dataset names (a string or a list).
+        val_fraction: the last fraction of the tokens held out for validation (0: none).
+        context_length: tokens per example; None: the model's context length.
+        stride: step between window starts; None: ``context_length`` (no overlap).
+        shuffle: shuffle the training windows each epoch (seeded by ``train.seed`` and the epoch).
+        pattern: which files of a folder to read.
+        cache_dir: folder of the token caches; None: ``$CUSTOMGPT_CACHE_DIR/tokens`` or
+            ``~/.cache/customgpt/tokens``.
+        data_dir: mirror folder of the registered datasets; None: ``$CUSTOMGPT_DATA_DIR``.
+    """
+
+    source: list[str] = field(default_factory=lambda: ["the-verdict"])
+    val_fraction: float = 0.1
+    context_length: int | None = None
+    stride: int | None = None
+    shuffle: bool = True
+    pattern: str = "*.txt"
+    cache_dir: str | None = None
+    data_dir: str | None = None
+
+    def validate(self) -> None:
+        if not self.source:
+            raise FieldError("source", "needs at least one file, folder or dataset name")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise FieldError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        for key in ("context_length", "stride"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise FieldError(key, f"must be >= 1 or none, got {value}")
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def resolve_sources(sources: Sequence[str], *, pattern: str = "*.txt", data_dir: str | None = None) -> list[Path]:
+    """Files to read, in order: each source is a file, a folder, or a registered dataset name.
+
+    Raises:
+        DataError: a source that is none of these, or a folder without matching files.
+    """
+    files: list[Path] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob(pattern) if p.is_file())
+            if not found:
+                raise DataError(f"data.source: folder {path} has no files matching {pattern!r}")
+            files.extend(found)
+        else:
+            from customgpt.data import registry
+
+            if source in {info.name for info in registry.list_datasets()}:
+                files.append(registry.fetch(source, data_dir=data_dir, progress=False))
+            else:
+                known = ", ".join(info.name for info in registry.list_datasets())
+                raise DataError(
+                    f"data.source: {source!r} is not a file, a folder, or a registered dataset ({known})"
+                )
+    return files
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of what decides the ids: the merge ranks and the special tokens."""
+    digest = hashlib.sha256()
+    for token, rank in sorted(tokenizer.mergeable_ranks.items(), key=lambda kv: kv[1]):
+        digest.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
+    digest.update(json.dumps(sorted(tokenizer.special_tokens.items())).encode())
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    from customgpt.data.registry import cache_root
+
+    return cache_root() / "tokens"
+
+
+def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = None) -> Path:
+    """The token cache file for ``files`` under ``tokenizer`` (it may not exist yet)."""
+    digest = hashlib.sha256(b"customgpt-pretrain-tokens-v1\n")
+    digest.update(tokenizer_fingerprint(tokenizer).encode())
+    for path in files:
+        digest.update(b"\n" + _sha256_file(path).encode())
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return folder / f"{digest.hexdigest()}.memmap"
+
+
+def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = None,
+                *, build: bool = True) -> np.memmap:
+    """The token ids of ``files`` joined by ``<|endoftext|>``, from the cache (built if missing).
+
+    Args:
+        build: tokenize when there is no cache entry; with False a missing entry is an error
+            (other processes of a distributed run wait for rank 0 to build it).
+    """
+    from customgpt.constants import EOT_TEXT
+
+    path = cache_path(files, tokenizer, cache_dir)
+    if not path.is_file():
+        if not build:
+            raise DataError(f"token cache {path} is missing")
+        if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
+            raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} ids; the uint16 token cache holds 65,536")
+        eot = np.array([tokenizer.eot_id], dtype=np.uint16)
+        n_tokens = 0
+        with atomic_open(path, "wb") as fh:  # a crash leaves no half cache under the final name
+            for i, file in enumerate(files):
+                try:
+                    text = file.read_text(encoding="utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{file}: not UTF-8 text (byte {exc.start}): {exc.reason}") from exc
+                ids = np.asarray(tokenizer.encode(text, allowed_special={EOT_TEXT}), dtype=np.uint16)
+                if i > 0:
+                    fh.write(eot.tobytes())
+                    n_tokens += 1
+                fh.write(ids.tobytes())
+                n_tokens += len(ids)
+        meta = {"tokens": n_tokens, "tokenizer": tokenizer.name, "files": [str(f) for f in files]}
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    if path.stat().st_size == 0:
+        raise DataError(f"data.source: no text in {', '.join(str(f) for f in files)}")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+# --------------------------------------------------------------------------- split and windows
+
+
+def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation): the first ``1 - val_fraction`` of the tokens, then the rest."""
+    cut = int(round(len(tokens) * (1.0 - val_fraction)))
+    return tokens[:cut], tokens[cut:]
+
+
+class TokenWindows(torch.utils.data.Dataset):
+    """(input, target) windows over a token array: ``ids[i:i+T]`` and ``ids[i+1:i+T+1]``."""
+
+    def __init__(self, tokens: np.ndarray, context_length: int, stride: int | None = None) -> None:
+        self.tokens = tokens
+        self.context_length = context_length
+        self.stride = stride or context_length
+        # window starts i with i + T + 1 <= len(tokens), every ``stride`` tokens
+        self.starts = range(0, max(len(tokens) - context_length, 0), self.stride)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        i = self.starts[index]
+        chunk = torch.from_numpy(np.asarray(self.tokens[i:i + self.context_length + 1], dtype=np.int64))
+        return chunk[:-1], chunk[1:]
+
+    def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Stacked (inputs, targets) of shape (len(indices), T)."""
+        pairs = [self[i] for i in indices]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    """The order of the ``n`` training windows in ``epoch``: the same on every process and
+    after a resume, because it depends only on (seed, epoch)."""
+    if not shuffle:
+        return list(range(n))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def describe(train: TokenWindows, val: TokenWindows, n_tokens: int) -> str:
+    return (
+        f"{n_tokens:,} tokens: {len(train.tokens):,} train ({len(train):,} windows), "
+        f"{len(val.tokens):,} validation ({len(val):,} windows) of {train.context_length} tokens, "
+        f"stride {train.stride}"
+    )
+
