@@ -58,6 +58,18 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(loaded(idx), model(idx))
 
 
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    """Not the private 0600 that a temporary file (or the safetensors writer) starts with."""
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    expected = probe.stat().st_mode & 0o777
+    save_model(tiny_model(), tmp_path / "ckpt")
+    export_hf(tiny_model(), tmp_path / "hf")
+    for folder in ("ckpt", "hf"):
+        for path in (tmp_path / folder).iterdir():
+            assert path.stat().st_mode & 0o777 == expected, path
+
+
 def test_load_with_dtype_and_overrides(tmp_path):
     model = tiny_model(seed=2)
     save_model(model, tmp_path)

@@ -81,9 +81,13 @@ class _StagedFiles:
         self.write_text(name, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
     def commit(self) -> None:
+        mode = _new_file_mode()
         for tmp, _ in self.staged:
             with open(tmp, "rb+") as fh:  # flush to disk before the rename makes it visible
                 os.fsync(fh.fileno())
+            # Some writers (safetensors among them) create private 0600 files; give the
+            # checkpoint the permissions any new file gets here.
+            os.chmod(tmp, mode)
         for tmp, final in self.staged:
             os.replace(tmp, final)
         self.staged.clear()
@@ -92,6 +96,13 @@ class _StagedFiles:
         for tmp, _ in self.staged:
             tmp.unlink(missing_ok=True)
         self.staged.clear()
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask."""
+    umask = os.umask(0)  # the only portable way to read it is to set it ...
+    os.umask(umask)  # ... and put it straight back
+    return 0o666 & ~umask
 
 
 @contextmanager
