@@ -415,6 +415,8 @@ def test_unreadable_adapter_folders(tmp_path):
         load_adapter(tiny_gpt(), tmp_path / "peft")
     model = tiny_gpt()
     inject_lora(model, LoRAConfig())
+    with pytest.raises(ConfigError, match=r"shares its weight with transformer\.wte\.weight"):
+        save_adapter(model, tmp_path / "tied", "tiny", extra_trainable=("lm_head",))
     merge_lora(model)
     with pytest.raises(CheckpointError, match="unmerge_lora first"):
         save_adapter(model, tmp_path / "merged", "tiny")

@@ -567,6 +567,12 @@ def save_adapter(
     cfg = _config_of(model)
     folder = Path(folder)
     extras = _modules_matching(model, extra_trainable, what="extra_trainable") if extra_trainable else []
+    # A saved module must own its tensors: a weight tied to a module outside (the LM head and
+    # the token embedding) would be trained yet also counted in the base checksum.
+    saved_ids = {id(p) for m in extras for p in model.get_submodule(m).parameters()}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in saved_ids and not any(name.startswith(m + ".") for m in extras):
+            raise ConfigError(f"extra_trainable: a saved module shares its weight with {name}; tied weights cannot be saved")
     if isinstance(base_model_info, str):
         info: dict[str, Any] = {"spec": base_model_info}
     else:
