@@ -1,0 +1,276 @@
+"""A text classifier on top of the GPT: the same network's hidden states, pooled, into a new head.
+
+The classifier *composes* the model (``self.gpt`` is an ordinary :class:`~customgpt.model.GPT`);
+it adds one linear layer, ``score`` (the name Hugging Face uses for GPT-2's classification head,
+and a LoRA target name in :mod:`customgpt.lora`), that maps a pooled hidden state to class logits.
+
+Pooling, under right padding (real tokens first, then pads):
+
+* ``last``: the hidden state of the last real token. In a causal model it is the only one that
+  has seen the whole text. Its index comes from the attention mask, never from the pad id, so
+  a pad id that also occurs in the text (GPT-2 pads with ``<|endoftext|>``) changes nothing.
+* ``mean``: the average hidden state over the real tokens.
+
+Because attention is causal, a pad that comes *after* every real token can never influence a
+real token's hidden state, so right-padded batches need no attention mask in the forward pass
+(and keep PyTorch's fast causal attention path); the mask is used only for pooling.
+
+A saved classifier is a customgpt model folder (``model.safetensors``, ``config.json``,
+``metadata.json``: the body, loadable by :func:`customgpt.checkpoints.load_model`) plus
+``classifier.safetensors`` (the head) and ``classifier.json`` (labels, pooling, max length).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from customgpt.errors import CheckpointError, ConfigError
+from customgpt.model import GPT
+
+POOLINGS = ("last", "mean")
+TRAINABLE = ("head", "last_blocks", "all", "lora")
+HEAD_WEIGHTS = "classifier.safetensors"
+HEAD_CONFIG = "classifier.json"
+FORMAT = "customgpt-classifier"
+
+
+def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, pooling: str = "last") -> Tensor:
+    """Pool (B, T, C) hidden states into (B, C) over the real tokens of right-padded rows.
+
+    Args:
+        hidden: hidden states (B, T, C).
+        attention_mask: (B, T), 1 for real tokens, 0 for right padding; None: no padding.
+        pooling: ``"last"`` (last real token) or ``"mean"`` (mean over real tokens).
+    """
+    B, T, _ = hidden.shape
+    if attention_mask is None:
+        attention_mask = torch.ones(B, T, dtype=torch.long, device=hidden.device)
+    if pooling == "last":
+        lengths = attention_mask.long().sum(dim=1)  # (B,)
+        if bool((lengths == 0).any()):
+            raise ValueError("a row of the batch has no real tokens")
+        last = lengths - 1
+        return hidden[torch.arange(B, device=hidden.device), last]  # (B, C)
+    if pooling == "mean":
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+    raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+
+
+class GPTClassifier(nn.Module):
+    """GPT body + pooling + a linear head: token ids (B, T) → class logits (B, K).
+
+    Args:
+        gpt: the language model whose hidden states are classified.
+        num_classes: number of classes K.
+        pooling: ``"last"`` or ``"mean"`` (see :func:`pool_hidden`).
+        head_dropout: dropout on the pooled vector before the head (training only).
+    """
+
+    def __init__(self, gpt: GPT, num_classes: int, pooling: str = "last", head_dropout: float = 0.0) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"classifier.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if num_classes < 2:
+            raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+        self.gpt = gpt
+        self.pooling = pooling
+        self.num_classes = num_classes
+        self.dropout = nn.Dropout(head_dropout)
+        self.score = nn.Linear(gpt.config.n_embd, num_classes)
+        nn.init.normal_(self.score.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(self.score.bias)
+
+    @property
+    def config(self):
+        return self.gpt.config
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, K) of right-padded ``input_ids`` (B, T) with ``attention_mask`` (B, T)."""
+        hidden = self.gpt.forward_hidden(input_ids)  # (B, T, C); causal: pads after the text are inert
+        return self.score(self.dropout(pool_hidden(hidden, attention_mask, self.pooling)))
+
+    # ------------------------------------------------------------------ what trains
+    def set_trainable(self, mode: str, last_blocks: int = 1) -> None:
+        """Choose the trainable parameters (the head always trains).
+
+        * ``head``: only the classification head;
+        * ``last_blocks``: the last ``last_blocks`` transformer blocks + the final LayerNorm + head;
+        * ``all``: everything;
+        * ``lora``: the LoRA matrices + head (call :func:`customgpt.lora.inject_lora` first).
+        """
+        if mode not in TRAINABLE:
+            raise ConfigError(f"classifier.trainable must be one of {', '.join(TRAINABLE)}, got {mode!r}")
+        if mode == "lora":
+            from customgpt.lora import mark_only_lora_trainable
+
+            mark_only_lora_trainable(self, extra_trainable=("score",))
+            return
+        self.requires_grad_(mode == "all")
+        if mode == "last_blocks":
+            n_layer = len(self.gpt.transformer.h)
+            if not 1 <= last_blocks <= n_layer:
+                raise ConfigError(f"classifier.last_blocks must be in 1..{n_layer}, got {last_blocks}")
+            for block in self.gpt.transformer.h[n_layer - last_blocks :]:
+                block.requires_grad_(True)
+            self.gpt.transformer.ln_f.requires_grad_(True)
+        self.score.requires_grad_(True)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_classifier(
+    model: GPTClassifier,
+    folder: str | Path,
+    labels: Sequence[str],
+    *,
+    max_length: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save a classifier folder atomically (written as ``<folder>.tmp``, then swapped in).
+
+    LoRA adapters, if any, are merged into the saved body, so the folder is a plain model.
+    """
+    from customgpt.checkpoints import build_model, save_model, save_weights
+    from customgpt.train.files import atomic_write_text, fsync_dir
+
+    if len(labels) != model.num_classes:
+        raise ConfigError(f"{len(labels)} label names for a {model.num_classes}-class head")
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    gpt = getattr(model.gpt, "_orig_mod", model.gpt)
+    from customgpt.lora import lora_layers, merged_state_dict
+
+    if lora_layers(gpt):
+        gpt = build_model(gpt.config, merged_state_dict(gpt))
+    head_info = {
+        "format": FORMAT,
+        "labels": list(labels),
+        "pooling": model.pooling,
+        "max_length": int(max_length),
+        **dict(extra or {}),
+    }
+    try:
+        save_model(gpt, tmp, metadata={"kind": "classifier", "labels": list(labels)})
+        save_weights({k: v for k, v in model.score.state_dict().items()}, tmp / HEAD_WEIGHTS)
+        atomic_write_text(tmp / HEAD_CONFIG, json.dumps(head_info, indent=2, ensure_ascii=False) + "\n")
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prev = folder.with_name(folder.name + ".prev")
+    if prev.exists():
+        shutil.rmtree(prev)
+    if folder.exists():
+        folder.replace(prev)
+    tmp.replace(folder)
+    fsync_dir(folder.parent)
+    shutil.rmtree(prev, ignore_errors=True)
+    return folder
+
+
+def read_classifier_config(folder: str | Path) -> dict[str, Any]:
+    """``classifier.json`` of a saved classifier (a CheckpointError if absent or malformed)."""
+    path = Path(folder) / HEAD_CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a classifier folder: no {HEAD_CONFIG} (train one with "
+                              "`customgpt finetune classify`)")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if info.get("format") != FORMAT or not isinstance(info.get("labels"), list):
+        raise CheckpointError(f"{path} is not a customgpt classifier config")
+    return info
+
+
+def load_classifier(
+    folder: str | Path, *, device: torch.device | str = "cpu"
+) -> tuple[GPTClassifier, dict[str, Any]]:
+    """Load a folder written by :func:`save_classifier`: (model in eval mode, its classifier.json)."""
+    from customgpt.checkpoints import load_model, load_weights
+
+    info = read_classifier_config(folder)
+    gpt = load_model(Path(folder), device=device, dtype=torch.float32)
+    model = GPTClassifier(gpt, len(info["labels"]), pooling=info.get("pooling", "last"))
+    head = load_weights(Path(folder) / HEAD_WEIGHTS)
+    try:
+        model.score.load_state_dict(head, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{Path(folder) / HEAD_WEIGHTS} does not match the model: {exc}") from exc
+    return model.to(device).eval(), info
+
+
+@torch.no_grad()
+def predict_texts(
+    model: GPTClassifier,
+    texts: Sequence[str],
+    encode,
+    *,
+    max_length: int,
+    batch_size: int = 32,
+    pad_id: int | None = None,
+) -> Tensor:
+    """Class probabilities (N, K) of raw ``texts`` (truncated to ``max_length`` tokens)."""
+    from customgpt.constants import EOT_ID
+    from customgpt.data.classification import collate_classification
+
+    model.eval()
+    device = next(model.parameters()).device
+    limit = min(max_length, model.config.context_length)
+    out = []
+    for start in range(0, len(texts), batch_size):
+        rows = [((encode(t) or [EOT_ID])[:limit], 0) for t in texts[start : start + batch_size]]
+        batch = collate_classification(rows, EOT_ID if pad_id is None else pad_id)
+        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        out.append(torch.softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(out) if out else torch.empty(0, model.num_classes)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def classification_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    kind: str = "cross_entropy",
+    class_weights: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    focal_gamma: float = 2.0,
+) -> Tensor:
+    """Mean loss of class ``logits`` (B, K) against class ids ``targets`` (B,).
+
+    * ``cross_entropy``: PyTorch's, with optional class weights (the mean is then weighted:
+      ``sum(w_i * loss_i) / sum(w_i)``) and label smoothing.
+    * ``focal``: ``-(1 - p_t)^gamma * log p_t`` (Lin et al.), which down-weights examples the
+      model already gets right; class weights act as the per-class ``alpha``, with the same
+      weighted mean. ``gamma = 0`` is exactly the cross-entropy.
+    """
+    logits = logits.float()
+    if kind == "cross_entropy":
+        return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=label_smoothing)
+    if kind != "focal":
+        raise ConfigError(f"unknown classification loss {kind!r} (cross_entropy, focal)")
+    if label_smoothing:
+        raise ConfigError("label smoothing applies to the cross-entropy loss, not to focal loss")
+    log_p = F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)  # (B,) log p_t
+    loss = -((1.0 - log_p.exp()) ** focal_gamma) * log_p
+    if class_weights is None:
+        return loss.mean()
+    w = class_weights.to(loss.dtype)[targets]
+    return (w * loss).sum() / w.sum()

@@ -1,0 +1,47 @@
+"""``customgpt classify``: label texts with a classifier trained by ``customgpt finetune classify``.
+
+    customgpt classify --model runs/spam-small/best "You won a FREE prize! Call now"
+    customgpt classify --model runs/spam-small/best --file messages.txt     # one text per line
+
+Prints one line per text: ``LABEL<TAB>PROBABILITY<TAB>TEXT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    parser.add_argument("--model", "-m", required=True, help="a classifier folder (a run's best/)")
+    parser.add_argument("--file", "-f", help="classify every non-empty line of this UTF-8 file ('-': stdin)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from customgpt.classifier import load_classifier, predict_texts
+    from customgpt.data.classification import decode_utf8
+    from customgpt.errors import CustomGPTError
+    from customgpt.tokenizer import get_tokenizer
+    from customgpt.train.runtime import resolve_device
+
+    texts = list(args.texts)
+    if args.file:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        texts += [line for line in decode_utf8(data, args.file).splitlines() if line.strip()]
+    if not texts:
+        raise CustomGPTError("nothing to classify: give TEXT arguments or --file")
+    if args.batch_size < 1:
+        raise CustomGPTError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model, info = load_classifier(args.model, device=resolve_device(args.device))
+    probs = predict_texts(model, texts, get_tokenizer().encode, max_length=info["max_length"],
+                          batch_size=args.batch_size)
+    labels = info["labels"]
+    for text, p in zip(texts, probs):
+        k = int(p.argmax())
+        print(f"{labels[k]}\t{float(p[k]):.4f}\t{text}")
+    return 0

@@ -1,0 +1,65 @@
+"""``customgpt finetune TASK``: fine-tune a model from a YAML config plus dotted overrides.
+
+    customgpt finetune classify                                   # the spam-small preset
+    customgpt finetune classify --config spam-124m --data.data_dir ../shared/datasets
+    customgpt finetune classify --config my.yaml --train.lr 1e-4 --logging.out_dir runs/x
+
+Each task is one row of :data:`TASKS` (its config schema and its training function), so
+more objectives (instruction tuning, preference tuning) are added as rows, not branches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: task -> (module, config schema, training function, default config, one-line help)
+TASKS: dict[str, tuple[str, str, str, str, str]] = {
+    "classify": (
+        "customgpt.train.classify", "ClassifyConfig", "finetune_classify", "spam-small",
+        "train a text classifier (spam vs ham, or any labelled CSV/TSV/JSONL)",
+    ),
+}
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    from customgpt.train.config import split_override_args
+
+    sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    for name, (_, _, _, default, help_) in TASKS.items():
+        p = sub.add_parser(
+            name, help=help_, description=help_,
+            epilog="Any config key can be overridden by its dotted path: --train.lr 1e-4, --data.data_dir DIR.",
+        )
+        p.add_argument("--config", "-c", default=default,
+                       help=f"YAML config: a path or a packaged preset name (default: {default})")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    # argparse would reject the dotted overrides: take them out before it parses.
+    original = parser.parse_args
+
+    def parse_args(args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        own, overrides = split_override_args(sys.argv[1:] if args is None else args)
+        ns = original(own, namespace)
+        ns.overrides = overrides
+        return ns
+
+    parser.parse_args = parse_args  # type: ignore[method-assign]
+
+
+def run(args: argparse.Namespace) -> int:
+    from customgpt.train.config import load_config, to_yaml
+
+    module_name, schema_name, fn_name, _, _ = TASKS[args.task]
+    module = importlib.import_module(module_name)
+    cfg = load_config(getattr(module, schema_name), args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    summary = getattr(module, fn_name)(cfg)
+    test = summary.get("test")
+    result = f"test accuracy {test['accuracy']:.4f}, " if test else ""
+    print(f"{result}training {summary['train_seconds']:.1f}s; best epoch {summary['best_epoch']}\n"
+          f"run folder: {summary['run_dir']} (classifier: {summary['run_dir']}/best)")
+    return 0

@@ -1,0 +1,364 @@
+"""Classification fine-tuning: one explicit loop built from the shared pieces of :mod:`customgpt.train`.
+
+Reading order: the config schema, evaluation on a whole split, the optional language-model
+warm-up on the training texts, then :func:`finetune_classify`: validate the data → build the
+model → (LM warm-up) → per epoch: train, evaluate the full validation set, keep the best
+classifier → evaluate the best one on the full validation and test sets → write
+``metrics.json``, ``test_predictions.csv``, ``loss.png`` and ``accuracy.png``.
+
+Runs are single-process (classification sets are small); the device and precision come
+from the ``runtime`` section as for pretraining.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from customgpt.classifier import GPTClassifier, classification_loss, load_classifier, save_classifier
+from customgpt.data.classification import (
+    ClassificationDataset,
+    ClassifyDataConfig,
+    class_counts,
+    collate_classification,
+    prepare_splits,
+)
+from customgpt.errors import ConfigError
+from customgpt.metrics import classification_report, format_report
+from customgpt.train.config import (
+    FieldError,
+    LoggingConfig,
+    ModelSection,
+    OptimConfig,
+    RuntimeConfig,
+    Section,
+    TrainConfig,
+    save_config,
+)
+from customgpt.train.files import atomic_write_text
+from customgpt.train.logging import MetricsLogger, Progress
+from customgpt.train.optim import build_optimizer, set_lr
+from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
+from customgpt.train.schedule import build_schedule, lr_at
+from customgpt.train.step import optimizer_step
+
+
+@dataclass
+class ClassifierSection(Section):
+    """The head, what trains, the loss, and how the best epoch is chosen (see docs/classification.md)."""
+
+    pooling: Literal["last", "mean"] = "last"
+    trainable: Literal["head", "last_blocks", "all", "lora"] = "last_blocks"
+    last_blocks: int = 1  # with trainable: last_blocks
+    head_dropout: float = 0.0
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    class_weights: list[float] | None = None  # one weight per class, in data.labels order
+    balanced_class_weights: bool = False  # weights n / (K * count_k) from the training set
+    select_metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"  # ties: lower validation loss
+    eval_batch_size: int = 64
+
+    def validate(self) -> None:
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise FieldError("head_dropout", f"must be in [0, 1), got {self.head_dropout}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise FieldError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        if self.loss == "focal" and self.label_smoothing:
+            raise FieldError("label_smoothing", "applies to loss: cross_entropy only")
+        if self.class_weights is not None and self.balanced_class_weights:
+            raise FieldError("class_weights", "give class_weights or balanced_class_weights, not both")
+        if self.class_weights is not None and any(w <= 0 for w in self.class_weights):
+            raise FieldError("class_weights", f"must all be > 0, got {self.class_weights}")
+        if self.last_blocks < 1 or self.eval_batch_size < 1 or self.focal_gamma < 0:
+            raise FieldError("last_blocks", "last_blocks and eval_batch_size must be >= 1, focal_gamma >= 0")
+
+
+@dataclass
+class LMPretrainSection(Section):
+    """Optional next-token warm-up on the *training* texts only, before the classifier trains."""
+
+    steps: int = 0  # 0: no warm-up
+    lr: float = 1e-3
+    batch_size: int = 16
+    context_length: int = 64
+    warmup_fraction: float = 0.1
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.context_length < 2 or self.lr <= 0:
+            raise FieldError("steps", "steps >= 0, batch_size >= 1, context_length >= 2 and lr > 0 are required")
+
+
+@dataclass
+class LoRASection(Section):
+    """Low-rank adapters (used when classifier.trainable is lora)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["c_attn"])
+    rslora: bool = False
+
+
+@dataclass
+class ClassifyConfig(Section):
+    """The whole ``customgpt finetune classify`` configuration."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    classifier: ClassifierSection = field(default_factory=ClassifierSection)
+    lm_pretrain: LMPretrainSection = field(default_factory=LMPretrainSection)
+    lora: LoRASection = field(default_factory=LoRASection)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=5e-5, eval_every=0))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(out_dir="runs/classify"))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict(model: GPTClassifier, data: ClassificationDataset, rt: Runtime, batch_size: int) -> torch.Tensor:
+    """Class probabilities (N, K) of a whole split. Rows are batched by length (less padding),
+    then put back in the split's order."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
+    probs = torch.empty(len(data), model.num_classes)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate_classification([data[i] for i in idx], data.pad_id)
+        with rt.autocast():
+            logits = model(batch["input_ids"].to(rt.device), batch["attention_mask"].to(rt.device))
+        probs[idx] = torch.softmax(logits.float(), dim=-1).cpu()
+    model.train(was_training)
+    return probs
+
+
+def evaluate(model: GPTClassifier, data: ClassificationDataset, rt: Runtime, labels: list[str],
+             batch_size: int) -> tuple[dict[str, Any], torch.Tensor]:
+    """(report with ``loss`` added, probabilities) over the FULL split (plain cross-entropy loss)."""
+    probs = predict(model, data, rt, batch_size)
+    targets = torch.tensor(data.labels)
+    report = classification_report(data.labels, probs.argmax(-1).tolist(), labels)
+    report["loss"] = float(-torch.log(probs[torch.arange(len(data)), targets].clamp_min(1e-12)).mean())
+    return report, probs
+
+
+def _better(report: dict[str, Any], best: dict[str, Any] | None, metric: str) -> bool:
+    if best is None:
+        return True
+    if metric == "loss":
+        return report["loss"] < best["loss"]
+    return (report[metric], -report["loss"]) > (best[metric], -best["loss"])
+
+
+# --------------------------------------------------------------------------- LM warm-up
+
+
+def lm_warmup(gpt: torch.nn.Module, train: ClassificationDataset, cfg: ClassifyConfig, rt: Runtime,
+              eot_id: int, log: MetricsLogger) -> None:
+    """Next-token training on random windows of the training texts (joined with end-of-text)."""
+    from customgpt.losses import causal_lm_loss
+
+    pcfg = cfg.lm_pretrain
+    stream = torch.tensor([t for ids in train.ids for t in (*ids, eot_id)], dtype=torch.long)
+    window = min(pcfg.context_length, gpt.config.context_length, len(stream) - 1)
+    optimizer = build_optimizer(gpt, cfg.optim, pcfg.lr, rt.device)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    warm = int(pcfg.warmup_fraction * pcfg.steps)
+    bar = Progress(pcfg.steps, enabled=cfg.logging.progress, desc="LM warm-up")
+    for step in range(pcfg.steps):
+        lr = lr_at(step, peak_lr=pcfg.lr, total_steps=pcfg.steps, warmup_steps=warm)
+        set_lr(optimizer, lr)
+        starts = torch.randint(len(stream) - window, (pcfg.batch_size,), generator=generator)
+        x = torch.stack([stream[s:s + window] for s in starts]).to(rt.device)
+        y = torch.stack([stream[s + 1:s + window + 1] for s in starts]).to(rt.device)
+        with rt.autocast():
+            loss = causal_lm_loss(gpt.forward_hidden(x), gpt.lm_head.weight, y)
+        loss.backward()
+        optimizer_step(optimizer, None, gpt.parameters(), cfg.train.grad_clip)
+        log.log({"step": step - pcfg.steps, "lm_loss": float(loss.detach()), "lr": lr})
+        bar.update(loss=float(loss.detach()), lr=lr)
+    bar.close()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
+    """Train a classifier as ``cfg`` says; returns the summary also written to ``metrics.json``."""
+    clock = time.perf_counter()
+    splits, labels = prepare_splits(cfg.data)  # every row validated before anything is created
+    run_dir = Path(cfg.logging.out_dir)
+    if (run_dir / "best").exists() or (run_dir / "metrics.json").exists():
+        raise ConfigError(f"logging.out_dir: {run_dir} already holds a classification run; choose another folder")
+    rt = setup_runtime(cfg.runtime, distributed=False)
+    tcfg, ccfg = cfg.train, cfg.classifier
+    seed_everything(tcfg.seed)
+    from customgpt.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer()
+    gpt = cfg.model.build().to(rt.device).train()
+    ctx = gpt.config.context_length
+    limit = min(cfg.data.max_length or ctx, ctx)
+    train = ClassificationDataset(splits.train, labels, tokenizer.encode, limit, pad_id=cfg.data.pad_token_id)
+    max_length = limit if cfg.data.max_length else min(train.longest, limit)
+    val, test = (ClassificationDataset(s, labels, tokenizer.encode, max_length, pad_id=cfg.data.pad_token_id)
+                 for s in (splits.val, splits.test))
+    truncated = {"train": train.num_truncated, "val": val.num_truncated, "test": test.num_truncated}
+    print(f"data: {splits.sizes()} examples, classes {labels}, max length {max_length} tokens, "
+          f"truncated {truncated}")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    log = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard)
+    train_clock = time.perf_counter()
+    if cfg.lm_pretrain.steps:
+        lm_warmup(gpt, train, cfg, rt, tokenizer.eot_id, log)
+
+    model = GPTClassifier(gpt, len(labels), ccfg.pooling, ccfg.head_dropout).to(rt.device)
+    if ccfg.trainable == "lora":
+        from customgpt.lora import LoRAConfig, inject_lora
+
+        inject_lora(model.gpt, LoRAConfig(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, tuple(cfg.lora.targets),
+                                          cfg.lora.rslora))
+        model.to(rt.device)
+    model.set_trainable(ccfg.trainable, ccfg.last_blocks)
+    weights = None
+    if ccfg.class_weights is not None:
+        if len(ccfg.class_weights) != len(labels):
+            raise ConfigError(f"classifier.class_weights has {len(ccfg.class_weights)} values for {len(labels)} classes")
+        weights = torch.tensor(ccfg.class_weights, device=rt.device)
+    elif ccfg.balanced_class_weights:
+        counts = class_counts(splits.train, labels)
+        weights = torch.tensor([len(train) / (len(labels) * max(c, 1)) for c in counts], device=rt.device)
+
+    micro, accum = tcfg.accumulation(1)
+    loader = DataLoader(train, batch_size=tcfg.batch_size, shuffle=True, drop_last=len(train) >= tcfg.batch_size,
+                        collate_fn=lambda b: collate_classification(b, train.pad_id),
+                        generator=torch.Generator().manual_seed(tcfg.seed))
+    total_steps = min(tcfg.max_steps or math.inf, tcfg.epochs * len(loader))
+    schedule = build_schedule(tcfg, int(total_steps))
+    optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
+    scaler = rt.grad_scaler()
+    params = [p for p in model.parameters() if p.requires_grad]
+    print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(True):,} trainable "
+          f"({ccfg.trainable}); {int(total_steps)} steps")
+
+    step, best, best_epoch, history = 0, None, 0, []
+    bar = Progress(int(total_steps), enabled=cfg.logging.progress, desc="classify")
+    for epoch in range(1, tcfg.epochs + 1):
+        seen = correct = 0
+        loss_sum = 0.0
+        for batch in loader:
+            if step >= total_steps:
+                break
+            lr = schedule(step)
+            set_lr(optimizer, lr)
+            batch = {k: v.to(rt.device) for k, v in batch.items()}
+            n = len(batch["labels"])
+            for i in range(0, n, micro):  # gradient accumulation: each chunk weighted by its share
+                part = {k: v[i:i + micro] for k, v in batch.items()}
+                with rt.autocast():
+                    logits = model(part["input_ids"], part["attention_mask"])
+                    loss = classification_loss(logits, part["labels"], kind=ccfg.loss, class_weights=weights,
+                                               label_smoothing=ccfg.label_smoothing, focal_gamma=ccfg.focal_gamma)
+                scaler.scale(loss * len(part["labels"]) / n).backward()
+                loss_sum += float(loss.detach()) * len(part["labels"])
+                correct += int((logits.argmax(-1) == part["labels"]).sum())
+            seen += n
+            grad_norm, _ = optimizer_step(optimizer, scaler, params, tcfg.grad_clip)
+            step += 1
+            if step % cfg.logging.log_every == 0:
+                log.log({"step": step, "epoch": epoch, "loss": loss_sum / seen, "lr": lr, "grad_norm": grad_norm})
+            bar.update(loss=loss_sum / seen, lr=lr)
+        if seen == 0:
+            break
+        report, _ = evaluate(model, val, rt, labels, ccfg.eval_batch_size)
+        record = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                  "val_loss": report["loss"], "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"],
+                  "elapsed": time.perf_counter() - train_clock}
+        history.append(record)
+        log.log({"step": step, **{k: v for k, v in record.items() if k != "step"}})
+        improved = _better(report, best, ccfg.select_metric)
+        bar.write(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+                  f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
+                  + (" (best)" if improved else ""))
+        if improved:
+            best, best_epoch = report, epoch
+            save_classifier(model, run_dir / "best", labels, max_length=max_length,
+                            extra={"epoch": epoch, "step": step, "val_accuracy": report["accuracy"]})
+    bar.close()
+    log.close()
+    train_seconds = time.perf_counter() - train_clock
+
+    best_model, _ = load_classifier(run_dir / "best", device=rt.device)
+    val_report, _ = evaluate(best_model, val, rt, labels, ccfg.eval_batch_size)
+    test_report, test_probs = (evaluate(best_model, test, rt, labels, ccfg.eval_batch_size) if len(test)
+                               else (None, None))
+    if test_probs is not None:
+        write_predictions(run_dir / "test_predictions.csv", splits.test, labels, test_probs)
+    summary = {
+        "labels": labels, "sizes": splits.sizes(), "max_length": max_length, "truncated": truncated,
+        "best_epoch": best_epoch, "select_metric": ccfg.select_metric, "epochs": history,
+        "val": val_report, "test": test_report, "train_seconds": train_seconds,
+        "total_seconds": time.perf_counter() - clock, "device": str(rt.device), "threads": torch.get_num_threads(),
+        "seed": tcfg.seed, "run_dir": str(run_dir),
+    }
+    atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    if cfg.logging.plots:
+        plot_epochs(history, run_dir)
+    print(format_report(val_report, f"validation (best epoch {best_epoch}):"))
+    if test_report is not None:
+        print(format_report(test_report, "test:"))
+    return summary
+
+
+def write_predictions(path: Path, rows, labels: list[str], probs: torch.Tensor) -> None:
+    """CSV of text, true label, predicted label and its probability (atomic write)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["text", "label", "predicted", "probability"])
+    for row, p in zip(rows, probs):
+        k = int(p.argmax())
+        writer.writerow([row.text, row.label, labels[k], f"{float(p[k]):.6f}"])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def plot_epochs(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
+    """``loss.png`` and ``accuracy.png``: train and validation values per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from customgpt.train.files import atomic_write_bytes
+
+    written = []
+    epochs = [r["epoch"] for r in history]
+    for key, title in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train (running, dropout on)")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], "o--", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        atomic_write_bytes(run_dir / f"{key}.png", buffer.getvalue())
+        written.append(run_dir / f"{key}.png")
+    return written
