@@ -1,0 +1,100 @@
+"""LR schedule values worked out by hand, and gradient clipping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from customgpt.train.config import TrainConfig
+from customgpt.train.schedule import LRSchedule, build_schedule, lr_at
+from customgpt.train.step import clip_grad_norm, optimizer_step
+
+# peak 1e-3 from 1e-4 over 10 warmup steps, then down to 1e-5 at step 110 (100 decay steps)
+KW = dict(peak_lr=1e-3, total_steps=110, warmup_steps=10, initial_lr=1e-4, min_lr=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 1e-4),  # warmup starts at initial_lr
+        (5, 1e-4 + 0.5 * 9e-4),  # halfway up: 5.5e-4
+        (9, 1e-4 + 0.9 * 9e-4),
+        (10, 1e-3),  # peak
+        (35, 1e-5 + 0.99e-3 * 0.5 * (1 + math.cos(math.pi * 0.25))),  # a quarter of the decay
+        (60, 1e-5 + 0.99e-3 * 0.5),  # half-way: 5.05e-4
+        (110, 1e-5),  # the end: min_lr
+        (500, 1e-5),  # past the end stays at min_lr
+    ],
+)
+def test_cosine_with_warmup(step, expected):
+    assert lr_at(step, kind="cosine", **KW) == pytest.approx(expected, rel=1e-12)
+
+
+def test_linear_and_constant():
+    assert lr_at(60, kind="linear", **KW) == pytest.approx(1e-3 + (1e-5 - 1e-3) * 0.5)
+    assert lr_at(85, kind="linear", **KW) == pytest.approx(1e-3 + (1e-5 - 1e-3) * 0.75)
+    assert lr_at(110, kind="linear", **KW) == pytest.approx(1e-5)
+    assert lr_at(5, kind="constant", **KW) == pytest.approx(5.5e-4)  # warmup applies to constant too
+    assert lr_at(10, kind="constant", **KW) == lr_at(109, kind="constant", **KW) == 1e-3
+
+
+def test_no_warmup_starts_at_peak():
+    assert lr_at(0, peak_lr=4e-4, total_steps=90) == pytest.approx(4e-4)
+    assert lr_at(45, peak_lr=4e-4, total_steps=90) == pytest.approx(2e-4)
+
+
+def test_build_schedule_from_config():
+    s = build_schedule(TrainConfig(lr=2e-3, warmup_fraction=0.1, min_lr=1e-4, schedule="linear"), 200)
+    assert s == LRSchedule(peak_lr=2e-3, total_steps=200, warmup_steps=20, min_lr=1e-4, kind="linear")
+    assert s(10) == pytest.approx(1e-3)  # halfway up from initial_lr = 0
+    assert s(110) == pytest.approx(2e-3 + (1e-4 - 2e-3) * 0.5)
+    assert build_schedule(TrainConfig(warmup_steps=7), 50).warmup_steps == 7
+
+
+def _params_with_grads(seed: int = 0, scale: float = 10.0) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(5, 7), (7,), (3, 2, 2)]]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    return params
+
+
+def _total_norm(params) -> float:
+    return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params))
+
+
+def test_clipping_bounds_the_global_norm_and_reports_the_pre_clip_norm():
+    params = _params_with_grads()
+    before = _total_norm(params)
+    assert before > 1.0
+    reported = clip_grad_norm(params, 1.0)
+    assert reported == pytest.approx(before, rel=1e-5)
+    assert _total_norm(params) <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("max_norm", [None, 0.0])
+def test_no_clipping_leaves_gradients_alone(max_norm):
+    params = _params_with_grads()
+    grads = [p.grad.clone() for p in params]
+    assert clip_grad_norm(params, max_norm) == pytest.approx(_total_norm(params), rel=1e-5)
+    for p, g in zip(params, grads):
+        assert torch.equal(p.grad, g)
+
+
+def test_optimizer_step_clips_steps_and_skips_non_finite():
+    params = _params_with_grads()
+    opt = torch.optim.SGD(params, lr=1.0)
+    start = [p.detach().clone() for p in params]
+    norm, applied = optimizer_step(opt, None, params, max_norm=0.5)
+    assert applied and norm > 0.5
+    moved = math.sqrt(sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(params, start)))
+    assert moved == pytest.approx(0.5, rel=1e-5)  # SGD lr 1: the step is the clipped gradient
+    assert all(p.grad is None for p in params)  # zeroed for the next step
+
+    params[0].grad = torch.full_like(params[0], float("nan"))
+    before = [p.detach().clone() for p in params]
+    norm, applied = optimizer_step(opt, None, params, max_norm=1.0)
+    assert not applied and math.isnan(norm)
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
