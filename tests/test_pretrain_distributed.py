@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_pretrain import losses, tiny_args
 
 from customgpt.train.config import load_config
 from customgpt.train.pretrain import PretrainConfig, pretrain
-from test_pretrain import losses, tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,7 @@ from customgpt.train.optim import build_optimizer, param_groups
 from customgpt.train.runtime import resolve_device, resolve_precision, setup_runtime
 from customgpt.train.step import count_targets, micro_loss_weight
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny tensors: a second intra-op thread only adds synchronisation on a busy machine."""
