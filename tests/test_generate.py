@@ -540,3 +540,47 @@ def test_chat_session_drops_old_turns_to_fit_the_window(text_model, tokenizer):
     assert len(tokenizer.encode(prompt)) <= chat.prompt_budget
     assert kept[0] == Message("system", "Be brief.") and kept[-1] == Message("user", "last one")
     assert len(kept) < 2 * 6 + 2
+
+
+# --------------------------------------------------------------------------- the LM head
+
+
+def test_head_copy_follows_weight_changes():
+    model = tiny_model(6)
+    prompt = prompt_of(9, seed=6)
+    assert tokens(generate_tokens(model, prompt, GREEDY)) == reference_greedy(model, prompt, 40)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.5)  # in place, as an optimizer step would
+    assert tokens(generate_tokens(model, prompt, GREEDY)) == reference_greedy(model, prompt, 40)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))  # replaced
+    assert tokens(generate_tokens(model, prompt, GREEDY)) == reference_greedy(model, prompt, 40)
+
+
+def test_a_wrapped_head_is_called_as_it_is():
+    class Shifted(torch.nn.Module):  # stands for a LoRA-wrapped head
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+
+        def forward(self, x):
+            out = self.base(x)
+            return out + torch.arange(out.shape[-1], dtype=out.dtype)
+
+    model = tiny_model(7)
+    prompt = prompt_of(9, seed=7)
+    before = tokens(generate_tokens(model, prompt, GREEDY))
+    model.lm_head = Shifted(model.lm_head)
+    after = tokens(generate_tokens(model, prompt, GREEDY))
+    assert after == reference_greedy(model, prompt, 40) != before
+
+
+def test_free_generation_memory_then_generate_again():
+    from customgpt.generate import free_generation_memory
+
+    model = tiny_model(8)
+    prompt = prompt_of(4)
+    first = tokens(generate_tokens(model, prompt, GREEDY))
+    assert model.has_kv_cache
+    free_generation_memory(model)
+    assert not model.has_kv_cache
+    assert tokens(generate_tokens(model, prompt, GREEDY)) == first

@@ -29,12 +29,14 @@ past the limit are flagged (:attr:`TokenStep.context_cropped`) so a front end ca
 The KV cache belongs to the model, so one model runs one generation at a time: each request
 resets the cache (nothing leaks between requests), and a generation that finds another one
 started on its model meanwhile stops with an error instead of reading the other's cache.
+The cache stays allocated between requests; :func:`free_generation_memory` releases it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -350,6 +352,51 @@ def _prepare_kv_cache(model: GPT, batch_size: int, max_len: int) -> None:
         model.reset_kv_cache()
 
 
+#: On the CPU, compute the LM head from a transposed copy of its weight (see
+#: :func:`lm_head_for_generation`). Set to False to save the memory of that copy.
+CPU_TRANSPOSED_HEAD = True
+_HEAD_ATTR = "_customgpt_transposed_head"
+
+
+def lm_head_for_generation(model: GPT) -> Callable[[Tensor], Tensor]:
+    """The LM head as generation runs it: last hidden states (B, C) -> logits (B, V).
+
+    Why not simply ``model.lm_head``: at batch 1 the head is a matrix-vector product that
+    reads the whole (V, C) weight (154 MB for GPT-2 124M, a third of the bytes of a decode
+    step). On x86 CPUs PyTorch's kernels read that (V, C) layout at about half the memory
+    bandwidth they reach on the (C, V) layout (measured in ``benchmarks/generate.py``), so on
+    the CPU generation keeps a contiguous transposed copy of the weight and multiplies by it.
+    The copy is made on first use and made again whenever the weight changes (training in
+    between, ``.to()``); it costs one extra copy of the head's weight in memory
+    (:data:`CPU_TRANSPOSED_HEAD` turns it off). Anything but a plain bias-free
+    ``nn.Linear`` head (a LoRA-wrapped head, say) is called as it is.
+    """
+    head = model.lm_head
+    if (
+        not CPU_TRANSPOSED_HEAD
+        or type(head) is not torch.nn.Linear
+        or head.bias is not None
+        or head.weight.device.type != "cpu"
+    ):
+        return head
+    weight = head.weight
+    cached = model.__dict__.get(_HEAD_ATTR)
+    if cached is None or cached[0]() is not weight or cached[1] != weight._version or cached[2] != weight.data_ptr():
+        with torch.no_grad():
+            transposed = weight.detach().t().contiguous()  # (C, V)
+        cached = (weakref.ref(weight), weight._version, weight.data_ptr(), transposed)
+        model.__dict__[_HEAD_ATTR] = cached
+    transposed = cached[3]
+    return lambda hidden: hidden @ transposed
+
+
+def free_generation_memory(model: GPT) -> None:
+    """Drop what generation keeps on the model between requests: the KV cache buffers and
+    the transposed LM-head copy (both are rebuilt by the next generation)."""
+    model.clear_kv_cache()
+    model.__dict__.pop(_HEAD_ATTR, None)
+
+
 def _token_loop(
     model: GPT,
     rows: list[list[int]],
@@ -391,6 +438,7 @@ def _token_loop(
             if use_cache:
                 _prepare_kv_cache(model, B, min(ctx, total))
                 model.__dict__[_OWNER_ATTR] = owner
+            head = lm_head_for_generation(model)
 
             def forward_window(n: int) -> Tensor:
                 """Run the model on the last ``ctx`` positions (a prefill when caching)."""
@@ -398,7 +446,7 @@ def _token_loop(
                 am = mask[:, start:n] if mask is not None else None
                 if use_cache:
                     model.reset_kv_cache()
-                return model(seq[:, start:n], attention_mask=am, use_cache=use_cache, last_only=True)[:, -1]
+                return head(model.forward_hidden(seq[:, start:n], attention_mask=am, use_cache=use_cache)[:, -1])
 
             n = L
             logits = forward_window(n)  # (B, V)
@@ -428,7 +476,8 @@ def _token_loop(
                 if use_cache and n <= ctx:
                     # The cache holds positions [0, n-1): append one and read the last logits.
                     am = mask[:, :n] if mask is not None else None
-                    logits = model(tokens[:, None], attention_mask=am, use_cache=True, last_only=True)[:, -1]
+                    hidden = model.forward_hidden(tokens[:, None], attention_mask=am, use_cache=True)
+                    logits = head(hidden[:, -1])
                 else:
                     # Past the window (absolute positions shift: rebuild the cache from the
                     # cropped window), or no cache at all.

@@ -1,0 +1,200 @@
+"""Generation speed: customgpt's KV-cache loop against transformers' ``generate``.
+
+    python benchmarks/generate.py            # the full run (a few minutes on 2 CPU cores)
+    python benchmarks/generate.py --quick    # a smoke run (under a minute)
+    python benchmarks/generate.py --profile  # also: where a decode step spends its time
+
+Everything runs in one process on the same random gpt2-124M weights (fp32, CPU, greedy):
+
+* batch 1, a 32-token prompt, 128 new tokens: customgpt (KV cache) vs transformers'
+  ``GPT2LMHeadModel.generate`` vs customgpt without the cache (the full window every step);
+  the greedy tokens of all three are checked to be identical;
+* 200 new tokens: cache vs no cache;
+* batch 8 (``generate_batch``), 128 new tokens;
+* decode speed with the cache holding 128, 512 and 1024 positions;
+* the memory-bandwidth bound: reading every weight once per token at the bandwidth this
+  machine reaches, the most tokens/s any implementation that does so can get at batch 1.
+
+Figures are tokens per second of wall time, prefill included (as a user waits for them),
+except the decode-only rows. Other programs running on the machine slow everything down
+(PyTorch's threads wait for each other on a busy CPU); the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from customgpt.checkpoints import customgpt_to_hf_state, random_model
+from customgpt.config import GPTConfig
+from customgpt.constants import EOT_ID
+from customgpt.generate import SamplingParams, generate_batch, generate_tokens
+from customgpt.model import GPT
+
+
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """Median wall time of ``repeats`` runs, and the last run's return value."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def ours(model: GPT, prompt: list[int], new: int, use_cache: bool = True) -> list[int]:
+    params = SamplingParams(temperature=0, max_new_tokens=new, stop_at_eot=False)
+    return [s.token_id for s in generate_tokens(model, prompt, params, use_cache=use_cache)]
+
+
+def hf_model_like(model: GPT):
+    """transformers' GPT-2 holding the same weights (its default attention, SDPA)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(**{**model.config.to_hf_dict(), "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
+    with torch.device("meta"):
+        hf = GPT2LMHeadModel(cfg)
+    state = customgpt_to_hf_state(model.state_dict(), model.config)
+    hf.load_state_dict(state, strict=False, assign=True)
+    hf.tie_weights()
+    hf.generation_config.eos_token_id = None  # run every token, as customgpt does here
+    return hf.eval()
+
+
+def hf_generate(hf, prompts: list[list[int]], new: int) -> list[list[int]]:
+    ids = torch.tensor(prompts)
+    with torch.inference_mode():
+        out = hf.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False,
+            max_new_tokens=new, min_new_tokens=new, pad_token_id=EOT_ID,
+        )
+    return out[:, ids.shape[1] :].tolist()
+
+
+def decode_speed(model: GPT, position: int, steps: int) -> float:
+    """Decode tokens/s with the cache holding about ``position`` positions: prefill
+    ``position - steps`` tokens, then time the ``steps`` decode steps after the first token."""
+    prompt = torch.randint(0, model.config.vocab_size, (position - steps,), generator=torch.Generator().manual_seed(1)).tolist()
+    params = SamplingParams(temperature=0, max_new_tokens=steps + 1, stop_at_eot=False)
+    stamps = []
+    for _ in generate_tokens(model, prompt, params):
+        stamps.append(time.perf_counter())
+    return steps / (stamps[-1] - stamps[0])
+
+
+def bandwidth_gbs() -> float:
+    """Read bandwidth: summing a 512 MiB tensor (far larger than any cache), best of 5."""
+    big = torch.ones(128 * 1024 * 1024)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(5):
+            t0 = time.perf_counter()
+            big.sum()
+            best = min(best, time.perf_counter() - t0)
+    return big.numel() * 4 / best / 1e9
+
+
+def profile_decode(model: GPT, prompt: list[int]) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    gen = generate_tokens(model, prompt, SamplingParams(temperature=0, max_new_tokens=60, stop_at_eot=False))
+    for _ in range(20):
+        next(gen)  # past the prefill
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(30):
+            next(gen)
+    gen.close()
+    print("\nprofile of 30 decode steps (self CPU time):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats: a smoke run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--profile", action="store_true", help="profile 30 decode steps")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    new = 32 if quick else 128
+    long_new = 48 if quick else 200
+    repeats = 1 if quick else 3
+    positions = (128, 512) if quick else (128, 512, 1024)
+    decode_steps = 8 if quick else 32
+
+    t_start = time.perf_counter()
+    model = random_model(GPTConfig.from_preset("gpt2-124M"), seed=0)
+    hf = hf_model_like(model)
+    n_params = model.num_parameters()
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (32,), generator=gen).tolist()
+    batch = [torch.randint(0, model.config.vocab_size, (32,), generator=gen).tolist() for _ in range(8)]
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"model: gpt2-124M shape, random weights, {n_params / 1e6:.1f}M parameters, fp32, greedy\n")
+
+    # Warm up both implementations (first calls allocate and pick kernels).
+    ours(model, prompt, 4)
+    hf_generate(hf, [prompt], 4)
+
+    rows: list[tuple[str, float]] = []
+    t_ours, tok_ours = timed(lambda: ours(model, prompt, new), repeats)
+    t_hf, tok_hf = timed(lambda: hf_generate(hf, [prompt], new)[0], repeats)
+    # One no-cache run to long_new tokens; its first `new` tokens give the batch-1 figure.
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    params = SamplingParams(temperature=0, max_new_tokens=long_new, stop_at_eot=False)
+    tok_nc = []
+    for step in generate_tokens(model, prompt, params, use_cache=False):
+        tok_nc.append(step.token_id)
+        stamps.append(time.perf_counter() - t0)
+    t_nc_new, t_nc_long = stamps[new - 1], stamps[-1]
+    t_long, tok_long = timed(lambda: ours(model, prompt, long_new), repeats)
+    same = tok_ours == tok_hf == tok_nc[:new] and tok_long == tok_nc
+    rows += [
+        (f"customgpt, KV cache      b=1  {new} new", new / t_ours),
+        (f"transformers generate    b=1  {new} new", new / t_hf),
+        (f"customgpt, no cache      b=1  {new} new", new / t_nc_new),
+        (f"customgpt, KV cache      b=1  {long_new} new", long_new / t_long),
+        (f"customgpt, no cache      b=1  {long_new} new", long_new / t_nc_long),
+    ]
+    t_b8, res_b8 = timed(lambda: generate_batch(model, batch, SamplingParams(temperature=0, max_new_tokens=new, stop_at_eot=False)), 1)
+    rows.append((f"customgpt, KV cache      b=8  {new} new", 8 * new / t_b8))
+    decode = {p: decode_speed(model, p, decode_steps) for p in positions}
+    for p, v in decode.items():
+        rows.append((f"customgpt decode only at position {p}", v))
+
+    gbs = bandwidth_gbs()
+    weight_bytes = n_params * 4  # every weight read once per token (the tied head once more
+    # in practice: it is both the embedding row lookup, tiny, and the full LM head matrix)
+    bound = gbs * 1e9 / weight_bytes
+
+    width = max(len(name) for name, _ in rows)
+    print(f"{'run'.ljust(width)}  tokens/s")
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value:8.1f}")
+    print()
+    print(f"greedy tokens identical (cache, no cache, transformers): {'yes' if same else 'NO'}")
+    print(f"customgpt / transformers generate (b=1, {new} new):   {t_hf / t_ours:5.2f}x   (target >= 2.0x)")
+    print(f"cache / no cache (b=1, {new} new):                    {t_nc_new / t_ours:5.2f}x")
+    print(f"cache / no cache (b=1, {long_new} new):                    {t_nc_long / t_long:5.2f}x   (target >= 6x)")
+    print(f"batch 8 / batch 1 throughput:                         {(8 * new / t_b8) / (new / t_ours):5.2f}x")
+    print(f"memory bandwidth (sum of 512 MiB): {gbs:.1f} GB/s -> bound {bound:.1f} tokens/s at batch 1 "
+          f"({weight_bytes / 1e6:.0f} MB of fp32 weights per token); customgpt decode at position 128 "
+          f"reaches {decode[positions[0]] / bound:.0%} of it")
+    print(f"(total benchmark time {time.perf_counter() - t_start:.0f} s)")
+    if args.profile:
+        profile_decode(model, prompt)
+
+
+if __name__ == "__main__":
+    main()
