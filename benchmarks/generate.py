@@ -72,7 +72,7 @@ def hf_generate(hf, prompts: list[list[int]], new: int) -> list[list[int]]:
     with torch.inference_mode():
         out = hf.generate(
             ids, attention_mask=torch.ones_like(ids), do_sample=False,
-            max_new_tokens=new, min_new_tokens=new, pad_token_id=EOT_ID,
+            max_new_tokens=new, pad_token_id=EOT_ID,
         )
     return out[:, ids.shape[1] :].tolist()
 

@@ -181,3 +181,11 @@ def test_ctrl_c_stops_the_reply_but_not_the_chat_and_exit_quits():
             proc.kill()
     assert code == 0, err
     assert "[reply interrupted]" in err and "Traceback" not in err
+
+
+def test_stop_escapes_are_understood():
+    from customgpt.cli.generate import unescape
+
+    assert unescape(r"\n\nUser:") == "\n\nUser:"
+    assert unescape(r"a\tb\\n") == "a\tb\\n"
+    assert unescape("plain \\x") == "plain \\x"

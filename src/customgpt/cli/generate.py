@@ -63,12 +63,28 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: i
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats; 1 = off")
     g.add_argument("--presence-penalty", type=float, default=0.0, help="subtracted from tokens already in the output")
     g.add_argument("--frequency-penalty", type=float, default=0.0, help="subtracted per occurrence in the output")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before TEXT (repeatable)")
+    g.add_argument(
+        "--stop", action="append", default=[], metavar="TEXT",
+        help="stop before TEXT (repeatable; \\n and \\t mean newline and tab)",
+    )
     g.add_argument(
         "--no-stop-at-eot", dest="stop_at_eot", action="store_false",
         help="keep going past the <|endoftext|> token",
     )
     g.add_argument("--seed", type=int, default=None, help="random seed (also seeds a preset's random weights)")
+
+
+def unescape(text: str) -> str:
+    """``\\n`` and ``\\t`` typed on a command line become a newline and a tab (``\\\\`` a backslash)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 def sampling_params_from_args(args: argparse.Namespace, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
@@ -83,7 +99,7 @@ def sampling_params_from_args(args: argparse.Namespace, extra_stop: tuple[str, .
         repetition_penalty=args.repetition_penalty,
         presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty,
-        stop=tuple(dict.fromkeys([*args.stop, *extra_stop])),
+        stop=tuple(dict.fromkeys([*(unescape(s) for s in args.stop), *extra_stop])),
         stop_at_eot=args.stop_at_eot,
         seed=args.seed,
     )
