@@ -225,17 +225,24 @@ def predict_texts(
     batch_size: int = 32,
     pad_id: int | None = None,
 ) -> Tensor:
-    """Class probabilities (N, K) of raw ``texts`` (truncated to ``max_length`` tokens)."""
+    """Class probabilities (N, K) of raw ``texts`` (each truncated to ``max_length`` tokens).
+
+    ``pad_id`` None pads with GPT-2's end-of-text id, or 0 when the vocabulary is smaller;
+    under right padding the pad id never reaches a pooled state, so any valid id will do.
+    An empty text is classified as the single pad token.
+    """
     from customgpt.constants import EOT_ID
     from customgpt.data.classification import collate_classification
 
     model.eval()
     device = next(model.parameters()).device
+    if pad_id is None:
+        pad_id = EOT_ID if EOT_ID < model.config.vocab_size else 0
     limit = min(max_length, model.config.context_length)
     out = []
     for start in range(0, len(texts), batch_size):
-        rows = [((encode(t) or [EOT_ID])[:limit], 0) for t in texts[start : start + batch_size]]
-        batch = collate_classification(rows, EOT_ID if pad_id is None else pad_id)
+        rows = [((encode(t) or [pad_id])[:limit], 0) for t in texts[start : start + batch_size]]
+        batch = collate_classification(rows, pad_id)
         logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         out.append(torch.softmax(logits.float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.num_classes)

@@ -30,6 +30,7 @@ from customgpt.data.classification import (
     ClassifyDataConfig,
     class_counts,
     collate_classification,
+    length_bucketed_batches,
     prepare_splits,
 )
 from customgpt.errors import ConfigError
@@ -122,6 +123,20 @@ class ClassifyConfig(Section):
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(out_dir="runs/classify"))
+
+
+class _EpochBatches:
+    """A batch sampler that draws a fresh list of batches each epoch from ``make()``."""
+
+    def __init__(self, make, size: int) -> None:
+        self.make = make
+        self.size = size
+
+    def __iter__(self):
+        return iter(self.make())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -223,7 +238,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     log = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard)
-    train_clock = time.perf_counter()
+    train_clock, train_cpu = time.perf_counter(), time.process_time()
     if cfg.lm_pretrain.steps:
         lm_warmup(gpt, train, cfg, rt, tokenizer.eot_id, log)
 
@@ -245,9 +260,17 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
         weights = torch.tensor([len(train) / (len(labels) * max(c, 1)) for c in counts], device=rt.device)
 
     micro, accum = tcfg.accumulation(1)
-    loader = DataLoader(train, batch_size=tcfg.batch_size, shuffle=True, drop_last=len(train) >= tcfg.batch_size,
-                        collate_fn=lambda b: collate_classification(b, train.pad_id),
-                        generator=torch.Generator().manual_seed(tcfg.seed))
+    generator = torch.Generator().manual_seed(tcfg.seed)
+    drop_last = len(train) >= tcfg.batch_size
+    if cfg.data.bucket_by_length:
+        lengths = [len(ids) for ids in train.ids]
+        sampler = _EpochBatches(lambda: length_bucketed_batches(lengths, tcfg.batch_size, generator=generator,
+                                                                drop_last=drop_last),
+                                math.ceil(len(train) / tcfg.batch_size) if not drop_last else len(train) // tcfg.batch_size)
+        loader = DataLoader(train, batch_sampler=sampler, collate_fn=lambda b: collate_classification(b, train.pad_id))
+    else:
+        loader = DataLoader(train, batch_size=tcfg.batch_size, shuffle=True, drop_last=drop_last,
+                            collate_fn=lambda b: collate_classification(b, train.pad_id), generator=generator)
     total_steps = min(tcfg.max_steps or math.inf, tcfg.epochs * len(loader))
     schedule = build_schedule(tcfg, int(total_steps))
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
@@ -258,6 +281,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
 
     step, best, best_epoch, history = 0, None, 0, []
     bar = Progress(int(total_steps), enabled=cfg.logging.progress, desc="classify")
+    say = bar.write if cfg.logging.progress else print
     for epoch in range(1, tcfg.epochs + 1):
         seen = correct = 0
         loss_sum = 0.0
@@ -292,7 +316,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
         history.append(record)
         log.log({"step": step, **{k: v for k, v in record.items() if k != "step"}})
         improved = _better(report, best, ccfg.select_metric)
-        bar.write(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+        say(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
                   f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
                   + (" (best)" if improved else ""))
         if improved:
@@ -302,6 +326,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     bar.close()
     log.close()
     train_seconds = time.perf_counter() - train_clock
+    train_cpu_seconds = time.process_time() - train_cpu  # all threads: a load-independent cost measure
 
     best_model, _ = load_classifier(run_dir / "best", device=rt.device)
     val_report, _ = evaluate(best_model, val, rt, labels, ccfg.eval_batch_size)
@@ -312,7 +337,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     summary = {
         "labels": labels, "sizes": splits.sizes(), "max_length": max_length, "truncated": truncated,
         "best_epoch": best_epoch, "select_metric": ccfg.select_metric, "epochs": history,
-        "val": val_report, "test": test_report, "train_seconds": train_seconds,
+        "val": val_report, "test": test_report, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
         "total_seconds": time.perf_counter() - clock, "device": str(rt.device), "threads": torch.get_num_threads(),
         "seed": tcfg.seed, "run_dir": str(run_dir),
     }

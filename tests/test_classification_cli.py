@@ -1,0 +1,152 @@
+"""End to end: ``customgpt finetune classify`` on the spam data with a tiny model, the files it
+writes, ``customgpt classify`` on the result, and bad data stopped before any training."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from customgpt.cli import main
+
+TINY = """
+model:
+  preset: cpu-tiny
+  n_embd: 32
+  n_head: 2
+  dropout: 0.0
+data:
+  dataset: sms-spam
+  max_length: 48
+  bucket_by_length: true
+classifier:
+  pooling: mean
+  trainable: all
+train:
+  epochs: 2
+  batch_size: 32
+  lr: 3.0e-3
+  warmup_fraction: 0.1
+optim:
+  weight_decay: 0.0
+runtime:
+  device: cpu
+logging:
+  progress: false
+"""
+
+
+@pytest.fixture(scope="module")
+def spam_run(tmp_path_factory, shared_datasets):
+    root = tmp_path_factory.mktemp("spam")
+    config = root / "tiny.yaml"
+    config.write_text(TINY)
+    out = root / "run"
+    code = main(["finetune", "classify", "--config", str(config), "--data.data_dir", str(shared_datasets),
+                 "--logging.out_dir", str(out), "--lm_pretrain.steps", "5", "--lm_pretrain.context_length", "32"])
+    assert code == 0
+    return out
+
+
+def test_run_writes_metrics_predictions_plots_and_model(spam_run):
+    metrics = json.loads((spam_run / "metrics.json").read_text())
+    assert metrics["sizes"] == {"train": 1045, "val": 149, "test": 300}
+    assert metrics["labels"] == ["ham", "spam"]
+    assert metrics["max_length"] == 48 and metrics["truncated"]["train"] > 0  # long messages were cut
+    assert len(metrics["epochs"]) == 2 and 1 <= metrics["best_epoch"] <= 2
+    test = metrics["test"]
+    assert test["n"] == 300 and sum(map(sum, test["confusion_matrix"])) == 300
+    assert test["accuracy"] > 0.8, test  # chance is 0.5 on the balanced test set
+    assert set(test["per_class"]) == {"ham", "spam"} and 0 < test["macro_f1"] <= 1
+    assert metrics["val"]["n"] == 149
+    with open(spam_run / "test_predictions.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 300 and set(rows[0]) == {"text", "label", "predicted", "probability"}
+    assert all(0.5 <= float(r["probability"]) <= 1.0 for r in rows)
+    correct = sum(r["label"] == r["predicted"] for r in rows)
+    assert correct == round(test["accuracy"] * 300)
+    for name in ("loss.png", "accuracy.png"):
+        assert (spam_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in (spam_run / "metrics.jsonl").read_text().splitlines()]
+    assert any("lm_loss" in r for r in records) and any("val_accuracy" in r for r in records)
+    assert (spam_run / "config.yaml").is_file()
+    assert (spam_run / "best" / "classifier.json").is_file()
+
+
+def test_classify_cli_prints_label_and_probability(spam_run, capsys, tmp_path):
+    assert main(["classify", "--model", str(spam_run / "best"),
+                 "WINNER!! Claim your FREE prize now, call 09061701461", "ok see you at home later"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        label, prob, _ = line.split("\t", 2)
+        assert label in ("ham", "spam") and 0.5 <= float(prob) <= 1.0
+    messages = tmp_path / "m.txt"
+    messages.write_text("first message\n\nsecond message\n", encoding="utf-8")
+    assert main(["classify", "-m", str(spam_run / "best"), "--file", str(messages)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[2] for line in out] == ["first message", "second message"]
+    assert main(["classify", "-m", str(spam_run / "best")]) == 2
+    assert "nothing to classify" in capsys.readouterr().err
+
+
+def test_existing_run_folder_is_refused(spam_run, capsys, shared_datasets):
+    code = main(["finetune", "classify", "--config", "spam-small", "--data.data_dir", str(shared_datasets),
+                 "--logging.out_dir", str(spam_run)])
+    assert code == 2 and "already holds a classification run" in capsys.readouterr().err
+
+
+BAD_FILES = {
+    "empty.csv": (b"", "empty.csv: the file is empty"),
+    "nocol.csv": (b"message,label\nhello,a\n", "nocol.csv: line 1 (header): missing column(s) 'text'"),
+    "unknown.csv": (b"text,label\nhello,a\nbye,b\nwhat,zzz\n", "unknown.csv: 1 bad row(s): line 4: unknown label 'zzz'"),
+    "bytes.csv": (b"text,label\nhello,a\nbad \xfe,b\n", "bytes.csv: 1 bad row(s): line 3: invalid UTF-8 byte 0xfe"),
+    "emptytext.jsonl": (b'{"text": "hi", "label": "a"}\n{"text": "  ", "label": "b"}\n',
+                        "emptytext.jsonl: 1 bad row(s): line 2: empty text"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_data_stops_before_training(name, tmp_path, capsys):
+    data, expected = BAD_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    out = tmp_path / "run"
+    code = main(["finetune", "classify", "--config", "spam-small", "--data.dataset", "none",
+                 "--data.train_file", str(path), "--data.labels", "a,b", "--logging.out_dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert expected in err and str(tmp_path) in err
+    assert not out.exists()  # nothing was created: no run folder, no checkpoint
+
+
+def test_own_csv_with_three_classes(tmp_path, capsys):
+    rows = [("good movie great fun", "pos"), ("terrible boring film", "neg"), ("it was a film", "neu")] * 12
+    train = tmp_path / "train.csv"
+    with open(train, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["review", "sentiment"])
+        writer.writerows(rows)
+    out = tmp_path / "run"
+    code = main(["finetune", "classify", "--config", "spam-small", "--data.dataset", "none",
+                 "--data.train_file", str(train), "--data.test_file", str(train), "--data.text_column", "review",
+                 "--data.label_column", "sentiment", "--model.preset", "cpu-tiny", "--model.n_embd", "16",
+                 "--train.epochs", "1", "--train.batch_size", "8", "--logging.out_dir", str(out),
+                 "--logging.progress", "false", "--logging.plots", "false"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["labels"] == ["neg", "neu", "pos"]
+    assert metrics["sizes"] == {"train": 33, "val": 3, "test": 36}
+    assert len(metrics["test"]["confusion_matrix"]) == 3
+    info = json.loads((out / "best" / "classifier.json").read_text())
+    assert info["labels"] == ["neg", "neu", "pos"]
+
+
+def test_print_config(capsys):
+    assert main(["finetune", "classify", "--config", "spam-124m", "--print-config", "--train.lr", "1e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "init: openai-community/gpt2" in out and "lr: 0.0001" in out and "trainable: last_blocks" in out
+    assert main(["finetune", "classify", "--print-config", "--classifier.pooling", "max"]) == 2
+    assert "classifier.pooling" in capsys.readouterr().err
