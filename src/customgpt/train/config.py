@@ -652,10 +652,13 @@ class RuntimeConfig(Section):
     device: str = "auto"  # auto: cuda, then mps, then cpu; or e.g. "cpu", "cuda:1"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on capable CUDA, else fp32
     compile: bool = False  # torch.compile the model
+    threads: int | None = None  # CPU threads for PyTorch's intra-op work; none: PyTorch's default
 
     def validate(self) -> None:
         if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", self.device):
             raise FieldError("device", f"expected auto, cpu, mps, cuda or cuda:N, got {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise FieldError("threads", f"must be >= 1 or none, got {self.threads}")
 
 
 @dataclass

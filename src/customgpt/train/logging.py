@@ -110,11 +110,15 @@ class MetricsLogger:
 class Progress:
     """A tqdm bar over optimizer steps showing loss, LR and tokens/s (tqdm adds the ETA).
 
-    Disabled (no output at all) when ``enabled`` is False, e.g. on ranks other than 0.
+    With ``enabled`` False there is no bar; :meth:`write` still prints when ``echo`` is True
+    (rank 0 with the bar turned off). ``echo`` None means the same as ``enabled``, so a
+    disabled bar (other ranks) shows nothing at all.
     """
 
-    def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, desc: str = "train") -> None:
+    def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, echo: bool | None = None,
+                 desc: str = "train") -> None:
         self.enabled = enabled
+        self.echo = enabled if echo is None else echo
         self._bar = None
         if enabled:
             from tqdm.auto import tqdm
@@ -136,9 +140,11 @@ class Progress:
         self._bar.update(n)
 
     def write(self, text: str) -> None:
-        """Print a line without breaking the bar (plain print when disabled on rank 0 too)."""
+        """Print a line without breaking the bar (a plain print when there is no bar and ``echo``)."""
         if self._bar is not None:
             self._bar.write(text)
+        elif self.echo:
+            print(text, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

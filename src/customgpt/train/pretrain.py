@@ -160,6 +160,8 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
         A summary: steps, first/last train loss, last/best validation loss, seconds.
     """
     run_dir = Path(cfg.logging.out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"logging.out_dir: {run_dir} exists and is not a folder")
     resume_from = ckpt.find_checkpoint(run_dir if resume is True else resume) if resume else None
     if not resume_from and (run_dir / ckpt.CHECKPOINTS_DIR).exists():
         raise ConfigError(f"logging.out_dir: {run_dir} already holds a run; pass --resume, or choose another folder")
@@ -202,7 +204,7 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
             save_config(cfg, run_dir / "config.yaml")
         log = MetricsLogger(run_dir, enabled=info.is_main, tensorboard=cfg.logging.tensorboard,
                             resume_step=step if resume_from else None)
-        bar = Progress(total_steps, initial=step, enabled=info.is_main and cfg.logging.progress)
+        bar = Progress(total_steps, initial=step, enabled=info.is_main and cfg.logging.progress, echo=info.is_main)
         tokenizer = None
         if cfg.sample.prompt and cfg.sample.max_new_tokens:
             from customgpt.tokenizer import get_tokenizer

@@ -98,6 +98,9 @@ def setup_runtime(cfg: RuntimeConfig, *, distributed: bool = True) -> Runtime:
     GPU ``LOCAL_RANK``. Call :func:`customgpt.train.distributed.cleanup` at the end.
     """
     info = env_dist_info() if distributed else DistInfo()
+    if cfg.threads is not None:
+        # On a busy machine fewer threads than cores avoids threads waiting on each other.
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device, info.local_rank)
     dtype = resolve_precision(cfg.precision, device)  # config errors before joining the group
     if info.enabled:
