@@ -789,7 +789,9 @@ def import_peft(model: nn.Module, folder: str | os.PathLike[str]) -> LoRAConfig:
             r=meta.get("r", 8),
             alpha=meta.get("lora_alpha", 8),
             dropout=meta.get("lora_dropout", 0.0),
-            targets=tuple(targets),
+            # PEFT stores target_modules from a set, so its order varies between runs:
+            # put the names in customgpt's canonical order (unknown names go last for the error).
+            targets=tuple(sorted(targets, key=lambda t: (KNOWN_TARGETS.index(t) if t in KNOWN_TARGETS else 99, t))),
             rslora=bool(meta.get("use_rslora", False)),
         )
     except ConfigError as exc:
