@@ -16,8 +16,10 @@ Everything runs in one process on the same random gpt2-124M weights (fp32, CPU, 
   machine reaches, the most tokens/s any implementation that does so can get at batch 1.
 
 Figures are tokens per second of wall time, prefill included (as a user waits for them),
-except the decode-only rows. Other programs running on the machine slow everything down
-(PyTorch's threads wait for each other on a busy CPU); the load average is printed.
+except the decode-only rows. The batch-1 cached runs and transformers take turns and the
+best of 3 counts. Other programs running on the machine slow everything down (PyTorch's
+threads wait for each other on a busy CPU): the load average is printed; compare ratios
+from one run, and prefer a quiet machine (or ``--threads 1`` on a busy one).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 
@@ -38,14 +39,17 @@ from customgpt.generate import SamplingParams, generate_batch, generate_tokens
 from customgpt.model import GPT
 
 
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Median wall time of ``repeats`` runs, and the last run's return value."""
-    times, out = [], None
+def timed_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, object]]:
+    """Best wall time of ``repeats`` runs of each function, run in turns (A B A B ...) so that
+    other load on the machine hits all of them alike; with each one's last return value."""
+    best: dict[str, float] = {k: float("inf") for k in fns}
+    outs: dict[str, object] = {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[key] = fn()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return {k: (best[k], outs[k]) for k in fns}
 
 
 def ours(model: GPT, prompt: list[int], new: int, use_cache: bool = True) -> list[int]:
@@ -147,8 +151,15 @@ def main() -> None:
     hf_generate(hf, [prompt], 4)
 
     rows: list[tuple[str, float]] = []
-    t_ours, tok_ours = timed(lambda: ours(model, prompt, new), repeats)
-    t_hf, tok_hf = timed(lambda: hf_generate(hf, [prompt], new)[0], repeats)
+    timings = timed_interleaved(
+        {
+            "ours": lambda: ours(model, prompt, new),
+            "hf": lambda: hf_generate(hf, [prompt], new)[0],
+            "long": lambda: ours(model, prompt, long_new),
+        },
+        repeats,
+    )
+    (t_ours, tok_ours), (t_hf, tok_hf), (t_long, tok_long) = timings["ours"], timings["hf"], timings["long"]
     # One no-cache run to long_new tokens; its first `new` tokens give the batch-1 figure.
     stamps: list[float] = []
     t0 = time.perf_counter()
@@ -158,7 +169,6 @@ def main() -> None:
         tok_nc.append(step.token_id)
         stamps.append(time.perf_counter() - t0)
     t_nc_new, t_nc_long = stamps[new - 1], stamps[-1]
-    t_long, tok_long = timed(lambda: ours(model, prompt, long_new), repeats)
     same = tok_ours == tok_hf == tok_nc[:new] and tok_long == tok_nc
     rows += [
         (f"customgpt, KV cache      b=1  {new} new", new / t_ours),
@@ -167,7 +177,8 @@ def main() -> None:
         (f"customgpt, KV cache      b=1  {long_new} new", long_new / t_long),
         (f"customgpt, no cache      b=1  {long_new} new", long_new / t_nc_long),
     ]
-    t_b8, res_b8 = timed(lambda: generate_batch(model, batch, SamplingParams(temperature=0, max_new_tokens=new, stop_at_eot=False)), 1)
+    params_b8 = SamplingParams(temperature=0, max_new_tokens=new, stop_at_eot=False)
+    t_b8 = timed_interleaved({"b8": lambda: generate_batch(model, batch, params_b8)}, 1)["b8"][0]
     rows.append((f"customgpt, KV cache      b=8  {new} new", 8 * new / t_b8))
     decode = {p: decode_speed(model, p, decode_steps) for p in positions}
     for p, v in decode.items():
