@@ -1,0 +1,299 @@
+"""The LM losses: the fused chunked path against the reference (full logits + F.cross_entropy),
+hand-worked values, ignored targets, reductions, dtypes, autocast, no_grad and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import tiny_model
+
+from customgpt.constants import IGNORE_INDEX
+from customgpt.losses import (
+    causal_lm_loss,
+    default_chunk_size,
+    fused_linear_cross_entropy,
+    lm_loss_from_logits,
+    model_lm_loss,
+)
+
+V, C = 211, 24  # a vocabulary that no chunk size below divides
+
+
+def _inputs(b: int = 3, t: int = 13, seed: int = 0, ignore: bool = True, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = (scale * torch.randn(b, t, C, generator=g)).requires_grad_()
+    weight = (0.5 * torch.randn(V, C, generator=g)).requires_grad_()
+    targets = torch.randint(0, V, (b, t), generator=g)
+    if ignore:
+        targets[0, :4] = IGNORE_INDEX  # a prompt
+        targets[1, -3:] = IGNORE_INDEX  # padding
+        targets[2, 5] = IGNORE_INDEX  # a hole
+    return hidden, weight, targets
+
+
+def _loss_and_grads(fn, hidden, weight, targets, **kwargs):
+    hidden.grad = weight.grad = None
+    loss = fn(hidden, weight, targets, **kwargs)
+    loss.backward()
+    return loss.detach(), hidden.grad.clone(), weight.grad.clone()
+
+
+def _reference(hidden, weight, targets, **kwargs):
+    return causal_lm_loss(hidden, weight, targets, fused=False, **kwargs)
+
+
+def _assert_same(got, want, rtol=1e-5, atol=1e-6):
+    """Loss and gradients equal within ``rtol`` elementwise, plus ``atol`` times the largest
+    entry of the tensor: summing in another order moves near-zero entries by a few ulp of
+    the tensor's scale, not of their own."""
+    for name, g, w in zip(("loss", "grad hidden", "grad weight"), got, want):
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol * float(w.abs().max()), msg=name)
+
+
+# --------------------------------------------------------------------------- exact values
+
+
+def test_reference_path_is_plain_cross_entropy():
+    hidden, weight, targets = _inputs()
+    logits = hidden @ weight.t()
+    want = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(lm_loss_from_logits(logits, targets), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(_reference(hidden, weight, targets), want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_hand_worked_loss_and_gradients(fused):
+    """logits [ln 2, 0, 0] for target 0: p = [1/2, 1/4, 1/4], loss ln 2,
+    d loss/d logits = p - onehot = [-1/2, 1/4, 1/4]; a second row is ignored."""
+    ln2 = math.log(2.0)
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], requires_grad=True)
+    hidden = torch.tensor([[[ln2, 0.0], [5.0, -3.0]]], requires_grad=True)
+    targets = torch.tensor([[0, IGNORE_INDEX]])
+    loss = causal_lm_loss(hidden, weight, targets, fused=fused)
+    loss.backward()
+    assert loss.item() == pytest.approx(ln2, rel=1e-6)
+    dlogits = torch.tensor([-0.5, 0.25, 0.25])
+    torch.testing.assert_close(hidden.grad, torch.tensor([[[-0.5, 0.25], [0.0, 0.0]]]))
+    torch.testing.assert_close(weight.grad, dlogits[:, None] * torch.tensor([[ln2, 0.0]]))
+
+
+# --------------------------------------------------------------------------- fused == reference
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 16, 32, 1000])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_fused_matches_reference(chunk_size, reduction):
+    """39 rows (5 ignored): chunk sizes that divide nothing, one row, and more than all rows."""
+    hidden, weight, targets = _inputs()
+    want = _loss_and_grads(_reference, hidden, weight, targets, reduction=reduction)
+    got = _loss_and_grads(causal_lm_loss, hidden, weight, targets, reduction=reduction, chunk_size=chunk_size)
+    _assert_same(got, want)
+    # ignored positions contribute nothing, not even a gradient
+    assert torch.count_nonzero(got[1][targets == IGNORE_INDEX]) == 0
+
+
+def test_fused_matches_reference_without_ignored_targets_and_default_chunks():
+    hidden, weight, targets = _inputs(b=2, t=40, seed=3, ignore=False)
+    _assert_same(
+        _loss_and_grads(fused_linear_cross_entropy, hidden, weight, targets),
+        _loss_and_grads(_reference, hidden, weight, targets),
+    )
+
+
+def test_large_logits_stay_finite_and_exact():
+    """Logits in the hundreds: the log-sum-exp must subtract the maximum first."""
+    hidden, weight, targets = _inputs(seed=5, scale=60.0)
+    got = _loss_and_grads(causal_lm_loss, hidden, weight, targets, chunk_size=7)
+    want = _loss_and_grads(_reference, hidden, weight, targets)
+    assert got[0].item() > 50  # really large
+    assert all(torch.isfinite(t).all() for t in got)
+    _assert_same(got, want)
+
+
+def test_sum_is_mean_times_count():
+    hidden, weight, targets = _inputs()
+    n = int((targets != IGNORE_INDEX).sum())
+    mean = causal_lm_loss(hidden, weight, targets)
+    total = causal_lm_loss(hidden, weight, targets, reduction="sum")
+    torch.testing.assert_close(total, mean * n, rtol=1e-6, atol=0)
+
+
+def test_backward_scales_by_the_incoming_gradient():
+    """loss * 3.5 (what gradient accumulation does), and a loss used twice in one graph."""
+    hidden, weight, targets = _inputs()
+    plain = _loss_and_grads(causal_lm_loss, hidden, weight, targets)
+    scaled = _loss_and_grads(lambda *a: causal_lm_loss(*a) * 3.5, hidden, weight, targets)
+    twice = _loss_and_grads(lambda *a: (lambda loss: loss + 2 * loss)(causal_lm_loss(*a)), hidden, weight, targets)
+    for factor, got in ((3.5, scaled), (3.0, twice)):
+        torch.testing.assert_close(got[1], plain[1] * factor, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(got[2], plain[2] * factor, rtol=1e-6, atol=1e-9)
+
+
+def test_gradcheck_fp64():
+    """Finite differences in fp64 agree with the gradients computed in the forward pass."""
+    g = torch.Generator().manual_seed(7)
+    hidden = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    targets = torch.tensor([3, IGNORE_INDEX, 0, 10, 10, 2, IGNORE_INDEX])
+    for reduction in ("mean", "sum"):
+        def fn(h, w, reduction=reduction):
+            return fused_linear_cross_entropy(h, w, targets, reduction=reduction, chunk_size=2)
+
+        assert fn(hidden, weight).dtype == torch.float64
+        assert torch.autograd.gradcheck(fn, (hidden, weight))
+
+
+def test_second_backward_and_in_place_changes_behave_like_autograd():
+    hidden, weight, targets = _inputs()
+    once = _loss_and_grads(causal_lm_loss, hidden, weight, targets)
+    hidden.grad = weight.grad = None
+    loss = causal_lm_loss(hidden, weight, targets, chunk_size=8)
+    loss.backward(retain_graph=True)  # the gradients computed in forward are handed over
+    (2 * loss).backward()  # computed again from the saved inputs
+    _assert_same((loss.detach(), hidden.grad, weight.grad), (once[0], 3 * once[1], 3 * once[2]))
+    loss = causal_lm_loss(hidden, weight, targets)
+    with torch.no_grad():
+        weight.add_(1.0)  # e.g. an optimizer step between forward and backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_only_the_gradients_asked_for():
+    hidden, weight, targets = _inputs()
+    want = _loss_and_grads(_reference, hidden, weight, targets)
+    frozen = weight.detach()  # e.g. LoRA: the head is frozen
+    hidden.grad = None
+    causal_lm_loss(hidden, frozen, targets, chunk_size=8).backward()
+    torch.testing.assert_close(hidden.grad, want[1], rtol=1e-5, atol=1e-7)
+    weight.grad = None
+    causal_lm_loss(hidden.detach(), weight, targets, chunk_size=8).backward()
+    torch.testing.assert_close(weight.grad, want[2], rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- all targets ignored
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_all_ignored_is_zero_with_zero_gradients(fused, reduction):
+    """Not NaN: a micro-batch of padding must not poison the accumulated gradient."""
+    hidden, weight, _ = _inputs()
+    targets = torch.full(hidden.shape[:-1], IGNORE_INDEX)
+    loss = causal_lm_loss(hidden, weight, targets, fused=fused, reduction=reduction)
+    (loss * 0.25).backward()
+    assert loss.item() == 0.0
+    assert torch.equal(hidden.grad, torch.zeros_like(hidden))
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+    assert lm_loss_from_logits(torch.randn(2, 3, V), torch.full((2, 3), IGNORE_INDEX)).item() == 0.0
+
+
+# --------------------------------------------------------------------------- the model, tied weights
+
+
+def test_model_loss_with_tied_embedding_matches_reference():
+    """GPT-2 ties the head to wte: the head's gradient and the embedding's must add up."""
+    model = tiny_model(seed=2).train()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, model.config.vocab_size, (3, 17), generator=g)
+    targets = torch.cat([idx[:, 1:], torch.full((3, 1), IGNORE_INDEX)], dim=1)
+    targets[1, :6] = IGNORE_INDEX
+
+    def grads(fused: bool):
+        model.zero_grad(set_to_none=True)
+        loss = causal_lm_loss(model.forward_hidden(idx), model.lm_head.weight, targets, fused=fused, chunk_size=10)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss_f, got = grads(True)
+    loss_r, want = grads(False)
+    torch.testing.assert_close(loss_f, loss_r, rtol=1e-5, atol=0)
+    assert set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+    # model_lm_loss runs the same computation
+    torch.testing.assert_close(model_lm_loss(model, idx, targets).detach(), loss_r, rtol=1e-5, atol=0)
+
+
+# --------------------------------------------------------------------------- eval, dtypes, autocast
+
+
+def test_no_grad_and_inference_mode_compute_the_loss_only():
+    hidden, weight, targets = _inputs()
+    want = _reference(hidden, weight, targets).detach()
+    with torch.no_grad():
+        got = causal_lm_loss(hidden, weight, targets, chunk_size=6)
+    assert got.grad_fn is None and not got.requires_grad
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(causal_lm_loss(hidden, weight, targets), want, rtol=1e-6, atol=0)
+    # tensors that need no gradient: the loss-only path too
+    torch.testing.assert_close(causal_lm_loss(hidden.detach(), weight.detach(), targets), want, rtol=1e-6, atol=0)
+
+
+def test_bf16_inputs_loss_in_fp32():
+    hidden, weight, targets = _inputs(seed=4)
+    h16 = hidden.detach().bfloat16().requires_grad_()
+    w16 = weight.detach().bfloat16().requires_grad_()
+    got = _loss_and_grads(causal_lm_loss, h16, w16, targets, chunk_size=8)
+    want = _loss_and_grads(_reference, h16, w16, targets)
+    assert got[0].dtype == torch.float32
+    assert got[1].dtype == got[2].dtype == torch.bfloat16
+    _assert_same(got, want, rtol=2e-2, atol=2e-2)
+    # and close to the fp32 loss of the same (rounded) numbers
+    fp32 = _reference(h16.detach().float(), w16.detach().float(), targets)
+    torch.testing.assert_close(got[0], fp32.detach(), rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_autocast_bf16(fused):
+    """Under CPU autocast the matmul runs in bf16, the loss in fp32, and fp32 parameters
+    receive fp32 gradients; fused and reference agree within bf16 precision."""
+    hidden, weight, targets = _inputs(seed=6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = causal_lm_loss(hidden, weight, targets, fused=fused, chunk_size=9)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert hidden.grad.dtype == weight.grad.dtype == torch.float32
+    want = _loss_and_grads(_reference, hidden, weight, targets)  # fp32, no autocast
+    torch.testing.assert_close(loss.detach(), want[0], rtol=2e-2, atol=0)
+    torch.testing.assert_close(hidden.grad, want[1], rtol=5e-2, atol=5e-3)
+    torch.testing.assert_close(weight.grad, want[2], rtol=5e-2, atol=5e-3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        eval_loss = causal_lm_loss(hidden, weight, targets, fused=fused)
+    torch.testing.assert_close(eval_loss, loss.detach(), rtol=1e-3, atol=0)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_a_clear_error():
+    hidden, weight, targets = _inputs()
+    bad = targets.clone()
+    bad[1, 2] = V  # one past the vocabulary
+    with pytest.raises(ValueError, match=rf"target {V} at flat position 15 is outside the vocabulary \[0, {V}\)"):
+        causal_lm_loss(hidden, weight, bad)
+    bad[1, 2] = -7
+    with pytest.raises(ValueError, match="target -7 at flat position 15"):
+        causal_lm_loss(hidden, weight, bad)
+    with pytest.raises(ValueError, match="reduction must be one of mean, sum"):
+        causal_lm_loss(hidden, weight, targets, reduction="none")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        lm_loss_from_logits(hidden @ weight.t(), targets, reduction="avg")
+    with pytest.raises(ValueError, match="chunk_size must be a positive"):
+        causal_lm_loss(hidden, weight, targets, chunk_size=0)
+    with pytest.raises(ValueError, match=r"targets must have shape \(3, 13\)"):
+        causal_lm_loss(hidden, weight, targets[:, :-1])
+    with pytest.raises(ValueError, match=r"weight must have shape \(vocab, 24\)"):
+        causal_lm_loss(hidden, weight[:, :-1], targets)
+    with pytest.raises(ValueError, match="integer token ids"):
+        causal_lm_loss(hidden, weight, targets.float())
+
+
+def test_default_chunk_size():
+    assert default_chunk_size(50257) == 512  # about 100 MB of fp32 logits per chunk
+    assert default_chunk_size(10**9) == 16  # never fewer than 16 rows
+    assert default_chunk_size(V) % 16 == 0
