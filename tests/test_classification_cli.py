@@ -133,7 +133,8 @@ def test_own_csv_with_three_classes(tmp_path, capsys):
     code = main(["finetune", "classify", "--config", "spam-small", "--data.dataset", "none",
                  "--data.train_file", str(train), "--data.test_file", str(train), "--data.text_column", "review",
                  "--data.label_column", "sentiment", "--model.preset", "cpu-tiny", "--model.n_embd", "16",
-                 "--train.epochs", "1", "--train.batch_size", "8", "--logging.out_dir", str(out),
+                 "--train.epochs", "2", "--train.batch_size", "8", "--classifier.ema_decay", "0.5",
+                 "--classifier.balanced_class_weights", "true", "--logging.out_dir", str(out),
                  "--logging.progress", "false", "--logging.plots", "false"])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
@@ -150,3 +151,24 @@ def test_print_config(capsys):
     assert "init: openai-community/gpt2" in out and "lr: 0.0001" in out and "trainable: last_blocks" in out
     assert main(["finetune", "classify", "--print-config", "--classifier.pooling", "max"]) == 2
     assert "classifier.pooling" in capsys.readouterr().err
+
+
+def test_spam_124m_preset_from_a_hugging_face_folder(tmp_path, shared_datasets):
+    """The original project's recipe (pretrained weights, last block + final LayerNorm + head
+    trainable) on a tiny random Hugging Face GPT-2 folder standing in for the 124M weights."""
+    from helpers import tiny_hf_model
+
+    hf = tiny_hf_model(seed=3, vocab_size=50257)  # context 32, width 48, 2 blocks
+    hf.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "run"
+    code = main(["finetune", "classify", "--config", "spam-124m", "--model.init", str(tmp_path / "hf"),
+                 "--data.data_dir", str(shared_datasets), "--train.max_steps", "3", "--logging.out_dir", str(out),
+                 "--logging.progress", "false", "--logging.plots", "false"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["max_length"] == 32  # the longest training message (120 tokens), capped at the context
+    assert metrics["truncated"]["train"] > 0
+    block = 4 * 48 + (48 * 3 * 48 + 3 * 48) + (48 * 48 + 48) + (48 * 192 + 192) + (192 * 48 + 48)
+    assert metrics["parameters"]["trainable"] == block + 2 * 48 + (48 * 2 + 2)  # last block, ln_f, head
+    assert metrics["parameters"]["trainable_mode"] == "last_blocks"
+    assert len(metrics["epochs"]) == 1 and metrics["epochs"][0]["step"] == 3
