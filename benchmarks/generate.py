@@ -16,8 +16,9 @@ Everything runs in one process on the same random gpt2-124M weights (fp32, CPU, 
   machine reaches, the most tokens/s any implementation that does so can get at batch 1.
 
 Figures are tokens per second of wall time, prefill included (as a user waits for them),
-except the decode-only rows. The batch-1 cached runs and transformers take turns and the
-best of 3 counts. Other programs running on the machine slow everything down (PyTorch's
+except the decode rows (from the time between consecutive tokens: the median step, and the
+fastest step, which other load disturbs least). The batch-1 cached runs and transformers
+take turns and the best of 3 counts. Other programs running on the machine slow everything down (PyTorch's
 threads wait for each other on a busy CPU): the load average is printed; compare ratios
 from one run, and prefer a quiet machine (or ``--threads 1`` on a busy one).
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 
@@ -38,23 +40,52 @@ from customgpt.constants import EOT_ID
 from customgpt.generate import SamplingParams, generate_batch, generate_tokens
 from customgpt.model import GPT
 
+Run = tuple[list[int], list[float]]  # tokens, and the time of each since the call began
 
-def timed_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, object]]:
-    """Best wall time of ``repeats`` runs of each function, run in turns (A B A B ...) so that
-    other load on the machine hits all of them alike; with each one's last return value."""
-    best: dict[str, float] = {k: float("inf") for k in fns}
-    outs: dict[str, object] = {}
+
+def ours(model: GPT, prompt: list[int], new: int, use_cache: bool = True) -> Run:
+    params = SamplingParams(temperature=0, max_new_tokens=new, stop_at_eot=False)
+    t0 = time.perf_counter()
+    toks, stamps = [], []
+    for step in generate_tokens(model, prompt, params, use_cache=use_cache):
+        toks.append(step.token_id)
+        stamps.append(time.perf_counter() - t0)
+    return toks, stamps
+
+
+class _Stamps:
+    """A transformers streamer that only notes when each token arrives."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.stamps: list[float] = []
+
+    def put(self, value) -> None:
+        self.stamps.append(time.perf_counter() - self.t0)
+
+    def end(self) -> None:
+        pass
+
+
+def hf_run(hf, prompt: list[int], new: int) -> Run:
+    streamer = _Stamps()
+    out = hf_generate(hf, [prompt], new, streamer=streamer)[0]
+    return out, streamer.stamps[1:]  # the first put() is the prompt itself
+
+
+def interleaved(fns: dict[str, Callable[[], Run]], repeats: int) -> dict[str, tuple[float, list[float], list[int]]]:
+    """Run each function ``repeats`` times in turns (A B A B ...), so that other load on the
+    machine hits all alike. Per function: the best wall time to the last token, every
+    inter-token interval of every run, and the tokens."""
+    best = {k: float("inf") for k in fns}
+    gaps: dict[str, list[float]] = {k: [] for k in fns}
+    toks: dict[str, list[int]] = {}
     for _ in range(repeats):
         for key, fn in fns.items():
-            t0 = time.perf_counter()
-            outs[key] = fn()
-            best[key] = min(best[key], time.perf_counter() - t0)
-    return {k: (best[k], outs[k]) for k in fns}
-
-
-def ours(model: GPT, prompt: list[int], new: int, use_cache: bool = True) -> list[int]:
-    params = SamplingParams(temperature=0, max_new_tokens=new, stop_at_eot=False)
-    return [s.token_id for s in generate_tokens(model, prompt, params, use_cache=use_cache)]
+            toks[key], stamps = fn()
+            best[key] = min(best[key], stamps[-1])
+            gaps[key] += [b - a for a, b in zip(stamps, stamps[1:])]
+    return {k: (best[k], gaps[k], toks[k]) for k in fns}
 
 
 def hf_model_like(model: GPT):
@@ -71,12 +102,12 @@ def hf_model_like(model: GPT):
     return hf.eval()
 
 
-def hf_generate(hf, prompts: list[list[int]], new: int) -> list[list[int]]:
+def hf_generate(hf, prompts: list[list[int]], new: int, streamer=None) -> list[list[int]]:
     ids = torch.tensor(prompts)
     with torch.inference_mode():
         out = hf.generate(
             ids, attention_mask=torch.ones_like(ids), do_sample=False,
-            max_new_tokens=new, pad_token_id=EOT_ID,
+            max_new_tokens=new, pad_token_id=EOT_ID, streamer=streamer,
         )
     return out[:, ids.shape[1] :].tolist()
 
@@ -148,26 +179,22 @@ def main() -> None:
 
     # Warm up both implementations (first calls allocate and pick kernels).
     ours(model, prompt, 4)
-    hf_generate(hf, [prompt], 4)
+    hf_run(hf, prompt, 4)
 
     rows: list[tuple[str, float]] = []
-    timings = timed_interleaved(
+    runs = interleaved(
         {
             "ours": lambda: ours(model, prompt, new),
-            "hf": lambda: hf_generate(hf, [prompt], new)[0],
+            "hf": lambda: hf_run(hf, prompt, new),
             "long": lambda: ours(model, prompt, long_new),
         },
         repeats,
     )
-    (t_ours, tok_ours), (t_hf, tok_hf), (t_long, tok_long) = timings["ours"], timings["hf"], timings["long"]
+    (t_ours, gaps_ours, tok_ours), (t_hf, gaps_hf, tok_hf), (t_long, _, tok_long) = (
+        runs["ours"], runs["hf"], runs["long"]
+    )
     # One no-cache run to long_new tokens; its first `new` tokens give the batch-1 figure.
-    stamps: list[float] = []
-    t0 = time.perf_counter()
-    params = SamplingParams(temperature=0, max_new_tokens=long_new, stop_at_eot=False)
-    tok_nc = []
-    for step in generate_tokens(model, prompt, params, use_cache=False):
-        tok_nc.append(step.token_id)
-        stamps.append(time.perf_counter() - t0)
+    tok_nc, stamps = ours(model, prompt, long_new, use_cache=False)
     t_nc_new, t_nc_long = stamps[new - 1], stamps[-1]
     same = tok_ours == tok_hf == tok_nc[:new] and tok_long == tok_nc
     rows += [
@@ -176,9 +203,15 @@ def main() -> None:
         (f"customgpt, no cache      b=1  {new} new", new / t_nc_new),
         (f"customgpt, KV cache      b=1  {long_new} new", long_new / t_long),
         (f"customgpt, no cache      b=1  {long_new} new", long_new / t_nc_long),
+        ("customgpt decode, median step (b=1)", 1 / statistics.median(gaps_ours)),
+        ("transformers decode, median step (b=1)", 1 / statistics.median(gaps_hf)),
+        ("customgpt decode, fastest step (b=1)", 1 / min(gaps_ours)),
+        ("transformers decode, fastest step (b=1)", 1 / min(gaps_hf)),
     ]
     params_b8 = SamplingParams(temperature=0, max_new_tokens=new, stop_at_eot=False)
-    t_b8 = timed_interleaved({"b8": lambda: generate_batch(model, batch, params_b8)}, 1)["b8"][0]
+    t0 = time.perf_counter()
+    generate_batch(model, batch, params_b8)
+    t_b8 = time.perf_counter() - t0
     rows.append((f"customgpt, KV cache      b=8  {new} new", 8 * new / t_b8))
     decode = {p: decode_speed(model, p, decode_steps) for p in positions}
     for p, v in decode.items():
@@ -196,6 +229,8 @@ def main() -> None:
     print()
     print(f"greedy tokens identical (cache, no cache, transformers): {'yes' if same else 'NO'}")
     print(f"customgpt / transformers generate (b=1, {new} new):   {t_hf / t_ours:5.2f}x   (target >= 2.0x)")
+    print(f"  per decode step, median: {statistics.median(gaps_hf) / statistics.median(gaps_ours):5.2f}x; "
+          f"fastest step (least disturbed by other load): {min(gaps_hf) / min(gaps_ours):5.2f}x")
     print(f"cache / no cache (b=1, {new} new):                    {t_nc_new / t_ours:5.2f}x")
     print(f"cache / no cache (b=1, {long_new} new):                    {t_nc_long / t_long:5.2f}x   (target >= 6x)")
     print(f"batch 8 / batch 1 throughput:                         {(8 * new / t_b8) / (new / t_ours):5.2f}x")
