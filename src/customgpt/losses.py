@@ -61,9 +61,9 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def _balanced_chunk(n_rows: int, max_rows: int) -> int:
-    """Rows per chunk for ``n_rows`` rows in chunks of at most ``max_rows``: the chunks are
-    made about equal (1020 rows in chunks of at most 512: 512 + 508, not 512 + 508 ... but
-    also not 1000 + 20), rounded up to a multiple of 16 rows where that stays within bounds."""
+    """Rows per chunk for ``n_rows`` rows in chunks of at most ``max_rows``, so that the
+    chunks come out about equal, in multiples of 16 rows where the bound allows: 1100 rows
+    with at most 512 go 368 + 368 + 364, not 512 + 512 + 76."""
     if n_rows <= max_rows:
         return max(n_rows, 1)
     n_chunks = -(-n_rows // max_rows)
