@@ -45,6 +45,11 @@ def _reference(hidden, weight, targets, **kwargs):
     return causal_lm_loss(hidden, weight, targets, fused=False, **kwargs)
 
 
+def _fused(hidden, weight, targets, **kwargs):
+    # forced: these test shapes are small enough for causal_lm_loss to pick the reference
+    return causal_lm_loss(hidden, weight, targets, fused=True, **kwargs)
+
+
 def _assert_same(got, want, rtol=1e-5, atol=1e-6):
     """Loss and gradients equal within ``rtol`` elementwise, plus ``atol`` times the largest
     entry of the tensor: summing in another order moves near-zero entries by a few ulp of
@@ -89,7 +94,7 @@ def test_fused_matches_reference(chunk_size, reduction):
     """39 rows (5 ignored): chunk sizes that divide nothing, one row, and more than all rows."""
     hidden, weight, targets = _inputs()
     want = _loss_and_grads(_reference, hidden, weight, targets, reduction=reduction)
-    got = _loss_and_grads(causal_lm_loss, hidden, weight, targets, reduction=reduction, chunk_size=chunk_size)
+    got = _loss_and_grads(_fused, hidden, weight, targets, reduction=reduction, chunk_size=chunk_size)
     _assert_same(got, want)
     # ignored positions contribute nothing, not even a gradient
     assert torch.count_nonzero(got[1][targets == IGNORE_INDEX]) == 0
@@ -106,7 +111,7 @@ def test_fused_matches_reference_without_ignored_targets_and_default_chunks():
 def test_large_logits_stay_finite_and_exact():
     """Logits in the hundreds: the log-sum-exp must subtract the maximum first."""
     hidden, weight, targets = _inputs(seed=5, scale=60.0)
-    got = _loss_and_grads(causal_lm_loss, hidden, weight, targets, chunk_size=7)
+    got = _loss_and_grads(_fused, hidden, weight, targets, chunk_size=7)
     want = _loss_and_grads(_reference, hidden, weight, targets)
     assert got[0].item() > 50  # really large
     assert all(torch.isfinite(t).all() for t in got)
@@ -116,17 +121,17 @@ def test_large_logits_stay_finite_and_exact():
 def test_sum_is_mean_times_count():
     hidden, weight, targets = _inputs()
     n = int((targets != IGNORE_INDEX).sum())
-    mean = causal_lm_loss(hidden, weight, targets)
-    total = causal_lm_loss(hidden, weight, targets, reduction="sum")
+    mean = _fused(hidden, weight, targets)
+    total = _fused(hidden, weight, targets, reduction="sum")
     torch.testing.assert_close(total, mean * n, rtol=1e-6, atol=0)
 
 
 def test_backward_scales_by_the_incoming_gradient():
     """loss * 3.5 (what gradient accumulation does), and a loss used twice in one graph."""
     hidden, weight, targets = _inputs()
-    plain = _loss_and_grads(causal_lm_loss, hidden, weight, targets)
-    scaled = _loss_and_grads(lambda *a: causal_lm_loss(*a) * 3.5, hidden, weight, targets)
-    twice = _loss_and_grads(lambda *a: (lambda loss: loss + 2 * loss)(causal_lm_loss(*a)), hidden, weight, targets)
+    plain = _loss_and_grads(_fused, hidden, weight, targets)
+    scaled = _loss_and_grads(lambda *a: _fused(*a) * 3.5, hidden, weight, targets)
+    twice = _loss_and_grads(lambda *a: (lambda loss: loss + 2 * loss)(_fused(*a)), hidden, weight, targets)
     for factor, got in ((3.5, scaled), (3.0, twice)):
         torch.testing.assert_close(got[1], plain[1] * factor, rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(got[2], plain[2] * factor, rtol=1e-6, atol=1e-9)
@@ -148,13 +153,13 @@ def test_gradcheck_fp64():
 
 def test_second_backward_and_in_place_changes_behave_like_autograd():
     hidden, weight, targets = _inputs()
-    once = _loss_and_grads(causal_lm_loss, hidden, weight, targets)
+    once = _loss_and_grads(_fused, hidden, weight, targets)
     hidden.grad = weight.grad = None
-    loss = causal_lm_loss(hidden, weight, targets, chunk_size=8)
+    loss = _fused(hidden, weight, targets, chunk_size=8)
     loss.backward(retain_graph=True)  # the gradients computed in forward are handed over
     (2 * loss).backward()  # computed again from the saved inputs
     _assert_same((loss.detach(), hidden.grad, weight.grad), (once[0], 3 * once[1], 3 * once[2]))
-    loss = causal_lm_loss(hidden, weight, targets)
+    loss = _fused(hidden, weight, targets)
     with torch.no_grad():
         weight.add_(1.0)  # e.g. an optimizer step between forward and backward
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -166,10 +171,10 @@ def test_only_the_gradients_asked_for():
     want = _loss_and_grads(_reference, hidden, weight, targets)
     frozen = weight.detach()  # e.g. LoRA: the head is frozen
     hidden.grad = None
-    causal_lm_loss(hidden, frozen, targets, chunk_size=8).backward()
+    _fused(hidden, frozen, targets, chunk_size=8).backward()
     torch.testing.assert_close(hidden.grad, want[1], rtol=1e-5, atol=1e-7)
     weight.grad = None
-    causal_lm_loss(hidden.detach(), weight, targets, chunk_size=8).backward()
+    _fused(hidden.detach(), weight, targets, chunk_size=8).backward()
     torch.testing.assert_close(weight.grad, want[2], rtol=1e-5, atol=1e-7)
 
 
@@ -225,20 +230,20 @@ def test_no_grad_and_inference_mode_compute_the_loss_only():
     hidden, weight, targets = _inputs()
     want = _reference(hidden, weight, targets).detach()
     with torch.no_grad():
-        got = causal_lm_loss(hidden, weight, targets, chunk_size=6)
+        got = _fused(hidden, weight, targets, chunk_size=6)
     assert got.grad_fn is None and not got.requires_grad
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
     with torch.inference_mode():
-        torch.testing.assert_close(causal_lm_loss(hidden, weight, targets), want, rtol=1e-6, atol=0)
+        torch.testing.assert_close(_fused(hidden, weight, targets), want, rtol=1e-6, atol=0)
     # tensors that need no gradient: the loss-only path too
-    torch.testing.assert_close(causal_lm_loss(hidden.detach(), weight.detach(), targets), want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(_fused(hidden.detach(), weight.detach(), targets), want, rtol=1e-6, atol=0)
 
 
 def test_bf16_inputs_loss_in_fp32():
     hidden, weight, targets = _inputs(seed=4)
     h16 = hidden.detach().bfloat16().requires_grad_()
     w16 = weight.detach().bfloat16().requires_grad_()
-    got = _loss_and_grads(causal_lm_loss, h16, w16, targets, chunk_size=8)
+    got = _loss_and_grads(_fused, h16, w16, targets, chunk_size=8)
     want = _loss_and_grads(_reference, h16, w16, targets)
     assert got[0].dtype == torch.float32
     assert got[1].dtype == got[2].dtype == torch.bfloat16
@@ -270,27 +275,40 @@ def test_autocast_bf16(fused):
 # --------------------------------------------------------------------------- bad input
 
 
-def test_bad_input_is_a_clear_error():
+@pytest.mark.parametrize("fused", [True, False])
+def test_bad_input_is_a_clear_error(fused):
     hidden, weight, targets = _inputs()
     bad = targets.clone()
     bad[1, 2] = V  # one past the vocabulary
     with pytest.raises(ValueError, match=rf"target {V} at flat position 15 is outside the vocabulary \[0, {V}\)"):
-        causal_lm_loss(hidden, weight, bad)
+        causal_lm_loss(hidden, weight, bad, fused=fused)
     bad[1, 2] = -7
     with pytest.raises(ValueError, match="target -7 at flat position 15"):
-        causal_lm_loss(hidden, weight, bad)
+        causal_lm_loss(hidden, weight, bad, fused=fused)
     with pytest.raises(ValueError, match="reduction must be one of mean, sum"):
-        causal_lm_loss(hidden, weight, targets, reduction="none")
-    with pytest.raises(ValueError, match="reduction must be one of"):
-        lm_loss_from_logits(hidden @ weight.t(), targets, reduction="avg")
-    with pytest.raises(ValueError, match="chunk_size must be a positive"):
-        causal_lm_loss(hidden, weight, targets, chunk_size=0)
+        causal_lm_loss(hidden, weight, targets, fused=fused, reduction="none")
     with pytest.raises(ValueError, match=r"targets must have shape \(3, 13\)"):
-        causal_lm_loss(hidden, weight, targets[:, :-1])
+        causal_lm_loss(hidden, weight, targets[:, :-1], fused=fused)
+
+
+def test_bad_input_to_the_fused_path():
+    hidden, weight, targets = _inputs()
+    with pytest.raises(ValueError, match="chunk_size must be a positive"):
+        _fused(hidden, weight, targets, chunk_size=0)
     with pytest.raises(ValueError, match=r"weight must have shape \(vocab, 24\)"):
-        causal_lm_loss(hidden, weight[:, :-1], targets)
+        _fused(hidden, weight[:, :-1], targets)
     with pytest.raises(ValueError, match="integer token ids"):
-        causal_lm_loss(hidden, weight, targets.float())
+        _fused(hidden, weight, targets.float())
+
+
+def test_default_path_depends_on_the_size_of_the_logits():
+    """Tiny logits: the reference kernels are as fast; GPT-2-sized ones: the fused path."""
+    hidden, weight, targets = _inputs()
+    assert "Fused" not in causal_lm_loss(hidden, weight, targets).grad_fn.name()
+    assert "Fused" in _fused(hidden, weight, targets).grad_fn.name()
+    big_vocab = torch.randn(50257, C, requires_grad=True)
+    big = causal_lm_loss(hidden, big_vocab, targets.clamp_min(0) * 100)  # 39 x 50,257 fp32 logits: 7.8 MB
+    assert "Fused" in big.grad_fn.name()
 
 
 def test_default_chunk_size():
