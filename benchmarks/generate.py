@@ -18,9 +18,14 @@ Everything runs in one process on the same random gpt2-124M weights (fp32, CPU, 
 Figures are tokens per second of wall time, prefill included (as a user waits for them),
 except the decode rows (from the time between consecutive tokens: the median step, and the
 fastest step, which other load disturbs least). The batch-1 cached runs and transformers
-take turns and the best of 3 counts. Other programs running on the machine slow everything down (PyTorch's
-threads wait for each other on a busy CPU): the load average is printed; compare ratios
-from one run, and prefer a quiet machine (or ``--threads 1`` on a busy one).
+take turns and the best of 3 counts. Other programs running on the machine slow everything
+down (PyTorch's threads wait for each other on a busy CPU): the load average is printed;
+compare ratios from one run, and prefer a quiet machine (or ``--threads 1`` on a busy one).
+
+Where the time goes (``--profile``): about 90% of a batch-1 decode step is the matrix-vector
+products that read the weights (the blocks' linears and the LM head); attention, LayerNorm,
+GELU and the sampling loop are the rest. The run is bound by memory bandwidth, so the
+headroom is the gap between the fastest decode step and the bandwidth bound printed last.
 """
 
 from __future__ import annotations
