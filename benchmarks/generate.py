@@ -22,10 +22,12 @@ take turns and the best of 3 counts. Other programs running on the machine slow 
 down (PyTorch's threads wait for each other on a busy CPU): the load average is printed;
 compare ratios from one run, and prefer a quiet machine (or ``--threads 1`` on a busy one).
 
-Where the time goes (``--profile``): about 90% of a batch-1 decode step is the matrix-vector
-products that read the weights (the blocks' linears and the LM head); attention, LayerNorm,
-GELU and the sampling loop are the rest. The run is bound by memory bandwidth, so the
-headroom is the gap between the fastest decode step and the bandwidth bound printed last.
+Where the time goes (``--profile``): with one thread, about 90% of a batch-1 decode step is
+the matrix-vector products that read the weights (the blocks' linears, ~60%, and the LM
+head, ~30%); attention, LayerNorm, GELU and the sampling loop share the rest. The run is
+bound by memory bandwidth, so the headroom is the gap between the fastest decode step and
+the bandwidth bound printed last. (With two threads on a busy machine, the threads of the
+attention kernel waiting for each other can take a third of the step instead.)
 """
 
 from __future__ import annotations
