@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's choice)")
     p.add_argument("--loss-repeats", type=int, default=3, help="repetitions of the loss-only timing (0: skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="print every timed step")
     args = p.parse_args(argv)
     for name in ("batch", "seq", "steps"):
         if getattr(args, name) <= 0:
@@ -201,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup > 1:
         timed_turns(steps, args.warmup - 1)
     times = timed_turns(steps, args.steps)
+    if args.verbose:
+        for name, runs in times.items():
+            print(f"{name}: " + ", ".join(f"{w:.2f} s (CPU {c:.2f})" for w, c in runs))
     peak, peak_shape = max(peak_before, matmul_peak(config.n_embd, tokens))  # before and after the steps
 
     print(f"\nfp32 matmul peak (torch.mm, best of 2 x 5 repetitions, reached by {peak_shape}): {peak / 1e9:.1f} GFLOP/s")
