@@ -1,13 +1,16 @@
 """Training throughput: customgpt against transformers' GPT2LMHeadModel, same weights, same run.
 
-    python benchmarks/train.py               # gpt2-124M, batch 4 x 256, fp32 CPU (about 3-4 min on 2 cores)
-    python benchmarks/train.py --steps 2     # shorter
+    python benchmarks/train.py                # gpt2-124M, batch 4 x 256, fp32, CPU
+    python benchmarks/train.py --steps 3      # shorter
+    python benchmarks/train.py --verbose      # also every timed step (wall and CPU seconds)
     python benchmarks/train.py --adamw foreach --threads 1
+
+About 2-3 minutes on a quiet 2-core machine, up to twice that on a busy one.
 
 One training step is forward + backward + ``torch.optim.AdamW.step()`` + ``zero_grad``:
 
 * customgpt: ``GPT.forward_hidden`` + :func:`customgpt.losses.causal_lm_loss` (the fused,
-  chunked LM-head + cross-entropy), targets = the inputs shifted left, last position ignored;
+  chunked LM head + cross-entropy), targets = the inputs shifted left, last position ignored;
 * transformers: ``GPT2LMHeadModel(input_ids, labels=input_ids).loss`` (SDPA attention),
   which shifts the labels itself: both models score the same 255 targets per row, and the
   first step checks that both losses agree.
@@ -16,16 +19,17 @@ Both start from the same random gpt2-124M weights (dropout 0) and use the same A
 (same lr, betas, weight decay and implementation flag: ``--adamw fused`` by default, the
 fastest on CPU; ``foreach`` and ``for-loop`` are the alternatives). After warm-up steps
 (not timed) the two models take turns, A B B A A B ..., so that other load on the machine
-hits both alike; the median step counts. Wall-clock tokens/s is the figure; the CPU seconds
-of the process per step are printed too: on a shared machine they move less than the wall
-clock.
+hits both alike. Reported: the median step of each, and four ratios: of the median steps,
+the median of the ratios within back-to-back pairs (the least disturbed by load that comes
+and goes: quote this one), of the best steps, and of the CPU seconds per step.
 
 MFU (model FLOPs utilisation) follows the PaLM paper (appendix B) as nanoGPT does:
 FLOPs per token = 6 N + 12 L H Q T, N the parameters without the position embeddings
 (the tied token embedding counts: it is the LM head's matmul), L layers, H heads, Q head
 width, T the sequence length (the attention term counts the full T x T score matrix, as
-the formula does). The peak is a fp32 ``torch.mm`` measured in the same run: the best of
-several repetitions of 2048 x 2048 x 2048 and of the model's own MLP shape.
+the formula does). The peak is a fp32 ``torch.mm``, the best of 2048 x 2048 x 2048 and of
+the model's MLP shape, measured before the steps and again after every pair of them (so
+that a quiet moment is caught if there is one). MFU is only meaningful on a quiet machine.
 
 The loss section times the LM head + loss alone (forward + backward on the same hidden
 states), the fused path against the reference one (full logits + ``F.cross_entropy``).
@@ -55,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="gpt2-124M", help="model preset (default gpt2-124M)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256, help="tokens per row")
-    p.add_argument("--steps", type=int, default=4, help="timed steps per model (default 4)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per model (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default 2)")
     p.add_argument("--adamw", choices=sorted(ADAMW_FLAGS), default="fused", help="AdamW implementation, for both")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's choice)")
@@ -98,9 +102,12 @@ def flops_per_token(config: GPTConfig, seq: int, n_params: int) -> float:
     return 6 * n + 12 * config.n_layer * config.n_head * config.head_dim * seq
 
 
-def timed_turns(steps: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[tuple[float, float]]]:
+def timed_turns(
+    steps: dict[str, Callable[[], float]], repeats: int, between: Callable[[], object] | None = None
+) -> dict[str, list[tuple[float, float]]]:
     """(wall seconds, CPU seconds) of ``repeats`` calls of each function, taking turns in an
-    A B B A ... order so that neither always runs first after the other."""
+    A B B A ... order so that neither always runs first after the other; ``between`` runs
+    (untimed) after each round."""
     out: dict[str, list[tuple[float, float]]] = {k: [] for k in steps}
     names = list(steps)
     for r in range(repeats):
@@ -108,6 +115,8 @@ def timed_turns(steps: dict[str, Callable[[], float]], repeats: int) -> dict[str
             w0, c0 = time.perf_counter(), time.process_time()
             steps[name]()
             out[name].append((time.perf_counter() - w0, time.process_time() - c0))
+        if between is not None:
+            between()
     return out
 
 
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     fpt = flops_per_token(config, args.seq, n_params)
     print(f"{args.preset}: {n_params / 1e6:.1f}M parameters, batch {args.batch} x {args.seq} = {tokens} tokens, "
           f"fp32, AdamW {args.adamw}")
-    peak_before = matmul_peak(config.n_embd, tokens)
+    peaks = [matmul_peak(config.n_embd, tokens)]
 
     steps = make_steps(args, ours, hf)
     first = {name: step() for name, step in steps.items()}
@@ -201,13 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the two models disagree on the loss: not the same computation")
     if args.warmup > 1:
         timed_turns(steps, args.warmup - 1)
-    times = timed_turns(steps, args.steps)
+    times = timed_turns(steps, args.steps, between=lambda: peaks.append(matmul_peak(config.n_embd, tokens, repeats=2)))
     if args.verbose:
         for name, runs in times.items():
             print(f"{name}: " + ", ".join(f"{w:.2f} s (CPU {c:.2f})" for w, c in runs))
-    peak, peak_shape = max(peak_before, matmul_peak(config.n_embd, tokens))  # before and after the steps
+    peak, peak_shape = max(peaks)
 
-    print(f"\nfp32 matmul peak (torch.mm, best of 2 x 5 repetitions, reached by {peak_shape}): {peak / 1e9:.1f} GFLOP/s")
+    print(f"\nfp32 matmul peak (torch.mm, best of {len(peaks)} measurements, reached by {peak_shape}): "
+          f"{peak / 1e9:.1f} GFLOP/s")
     print(f"model FLOPs per token (6N + 12LHQT, N={n_params - config.context_length * config.n_embd:,} "
           f"without wpe): {fpt / 1e6:.1f} MFLOP")
     print(f"\n{'model':<14}{'median s/step':>14}{'best s/step':>12}{'tokens/s':>10}{'CPU s/step':>12}{'MFU':>7}")
