@@ -40,10 +40,11 @@ from customgpt.constants import IGNORE_INDEX
 
 #: Upper bound on the bytes of one chunk of fp32 logits in the fused loss (512 rows for
 #: GPT-2's vocabulary). Each chunk reads the weight three times (logits, gradient of the
-#: hidden states, gradient of the weight), so larger chunks read it less often; on a 2-core
-#: CPU 256 to 1024 rows run within a few percent of each other and 512 was the fastest,
-#: while the memory stays bounded (about 100 MB instead of 206 MB per 1024 rows, times
-#: three, in the reference path). One buffer of this size serves all chunks of a call.
+#: hidden states, gradient of the weight), so larger chunks read it less often. Measured on
+#: 2 CPU cores, forward + backward of 1,024 x 50,257: 128 rows 1.81 s, 256 rows 1.69 s,
+#: 512 rows 1.65 s, 1,024 rows 1.60 s (reference 2.04 s); 512 keeps most of the gain at
+#: half the memory. One buffer of this size serves all chunks of a call, where the
+#: reference path holds several (N, V) tensors (206 MB each for 1,024 x 50,257).
 FUSED_CHUNK_BYTES = 100 * 2**20
 
 #: :func:`causal_lm_loss` takes the reference path when the full fp32 logits would be at
