@@ -584,3 +584,16 @@ def test_free_generation_memory_then_generate_again():
     free_generation_memory(model)
     assert not model.has_kv_cache
     assert tokens(generate_tokens(model, prompt, GREEDY)) == first
+
+
+def test_the_cache_tests_run_the_cpu_decode_fast_path(model, text_model):
+    """On the CPU the exactness tests above exercise the decode fast path (its own tests:
+    test_decode_fast_path.py), not only the model's forward."""
+    from customgpt.generate import _DECODE_ATTR, cpu_decoder_unsupported
+
+    for m in (model, text_model):
+        assert cpu_decoder_unsupported(m) is None
+        decoder = m.__dict__.get(_DECODE_ATTR)
+        before = decoder.steps if decoder is not None else 0
+        list(generate_tokens(m, [1, 2, 3], GREEDY.replace(max_new_tokens=5)))
+        assert m.__dict__[_DECODE_ATTR].steps == before + 4

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from customgpt.constants import EOT_ID
@@ -391,10 +392,227 @@ def lm_head_for_generation(model: GPT) -> Callable[[Tensor], Tensor]:
 
 
 def free_generation_memory(model: GPT) -> None:
-    """Drop what generation keeps on the model between requests: the KV cache buffers and
-    the transposed LM-head copy (both are rebuilt by the next generation)."""
+    """Drop what generation keeps on the model between requests: the KV cache buffers, the
+    transposed LM-head copy and the decode-layout block weights (all rebuilt by the next
+    generation)."""
     model.clear_kv_cache()
     model.__dict__.pop(_HEAD_ATTR, None)
+    model.__dict__.pop(_DECODE_ATTR, None)
+
+
+# =========================================================================== CPU decode fast path
+
+#: On the CPU, run each single-token step of the KV-cache loop with :class:`CPUDecoder`
+#: (block weights in the layout the CPU's matrix-vector kernels read fastest) instead of the
+#: model's forward. It keeps a copy of most block weights: set to False to save that memory
+#: (or pass ``fast_path=False`` to :func:`generate_tokens` / :func:`generate_batch`).
+CPU_DECODE_FAST_PATH = True
+_DECODE_ATTR = "_customgpt_cpu_decoder"
+
+
+def _param_key(p: Tensor) -> tuple[weakref.ref, int, int]:
+    return (weakref.ref(p), p._version, p.data_ptr())
+
+
+def _same_param(key: tuple[weakref.ref, int, int], p: Tensor) -> bool:
+    return key[0]() is p and key[1] == p._version and key[2] == p.data_ptr()
+
+
+def _has_hooks(module: torch.nn.Module) -> bool:
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or getattr(module, "_backward_hooks", None)
+    )
+
+
+def cpu_decoder_unsupported(model: GPT) -> str | None:
+    """Why :class:`CPUDecoder` cannot stand in for ``model``'s forward, or None when it can.
+
+    It handles exactly the stock modules in eval mode: fp32 weights on the CPU, the fused
+    implementation (``impl="fast"``), plain ``nn.Linear`` layers (a LoRA-wrapped layer, or any
+    other replaced module, falls back to the model's forward), no forward hooks, and the
+    model's own ``forward_hidden`` (not a subclass override).
+    """
+    from customgpt.model import GPT, MLP, Block, CausalSelfAttention, LayerNorm
+
+    if type(model).forward_hidden is not GPT.forward_hidden:
+        return "the model overrides forward_hidden"
+    if model.training:
+        return "the model is in training mode"
+    weight = model.transformer.wte.weight
+    if weight.device.type != "cpu":
+        return f"the model is on {weight.device.type}, not the CPU"
+    if weight.dtype != torch.float32:
+        return f"the weights are {weight.dtype}, not float32"
+    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+        return "global forward hooks are registered"
+    t = model.transformer
+    if type(t.wte) is not torch.nn.Embedding or type(t.wpe) is not torch.nn.Embedding:
+        return "the embeddings are not plain nn.Embedding"
+    if type(t.ln_f) is not LayerNorm or t.ln_f.explicit:
+        return "ln_f is not the fused LayerNorm"
+    for i, block in enumerate(t.h):
+        if type(block) is not Block or type(block.attn) is not CausalSelfAttention or type(block.mlp) is not MLP:
+            return f"block {i} holds replaced modules"
+        for name, module in block.named_modules():
+            if _has_hooks(module):
+                return f"block {i} has hooks ({name or 'the block'})"
+        for name in ("ln_1", "ln_2"):
+            ln = getattr(block, name)
+            if type(ln) is not LayerNorm or ln.explicit:
+                return f"block {i}.{name} is not the fused LayerNorm"
+        if block.attn.explicit or block.mlp.explicit:
+            return f"block {i} uses the explicit implementation"
+        for lin in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+            if type(lin) is not torch.nn.Linear:
+                return f"block {i} holds a {type(lin).__name__} instead of an nn.Linear"
+            if lin.weight.device.type != "cpu" or lin.weight.dtype != torch.float32:
+                return f"block {i} has a weight that is not float32 on the CPU"
+    for module in (t.wte, t.wpe, t.ln_f):
+        if _has_hooks(module):
+            return "the embeddings or ln_f have hooks"
+    return None
+
+
+def _decode_layout(weight: Tensor) -> tuple[Tensor, bool]:
+    """A (in, out) matrix to right-multiply by, and whether it is a copy.
+
+    Measured on x86 CPUs with MKL (``benchmarks/generate.py``, and per shape in
+    ``docs/generation.md``), a (1, in) x (in, out) product reads a contiguous (in, out)
+    matrix at 1.2-1.6x the bandwidth of the (out, in) layout when out >= in (768->2304,
+    768->768, 768->3072); for the narrowing 3072->768 projection it is the other way round,
+    so that one is used as it is, through a transposed view (no copy).
+    """
+    out_features, in_features = weight.shape
+    if out_features >= in_features:
+        return weight.detach().t().contiguous(), True
+    return weight.detach().t(), False
+
+
+class CPUDecoder:
+    """One generation step (a single new token per row) of a :class:`~customgpt.model.GPT`
+    with its KV cache, written for batch-1 decoding on the CPU.
+
+    It computes what ``model.forward_hidden(tokens[:, None], attention_mask=..., use_cache=True)``
+    computes (the model's forward stays the reference: the logits agree to float rounding,
+    tested), with the block weights laid out as the CPU's matrix-vector kernels read them
+    fastest (see :func:`_decode_layout`) and little Python in between: ``addmm`` with the
+    bias, in-place residual adds, the keys and values written straight into the model's cache.
+
+    Memory: the copies hold the weights of ``c_attn``, ``attn.c_proj`` and ``mlp.c_fc`` once
+    more (for GPT-2 124M 56.6M parameters, 226 MB in fp32; ``mlp.c_proj`` needs no copy).
+    They are made on first use, made again when a weight changes (an optimizer step, a
+    ``load_state_dict``, ``.to()``), and dropped by :func:`free_generation_memory`.
+    """
+
+    def __init__(self, model: GPT) -> None:
+        t = model.transformer
+        cfg = model.config
+        self.n_head, self.head_dim, self.n_embd = cfg.n_head, cfg.head_dim, cfg.n_embd
+        self.wte, self.wpe = t.wte.weight.detach(), t.wpe.weight.detach()
+        self.ln_f = (t.ln_f.weight.detach(), _detach(t.ln_f.bias), t.ln_f.eps)
+        self.layers: list[tuple] = []
+        copied = 0
+        with torch.no_grad():
+            for block in t.h:
+                linears: list[Tensor] = []
+                for lin in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+                    w, is_copy = _decode_layout(lin.weight)
+                    copied += w.numel() if is_copy else 0
+                    # No bias: add zeros (exact), so that every layer is one addmm.
+                    b = lin.bias.detach() if lin.bias is not None else torch.zeros(w.shape[1], dtype=w.dtype)
+                    linears += [w, b]
+                ln1, ln2 = block.ln_1, block.ln_2
+                self.layers.append(
+                    (ln1.weight.detach(), _detach(ln1.bias), ln1.eps, ln2.weight.detach(), _detach(ln2.bias), ln2.eps,
+                     *linears)
+                )
+        #: The parameters read (identity, version, storage), to notice when one changes.
+        self._keys = [_param_key(p) for p in _decoder_sources(model)]
+        #: Elements copied: the extra memory is ``copied_numel * 4`` bytes (fp32).
+        self.copied_numel = copied
+        #: Decode steps run since the copies were made (lets tests check the fast path ran).
+        self.steps = 0
+
+    def is_current(self, model: GPT) -> bool:
+        """True when every parameter the decoder reads is still the same tensor, unchanged."""
+        params = _decoder_sources(model)
+        return len(params) == len(self._keys) and all(_same_param(k, p) for k, p in zip(self._keys, params))
+
+    def step(
+        self,
+        model: GPT,
+        tokens: Tensor,
+        position_ids: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Append one token per row to the model's KV cache; return the final hidden states (B, C).
+
+        Args:
+            tokens: (B,) the new token of each row.
+            position_ids: (B,) their positions (default: the cache length, for every row).
+            attn_mask: None, or a boolean (B, 1, 1, S) mask of the keys each row may attend
+                to, S = cache length + 1 (as ``forward_hidden`` builds it from a padding mask).
+        """
+        B = tokens.shape[0]
+        H, D, C = self.n_head, self.head_dim, self.n_embd
+        pos = model.cache_len
+        S = pos + 1
+        blocks = model.transformer.h
+        if S > model.config.context_length or S > blocks[0].attn.kv_cache.k.shape[2]:
+            from customgpt.model import ContextLengthError
+
+            raise ContextLengthError(f"the KV cache is full ({pos} positions)")
+        if position_ids is None:
+            x = self.wte[tokens] + self.wpe[pos]
+        else:
+            x = self.wte[tokens] + self.wpe[position_ids]
+        ln, sdpa, addmm = F.layer_norm, F.scaled_dot_product_attention, torch.addmm
+        shape = (C,)
+        for block, (w1, b1, e1, w2, b2, e2, wqkv, bqkv, wo, bo, wfc, bfc, wpr, bpr) in zip(blocks, self.layers):
+            cache = block.attn.kv_cache
+            qkv = addmm(bqkv, ln(x, shape, w1, b1, e1), wqkv).view(B, 3, H, D)
+            cache.k[:, :, pos] = qkv[:, 1]
+            cache.v[:, :, pos] = qkv[:, 2]
+            y = sdpa(qkv[:, 0, :, None], cache.k[:, :, :S], cache.v[:, :, :S], attn_mask=attn_mask)  # (B, H, 1, D)
+            x = addmm(bo, y.reshape(B, C), wo).add_(x)
+            h = F.gelu(addmm(bfc, ln(x, shape, w2, b2, e2), wfc), approximate="tanh")
+            x = addmm(bpr, h, wpr).add_(x)
+        model.cache_len = S
+        self.steps += 1
+        w, b, eps = self.ln_f
+        return ln(x, shape, w, b, eps)
+
+
+def _detach(p: Tensor | None) -> Tensor | None:
+    return None if p is None else p.detach()
+
+
+def _decoder_sources(model: GPT) -> list[Tensor]:
+    """Every parameter :class:`CPUDecoder` reads, in a fixed order."""
+    t = model.transformer
+    params = [t.wte.weight, t.wpe.weight, t.ln_f.weight, t.ln_f.bias]
+    for block in t.h:
+        for module in (block.ln_1, block.attn.c_attn, block.attn.c_proj, block.ln_2, block.mlp.c_fc, block.mlp.c_proj):
+            params += [module.weight, module.bias]
+    return [p for p in params if p is not None]
+
+
+def cpu_decoder_for_generation(model: GPT, enabled: bool | None = None) -> CPUDecoder | None:
+    """The model's :class:`CPUDecoder`, made (or made again after a weight change) as needed.
+
+    None, and the caller runs the model's forward, when ``enabled`` is False (None: follow
+    :data:`CPU_DECODE_FAST_PATH`) or :func:`cpu_decoder_unsupported` gives a reason.
+    """
+    if enabled is None:
+        enabled = CPU_DECODE_FAST_PATH
+    if not enabled or cpu_decoder_unsupported(model) is not None:
+        return None
+    decoder = model.__dict__.get(_DECODE_ATTR)
+    if decoder is None or not decoder.is_current(model):
+        model.__dict__.pop(_DECODE_ATTR, None)  # free the stale copies before making new ones
+        decoder = CPUDecoder(model)
+        model.__dict__[_DECODE_ATTR] = decoder
+    return decoder
 
 
 def _token_loop(
@@ -403,10 +621,15 @@ def _token_loop(
     params: SamplingParams,
     generator: torch.Generator | None,
     use_cache: bool,
+    fast_path: bool | None = None,
 ) -> Iterator[tuple[Tensor, list[int], bool]]:
     """The engine. Yields, per step, the sampled ids of all rows (as a tensor and a list) and
     whether the window was cropped. Rows are left-padded to a common length; the caller
-    decides when rows are finished and closes the generator when all are."""
+    decides when rows are finished and closes the generator when all are.
+
+    Each step inside the window appends one token to the KV cache: with :class:`CPUDecoder`
+    where it applies (``fast_path``: None follows :data:`CPU_DECODE_FAST_PATH`), else with
+    the model's forward."""
     if params.max_new_tokens == 0:
         return
     device = model.device
@@ -439,6 +662,13 @@ def _token_loop(
                 _prepare_kv_cache(model, B, min(ctx, total))
                 model.__dict__[_OWNER_ATTR] = owner
             head = lm_head_for_generation(model)
+            decoder = cpu_decoder_for_generation(model, fast_path) if use_cache else None
+            step_positions = step_mask = None
+            if decoder is not None and mask is not None:
+                # What forward_hidden derives from the padding mask for one new token at n-1:
+                # its position counts the row's real tokens; it attends to the real keys.
+                step_positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, total)
+                step_mask = mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, total)
 
             def forward_window(n: int) -> Tensor:
                 """Run the model on the last ``ctx`` positions (a prefill when caching)."""
@@ -475,9 +705,16 @@ def _token_loop(
                     stats.update(tokens)
                 if use_cache and n <= ctx:
                     # The cache holds positions [0, n-1): append one and read the last logits.
-                    am = mask[:, :n] if mask is not None else None
-                    hidden = model.forward_hidden(tokens[:, None], attention_mask=am, use_cache=True)
-                    logits = head(hidden[:, -1])
+                    if decoder is not None:
+                        if step_mask is None:
+                            hidden = decoder.step(model, tokens)
+                        else:
+                            hidden = decoder.step(model, tokens, step_positions[:, n - 1], step_mask[..., :n])
+                        logits = head(hidden)
+                    else:
+                        am = mask[:, :n] if mask is not None else None
+                        hidden = model.forward_hidden(tokens[:, None], attention_mask=am, use_cache=True)
+                        logits = head(hidden[:, -1])
                 else:
                     # Past the window (absolute positions shift: rebuild the cache from the
                     # cropped window), or no cache at all.
@@ -497,6 +734,7 @@ def generate_tokens(
     eot_id: int = EOT_ID,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    fast_path: bool | None = None,
 ) -> Iterator[TokenStep]:
     """Generate for one prompt, yielding each token as soon as it is sampled.
 
@@ -513,17 +751,25 @@ def generate_tokens(
         eot_id: the end-of-text token id.
         use_cache: use the KV cache (``False`` runs the full window every step: the reference).
         generator: a random generator to use instead of one seeded from ``params.seed``.
+        fast_path: run the decode steps on the CPU with :class:`CPUDecoder` (None: as
+            :data:`CPU_DECODE_FAST_PATH` says; False: always the model's forward).
     """
     params = params or SamplingParams()
     ids = _check_prompt(prompt_ids, model.config.vocab_size)
-    return _generate_tokens(model, ids, params, eot_id, use_cache, generator)
+    return _generate_tokens(model, ids, params, eot_id, use_cache, generator, fast_path)
 
 
 def _generate_tokens(
-    model: GPT, ids: list[int], params: SamplingParams, eot_id: int, use_cache: bool, generator
+    model: GPT,
+    ids: list[int],
+    params: SamplingParams,
+    eot_id: int,
+    use_cache: bool,
+    generator,
+    fast_path: bool | None = None,
 ) -> Iterator[TokenStep]:
     last = params.max_new_tokens - 1
-    with closing(_token_loop(model, [ids], params, generator, use_cache)) as loop:
+    with closing(_token_loop(model, [ids], params, generator, use_cache, fast_path)) as loop:
         for step, (_, (token,), cropped) in enumerate(loop):
             if params.stop_at_eot and token == eot_id:
                 yield TokenStep(token, "eot", cropped)
@@ -770,6 +1016,7 @@ def generate_batch(
     tokenizer: Tokenizer | None = None,
     eot_id: int | None = None,
     use_cache: bool = True,
+    fast_path: bool | None = None,
 ) -> list[GenerationResult]:
     """Generate for several prompts at once (left-padded, with an attention mask).
 
@@ -782,6 +1029,7 @@ def generate_batch(
         prompts: token id lists, or strings (then ``tokenizer`` is required).
         tokenizer: decodes the outputs into ``text`` and enables stop strings.
         eot_id: the end-of-text id (default: the tokenizer's, else GPT-2's).
+        fast_path: as in :func:`generate_tokens`.
     """
     params = params or SamplingParams()
     if not prompts:
@@ -807,7 +1055,7 @@ def generate_batch(
     t_start = time.perf_counter()
     t_first: float | None = None
     last = params.max_new_tokens - 1
-    with closing(_token_loop(model, rows, params, None, use_cache)) as loop:
+    with closing(_token_loop(model, rows, params, None, use_cache, fast_path)) as loop:
         for step, (_, tokens, _) in enumerate(loop):
             if t_first is None:
                 t_first = time.perf_counter()
