@@ -20,9 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from torch import Tensor
 from customgpt.config import HF_HUB_IDS, GPTConfig, is_preset
 from customgpt.constants import GPT2_VOCAB_SIZE
 from customgpt.errors import CheckpointError, ConfigError, CustomGPTError
+from customgpt.io import StagedFiles, atomic_path, staged_files
 from customgpt.model import GPT
 
 WEIGHTS_NAME = "model.safetensors"
@@ -52,75 +51,9 @@ _HF_BUFFER = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$")
 
 # =========================================================================== atomic files
 
-
-class _StagedFiles:
-    """Write several files of one folder so that none appears half-written.
-
-    Each file goes to a hidden temporary name in the same folder (same filesystem, so the
-    final ``os.replace`` is atomic); only when all are complete are they renamed, in order.
-    On an exception every temporary file is removed and the previous files stay untouched.
-    Each rename is atomic, the set of renames is not: a power cut between two renames (a
-    window of microseconds, after every byte is on disk) could pair new weights with an old
-    config, which loading then reports as a shape mismatch.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.staged: list[tuple[Path, Path]] = []
-
-    def path(self, name: str) -> Path:
-        final = self.folder / name
-        tmp = self.folder / f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-        self.staged.append((tmp, final))
-        return tmp
-
-    def write_text(self, name: str, text: str) -> None:
-        self.path(name).write_text(text, encoding="utf-8")
-
-    def write_json(self, name: str, data: Any) -> None:
-        self.write_text(name, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-    def commit(self) -> None:
-        mode = _new_file_mode()
-        for tmp, _ in self.staged:
-            with open(tmp, "rb+") as fh:  # flush to disk before the rename makes it visible
-                os.fsync(fh.fileno())
-            # Some writers (safetensors among them) create private 0600 files; give the
-            # checkpoint the permissions any new file gets here.
-            os.chmod(tmp, mode)
-        for tmp, final in self.staged:
-            os.replace(tmp, final)
-        self.staged.clear()
-
-    def abort(self) -> None:
-        for tmp, _ in self.staged:
-            tmp.unlink(missing_ok=True)
-        self.staged.clear()
-
-
-def _new_file_mode() -> int:
-    """The mode ``open()`` gives a new file: 0o666 less the process umask."""
-    umask = os.umask(0)  # the only portable way to read it is to set it ...
-    os.umask(umask)  # ... and put it straight back
-    return 0o666 & ~umask
-
-
-@contextmanager
-def staged_files(folder: str | Path) -> Iterator[_StagedFiles]:
-    """Context manager for atomic multi-file writes into ``folder`` (created if needed)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    stage = _StagedFiles(folder)
-    try:
-        yield stage
-    except BaseException:
-        stage.abort()
-        raise
-    try:
-        stage.commit()
-    except BaseException:
-        stage.abort()
-        raise
+# The multi-file stage lives in customgpt.io with the other atomic writers; the private name
+# stays for code (and tests) that refer to it here.
+_StagedFiles = StagedFiles
 
 
 # =========================================================================== raw tensors
@@ -132,9 +65,8 @@ def save_weights(tensors: Mapping[str, Tensor], path: str | Path, metadata: Mapp
     Tensors are moved to the CPU and made contiguous; shared storage is not allowed (store
     a tied weight once). ``metadata`` goes into the safetensors header (string values).
     """
-    path = Path(path)
-    with staged_files(path.parent) as stage:
-        _write_safetensors(tensors, stage.path(path.name), metadata)
+    with atomic_path(path) as tmp:
+        _write_safetensors(tensors, tmp, metadata)
 
 
 def _write_safetensors(tensors: Mapping[str, Tensor], path: Path, metadata: Mapping[str, str] | None) -> None:

@@ -36,7 +36,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from customgpt.errors import CheckpointError, ConfigError
+from customgpt.io import atomic_path, atomic_write_text
 
 #: Target names :class:`LoRAConfig` accepts. A target selects every ``nn.Linear`` whose
 #: module name is the target or ends with ``"." + target``: ``c_attn`` is GPT-2's fused
@@ -486,28 +486,8 @@ def base_checksum(model: nn.Module, exclude_modules: Sequence[str] = ()) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
-
-    A crash leaves either the old file or the new one, never half a file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-    _atomic_write(path, write)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -515,7 +495,8 @@ def _write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str
 
     # Own, contiguous CPU copies: safetensors refuses views that share storage.
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp), metadata=metadata)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -35,7 +35,6 @@ import hashlib
 import json
 import operator
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -56,6 +55,7 @@ from customgpt.bpe import (
 )
 from customgpt.constants import EOT_ID, EOT_TEXT, GPT2_VOCAB_SIZE
 from customgpt.errors import ConfigError, DataError
+from customgpt.io import atomic_write_bytes
 
 __all__ = [
     "ENGINES",
@@ -142,21 +142,6 @@ def load_tiktoken_ranks(path: str | os.PathLike[str], expected_sha256: str | Non
     return ranks
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_tiktoken_ranks(ranks: Mapping[bytes, int], path: str | os.PathLike[str]) -> Path:
     """Write a rank table in tiktoken's text format (atomically); returns the path."""
     lines = [
@@ -164,7 +149,7 @@ def save_tiktoken_ranks(ranks: Mapping[bytes, int], path: str | os.PathLike[str]
         for token, rank in sorted(ranks.items(), key=lambda item: item[1])
     ]
     path = Path(path)
-    _atomic_write_bytes(path, b"\n".join(lines) + b"\n")
+    atomic_write_bytes(path, b"\n".join(lines) + b"\n")
     return path
 
 
@@ -637,7 +622,7 @@ def save_hf_tokenizer_files(
     }
     written = []
     for name, data in files.items():
-        _atomic_write_bytes(folder / name, data)
+        atomic_write_bytes(folder / name, data)
         written.append(folder / name)
     return written
 

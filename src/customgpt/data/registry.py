@@ -10,8 +10,9 @@ returns a local path to a verified copy, looking in this order:
 2. the **cache folder** (the ``cache_dir`` argument, else ``$CUSTOMGPT_CACHE_DIR/datasets``,
    else ``$XDG_CACHE_HOME/customgpt/datasets``, else ``~/.cache/customgpt/datasets``);
 3. a **download** into the cache: streamed to a temporary file beside its final place,
-   checksummed while it streams, and moved into place with ``os.replace`` only when the
-   checksum matches, so an interrupted or corrupt download never leaves a file that looks valid.
+   checksummed while it streams, and moved into place (:func:`customgpt.io.atomic_open`)
+   only when the checksum matches, so an interrupted or corrupt download never leaves a file
+   that looks valid.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from customgpt.errors import DataError
+from customgpt.io import atomic_open
 
 #: Environment variable naming a mirror folder of the dataset files (checked first).
 DATA_DIR_ENV = "CUSTOMGPT_DATA_DIR"
@@ -245,15 +246,13 @@ def _offline_hint(info: DatasetInfo, mirror: Path | None) -> str:
 
 def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float, mirror: Path | None) -> None:
     """Stream ``info.url`` into a temp file beside ``target``, verify, then move into place."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{info.filename}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
+    # atomic_open removes the ``.part`` file on any error, a checksum mismatch included.
+    with atomic_open(target, "wb", suffix=".part") as out:
         digest = hashlib.sha256()
         n_bytes = 0
         try:
             request = urllib.request.Request(info.url, headers={"User-Agent": "customgpt"})
-            with urllib.request.urlopen(request, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
-                fd = -1  # now owned by ``out``
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 total = int(response.headers.get("Content-Length") or info.size)
                 bar = _progress_bar(total, info.filename) if progress else None
                 try:
@@ -282,12 +281,6 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
                 f"checksum mismatch for {info.filename} downloaded from {info.url}: got sha256 {actual} "
                 f"({n_bytes} bytes), expected {info.sha256} ({info.size} bytes); the file was deleted"
             )
-        os.replace(tmp, target)
-    finally:
-        if fd != -1:
-            os.close(fd)
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _progress_bar(total: int, desc: str):

@@ -1,0 +1,238 @@
+"""Atomic file writes: a file is either the complete new version or the old one, never half.
+
+Every file the project writes (checkpoints, LoRA adapters, tokenizer files, configs, metrics,
+token caches, dataset downloads) goes through this module. The recipe is always the same:
+
+1. write to a hidden temporary file in the **same folder** as the target (same file system, so
+   the rename below is atomic);
+2. flush and ``fsync`` it, so its bytes are on disk before its name is;
+3. give it the permissions a plain ``open()`` would give a new file (0o666 less the umask;
+   ``tempfile.mkstemp`` and some writers, safetensors among them, make private 0600 files);
+4. ``os.replace`` it over the target (atomic on POSIX and Windows).
+
+If anything fails before the rename, including ``KeyboardInterrupt``, the temporary file is
+removed and the target keeps its old content (or stays absent).
+
+Three entry points, by how the data is written:
+
+* :func:`atomic_open` yields an open file object (``atomic_write_text``/``atomic_write_bytes``
+  are one-line shortcuts);
+* :func:`atomic_path` yields the temporary *path*, for writers that take a file name
+  (``safetensors.torch.save_file``, ``torch.save``);
+* :func:`staged_files` writes several files of one folder and renames them only when all are
+  complete (a checkpoint's weights, config and metadata).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "StagedFiles",
+    "atomic_open",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_dir",
+    "staged_files",
+]
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+_TEMP_ATTEMPTS = 100
+
+
+def _make_temp(path: Path, suffix: str) -> tuple[int, Path, int]:
+    """Create a hidden, uniquely named, empty sibling of ``path``.
+
+    Returns (fd open for writing, temp path, the file's permission bits). The file is created
+    with mode 0o666 so the kernel applies the umask, exactly as for a plain ``open()``; the
+    mode is recorded so it can be restored after writers that recreate the file as 0600
+    (safetensors does). Reading the umask with ``os.umask`` would briefly change it for every
+    thread of the process.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            mode = os.fstat(fd).st_mode & 0o777
+        except BaseException:
+            os.close(fd)
+            _discard(tmp)
+            raise
+        return fd, tmp, mode
+    raise FileExistsError(f"no free temporary name for {path} after {_TEMP_ATTEMPTS} tries")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:  # write access: Windows refuses fsync on a read-only handle
+        os.fsync(fh.fileno())
+
+
+def _discard(tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+def _check_target(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"atomic write needs a file path, got {str(path)!r}")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path} atomically: it is a folder")
+    return path
+
+
+# --------------------------------------------------------------------------- one file
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None, *, suffix: str = ".tmp"
+) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``.
+
+    ``mode`` is a write mode (``"w"``, ``"wb"``, ``"wt"``); ``encoding`` applies to text modes.
+    If the body raises (anything, ``KeyboardInterrupt`` included), the temporary file is removed
+    and ``path`` is left untouched. ``suffix`` names the temporary file (``.<name>.XXXX<suffix>``).
+    """
+    if not mode.startswith("w") or "+" in mode:
+        raise ValueError(f"atomic_open writes a whole new file: mode must be 'w', 'wb' or 'wt', got {mode!r}")
+    path = _check_target(path)
+    fd, tmp, _ = _make_temp(path, suffix)  # created with the ordinary mode already
+    try:
+        try:
+            fh = os.fdopen(fd, mode, encoding=encoding)
+        except BaseException:
+            os.close(fd)
+            raise
+        with fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` for a writer that takes a file name.
+
+    The temporary file exists (empty) when the body starts; the body writes it by name. On
+    success it is fsynced and replaces ``path``; if the body raises, it is removed and ``path``
+    is left untouched.
+    """
+    path = _check_target(path)
+    fd, tmp, file_mode = _make_temp(path, suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.chmod(tmp, file_mode)  # the writer may have recreated it as 0600
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8 unless told otherwise)."""
+    with atomic_open(path, "w", encoding=encoding) as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (renames) to disk where the platform allows it."""
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------- several files
+
+
+class StagedFiles:
+    """Write several files of one folder so that none appears half-written.
+
+    Each file goes to a hidden temporary name in the same folder; only when all are complete
+    (and fsynced) are they renamed, in order. On an exception every temporary file is removed
+    and the previous files stay untouched. Each rename is atomic, the set of renames is not: a
+    power cut between two renames (a window of microseconds, after every byte is on disk) could
+    pair a new file with an old one.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.staged: list[tuple[Path, Path, int]] = []
+
+    def path(self, name: str) -> Path:
+        """A temporary path to write ``name`` to (by name); it becomes ``folder/name`` on commit."""
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"staged file name must be a plain file name, got {name!r}")
+        final = self.folder / name
+        fd, tmp, mode = _make_temp(final, ".tmp")
+        os.close(fd)
+        self.staged.append((tmp, final, mode))
+        return tmp
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.path(name).write_bytes(data)
+
+    def write_text(self, name: str, text: str, encoding: str = "utf-8") -> None:
+        self.path(name).write_text(text, encoding=encoding)
+
+    def write_json(self, name: str, data: Any) -> None:
+        self.write_text(name, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+    def commit(self) -> None:
+        """fsync every staged file, then rename each over its final name."""
+        for tmp, _, mode in self.staged:
+            _fsync_file(tmp)  # on disk before the rename makes it visible
+            os.chmod(tmp, mode)  # the writer may have recreated it as 0600
+        for tmp, final, _ in self.staged:
+            os.replace(tmp, final)
+        self.staged.clear()
+
+    def abort(self) -> None:
+        """Remove every staged temporary file (the final names are not touched)."""
+        for tmp, _, _ in self.staged:
+            _discard(tmp)
+        self.staged.clear()
+
+
+@contextlib.contextmanager
+def staged_files(folder: str | os.PathLike[str]) -> Iterator[StagedFiles]:
+    """Context manager for atomic multi-file writes into ``folder`` (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = StagedFiles(folder)
+    try:
+        yield stage
+        stage.commit()
+    except BaseException:
+        stage.abort()
+        raise
