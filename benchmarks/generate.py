@@ -9,6 +9,8 @@ Everything runs in one process on the same random gpt2-124M weights (fp32, CPU, 
 * batch 1, a 32-token prompt, 128 new tokens: customgpt (KV cache) vs transformers'
   ``GPT2LMHeadModel.generate`` vs customgpt without the cache (the full window every step);
   the greedy tokens of all three are checked to be identical;
+* the same with the CPU decode fast path off (``fast_path=False``: every decode step through
+  the model's forward), to show what :class:`customgpt.generate.CPUDecoder` adds;
 * 200 new tokens: cache vs no cache;
 * batch 8 (``generate_batch``), 128 new tokens;
 * decode speed with the cache holding 128, 512 and 1024 positions;
@@ -50,11 +52,11 @@ from customgpt.model import GPT
 Run = tuple[list[int], list[float]]  # tokens, and the time of each since the call began
 
 
-def ours(model: GPT, prompt: list[int], new: int, use_cache: bool = True) -> Run:
+def ours(model: GPT, prompt: list[int], new: int, use_cache: bool = True, fast_path: bool | None = None) -> Run:
     params = SamplingParams(temperature=0, max_new_tokens=new, stop_at_eot=False)
     t0 = time.perf_counter()
     toks, stamps = [], []
-    for step in generate_tokens(model, prompt, params, use_cache=use_cache):
+    for step in generate_tokens(model, prompt, params, use_cache=use_cache, fast_path=fast_path):
         toks.append(step.token_id)
         stamps.append(time.perf_counter() - t0)
     return toks, stamps
@@ -193,6 +195,7 @@ def main() -> None:
         {
             "ours": lambda: ours(model, prompt, new),
             "hf": lambda: hf_run(hf, prompt, new),
+            "slow": lambda: ours(model, prompt, new, fast_path=False),
             "long": lambda: ours(model, prompt, long_new),
         },
         repeats,
@@ -200,18 +203,21 @@ def main() -> None:
     (t_ours, gaps_ours, tok_ours), (t_hf, gaps_hf, tok_hf), (t_long, _, tok_long) = (
         runs["ours"], runs["hf"], runs["long"]
     )
+    t_slow, gaps_slow, tok_slow = runs["slow"]
     # One no-cache run to long_new tokens; its first `new` tokens give the batch-1 figure.
     tok_nc, stamps = ours(model, prompt, long_new, use_cache=False)
     t_nc_new, t_nc_long = stamps[new - 1], stamps[-1]
-    same = tok_ours == tok_hf == tok_nc[:new] and tok_long == tok_nc
+    same = tok_ours == tok_hf == tok_slow == tok_nc[:new] and tok_long == tok_nc
     rows += [
         (f"customgpt, KV cache      b=1  {new} new", new / t_ours),
         (f"transformers generate    b=1  {new} new", new / t_hf),
+        (f"customgpt, fast path off b=1  {new} new", new / t_slow),
         (f"customgpt, no cache      b=1  {new} new", new / t_nc_new),
         (f"customgpt, KV cache      b=1  {long_new} new", long_new / t_long),
         (f"customgpt, no cache      b=1  {long_new} new", long_new / t_nc_long),
         ("customgpt decode, median step (b=1)", 1 / statistics.median(gaps_ours)),
         ("transformers decode, median step (b=1)", 1 / statistics.median(gaps_hf)),
+        ("customgpt decode, fast path off, median step", 1 / statistics.median(gaps_slow)),
         ("customgpt decode, fastest step (b=1)", 1 / min(gaps_ours)),
         ("transformers decode, fastest step (b=1)", 1 / min(gaps_hf)),
     ]
@@ -234,10 +240,12 @@ def main() -> None:
     for name, value in rows:
         print(f"{name.ljust(width)}  {value:8.1f}")
     print()
-    print(f"greedy tokens identical (cache, no cache, transformers): {'yes' if same else 'NO'}")
+    print(f"greedy tokens identical (cache, fast path off, no cache, transformers): {'yes' if same else 'NO'}")
     print(f"customgpt / transformers generate (b=1, {new} new):   {t_hf / t_ours:5.2f}x   (target >= 2.0x)")
     print(f"  per decode step, median: {statistics.median(gaps_hf) / statistics.median(gaps_ours):5.2f}x; "
           f"fastest step (least disturbed by other load): {min(gaps_hf) / min(gaps_ours):5.2f}x")
+    print(f"fast path on / off (b=1, {new} new):                  {t_slow / t_ours:5.2f}x   "
+          f"(median step {statistics.median(gaps_slow) / statistics.median(gaps_ours):.2f}x)")
     print(f"cache / no cache (b=1, {new} new):                    {t_nc_new / t_ours:5.2f}x")
     print(f"cache / no cache (b=1, {long_new} new):                    {t_nc_long / t_long:5.2f}x   (target >= 6x)")
     print(f"batch 8 / batch 1 throughput:                         {(8 * new / t_b8) / (new / t_ours):5.2f}x")

@@ -446,6 +446,8 @@ def cpu_decoder_unsupported(model: GPT) -> str | None:
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         return "global forward hooks are registered"
     t = model.transformer
+    if len(t.h) == 0:
+        return "the model has no blocks"
     if type(t.wte) is not torch.nn.Embedding or type(t.wpe) is not torch.nn.Embedding:
         return "the embeddings are not plain nn.Embedding"
     if type(t.ln_f) is not LayerNorm or t.ln_f.explicit:
@@ -558,7 +560,10 @@ class CPUDecoder:
         pos = model.cache_len
         S = pos + 1
         blocks = model.transformer.h
-        if S > model.config.context_length or S > blocks[0].attn.kv_cache.k.shape[2]:
+        first = blocks[0].attn.kv_cache
+        if first is None:
+            raise RuntimeError("CPUDecoder.step needs the model's KV cache (GPT.setup_kv_cache())")
+        if S > model.config.context_length or S > first.k.shape[2]:
             from customgpt.model import ContextLengthError
 
             raise ContextLengthError(f"the KV cache is full ({pos} positions)")
