@@ -26,6 +26,11 @@ That keeps cached generation token-for-token identical to running the full model
 window each step (tested), at the price of a full forward per token past the limit. Steps
 past the limit are flagged (:attr:`TokenStep.context_cropped`) so a front end can say so.
 
+On the CPU, the single-token steps inside the window run through :class:`CPUDecoder` (block
+weights copied into the layout the CPU's matrix-vector kernels read fastest; the model's
+forward stays the reference, and runs wherever the decoder does not apply). It costs extra
+memory and can be turned off: see ``docs/generation.md``.
+
 The KV cache belongs to the model, so one model runs one generation at a time: each request
 resets the cache (nothing leaks between requests), and a generation that finds another one
 started on its model meanwhile stops with an error instead of reading the other's cache.
