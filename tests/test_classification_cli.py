@@ -91,6 +91,32 @@ def test_classify_cli_prints_label_and_probability(spam_run, capsys, tmp_path):
     assert "nothing to classify" in capsys.readouterr().err
 
 
+def test_ensemble_run_trains_each_member_and_saves_their_average(tmp_path, shared_datasets, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "run"
+    code = main(["finetune", "classify", "--config", str(config), "--data.data_dir", str(shared_datasets),
+                 "--logging.out_dir", str(out), "--classifier.ensemble", "2", "--train.max_steps", "6",
+                 "--train.seed", "5", "--train.epochs", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert "ensemble member 2/2 (seed 6)" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["seed"] for m in metrics["ensemble"]] == [5, 6]
+    assert all(len(m["epochs"]) == 1 for m in metrics["ensemble"])
+    info = json.loads((out / "best" / "classifier.json").read_text())
+    assert info["members"] == ["member-0", "member-1"] and info["seeds"] == [5, 6]
+    assert not (out / "members").exists()  # the members' checkpoints live in best/ only
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r.get("member") for r in records if "val_accuracy" in r} == {0, 1}
+    assert metrics["test"]["n"] == 300
+    assert main(["classify", "--model", str(out / "best"), "Claim your FREE prize now"]) == 0
+    label, prob, _ = capsys.readouterr().out.strip().split("\t", 2)
+    assert label in ("ham", "spam") and 0.5 <= float(prob) <= 1.0
+    assert main(["finetune", "classify", "--config", str(config), "--classifier.ensemble", "0",
+                 "--logging.out_dir", str(tmp_path / "bad")]) == 2
+    assert "classifier.ensemble" in capsys.readouterr().err
+
+
 def test_existing_run_folder_is_refused(spam_run, capsys, shared_datasets):
     code = main(["finetune", "classify", "--config", "spam-small", "--data.data_dir", str(shared_datasets),
                  "--logging.out_dir", str(spam_run)])

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from customgpt.classifier import (
+    ClassifierEnsemble,
     GPTClassifier,
     classification_loss,
     load_classifier,
@@ -149,6 +150,50 @@ def test_load_errors(tmp_path):
         load_classifier(tmp_path)
     with pytest.raises(ConfigError, match="2 label names for a 3-class head"):
         save_classifier(GPTClassifier(_gpt(), 3), tmp_path / "x", ["a", "b"], max_length=4)
+
+
+def test_ensemble_averages_member_probabilities(tmp_path):
+    members = [GPTClassifier(_gpt(seed), 3, pooling=pooling).eval() for seed, pooling in ((1, "last"), (2, "mean"))]
+    ensemble = ClassifierEnsemble(members).eval()
+    x = torch.tensor([[1, 2, 3, PAD], [4, 5, 6, 7]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    expected = (torch.softmax(members[0](x, mask), -1) + torch.softmax(members[1](x, mask), -1)) / 2
+    torch.testing.assert_close(torch.softmax(ensemble(x, mask), -1), expected)
+    torch.testing.assert_close(ensemble(x, mask).exp(), expected)  # the output is log mean probability
+    assert ensemble.num_parameters() == sum(m.num_parameters() for m in members)
+
+    folder = save_classifier(ensemble, tmp_path / "best", ["a", "b", "c"], max_length=9, extra={"seeds": [1, 2]})
+    assert sorted(p.name for p in folder.iterdir()) == ["classifier.json", "member-0", "member-1"]
+    assert not (tmp_path / "best.tmp").exists()
+    loaded, info = load_classifier(folder)
+    assert isinstance(loaded, ClassifierEnsemble) and len(loaded.members) == 2
+    assert info["members"] == ["member-0", "member-1"] and info["seeds"] == [1, 2] and info["max_length"] == 9
+    assert [m.pooling for m in loaded.members] == ["last", "mean"]
+    torch.testing.assert_close(loaded(x, mask), ensemble(x, mask))
+    member, member_info = load_classifier(folder / "member-1")  # every member is a classifier on its own
+    assert member_info["pooling"] == "mean"
+    torch.testing.assert_close(member(x, mask), members[1](x, mask))
+    probs = predict_texts(loaded, ["abc"], lambda s: [ord(c) % 50 for c in s], max_length=4)
+    torch.testing.assert_close(probs[0], torch.softmax(ensemble(torch.tensor([[47, 48, 49]])), -1)[0])
+
+
+def test_ensemble_errors(tmp_path):
+    with pytest.raises(ConfigError, match="at least one member"):
+        ClassifierEnsemble([])
+    with pytest.raises(ConfigError, match="number of classes"):
+        ClassifierEnsemble([GPTClassifier(_gpt(), 2), GPTClassifier(_gpt(), 3)])
+    ensemble = ClassifierEnsemble([GPTClassifier(_gpt(1), 2), GPTClassifier(_gpt(2), 2)])
+    folder = save_classifier(ensemble, tmp_path / "e", ["x", "y"], max_length=4)
+    info_path = folder / "classifier.json"
+    info = info_path.read_text()
+    info_path.write_text(info.replace('"member-1"', '"../elsewhere"'))
+    with pytest.raises(CheckpointError, match="'members' must be"):
+        load_classifier(folder)
+    info_path.write_text(info)
+    member_info = folder / "member-1" / "classifier.json"
+    member_info.write_text(member_info.read_text().replace('"y"', '"z"'))
+    with pytest.raises(CheckpointError, match="differ from the ensemble"):
+        load_classifier(folder)
 
 
 def test_constructor_checks():

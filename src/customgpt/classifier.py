@@ -18,6 +18,10 @@ real token's hidden state, so right-padded batches need no attention mask in the
 A saved classifier is a customgpt model folder (``model.safetensors``, ``config.json``,
 ``metadata.json``: the body, loadable by :func:`customgpt.checkpoints.load_model`) plus
 ``classifier.safetensors`` (the head) and ``classifier.json`` (labels, pooling, max length).
+
+An *ensemble* (:class:`ClassifierEnsemble`) averages the class probabilities of several
+classifiers trained from different seeds; its folder holds ``classifier.json`` (with the list
+of members) and one classifier folder per member (``member-0``, ``member-1``, ...).
 """
 
 from __future__ import annotations
@@ -128,46 +132,101 @@ class GPTClassifier(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
+class ClassifierEnsemble(nn.Module):
+    """Several classifiers with the same classes, combined by averaging their probabilities.
+
+    ``forward`` returns the log of the mean class probabilities, so ``softmax`` of its output
+    is that mean and ``argmax`` is the ensemble's prediction. Members may differ in size,
+    pooling or tokenizer length limits only through their own weights: they must share the
+    number of classes.
+    """
+
+    def __init__(self, members: Sequence[GPTClassifier]) -> None:
+        super().__init__()
+        if not members:
+            raise ConfigError("an ensemble needs at least one member")
+        classes = {m.num_classes for m in members}
+        if len(classes) != 1:
+            raise ConfigError(f"ensemble members disagree on the number of classes: {sorted(classes)}")
+        self.members = nn.ModuleList(members)
+        self.num_classes = members[0].num_classes
+        self.pooling = members[0].pooling
+
+    @property
+    def config(self):
+        return self.members[0].config
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Log mean probabilities (B, K) of right-padded ``input_ids`` (B, T)."""
+        log_probs = torch.stack([F.log_softmax(m(input_ids, attention_mask).float(), dim=-1) for m in self.members])
+        return torch.logsumexp(log_probs, dim=0) - torch.log(torch.tensor(float(len(self.members))))
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(m.num_parameters(trainable_only) for m in self.members)
+
+
 # --------------------------------------------------------------------------- save / load
 
 
 def save_classifier(
-    model: GPTClassifier,
+    model: GPTClassifier | ClassifierEnsemble,
     folder: str | Path,
     labels: Sequence[str],
     *,
     max_length: int,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Save a classifier folder atomically (written as ``<folder>.tmp``, then swapped in).
+    """Save a classifier (or an ensemble) folder atomically: written as ``<folder>.tmp``, then
+    swapped in, so an interrupted save never leaves a half-written folder behind.
 
     LoRA adapters, if any, are merged into the saved body, so the folder is a plain model.
     """
-    from customgpt.checkpoints import build_model, save_model, save_weights
-    from customgpt.train.files import atomic_write_text, fsync_dir
-
     if len(labels) != model.num_classes:
         raise ConfigError(f"{len(labels)} label names for a {model.num_classes}-class head")
-    folder = Path(folder)
+    head_info = {"format": FORMAT, "labels": list(labels), "pooling": model.pooling,
+                 "max_length": int(max_length), **dict(extra or {})}
+    if isinstance(model, ClassifierEnsemble):
+        names = [f"member-{i}" for i in range(len(model.members))]
+
+        def fill(tmp: Path) -> None:
+            for name, member in zip(names, model.members):
+                _write_classifier(member, tmp / name, {**head_info, "pooling": member.pooling})
+            _write_json(tmp / HEAD_CONFIG, {**head_info, "members": names})
+    else:
+        def fill(tmp: Path) -> None:
+            _write_classifier(model, tmp, head_info)
+    return _swap_in(Path(folder), fill)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from customgpt.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _write_classifier(model: GPTClassifier, folder: Path, head_info: dict[str, Any]) -> None:
+    """Body (a customgpt model folder, LoRA merged) + head weights + ``classifier.json``."""
+    from customgpt.checkpoints import build_model, save_model, save_weights
+    from customgpt.lora import lora_layers, merged_state_dict
+
+    gpt = getattr(model.gpt, "_orig_mod", model.gpt)
+    if lora_layers(gpt):
+        gpt = build_model(gpt.config, merged_state_dict(gpt))
+    save_model(gpt, folder, metadata={"kind": "classifier", "labels": list(head_info["labels"])})
+    save_weights({k: v for k, v in model.score.state_dict().items()}, folder / HEAD_WEIGHTS)
+    _write_json(folder / HEAD_CONFIG, head_info)
+
+
+def _swap_in(folder: Path, fill) -> Path:
+    """Build ``<folder>.tmp`` with ``fill(tmp)``, then replace ``folder`` by it (via ``.prev``)."""
+    from customgpt.io import fsync_dir
+
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    gpt = getattr(model.gpt, "_orig_mod", model.gpt)
-    from customgpt.lora import lora_layers, merged_state_dict
-
-    if lora_layers(gpt):
-        gpt = build_model(gpt.config, merged_state_dict(gpt))
-    head_info = {
-        "format": FORMAT,
-        "labels": list(labels),
-        "pooling": model.pooling,
-        "max_length": int(max_length),
-        **dict(extra or {}),
-    }
     try:
-        save_model(gpt, tmp, metadata={"kind": "classifier", "labels": list(labels)})
-        save_weights({k: v for k, v in model.score.state_dict().items()}, tmp / HEAD_WEIGHTS)
-        atomic_write_text(tmp / HEAD_CONFIG, json.dumps(head_info, indent=2, ensure_ascii=False) + "\n")
+        tmp.mkdir(parents=True)
+        fill(tmp)
         fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -200,24 +259,40 @@ def read_classifier_config(folder: str | Path) -> dict[str, Any]:
 
 def load_classifier(
     folder: str | Path, *, device: torch.device | str = "cpu"
-) -> tuple[GPTClassifier, dict[str, Any]]:
-    """Load a folder written by :func:`save_classifier`: (model in eval mode, its classifier.json)."""
+) -> tuple[GPTClassifier | ClassifierEnsemble, dict[str, Any]]:
+    """Load a folder written by :func:`save_classifier`: (model in eval mode, its classifier.json).
+
+    An ensemble folder gives a :class:`ClassifierEnsemble` of its members."""
+    folder = Path(folder)
+    info = read_classifier_config(folder)
+    members = info.get("members")
+    if members is not None:
+        if not isinstance(members, list) or not members or not all(
+                isinstance(m, str) and m and Path(m).name == m for m in members):
+            raise CheckpointError(f"{folder / HEAD_CONFIG}: 'members' must be a non-empty list of folder names")
+        loaded = []
+        for name in members:
+            member, member_info = load_classifier(folder / name, device=device)
+            if member_info["labels"] != info["labels"]:
+                raise CheckpointError(f"{folder / name}: labels {member_info['labels']} differ from the "
+                                      f"ensemble's {info['labels']}")
+            loaded.append(member)
+        return ClassifierEnsemble(loaded).to(device).eval(), info
     from customgpt.checkpoints import load_model, load_weights
 
-    info = read_classifier_config(folder)
-    gpt = load_model(Path(folder), device=device, dtype=torch.float32)
+    gpt = load_model(folder, device=device, dtype=torch.float32)
     model = GPTClassifier(gpt, len(info["labels"]), pooling=info.get("pooling", "last"))
-    head = load_weights(Path(folder) / HEAD_WEIGHTS)
+    head = load_weights(folder / HEAD_WEIGHTS)
     try:
         model.score.load_state_dict(head, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{Path(folder) / HEAD_WEIGHTS} does not match the model: {exc}") from exc
+        raise CheckpointError(f"{folder / HEAD_WEIGHTS} does not match the model: {exc}") from exc
     return model.to(device).eval(), info
 
 
 @torch.no_grad()
 def predict_texts(
-    model: GPTClassifier,
+    model: GPTClassifier | ClassifierEnsemble,
     texts: Sequence[str],
     encode,
     *,

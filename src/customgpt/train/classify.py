@@ -16,15 +16,22 @@ import csv
 import io
 import json
 import math
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader
 
-from customgpt.classifier import GPTClassifier, classification_loss, load_classifier, save_classifier
+from customgpt.classifier import (
+    ClassifierEnsemble,
+    GPTClassifier,
+    classification_loss,
+    load_classifier,
+    save_classifier,
+)
 from customgpt.data.classification import (
     ClassificationDataset,
     ClassifyDataConfig,
@@ -69,6 +76,7 @@ class ClassifierSection(Section):
     select_metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"  # ties: lower validation loss
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
     eval_batch_size: int = 64
+    ensemble: int = 1  # > 1: train this many members (seeds train.seed, +1, ...) and average their probabilities
 
     def validate(self) -> None:
         if not 0.0 <= self.head_dropout < 1.0:
@@ -83,6 +91,8 @@ class ClassifierSection(Section):
             raise FieldError("class_weights", f"must all be > 0, got {self.class_weights}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise FieldError("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        if self.ensemble < 1:
+            raise FieldError("ensemble", f"must be >= 1, got {self.ensemble}")
         if self.last_blocks < 1 or self.eval_batch_size < 1 or self.focal_gamma < 0:
             raise FieldError("last_blocks", "last_blocks and eval_batch_size must be >= 1, focal_gamma >= 0")
 
@@ -238,7 +248,11 @@ def lm_warmup(gpt: torch.nn.Module, train: ClassificationDataset, cfg: ClassifyC
 
 
 def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
-    """Train a classifier as ``cfg`` says; returns the summary also written to ``metrics.json``."""
+    """Train a classifier as ``cfg`` says; returns the summary also written to ``metrics.json``.
+
+    With ``classifier.ensemble: K > 1``, K members are trained one after the other from seeds
+    ``train.seed``, ``train.seed + 1``, ... (each keeps its own best epoch on the validation
+    set), and the saved classifier averages their class probabilities."""
     clock = time.perf_counter()
     splits, labels = prepare_splits(cfg.data)  # every row validated before anything is created
     run_dir = Path(cfg.logging.out_dir)
@@ -265,8 +279,80 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     save_config(cfg, run_dir / "config.yaml")
     log = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard)
     train_clock, train_cpu = time.perf_counter(), time.process_time()
+    data = _Data(train, val, labels, max_length, splits)
+    members = []
+    for m in range(ccfg.ensemble):
+        if m:  # a fresh body for every further member, from its own seed
+            seed_everything(tcfg.seed + m)
+            gpt = cfg.model.build().to(rt.device).train()
+        member_cfg = replace(cfg, train=replace(tcfg, seed=tcfg.seed + m))
+        folder = run_dir / "best" if ccfg.ensemble == 1 else run_dir / "members" / f"member-{m}"
+        tag = {} if ccfg.ensemble == 1 else {"member": m}
+        if ccfg.ensemble > 1:
+            print(f"ensemble member {m + 1}/{ccfg.ensemble} (seed {tcfg.seed + m})")
+        members.append(_train_member(member_cfg, gpt, data, rt, tokenizer.eot_id, log, folder, tag))
+    log.close()
+    if ccfg.ensemble > 1:
+        ensemble = ClassifierEnsemble([load_classifier(r["folder"], device=rt.device)[0] for r in members])
+        save_classifier(ensemble, run_dir / "best", labels, max_length=max_length,
+                        extra={"seeds": [r["seed"] for r in members],
+                               "member_val_accuracy": [r["best"]["accuracy"] for r in members]})
+        shutil.rmtree(run_dir / "members", ignore_errors=True)
+    train_seconds = time.perf_counter() - train_clock
+    train_cpu_seconds = time.process_time() - train_cpu  # all threads: a load-independent cost measure
+
+    best_model, _ = load_classifier(run_dir / "best", device=rt.device)
+    val_report, _ = evaluate(best_model, val, rt, labels, ccfg.eval_batch_size)
+    test_report, test_probs = (evaluate(best_model, test, rt, labels, ccfg.eval_batch_size) if len(test)
+                               else (None, None))
+    if test_probs is not None:
+        write_predictions(run_dir / "test_predictions.csv", splits.test, labels, test_probs)
+    first = members[0]
+    summary = {
+        "labels": labels, "sizes": splits.sizes(), "max_length": max_length, "truncated": truncated,
+        "parameters": {"total": best_model.num_parameters(), "trainable": first["trainable"] * len(members),
+                       "trainable_mode": ccfg.trainable},
+        "best_epoch": first["best_epoch"], "select_metric": ccfg.select_metric, "epochs": first["history"],
+        "val": val_report, "test": test_report, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
+        "total_seconds": time.perf_counter() - clock, "device": str(rt.device), "threads": torch.get_num_threads(),
+        "seed": tcfg.seed, "run_dir": str(run_dir),
+    }
+    if ccfg.ensemble > 1:
+        summary["ensemble"] = [{"member": m, "seed": r["seed"], "best_epoch": r["best_epoch"],
+                                "val_accuracy": r["best"]["accuracy"], "val_loss": r["best"]["loss"],
+                                "epochs": r["history"]} for m, r in enumerate(members)]
+    atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    if cfg.logging.plots:
+        plot_epochs([r["history"] for r in members], run_dir)
+    if ccfg.ensemble > 1:
+        print("members' validation accuracy: " + ", ".join(
+            f"{r['best']['accuracy']:.4f} (seed {r['seed']}, epoch {r['best_epoch']})" for r in members))
+        print(format_report(val_report, f"validation (ensemble of {len(members)}):"))
+    else:
+        print(format_report(val_report, f"validation (best epoch {first['best_epoch']}):"))
+    if test_report is not None:
+        print(format_report(test_report, "test:"))
+    return summary
+
+
+@dataclass
+class _Data:
+    """What every member trains and is selected on."""
+
+    train: ClassificationDataset
+    val: ClassificationDataset
+    labels: list[str]
+    max_length: int
+    splits: Any
+
+
+def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Runtime, eot_id: int,
+                  log: MetricsLogger, folder: Path, tag: dict[str, Any]) -> dict[str, Any]:
+    """(LM warm-up), then the epochs; the best epoch on the validation set is saved to ``folder``."""
+    tcfg, ccfg = cfg.train, cfg.classifier
+    train, val, labels = data.train, data.val, data.labels
     if cfg.lm_pretrain.steps:
-        lm_warmup(gpt, train, cfg, rt, tokenizer.eot_id, log)
+        lm_warmup(gpt, train, cfg, rt, eot_id, log)
 
     model = GPTClassifier(gpt, len(labels), ccfg.pooling, ccfg.head_dropout).to(rt.device)
     if ccfg.trainable == "lora":
@@ -282,7 +368,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
             raise ConfigError(f"classifier.class_weights has {len(ccfg.class_weights)} values for {len(labels)} classes")
         weights = torch.tensor(ccfg.class_weights, device=rt.device)
     elif ccfg.balanced_class_weights:
-        counts = class_counts(splits.train, labels)
+        counts = class_counts(data.splits.train, labels)
         weights = torch.tensor([len(train) / (len(labels) * max(c, 1)) for c in counts], device=rt.device)
 
     micro, _ = tcfg.accumulation(1)
@@ -304,6 +390,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     step, best, best_epoch, history = 0, None, 0, []
     bar = Progress(int(total_steps), enabled=cfg.logging.progress, desc="classify")
     say = bar.write if cfg.logging.progress else print
+    clock = time.perf_counter()
     for epoch in range(1, tcfg.epochs + 1):
         seen = correct = 0
         loss_sum = 0.0
@@ -329,51 +416,28 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
                 ema.update_parameters(model)
             step += 1
             if step % cfg.logging.log_every == 0:
-                log.log({"step": step, "epoch": epoch, "loss": loss_sum / seen, "lr": lr, "grad_norm": grad_norm})
+                log.log({"step": step, **tag, "epoch": epoch, "loss": loss_sum / seen, "lr": lr,
+                         "grad_norm": grad_norm})
             bar.update(loss=loss_sum / seen, lr=lr)
         if seen == 0:
             break
         report, _ = evaluate(scored, val, rt, labels, ccfg.eval_batch_size)
         record = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                   "val_loss": report["loss"], "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"],
-                  "elapsed": time.perf_counter() - train_clock}
+                  "elapsed": time.perf_counter() - clock}
         history.append(record)
-        log.log({"step": step, **{k: v for k, v in record.items() if k != "step"}})
+        log.log({"step": step, **tag, **{k: v for k, v in record.items() if k != "step"}})
         improved = _better(report, best, ccfg.select_metric)
         say(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
             f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
             + (" (best)" if improved else ""))
         if improved:
             best, best_epoch = report, epoch
-            save_classifier(scored, run_dir / "best", labels, max_length=max_length,
+            save_classifier(scored, folder, labels, max_length=data.max_length,
                             extra={"epoch": epoch, "step": step, "val_accuracy": report["accuracy"]})
     bar.close()
-    log.close()
-    train_seconds = time.perf_counter() - train_clock
-    train_cpu_seconds = time.process_time() - train_cpu  # all threads: a load-independent cost measure
-
-    best_model, _ = load_classifier(run_dir / "best", device=rt.device)
-    val_report, _ = evaluate(best_model, val, rt, labels, ccfg.eval_batch_size)
-    test_report, test_probs = (evaluate(best_model, test, rt, labels, ccfg.eval_batch_size) if len(test)
-                               else (None, None))
-    if test_probs is not None:
-        write_predictions(run_dir / "test_predictions.csv", splits.test, labels, test_probs)
-    summary = {
-        "labels": labels, "sizes": splits.sizes(), "max_length": max_length, "truncated": truncated,
-        "parameters": {"total": model.num_parameters(), "trainable": model.num_parameters(True),
-                       "trainable_mode": ccfg.trainable},
-        "best_epoch": best_epoch, "select_metric": ccfg.select_metric, "epochs": history,
-        "val": val_report, "test": test_report, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
-        "total_seconds": time.perf_counter() - clock, "device": str(rt.device), "threads": torch.get_num_threads(),
-        "seed": tcfg.seed, "run_dir": str(run_dir),
-    }
-    atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    if cfg.logging.plots:
-        plot_epochs(history, run_dir)
-    print(format_report(val_report, f"validation (best epoch {best_epoch}):"))
-    if test_report is not None:
-        print(format_report(test_report, "test:"))
-    return summary
+    return {"folder": folder, "seed": tcfg.seed, "best": best, "best_epoch": best_epoch, "history": history,
+            "trainable": model.num_parameters(True)}
 
 
 def write_predictions(path: Path, rows, labels: list[str], probs: torch.Tensor) -> None:
@@ -387,8 +451,9 @@ def write_predictions(path: Path, rows, labels: list[str], probs: torch.Tensor) 
     atomic_write_text(path, buffer.getvalue())
 
 
-def plot_epochs(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
-    """``loss.png`` and ``accuracy.png``: train and validation values per epoch."""
+def plot_epochs(history: list[dict[str, Any]] | list[list[dict[str, Any]]], run_dir: Path) -> list[Path]:
+    """``loss.png`` and ``accuracy.png``: train and validation values per epoch (one pair of
+    curves per ensemble member when ``history`` is a list of members' histories)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -396,16 +461,21 @@ def plot_epochs(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
 
     from customgpt.train.files import atomic_write_bytes
 
+    histories = history if history and isinstance(history[0], list) else [history]
     written = []
-    epochs = [r["epoch"] for r in history]
     for key, title in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train (running, dropout on)")
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], "o--", label="validation")
+        for m, hist in enumerate(histories):
+            epochs = [r["epoch"] for r in hist]
+            suffix = f", member {m}" if len(histories) > 1 else ""
+            line, = ax.plot(epochs, [r[f"train_{key}"] for r in hist], "o-",
+                            label=f"train (running, dropout on){suffix}")
+            ax.plot(epochs, [r[f"val_{key}"] for r in hist], "o--", color=line.get_color(),
+                    label=f"validation{suffix}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small" if len(histories) > 1 else None)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)
