@@ -252,6 +252,8 @@ def main() -> None:
     print(f"memory bandwidth (sum of 512 MiB): {gbs:.1f} GB/s -> bound {bound:.1f} tokens/s at batch 1 "
           f"({weight_bytes / 1e6:.0f} MB of fp32 weights per token); customgpt decode at position 128 "
           f"reaches {decode[positions[0]] / bound:.0%} of it")
+    hf_rate = new / t_hf
+    print(f"2.0x transformers would be {2 * hf_rate:.1f} tokens/s: {2 * hf_rate / bound:.0%} of that bound")
     print(f"(total benchmark time {time.perf_counter() - t_start:.0f} s)")
     if args.profile:
         profile_decode(model, prompt)

@@ -1,0 +1,82 @@
+"""Cross-validation on the spam training + validation messages, for choosing a configuration
+without looking at the test set.
+
+    CUSTOMGPT_DATA_DIR=../shared/datasets python benchmarks/spam_cv.py                       # spam-small
+    python benchmarks/spam_cv.py --set classifier.ensemble=1 --data-dir ../shared/datasets    # a variant
+
+The 1,045 training and 149 validation messages of the reference split (1,194 in all) are
+shuffled (seed 0) and cut into ``--folds`` parts. For each part, the configuration trains on
+the other parts and its epoch (or each ensemble member's epoch) is chosen on, and scored
+on, that part. Choosing and scoring on the same part flatters every configuration alike; the
+mean over the parts ranks configurations on 1,194 messages instead of 149. The 300 test
+messages are never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="spam-small")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--data-dir", default=None, help="dataset mirror (default: $CUSTOMGPT_DATA_DIR)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    args = parser.parse_args()
+    if args.folds < 2:
+        parser.error("--folds must be >= 2")
+
+    from customgpt.data.classification import ClassifyDataConfig, prepare_splits
+    from customgpt.train.classify import ClassifyConfig, finetune_classify
+    from customgpt.train.config import load_config
+
+    torch.set_num_threads(args.threads)
+    splits, _ = prepare_splits(ClassifyDataConfig(dataset="sms-spam", split="reference", data_dir=args.data_dir))
+    rows = [(r.text, r.label) for r in (*splits.train, *splits.val)]
+    random.Random(0).shuffle(rows)
+    root = Path(tempfile.mkdtemp(prefix="spam-cv-"))
+    overrides = [tuple(item.partition("=")[::2]) for item in args.set]
+    accuracies, seconds = [], []
+    clock = time.perf_counter()
+    for fold in range(args.folds):
+        held = rows[fold::args.folds]
+        rest = [r for i, r in enumerate(rows) if i % args.folds != fold]
+        files = {}
+        for name, part in (("train", rest), ("val", held)):
+            files[name] = root / f"fold{fold}-{name}.csv"
+            with open(files[name], "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["text", "label"])
+                writer.writerows(part)
+        cfg = load_config(ClassifyConfig, args.config, [
+            ("data.dataset", "none"), ("data.train_file", str(files["train"])), ("data.val_file", str(files["val"])),
+            ("logging.out_dir", str(root / f"fold{fold}")), ("logging.progress", "false"),
+            ("logging.plots", "false"), ("runtime.device", "cpu"), *overrides])
+        summary = finetune_classify(cfg)
+        accuracies.append(summary["val"]["accuracy"])
+        seconds.append(summary["train_seconds"])
+        print(f"== fold {fold}: held-out accuracy {accuracies[-1]:.4f} ({len(held)} messages), "
+              f"training {seconds[-1]:.0f} s", flush=True)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n== spam cross-validation: {args.config} {' '.join(args.set)}, {args.folds} folds of "
+          f"{len(rows)} messages, {args.threads} torch threads, load average {load:.1f}")
+    print("held-out accuracy per fold: " + ", ".join(f"{a:.4f}" for a in accuracies))
+    print(f"mean {statistics.mean(accuracies):.4f}; training {statistics.mean(seconds):.0f} s per fold, "
+          f"{time.perf_counter() - clock:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
