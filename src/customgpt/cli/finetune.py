@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     summary = getattr(module, fn_name)(cfg)
     test = summary.get("test")
     result = f"test accuracy {test['accuracy']:.4f}, " if test else ""
-    print(f"{result}training {summary['train_seconds']:.1f}s; best epoch {summary['best_epoch']}\n"
+    members = summary.get("ensemble")
+    best = (f"an ensemble of {len(members)}, best epochs " + "/".join(str(m["best_epoch"]) for m in members)
+            if members else f"best epoch {summary['best_epoch']}")
+    print(f"{result}training {summary['train_seconds']:.1f}s; {best}\n"
           f"run folder: {summary['run_dir']} (classifier: {summary['run_dir']}/best)")
     return 0
