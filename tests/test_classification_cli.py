@@ -99,8 +99,8 @@ def test_ensemble_run_trains_each_member_and_saves_their_average(tmp_path, share
                  "--logging.out_dir", str(out), "--classifier.ensemble", "2", "--train.max_steps", "6",
                  "--train.seed", "5", "--train.epochs", "1"])
     assert code == 0, capsys.readouterr().err
-    out = capsys.readouterr().out
-    assert "ensemble member 2/2 (seed 6)" in out and "an ensemble of 2, best epochs 1/1" in out
+    printed = capsys.readouterr().out
+    assert "ensemble member 2/2 (seed 6)" in printed and "an ensemble of 2, best epochs 1/1" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["seed"] for m in metrics["ensemble"]] == [5, 6]
     assert all(len(m["epochs"]) == 1 for m in metrics["ensemble"])
