@@ -239,6 +239,8 @@ def test_data_config_errors():
         ClassifyDataConfig(dataset=None, path="x.csv")
     with pytest.raises(DataError, match="not a classification dataset"):
         prepare_splits(ClassifyDataConfig(dataset="the-verdict"))
+    with pytest.raises(ConfigError, match="bpe_dropout"):
+        ClassifyDataConfig(bpe_dropout=1.0)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -275,3 +277,26 @@ def test_length_bucketed_batches_cover_each_example_once():
     assert sorted(i for b in kept for i in b) == list(range(103))
     again = length_bucketed_batches(lengths, 8, generator=torch.Generator().manual_seed(0), bucket_batches=4)
     assert again == batches  # seeded: the same epoch order
+
+
+def test_subword_regularized_draws_fresh_segmentations_of_the_same_text():
+    from customgpt.data.classification import SubwordRegularized
+    from customgpt.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    rows = [LabelledText("Claim your FREE prize now, call 09061701461 or visit thesmszone.com", "spam", "t", 2),
+            LabelledText("ok see you at home later", "ham", "t", 3)]
+    data = ClassificationDataset(rows, ["ham", "spam"], tok.encode, max_length=12)
+    reg = SubwordRegularized(data, 0.3, seed=5)
+    assert len(reg) == 2 and reg.ids is data.ids and reg.pad_id == data.pad_id
+    draws = [reg[0] for _ in range(10)]
+    assert all(label == 1 and len(ids) <= 12 for ids, label in draws)  # truncated like the dataset
+    assert len({tuple(ids) for ids, _ in draws}) > 1
+    full = SubwordRegularized(ClassificationDataset(rows, ["ham", "spam"], tok.encode), 0.3, seed=5)
+    for _ in range(5):
+        ids, label = full[1]
+        assert tok.decode(ids) == rows[1].text and label == 0
+    again = SubwordRegularized(data, 0.3, seed=5)
+    assert [again[0] for _ in range(10)] == draws  # seeded: reproducible
+    with pytest.raises(ValueError, match="dropout"):
+        SubwordRegularized(data, 1.0, seed=0)

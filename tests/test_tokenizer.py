@@ -646,3 +646,46 @@ def test_hf_export_of_trained_special_tokens(specials, dataset_texts, tmp_path):
     assert hf.eos_token == (EOT if specials else None)
     text = f"hello {EOT} the<|pad|>re"
     assert hf(text)["input_ids"] == tok.encode(text, allowed_special="all")
+
+
+# --------------------------------------------------------------------------- BPE-dropout
+
+
+def test_bpe_dropout_zero_is_the_ordinary_tokenization(dataset_texts):
+    import random
+
+    bpe = get_tokenizer("bpe")
+    rng = random.Random(0)
+    for text in dataset_texts["sms"][:300]:
+        assert bpe.encode_with_dropout(text, 0.0, rng) == bpe.encode_ordinary(text)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=random_text.filter(lambda t: EOT not in t), seed=st.integers(0, 2**32 - 1))
+def test_bpe_dropout_segments_into_vocabulary_tokens_of_the_same_text(text, seed):
+    import random
+
+    bpe = get_tokenizer("bpe")
+    rng = random.Random(seed)
+    for dropout in (0.1, 0.5):
+        ids = bpe.encode_with_dropout(text, dropout, rng)
+        assert all(0 <= i < 50257 - 1 for i in ids)  # ordinary tokens only
+        assert bpe.decode_bytes(ids) == text.encode("utf-8")
+    single_bytes = [bpe.mergeable_ranks[bytes([b])] for b in text.encode("utf-8")]
+    assert bpe.encode_with_dropout(text, 1.0, rng) == single_bytes  # every merge dropped
+
+
+def test_bpe_dropout_varies_with_the_draw_and_repeats_with_the_seed():
+    import random
+
+    from customgpt.bpe import bpe_merge_dropout
+
+    bpe = get_tokenizer("bpe")
+    text = "Congratulations! You have been selected to receive a FREE holiday, call 09061701461 now"
+    draws = {tuple(bpe.encode_with_dropout(text, 0.2, random.Random(seed))) for seed in range(20)}
+    assert len(draws) > 5
+    assert min(map(len, draws)) >= len(bpe.encode_ordinary(text))  # here: never fewer tokens than ordinary BPE
+    again = [bpe.encode_with_dropout(text, 0.2, random.Random(7)) for _ in range(2)]
+    assert again[0] == again[1]
+    with pytest.raises(ValueError, match="dropout"):
+        bpe_merge_dropout(b"abc", bpe.mergeable_ranks, 1.5, random.Random(0))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -440,6 +441,36 @@ class ClassificationDataset(Dataset):
         return self.ids[i], self.labels[i]
 
 
+class SubwordRegularized(Dataset):
+    """A :class:`ClassificationDataset` whose texts are tokenized afresh, with BPE-dropout,
+    every time an example is drawn (subword regularization: Provilkov et al., 2020).
+
+    Each draw is a random segmentation of the text into GPT-2 tokens that decodes to the
+    same text, truncated to the dataset's ``max_length``. The random generator is seeded, and
+    a DataLoader without workers draws examples in a seeded order, so a run is reproducible.
+    ``ids`` keeps the ordinary tokens (length bucketing reads their lengths).
+    """
+
+    def __init__(self, data: ClassificationDataset, dropout: float, seed: int, tokenizer=None) -> None:
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        from customgpt.tokenizer import get_tokenizer
+
+        self.data = data
+        self.dropout = dropout
+        self.tokenizer = tokenizer if tokenizer is not None else get_tokenizer("bpe")
+        self.rng = random.Random(seed)
+        self.ids, self.labels, self.pad_id = data.ids, data.labels, data.pad_id
+        self.max_length = data.max_length
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[list[int], int]:
+        ids = self.tokenizer.encode_with_dropout(self.data.rows[i].text, self.dropout, self.rng)
+        return (ids or self.data.ids[i])[: self.max_length], self.data.labels[i]
+
+
 def collate_classification(batch: Sequence[tuple[list[int], int]], pad_id: int = EOT_ID) -> dict[str, Tensor]:
     """Right-pad a batch to its longest row: ``input_ids`` (B, T), ``attention_mask`` (B, T) with 1
     for real tokens, ``labels`` (B,)."""
@@ -480,6 +511,9 @@ class ClassifyDataConfig(Section):
         pad_token_id: the id used for right padding (never seen by the pooled token).
         bucket_by_length: batch training texts of similar length together (less padding,
             faster on the CPU; the batches are still random, see :func:`length_bucketed_batches`).
+        bpe_dropout: > 0: every time a training text is drawn it is tokenized afresh with
+            BPE-dropout of this probability (subword regularization, see
+            :class:`SubwordRegularized`); validation, test and inference use the ordinary tokens.
         data_dir, cache_dir: registry mirror and download folders.
     """
 
@@ -499,6 +533,7 @@ class ClassifyDataConfig(Section):
     max_length: int | None = None
     pad_token_id: int = EOT_ID
     bucket_by_length: bool = False
+    bpe_dropout: float = 0.0
     data_dir: str | None = None
     cache_dir: str | None = None
 
@@ -521,6 +556,8 @@ class ClassifyDataConfig(Section):
             raise FieldError("max_length", f"must be >= 1 or none, got {self.max_length}")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise FieldError("labels", f"has duplicates: {self.labels}")
+        if not 0.0 <= self.bpe_dropout < 1.0:
+            raise FieldError("bpe_dropout", f"must be in [0, 1), got {self.bpe_dropout}")
 
 
 def prepare_splits(cfg: ClassifyDataConfig) -> tuple[Splits, list[str]]:

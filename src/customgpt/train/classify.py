@@ -35,6 +35,7 @@ from customgpt.classifier import (
 from customgpt.data.classification import (
     ClassificationDataset,
     ClassifyDataConfig,
+    SubwordRegularized,
     class_counts,
     collate_classification,
     length_bucketed_batches,
@@ -152,10 +153,14 @@ class _EpochBatches:
         return self.size
 
 
-def _train_loader(train: ClassificationDataset, batch_size: int, seed: int, bucket: bool) -> DataLoader:
+def _train_loader(train: ClassificationDataset, batch_size: int, seed: int, bucket: bool,
+                  bpe_dropout: float = 0.0) -> DataLoader:
     """Shuffled training batches (seeded); the last partial batch is dropped, as the reference
-    recipe does, unless the set is smaller than one batch."""
+    recipe does, unless the set is smaller than one batch. ``bpe_dropout > 0``: every draw of
+    a text is a fresh BPE-dropout segmentation of it (:class:`SubwordRegularized`)."""
     generator = torch.Generator().manual_seed(seed)
+    if bpe_dropout:
+        train = SubwordRegularized(train, bpe_dropout, seed)
     drop_last = len(train) >= batch_size
     collate = lambda b: collate_classification(b, train.pad_id)  # noqa: E731
     if not bucket:
@@ -372,7 +377,7 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
         weights = torch.tensor([len(train) / (len(labels) * max(c, 1)) for c in counts], device=rt.device)
 
     micro, _ = tcfg.accumulation(1)
-    loader = _train_loader(train, tcfg.batch_size, tcfg.seed, cfg.data.bucket_by_length)
+    loader = _train_loader(train, tcfg.batch_size, tcfg.seed, cfg.data.bucket_by_length, cfg.data.bpe_dropout)
     total_steps = min(tcfg.max_steps or math.inf, tcfg.epochs * len(loader))
     schedule = build_schedule(tcfg, int(total_steps))
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
