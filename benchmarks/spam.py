@@ -5,9 +5,9 @@
     python benchmarks/spam.py --config spam-small --set train.epochs=12           # any override
 
 Each seed trains ``spam-small`` (a small GPT, random initialisation, no pretrained weights;
-an ensemble of three members, seeds s, s+1, s+2) on the 1,045 training messages of the
-reference split, selects each member's epoch on the 149 validation messages, and is scored
-once on the 300 test messages. "train s" is the wall time
+with ``--set classifier.ensemble=3`` an ensemble of three members, seeds s, s+1, s+2) on the
+1,045 training messages of the reference split, selects the epoch (each member's) on the 149
+validation messages, and is scored once on the 300 test messages. "train s" is the wall time
 of training (LM warm-up + epochs + validation), "cpu s" the CPU time of all threads (less
 sensitive to other programs on the machine; the load average is printed).
 
