@@ -306,3 +306,58 @@ def test_checkpoint_weights_file_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == before and _names(tmp_path) == ["w.safetensors"]
     assert ckpt._StagedFiles is aio.StagedFiles
+
+
+# --------------------------------------------------------------------------- whole folders
+
+
+def test_atomic_folder_swaps_a_complete_folder_in(tmp_path):
+    from customgpt.io import atomic_folder
+
+    final = tmp_path / "best"
+    with atomic_folder(final) as tmp:
+        assert tmp == tmp_path / "best.tmp" and tmp.is_dir() and not final.exists()
+        (tmp / "a.txt").write_text("one")
+    assert _names(tmp_path) == ["best"] and (final / "a.txt").read_text() == "one"
+    with atomic_folder(final) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert _names(tmp_path) == ["best"] and _names(final) == ["b.txt"]  # replaced whole, no .prev left
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_atomic_folder_failure_keeps_the_old_folder(tmp_path, error):
+    from customgpt.io import atomic_folder
+
+    final = tmp_path / "best"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    (tmp_path / "best.tmp").mkdir()  # left by an interrupted earlier write: discarded
+    (tmp_path / "best.tmp" / "junk").write_text("junk")
+    with pytest.raises(error):
+        with atomic_folder(final) as tmp:
+            assert _names(tmp) == []
+            (tmp / "half.txt").write_text("half")
+            raise error()
+    assert _names(tmp_path) == ["best"] and _names(final) == ["old.txt"]
+
+
+def test_swap_keeps_prev_from_a_crash_until_a_new_folder_is_in_place(tmp_path, monkeypatch):
+    from customgpt.io import swap_folder_into_place
+
+    prev = tmp_path / "last.prev"  # a crash between the two renames left only this complete copy
+    prev.mkdir()
+    (prev / "w").write_text("old")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "w").write_text("new")
+    renames = []
+    real_replace = Path.replace
+
+    def spy(self, target):
+        renames.append((self.name, Path(target).name, prev.exists()))
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", spy)
+    swap_folder_into_place(new, tmp_path / "last")
+    assert renames == [("new", "last", True)]  # .prev still there when the new folder lands
+    assert _names(tmp_path) == ["last"] and (tmp_path / "last" / "w").read_text() == "new"

@@ -27,7 +27,6 @@ of members) and one classifier folder per member (``member-0``, ``member-1``, ..
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -218,27 +217,12 @@ def _write_classifier(model: GPTClassifier, folder: Path, head_info: dict[str, A
 
 
 def _swap_in(folder: Path, fill) -> Path:
-    """Build ``<folder>.tmp`` with ``fill(tmp)``, then replace ``folder`` by it (via ``.prev``)."""
-    from customgpt.io import fsync_dir
+    """Build the new folder with ``fill(tmp)`` beside ``folder``, then swap it in
+    (:func:`customgpt.io.atomic_folder`)."""
+    from customgpt.io import atomic_folder
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        tmp.mkdir(parents=True)
+    with atomic_folder(folder) as tmp:
         fill(tmp)
-        fsync_dir(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    prev = folder.with_name(folder.name + ".prev")
-    if prev.exists():
-        shutil.rmtree(prev)
-    if folder.exists():
-        folder.replace(prev)
-    tmp.replace(folder)
-    fsync_dir(folder.parent)
-    shutil.rmtree(prev, ignore_errors=True)
     return folder
 
 

@@ -20,7 +20,9 @@ Three entry points, by how the data is written:
 * :func:`atomic_path` yields the temporary *path*, for writers that take a file name
   (``safetensors.torch.save_file``, ``torch.save``);
 * :func:`staged_files` writes several files of one folder and renames them only when all are
-  complete (a checkpoint's weights, config and metadata).
+  complete (a checkpoint's weights, config and metadata);
+* :func:`atomic_folder` builds a whole new folder beside the old one and swaps it in (a
+  training checkpoint, a saved classifier).
 """
 
 from __future__ import annotations
@@ -29,18 +31,21 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
     "StagedFiles",
+    "atomic_folder",
     "atomic_open",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
     "fsync_dir",
     "staged_files",
+    "swap_folder_into_place",
 ]
 
 
@@ -236,3 +241,45 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[StagedFiles]:
     except BaseException:
         stage.abort()
         raise
+
+
+# --------------------------------------------------------------------------- whole folders
+
+
+@contextlib.contextmanager
+def atomic_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Context manager that yields an empty ``<final>.tmp/`` to fill; when the block ends
+    without an error the folder is fsynced and swapped in by :func:`swap_folder_into_place`.
+    On any error (``KeyboardInterrupt`` too) the temporary folder is removed and ``final`` is
+    untouched. A ``.tmp`` folder left by an interrupted earlier write is discarded first."""
+    final = Path(final)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_folder_into_place(tmp, final)
+
+
+def swap_folder_into_place(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Replace folder ``final`` by the complete folder ``tmp``: the old ``final`` moves to
+    ``<final>.prev``, ``tmp`` becomes ``final``, then ``.prev`` is deleted.
+
+    A crash at any point leaves a complete ``final`` or, between the two renames, a complete
+    ``<final>.prev`` (readers may fall back to it). A ``.prev`` left by such a crash is kept
+    until a complete ``final`` exists again."""
+    tmp, final = Path(tmp), Path(final)
+    prev = final.with_name(final.name + ".prev")
+    if prev.exists() and final.exists():
+        shutil.rmtree(prev)  # a complete ``final`` exists: the older copy is not needed
+    if final.exists():
+        final.replace(prev)
+    tmp.replace(final)
+    fsync_dir(final.parent)
+    if prev.exists():
+        shutil.rmtree(prev, ignore_errors=True)

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from customgpt.errors import CheckpointError
+from customgpt.io import atomic_folder, atomic_open, atomic_write_text
 from customgpt.train.distributed import unwrap
-from customgpt.train.files import atomic_open, atomic_write_text, fsync_dir
 
 STATE_NAME = "trainer_state.pt"
 MANIFEST_NAME = "manifest.json"
@@ -164,49 +164,21 @@ def save_checkpoint(
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left over from an interrupted write
-    try:
+    with atomic_folder(root / name) as tmp:
         save_model(unwrap(model), tmp, metadata={"kind": "training-checkpoint", **dict(metadata or {})})
         with atomic_open(tmp / STATE_NAME, "wb") as fh:
             torch.save(dict(state), fh)
         if config_yaml is not None:
             atomic_write_text(tmp / CONFIG_NAME, config_yaml)
         _write_manifest(tmp)
-        fsync_dir(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _swap_into_place(tmp, root / name)
     return root / name
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    prev = final.with_name(final.name + ".prev")
-    if prev.exists() and final.exists():
-        shutil.rmtree(prev)  # a complete ``final`` exists, the older copy is not needed
-    if final.exists():
-        final.replace(prev)
-    tmp.replace(final)
-    fsync_dir(final.parent)
-    if prev.exists():
-        shutil.rmtree(prev, ignore_errors=True)
 
 
 def copy_checkpoint(root: str | Path, src: str, dst: str) -> Path:
     """Copy checkpoint ``root/src`` to ``root/dst`` with the same atomic swap (e.g. last → best)."""
     root = Path(root)
-    tmp = root / f"{dst}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        shutil.copytree(root / src, tmp)
-        fsync_dir(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _swap_into_place(tmp, root / dst)
+    with atomic_folder(root / dst) as tmp:
+        shutil.copytree(root / src, tmp, dirs_exist_ok=True)
     return root / dst
 
 
