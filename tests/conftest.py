@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the shared datasets are, and tiny model configs."""
+"""Shared test fixtures: where the shared datasets are, offline hub, one torch thread."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 #: The public datasets, mirrored beside the project (CI and developer machines).
@@ -24,3 +25,15 @@ def _offline_hub(monkeypatch):
     """Tests never reach the network: the hub client is told it is offline."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny-model tests (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): tiny tensors gain nothing from a second
+    thread, and on a busy machine OpenMP threads waiting for each other make every small
+    operation many times slower. The previous count is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,15 +22,7 @@ MODEL = "cpu-tiny"  # 2 layers, 64 wide, GPT-2 vocabulary, random weights
 BASE = ["generate", "--model", MODEL, "--device", "cpu", "--prompt", "Hello there"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread (and lose much on a busy machine)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -25,12 +25,7 @@ from customgpt.model import GPT
 DECODER = generation._DECODE_ATTR
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def decoder_steps(model: GPT) -> int:

@@ -52,14 +52,7 @@ def tiny_model(seed: int = 0, **overrides) -> GPT:
     return randomize(GPT(GPTConfig(**{**cfg, **overrides})), seed).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy machine OpenMP threads
-    waiting for each other make every tiny forward pass many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

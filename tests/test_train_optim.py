@@ -15,14 +15,7 @@ from customgpt.train.optim import build_optimizer, param_groups
 from customgpt.train.runtime import resolve_device, resolve_precision, setup_runtime
 from customgpt.train.step import count_targets, micro_loss_weight
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY = GPTConfig(vocab_size=97, context_length=16, n_embd=16, n_layer=2, n_head=2)
