@@ -393,7 +393,8 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
         if ccfg.ema_decay else None)
     scored = ema.module if ema is not None else model
     step, best, best_epoch, history = 0, None, 0, []
-    bar = Progress(int(total_steps), enabled=cfg.logging.progress, desc="classify")
+    desc = f"classify, member {tag['member']}" if tag else "classify"
+    bar = Progress(int(total_steps), enabled=cfg.logging.progress, desc=desc)
     say = bar.write if cfg.logging.progress else print
     clock = time.perf_counter()
     for epoch in range(1, tcfg.epochs + 1):
