@@ -41,7 +41,7 @@ def _loud_pad(gpt: GPT) -> None:
 ROWS = [[3, 9, 4, 1, 5], [2, 6], [8, PAD, 4]]  # the last row holds the pad id as a real token
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
 def test_pooling_ignores_right_padding(pooling):
     gpt = _gpt()
     _loud_pad(gpt)
@@ -50,7 +50,7 @@ def test_pooling_ignores_right_padding(pooling):
     pooled = pool_hidden(hidden, batch["attention_mask"], pooling)
     for i, ids in enumerate(ROWS):
         alone = gpt.forward_hidden(torch.tensor([ids]))[0]  # (T_i, C), no padding at all
-        expected = alone[-1] if pooling == "last" else alone.mean(0)
+        expected = {"last": alone[-1], "mean": alone.mean(0), "max": alone.max(0).values}[pooling]
         torch.testing.assert_close(pooled[i], expected, rtol=1e-5, atol=1e-5)
     # a naive "last position" pooling would read the (loud) pad's hidden state instead
     naive = hidden[:, -1]
@@ -63,8 +63,12 @@ def test_last_pooling_picks_the_last_real_token_by_hand():
     assert pool_hidden(hidden, mask, "last").tolist() == [hidden[0, 1].tolist(), hidden[1, 3].tolist()]
     assert pool_hidden(hidden, mask, "mean")[0].tolist() == hidden[0, :2].mean(0).tolist()
     assert pool_hidden(hidden, None, "last").tolist() == hidden[:, -1].tolist()
-    with pytest.raises(ValueError, match="no real tokens"):
-        pool_hidden(hidden, torch.zeros(2, 4, dtype=torch.long), "last")
+    descending = -hidden  # the largest values are then at the first positions
+    assert pool_hidden(descending, mask, "max").tolist() == [descending[0, 0].tolist(), descending[1, 0].tolist()]
+    assert pool_hidden(hidden, mask, "max").tolist() == [hidden[0, 1].tolist(), hidden[1, 3].tolist()]
+    for pooling in ("last", "max"):
+        with pytest.raises(ValueError, match="no real tokens"):
+            pool_hidden(hidden, torch.zeros(2, 4, dtype=torch.long), pooling)
 
 
 def test_classifier_logits_do_not_depend_on_batch_mates():
@@ -198,7 +202,7 @@ def test_ensemble_errors(tmp_path):
 
 def test_constructor_checks():
     with pytest.raises(ConfigError, match="pooling"):
-        GPTClassifier(_gpt(), 2, pooling="max")
+        GPTClassifier(_gpt(), 2, pooling="median")
     with pytest.raises(ConfigError, match="at least 2 classes"):
         GPTClassifier(_gpt(), 1)
 
@@ -251,3 +255,32 @@ def test_metrics_by_hand():
     assert "accuracy 0.6667 (6 examples)" in text and "[[2, 1, 0], [0, 2, 0], [0, 1, 0]]" in text
     with pytest.raises(ValueError):
         confusion_matrix([0], [0, 1], 2)
+
+
+# --------------------------------------------------------------------------- auxiliary LM loss
+
+
+def test_auxiliary_lm_loss_matches_the_restricted_softmax_by_hand():
+    from customgpt.train.classify import AuxiliaryLM
+
+    gpt = _gpt()
+    _loud_pad(gpt)
+    train_ids = [[3, 9, 4, 1, 5], [2, 6], [8, 4, 11]]  # the softmax runs over these ids only
+    aux = AuxiliaryLM(train_ids, gpt)
+    assert aux.vocab.tolist() == [1, 2, 3, 4, 5, 6, 8, 9, 11]
+    rows = [[3, 9, 4, 1, 5], [2, 6], [8, 13, 4]]  # 13 is not a training id: its target is skipped
+    batch = collate_classification([(ids, 0) for ids in rows], pad_id=PAD)
+    hidden = gpt.forward_hidden(batch["input_ids"])
+    got = aux.loss(hidden, batch["input_ids"], batch["attention_mask"])
+
+    vocab = aux.vocab.tolist()
+    terms = []
+    for ids in rows:
+        logits = gpt(torch.tensor([ids]))[0][:, vocab]  # (T, |vocab|), no padding at all
+        log_probs = F.log_softmax(logits, dim=-1)
+        terms += [-log_probs[t, vocab.index(nxt)] for t, nxt in enumerate(ids[1:]) if nxt in vocab]
+    assert len(terms) == 4 + 1 + 1  # pads and the out-of-vocabulary target contribute nothing
+    torch.testing.assert_close(got, torch.stack(terms).mean(), rtol=1e-5, atol=1e-5)
+    got.backward()  # reaches the tied embedding through the restricted head
+    assert gpt.transformer.wte.weight.grad[vocab].abs().sum() > 0
+    assert gpt.transformer.wte.weight.grad[[0, PAD, 12]].abs().sum() == 0  # neither a real input nor in the softmax

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from customgpt.errors import CheckpointError, ConfigError
 from customgpt.model import GPT
 
-POOLINGS = ("last", "mean")
+POOLINGS = ("last", "mean", "max")
 TRAINABLE = ("head", "last_blocks", "all", "lora")
 HEAD_WEIGHTS = "classifier.safetensors"
 HEAD_CONFIG = "classifier.json"
@@ -51,7 +51,8 @@ def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, pooling: str = "l
     Args:
         hidden: hidden states (B, T, C).
         attention_mask: (B, T), 1 for real tokens, 0 for right padding; None: no padding.
-        pooling: ``"last"`` (last real token) or ``"mean"`` (mean over real tokens).
+        pooling: ``"last"`` (last real token), ``"mean"`` (mean over real tokens) or ``"max"``
+            (per feature, the largest value over real tokens).
     """
     B, T, _ = hidden.shape
     if attention_mask is None:
@@ -65,6 +66,11 @@ def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, pooling: str = "l
     if pooling == "mean":
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+    if pooling == "max":
+        if bool((attention_mask.sum(dim=1) == 0).any()):
+            raise ValueError("a row of the batch has no real tokens")
+        pads = (attention_mask == 0).unsqueeze(-1)  # (B, T, 1)
+        return hidden.masked_fill(pads, float("-inf")).amax(dim=1)
     raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
 
 
@@ -74,7 +80,7 @@ class GPTClassifier(nn.Module):
     Args:
         gpt: the language model whose hidden states are classified.
         num_classes: number of classes K.
-        pooling: ``"last"`` or ``"mean"`` (see :func:`pool_hidden`).
+        pooling: ``"last"``, ``"mean"`` or ``"max"`` (see :func:`pool_hidden`).
         head_dropout: dropout on the pooled vector before the head (training only).
     """
 
@@ -99,6 +105,10 @@ class GPTClassifier(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, K) of right-padded ``input_ids`` (B, T) with ``attention_mask`` (B, T)."""
         hidden = self.gpt.forward_hidden(input_ids)  # (B, T, C); causal: pads after the text are inert
+        return self.classify_hidden(hidden, attention_mask)
+
+    def classify_hidden(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, K) from the body's final hidden states (B, T, C): pooling, dropout, head."""
         return self.score(self.dropout(pool_hidden(hidden, attention_mask, self.pooling)))
 
     # ------------------------------------------------------------------ what trains

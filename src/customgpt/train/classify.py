@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -65,7 +66,7 @@ from customgpt.train.step import optimizer_step
 class ClassifierSection(Section):
     """The head, what trains, the loss, and how the best epoch is chosen (see docs/classification.md)."""
 
-    pooling: Literal["last", "mean"] = "last"
+    pooling: Literal["last", "mean", "max"] = "last"
     trainable: Literal["head", "last_blocks", "all", "lora"] = "last_blocks"
     last_blocks: int = 1  # with trainable: last_blocks
     head_dropout: float = 0.0
@@ -78,6 +79,7 @@ class ClassifierSection(Section):
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
     eval_batch_size: int = 64
     ensemble: int = 1  # > 1: train this many members (seeds train.seed, +1, ...) and average their probabilities
+    lm_loss_weight: float = 0.0  # > 0: add this times next-token loss on the batch's texts (auxiliary LM objective)
 
     def validate(self) -> None:
         if not 0.0 <= self.head_dropout < 1.0:
@@ -94,6 +96,8 @@ class ClassifierSection(Section):
             raise FieldError("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         if self.ensemble < 1:
             raise FieldError("ensemble", f"must be >= 1, got {self.ensemble}")
+        if self.lm_loss_weight < 0:
+            raise FieldError("lm_loss_weight", f"must be >= 0, got {self.lm_loss_weight}")
         if self.last_blocks < 1 or self.eval_batch_size < 1 or self.focal_gamma < 0:
             raise FieldError("last_blocks", "last_blocks and eval_batch_size must be >= 1, focal_gamma >= 0")
 
@@ -351,6 +355,34 @@ class _Data:
     splits: Any
 
 
+class AuxiliaryLM:
+    """Next-token loss on the classifier's own batches, added to the classification loss
+    (``classifier.lm_loss_weight``; the auxiliary objective of GPT-1's fine-tuning).
+
+    Each real token predicts the next real token, through the body's (tied) LM head. The
+    softmax runs over the ids in ``token_ids`` (the training texts' ordinary tokenization:
+    every ordinary target is one of them; about 4,800 of 50,257 on the spam data) instead of
+    the whole vocabulary; targets outside it (finer pieces drawn by BPE-dropout) are skipped.
+    """
+
+    def __init__(self, token_ids: Iterable[Sequence[int]], gpt: torch.nn.Module) -> None:
+        from customgpt.constants import IGNORE_INDEX
+
+        device = gpt.lm_head.weight.device
+        self.vocab = torch.unique(torch.tensor([t for ids in token_ids for t in ids], dtype=torch.long)).to(device)
+        self.lookup = torch.full((gpt.config.vocab_size,), IGNORE_INDEX, dtype=torch.long, device=device)
+        self.lookup[self.vocab] = torch.arange(len(self.vocab), device=device)
+        self.head = gpt.lm_head
+        self.ignore = IGNORE_INDEX
+
+    def loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss of right-padded rows from their final hidden states (B, T, C)."""
+        from customgpt.losses import causal_lm_loss
+
+        targets = self.lookup[input_ids[:, 1:]].masked_fill(attention_mask[:, 1:] == 0, self.ignore)
+        return causal_lm_loss(hidden[:, :-1], self.head.weight[self.vocab], targets)
+
+
 def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Runtime, eot_id: int,
                   log: MetricsLogger, folder: Path, tag: dict[str, Any]) -> dict[str, Any]:
     """(LM warm-up), then the epochs; the best epoch on the validation set is saved to ``folder``."""
@@ -376,6 +408,7 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
         counts = class_counts(data.splits.train, labels)
         weights = torch.tensor([len(train) / (len(labels) * max(c, 1)) for c in counts], device=rt.device)
 
+    aux = AuxiliaryLM(train.ids, model.gpt) if ccfg.lm_loss_weight else None
     micro, _ = tcfg.accumulation(1)
     loader = _train_loader(train, tcfg.batch_size, tcfg.seed, cfg.data.bucket_by_length, cfg.data.bpe_dropout)
     total_steps = min(tcfg.max_steps or math.inf, tcfg.epochs * len(loader))
@@ -399,7 +432,7 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
     clock = time.perf_counter()
     for epoch in range(1, tcfg.epochs + 1):
         seen = correct = 0
-        loss_sum = 0.0
+        loss_sum = lm_sum = 0.0
         for batch in loader:
             if step >= total_steps:
                 break
@@ -410,10 +443,16 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
             for i in range(0, n, micro):  # gradient accumulation: each chunk weighted by its share
                 part = {k: v[i:i + micro] for k, v in batch.items()}
                 with rt.autocast():
-                    logits = model(part["input_ids"], part["attention_mask"])
+                    hidden = model.gpt.forward_hidden(part["input_ids"])
+                    logits = model.classify_hidden(hidden, part["attention_mask"])
                     loss = classification_loss(logits, part["labels"], kind=ccfg.loss, class_weights=weights,
                                                label_smoothing=ccfg.label_smoothing, focal_gamma=ccfg.focal_gamma)
-                scaler.scale(loss * len(part["labels"]) / n).backward()
+                    total = loss
+                    if aux is not None:
+                        lm_loss = aux.loss(hidden, part["input_ids"], part["attention_mask"])
+                        total = loss + ccfg.lm_loss_weight * lm_loss
+                        lm_sum += float(lm_loss.detach()) * len(part["labels"])
+                scaler.scale(total * len(part["labels"]) / n).backward()
                 loss_sum += float(loss.detach()) * len(part["labels"])
                 correct += int((logits.argmax(-1) == part["labels"]).sum())
             seen += n
@@ -423,18 +462,20 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
             step += 1
             if step % cfg.logging.log_every == 0:
                 log.log({"step": step, **tag, "epoch": epoch, "loss": loss_sum / seen, "lr": lr,
-                         "grad_norm": grad_norm})
+                         "grad_norm": grad_norm, **({"lm_loss": lm_sum / seen} if aux is not None else {})})
             bar.update(loss=loss_sum / seen, lr=lr)
         if seen == 0:
             break
         report, _ = evaluate(scored, val, rt, labels, ccfg.eval_batch_size)
         record = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                  **({"train_lm_loss": lm_sum / seen} if aux is not None else {}),
                   "val_loss": report["loss"], "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"],
                   "elapsed": time.perf_counter() - clock}
         history.append(record)
         log.log({"step": step, **tag, **{k: v for k, v in record.items() if k != "step"}})
         improved = _better(report, best, ccfg.select_metric)
-        say(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+        lm_note = f" lm loss {record['train_lm_loss']:.3f}" if aux is not None else ""
+        say(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}{lm_note} | "
             f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
             + (" (best)" if improved else ""))
         if improved:
