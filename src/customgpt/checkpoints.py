@@ -237,8 +237,7 @@ def hf_to_customgpt_state(tensors: Mapping[str, Tensor], config: GPTConfig, *, s
 def customgpt_to_hf_state(state: Mapping[str, Tensor], config: GPTConfig) -> dict[str, Tensor]:
     """Our state dict → Hugging Face ``GPT2LMHeadModel`` tensors (Conv1D weights transposed,
     tied ``lm_head.weight`` left out exactly as ``save_pretrained`` leaves it out)."""
-    if not config.tie_embeddings:
-        raise ConfigError("Hugging Face GPT-2 ties the LM head to wte; this model has tie_embeddings=false")
+    config.to_hf_dict()  # what Hugging Face's GPT-2 cannot hold is an error (untied head, n-gram embeddings)
     out = {}
     for key, tensor in state.items():
         if key == "lm_head.weight":

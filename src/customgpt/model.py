@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from customgpt.config import GPTConfig
 from customgpt.errors import CustomGPTError
+from customgpt.token_ngrams import TokenNgramEmbedding
 
 
 class ContextLengthError(CustomGPTError, ValueError):
@@ -204,7 +205,8 @@ class GPT(nn.Module):
         explicit = config.impl == "explicit"
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wte=(TokenNgramEmbedding(config.vocab_size, config.n_embd, config.token_ngram_buckets)
+                     if config.token_ngram_buckets else nn.Embedding(config.vocab_size, config.n_embd)),
                 wpe=nn.Embedding(config.context_length, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),

@@ -504,6 +504,8 @@ class ModelSection(Section):
         context_length, n_layer, n_head, n_embd: change the preset's shape (from scratch only).
         dropout, attn_dropout: dropout while training (also applied to loaded weights).
         impl: ``fast`` or ``explicit`` kernels (same numbers).
+        token_ngram_buckets: > 0 adds hashed character n-gram embeddings to the token
+            embedding (:mod:`customgpt.token_ngrams`; from scratch only).
     """
 
     preset: str | None = "cpu-small"
@@ -515,8 +517,9 @@ class ModelSection(Section):
     dropout: float | None = None
     attn_dropout: float | None = None
     impl: Literal["fast", "explicit"] | None = None
+    token_ngram_buckets: int | None = None
 
-    _SHAPE = ("context_length", "n_layer", "n_head", "n_embd")
+    _SHAPE = ("context_length", "n_layer", "n_head", "n_embd", "token_ngram_buckets")
 
     def validate(self) -> None:
         if self.init is None and self.preset is None:
