@@ -567,7 +567,7 @@ class OptimConfig(Section):
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    fused: bool | None = None  # None: fused kernels on CUDA, foreach elsewhere
+    fused: bool | None = None  # None: fused kernels on CUDA and CPU, foreach elsewhere
 
     def validate(self) -> None:
         if self.weight_decay < 0:
