@@ -55,6 +55,23 @@ def test_optimizer_groups_skip_frozen_params_and_carry_settings():
     assert all(g["betas"] == (0.8, 0.9) and g["eps"] == 1e-6 for g in opt.param_groups)
 
 
+def test_fused_kernel_on_cpu_by_default_and_same_steps_as_foreach():
+    steps = {}
+    for fused in (None, False):
+        model = _model()
+        opt = build_optimizer(model, OptimConfig(weight_decay=0.1, fused=fused), lr=1e-2, device="cpu")
+        assert all(bool(g["fused"]) is (fused is None) for g in opt.param_groups)  # None: fused on the CPU
+        for step in range(3):
+            torch.manual_seed(step)
+            x = torch.randint(0, TINY.vocab_size, (2, 8))
+            opt.zero_grad()
+            causal_lm_loss(model.forward_hidden(x), model.lm_head.weight, x).backward()
+            opt.step()
+        steps[fused] = {n: p.detach() for n, p in model.named_parameters()}
+    for name, value in steps[None].items():
+        torch.testing.assert_close(value, steps[False][name], rtol=1e-4, atol=1e-5)
+
+
 def _grads(model: GPT) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
