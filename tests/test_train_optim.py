@@ -69,7 +69,7 @@ def test_fused_kernel_on_cpu_by_default_and_same_steps_as_foreach():
             opt.step()
         steps[fused] = {n: p.detach() for n, p in model.named_parameters()}
     for name, value in steps[None].items():
-        torch.testing.assert_close(value, steps[False][name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(value, steps[False][name], rtol=1e-4, atol=1e-4)  # steps move weights by ~1e-2
 
 
 def _grads(model: GPT) -> dict[str, torch.Tensor]:
