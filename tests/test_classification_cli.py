@@ -16,6 +16,7 @@ model:
   n_embd: 32
   n_head: 2
   dropout: 0.0
+  token_ngram_buckets: 512   # character n-gram embeddings, saved and loaded with the classifier
 data:
   dataset: sms-spam
   max_length: 48
@@ -23,6 +24,7 @@ data:
 classifier:
   pooling: mean
   trainable: all
+  lm_loss_weight: 0.5       # the auxiliary next-token loss
 train:
   epochs: 2
   batch_size: 32
@@ -70,6 +72,7 @@ def test_run_writes_metrics_predictions_plots_and_model(spam_run):
         assert (spam_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = [json.loads(line) for line in (spam_run / "metrics.jsonl").read_text().splitlines()]
     assert any("lm_loss" in r for r in records) and any("val_accuracy" in r for r in records)
+    assert all(e["train_lm_loss"] > 0 for e in metrics["epochs"])  # the auxiliary loss, logged apart
     assert (spam_run / "config.yaml").is_file()
     assert (spam_run / "best" / "classifier.json").is_file()
 
@@ -176,7 +179,7 @@ def test_print_config(capsys):
     assert main(["finetune", "classify", "--config", "spam-124m", "--print-config", "--train.lr", "1e-4"]) == 0
     out = capsys.readouterr().out
     assert "init: openai-community/gpt2" in out and "lr: 0.0001" in out and "trainable: last_blocks" in out
-    assert main(["finetune", "classify", "--print-config", "--classifier.pooling", "max"]) == 2
+    assert main(["finetune", "classify", "--print-config", "--classifier.pooling", "median"]) == 2
     assert "classifier.pooling" in capsys.readouterr().err
 
 
