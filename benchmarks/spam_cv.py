@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--data-dir", default=None, help="dataset mirror (default: $CUSTOMGPT_DATA_DIR)")
     parser.add_argument("--select", choices=("inner", "held"), default="inner",
                         help="choose the epoch on a carved validation set (inner) or on the held part (held)")
+    parser.add_argument("--no-peer", action="store_true", help="skip the TF-IDF + logistic regression peer")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
     if args.folds < 2:
@@ -56,7 +57,10 @@ def main() -> int:
     random.Random(0).shuffle(rows)
     root = Path(tempfile.mkdtemp(prefix="spam-cv-"))
     overrides = [tuple(item.partition("=")[::2]) for item in args.set]
-    accuracies, seconds, errors = [], [], {}
+    accuracies, seconds, errors, peer = [], [], {}, []
+    import tfidf_peer
+
+    with_peer = not args.no_peer and tfidf_peer.available()
     clock = time.perf_counter()
     for fold in range(args.folds):
         held = rows[fold::args.folds]
@@ -75,6 +79,9 @@ def main() -> int:
             ("logging.out_dir", str(root / f"fold{fold}")), ("logging.progress", "false"),
             ("logging.plots", "false"), ("runtime.device", "cpu"), *overrides])
         summary = finetune_classify(cfg)
+        if with_peer:  # the peer learns from every other part (it chooses nothing on a validation set)
+            peer.append(tfidf_peer.tfidf_lr_accuracy([t for t, _ in rest], [y for _, y in rest],
+                                                     [t for t, _ in held], [y for _, y in held]))
         scored = summary["val" if args.select == "held" else "test"]
         accuracies.append(scored["accuracy"])
         seconds.append(summary["train_seconds"])
@@ -91,6 +98,11 @@ def main() -> int:
           f"{len(rows)} messages, epochs chosen on {'a carved 10% (inner)' if args.select == 'inner' else 'the held part'}, "
           f"{args.threads} torch threads, load average {load:.1f}")
     print("held-out accuracy per fold: " + ", ".join(f"{a:.4f}" for a in accuracies))
+    if peer:
+        print("peer (TF-IDF char n-gram logistic regression) per fold: " + ", ".join(f"{a:.4f}" for a in peer)
+              + f"; mean {statistics.mean(peer):.4f}")
+    elif not args.no_peer:
+        print("peer skipped: scikit-learn is not installed (pip install -e \".[bench]\")")
     print("errors: " + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"))
     print(f"mean {statistics.mean(accuracies):.4f}; training {statistics.mean(seconds):.0f} s per fold, "
           f"{time.perf_counter() - clock:.0f} s in all")
