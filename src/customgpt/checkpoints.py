@@ -636,8 +636,8 @@ class ModelInfo:
 
 def embedding_parameters(config: GPTConfig) -> int:
     """Token plus position embedding parameters (what ``num_parameters(exclude_embeddings=True)``
-    leaves out in transformers; a tied LM head adds nothing)."""
-    return (config.vocab_size + config.context_length) * config.n_embd
+    leaves out in transformers; a tied LM head adds nothing), character n-gram buckets included."""
+    return (config.vocab_size + config.token_ngram_buckets + config.context_length) * config.n_embd
 
 
 def describe_model_spec(spec: str | Path, *, config: GPTConfig | str | None = None) -> ModelInfo:
