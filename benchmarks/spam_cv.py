@@ -2,6 +2,7 @@
 without looking at the test set.
 
     CUSTOMGPT_DATA_DIR=../shared/datasets python benchmarks/spam_cv.py                       # spam-small
+    python benchmarks/spam_cv.py --peer-only --data-dir ../shared/datasets                   # the peer alone
     python benchmarks/spam_cv.py --set classifier.ensemble=1 --data-dir ../shared/datasets    # a variant
 
 The 1,045 training and 149 validation messages of the reference split (1,194 in all) are
@@ -42,6 +43,7 @@ def main() -> int:
     parser.add_argument("--select", choices=("inner", "held"), default="inner",
                         help="choose the epoch on a carved validation set (inner) or on the held part (held)")
     parser.add_argument("--no-peer", action="store_true", help="skip the TF-IDF + logistic regression peer")
+    parser.add_argument("--peer-only", action="store_true", help="score only the peer (seconds, no training)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
     if args.folds < 2:
@@ -61,6 +63,8 @@ def main() -> int:
     import tfidf_peer
 
     with_peer = not args.no_peer and tfidf_peer.available()
+    if args.peer_only and not with_peer:
+        parser.error("--peer-only needs scikit-learn (pip install -e \".[bench]\") and no --no-peer")
     clock = time.perf_counter()
     for fold in range(args.folds):
         held = rows[fold::args.folds]
@@ -74,14 +78,16 @@ def main() -> int:
                 writer.writerows(part)
         held_as = [("data.val_file", str(files["val"]))] if args.select == "held" else [
             ("data.test_file", str(files["val"])), ("data.val_fraction", "0.1")]
+        if with_peer:  # the peer learns from every other part (it chooses nothing on a validation set)
+            peer.append(tfidf_peer.tfidf_lr_accuracy([t for t, _ in rest], [y for _, y in rest],
+                                                     [t for t, _ in held], [y for _, y in held]))
+        if args.peer_only:
+            continue
         cfg = load_config(ClassifyConfig, args.config, [
             ("data.dataset", "none"), ("data.train_file", str(files["train"])), *held_as,
             ("logging.out_dir", str(root / f"fold{fold}")), ("logging.progress", "false"),
             ("logging.plots", "false"), ("runtime.device", "cpu"), *overrides])
         summary = finetune_classify(cfg)
-        if with_peer:  # the peer learns from every other part (it chooses nothing on a validation set)
-            peer.append(tfidf_peer.tfidf_lr_accuracy([t for t, _ in rest], [y for _, y in rest],
-                                                     [t for t, _ in held], [y for _, y in held]))
         scored = summary["val" if args.select == "held" else "test"]
         accuracies.append(scored["accuracy"])
         seconds.append(summary["train_seconds"])
@@ -97,12 +103,15 @@ def main() -> int:
     print(f"\n== spam cross-validation: {args.config} {' '.join(args.set)}, {args.folds} folds of "
           f"{len(rows)} messages, epochs chosen on {'a carved 10% (inner)' if args.select == 'inner' else 'the held part'}, "
           f"{args.threads} torch threads, load average {load:.1f}")
-    print("held-out accuracy per fold: " + ", ".join(f"{a:.4f}" for a in accuracies))
+    if accuracies:
+        print("held-out accuracy per fold: " + ", ".join(f"{a:.4f}" for a in accuracies))
     if peer:
         print("peer (TF-IDF char n-gram logistic regression) per fold: " + ", ".join(f"{a:.4f}" for a in peer)
               + f"; mean {statistics.mean(peer):.4f}")
     elif not args.no_peer:
         print("peer skipped: scikit-learn is not installed (pip install -e \".[bench]\")")
+    if args.peer_only:
+        return 0
     print("errors: " + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"))
     print(f"mean {statistics.mean(accuracies):.4f}; training {statistics.mean(seconds):.0f} s per fold, "
           f"{time.perf_counter() - clock:.0f} s in all")
