@@ -15,6 +15,7 @@ from customgpt.io import (
     atomic_write_bytes,
     atomic_write_text,
     fsync_dir,
+    read_json_object,
     staged_files,
 )
 
@@ -361,3 +362,18 @@ def test_swap_keeps_prev_from_a_crash_until_a_new_folder_is_in_place(tmp_path, m
     swap_folder_into_place(new, tmp_path / "last")
     assert renames == [("new", "last", True)]  # .prev still there when the new folder lands
     assert _names(tmp_path) == ["last"] and (tmp_path / "last" / "w").read_text() == "new"
+
+
+def test_read_json_object_names_the_file_and_the_problem(tmp_path):
+    from customgpt.errors import CheckpointError
+
+    good = tmp_path / "good.json"
+    good.write_text('{"a": 1}', encoding="utf-8")
+    assert read_json_object(good) == {"a": 1}
+    (tmp_path / "list.json").write_text("[1, 2]", encoding="utf-8")
+    (tmp_path / "bad.json").write_text("{oops", encoding="utf-8")
+    for name, problem in (("missing.json", "not found"), ("bad.json", "cannot read"),
+                          ("list.json", "expected a JSON object, got list")):
+        with pytest.raises(CheckpointError, match=problem) as info:
+            read_json_object(tmp_path / name)
+        assert name in str(info.value)

@@ -31,7 +31,7 @@ from torch import Tensor
 from customgpt.config import HF_HUB_IDS, GPTConfig, is_preset
 from customgpt.constants import GPT2_VOCAB_SIZE
 from customgpt.errors import CheckpointError, ConfigError, CustomGPTError
-from customgpt.io import StagedFiles, atomic_path, staged_files
+from customgpt.io import StagedFiles, atomic_path, read_json_object, staged_files
 from customgpt.model import GPT
 
 WEIGHTS_NAME = "model.safetensors"
@@ -434,19 +434,9 @@ class ModelSource:
         return f"{label[self.kind]} {where}"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return data
-
-
 def _config_from_json(path: Path) -> tuple[GPTConfig, str]:
     """A folder's ``config.json`` → (config, ``"hf"`` | ``"customgpt"``)."""
-    data = _read_json(path)
+    data = read_json_object(path)
     if "model_type" in data:  # transformers always writes model_type
         try:
             return GPTConfig.from_hf_dict(data), "hf"

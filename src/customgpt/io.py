@@ -44,6 +44,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "fsync_dir",
+    "read_json_object",
     "staged_files",
     "swap_folder_into_place",
 ]
@@ -283,3 +284,23 @@ def swap_folder_into_place(tmp: str | os.PathLike[str], final: str | os.PathLike
     fsync_dir(final.parent)
     if prev.exists():
         shutil.rmtree(prev, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object stored at ``path``; a missing, unreadable or non-object file is a
+    :class:`~customgpt.errors.CheckpointError` that names it."""
+    from customgpt.errors import CheckpointError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: not found") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from customgpt.errors import CheckpointError, ConfigError
-from customgpt.io import atomic_path, atomic_write_text
+from customgpt.io import atomic_path, atomic_write_text, read_json_object
 
 #: Target names :class:`LoRAConfig` accepts. A target selects every ``nn.Linear`` whose
 #: module name is the target or ends with ``"." + target``: ``c_attn`` is GPT-2's fused
@@ -499,18 +499,6 @@ def _write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str
         save_file(plain, str(tmp), metadata=metadata)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: not found") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
 def _read_tensors(path: Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -584,7 +572,7 @@ def save_adapter(
 def read_adapter_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``adapter_config.json`` of a folder written by :func:`save_adapter`, checked."""
     path = Path(folder) / ADAPTER_CONFIG
-    meta = _read_json(path)
+    meta = read_json_object(path)
     if meta.get("format") != ADAPTER_FORMAT:
         hint = " (a PEFT adapter? use import_peft)" if "peft_type" in meta else ""
         raise CheckpointError(f"{path}: not a customgpt LoRA adapter{hint}")
@@ -746,7 +734,7 @@ def import_peft(model: nn.Module, folder: str | os.PathLike[str]) -> LoRAConfig:
     """
     folder = Path(folder)
     path = folder / PEFT_CONFIG
-    meta = _read_json(path)
+    meta = read_json_object(path)
     if meta.get("peft_type") != "LORA":
         raise CheckpointError(f"{path}: peft_type is {meta.get('peft_type')!r}, only 'LORA' is supported")
     unsupported = {
