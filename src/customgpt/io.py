@@ -45,6 +45,7 @@ __all__ = [
     "atomic_write_text",
     "fsync_dir",
     "read_json_object",
+    "sha256_file",
     "staged_files",
     "swap_folder_into_place",
 ]
@@ -287,6 +288,17 @@ def swap_folder_into_place(tmp: str | os.PathLike[str], final: str | os.PathLike
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:

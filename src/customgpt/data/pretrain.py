@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from customgpt.errors import ConfigError, DataError
+from customgpt.io import sha256_file
 from customgpt.train.config import FieldError, Section
 from customgpt.train.files import atomic_open, atomic_write_text
 
@@ -100,14 +101,6 @@ def resolve_sources(sources: Sequence[str], *, pattern: str = "*.txt", data_dir:
     return files
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of what decides the ids: the merge ranks and the special tokens."""
     digest = hashlib.sha256()
@@ -128,7 +121,7 @@ def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = 
     digest = hashlib.sha256(b"customgpt-pretrain-tokens-v1\n")
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     for path in files:
-        digest.update(b"\n" + _sha256_file(path).encode())
+        digest.update(b"\n" + sha256_file(path).encode())
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return folder / f"{digest.hexdigest()}.memmap"
 

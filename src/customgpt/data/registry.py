@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from customgpt.errors import DataError
-from customgpt.io import atomic_open
+from customgpt.io import atomic_open, sha256_file
 
 #: Environment variable naming a mirror folder of the dataset files (checked first).
 DATA_DIR_ENV = "CUSTOMGPT_DATA_DIR"
@@ -145,15 +145,6 @@ def dataset_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------- checksums
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify(path: str | os.PathLike[str], info: DatasetInfo) -> bool:

@@ -24,7 +24,6 @@ A folder whose files do not match its manifest (truncated, corrupted) raises
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 
 from customgpt.errors import CheckpointError
-from customgpt.io import atomic_folder, atomic_open, atomic_write_text
+from customgpt.io import atomic_folder, atomic_open, atomic_write_text, sha256_file
 from customgpt.train.distributed import unwrap
 
 STATE_NAME = "trainer_state.pt"
@@ -90,17 +89,9 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- manifest
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_manifest(folder: Path) -> None:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith("."))
-    manifest = {"files": {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+    manifest = {"files": {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in files}}
     atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
 
@@ -133,7 +124,7 @@ def verify_checkpoint(folder: str | Path) -> None:
             raise CheckpointError(
                 f"checkpoint {folder}: {name} is truncated or altered ({size} bytes, expected {info['size']})"
             )
-        if _sha256(path) != info["sha256"]:
+        if sha256_file(path) != info["sha256"]:
             raise CheckpointError(f"checkpoint {folder}: {name} is corrupted (sha256 mismatch)")
 
 
