@@ -77,6 +77,9 @@ class GPTConfig:
         if isinstance(self.token_ngram_buckets, bool) or not isinstance(self.token_ngram_buckets, int) \
                 or self.token_ngram_buckets < 0:
             raise ConfigError(f"model.token_ngram_buckets must be an integer >= 0, got {self.token_ngram_buckets!r}")
+        if self.token_ngram_buckets and self.vocab_size != GPT2_VOCAB_SIZE:
+            raise ConfigError(f"model.token_ngram_buckets needs the GPT-2 vocabulary ({GPT2_VOCAB_SIZE} tokens); "
+                              f"this model has vocab_size {self.vocab_size}")
         if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
             raise ConfigError(f"model.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         for key in ("bias", "tie_embeddings"):
