@@ -231,8 +231,8 @@ def lm_warmup(gpt: torch.nn.Module, train: ClassificationDataset, cfg: ClassifyC
 
     pcfg = cfg.lm_pretrain
     stream = torch.tensor([t for ids in train.ids for t in (*ids, eot_id)], dtype=torch.long)
-    vocab, local = torch.unique(stream, return_inverse=True)  # local: the stream in 0..len(vocab)-1
-    vocab = vocab.to(rt.device)
+    restricted = AuxiliaryLM([stream.tolist()], gpt)  # the same restricted softmax as the auxiliary loss
+    local = restricted.lookup.cpu()[stream]  # the stream in 0..len(vocab)-1
     window = min(pcfg.context_length, gpt.config.context_length, len(stream) - 1)
     optimizer = build_optimizer(gpt, cfg.optim, pcfg.lr, rt.device)
     generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -245,7 +245,7 @@ def lm_warmup(gpt: torch.nn.Module, train: ClassificationDataset, cfg: ClassifyC
         x = torch.stack([stream[s:s + window] for s in starts]).to(rt.device)
         y = torch.stack([local[s + 1:s + window + 1] for s in starts]).to(rt.device)
         with rt.autocast():
-            loss = causal_lm_loss(gpt.forward_hidden(x), gpt.lm_head.weight[vocab], y)
+            loss = causal_lm_loss(gpt.forward_hidden(x), gpt.lm_head.weight[restricted.vocab], y)
         loss.backward()
         optimizer_step(optimizer, None, gpt.parameters(), cfg.train.grad_clip)
         log.log({"step": step - pcfg.steps, "lm_loss": float(loss.detach()), "lr": lr})
