@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
-from collections.abc import Sequence
 
 #: task -> (module, config schema, training function, default config, one-line help)
 TASKS: dict[str, tuple[str, str, str, str, str]] = {
@@ -25,7 +23,7 @@ TASKS: dict[str, tuple[str, str, str, str, str]] = {
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    from customgpt.train.config import split_override_args
+    from customgpt.train.config import accept_override_args
 
     sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     for name, (_, _, _, default, help_) in TASKS.items():
@@ -36,16 +34,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--config", "-c", default=default,
                        help=f"YAML config: a path or a packaged preset name (default: {default})")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    # argparse would reject the dotted overrides: take them out before it parses.
-    original = parser.parse_args
-
-    def parse_args(args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
-        own, overrides = split_override_args(sys.argv[1:] if args is None else args)
-        ns = original(own, namespace)
-        ns.overrides = overrides
-        return ns
-
-    parser.parse_args = parse_args  # type: ignore[method-assign]
+    accept_override_args(parser)  # argparse would reject the dotted overrides: taken out first
 
 
 def run(args: argparse.Namespace) -> int:

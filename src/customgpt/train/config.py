@@ -477,6 +477,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, default_config: str
     parser.epilog = (parser.epilog or "") + (
         "Any config key can be overridden by its dotted path: --train.lr 3e-4, --optim.betas=0.9,0.95."
     )
+    accept_override_args(parser)
+
+
+def accept_override_args(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser.parse_args()`` take the ``--section.key VALUE`` tokens out first (argparse
+    would reject them) and return them as ``args.overrides``. On a parser with subcommands,
+    call it on the top-level parser."""
     original = parser.parse_args
 
     def parse_args(args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
@@ -685,5 +692,5 @@ __all__ = [
     "ConfigError", "FieldError", "Section", "ModelSection", "OptimConfig", "TrainConfig",
     "RuntimeConfig", "LoggingConfig", "load_config", "build_section", "coerce", "parse_overrides",
     "resolve_config_path", "list_config_presets", "save_config", "to_dict", "to_yaml", "read_yaml",
-    "add_config_arguments", "split_override_args",
+    "accept_override_args", "add_config_arguments", "split_override_args",
 ]
