@@ -23,6 +23,7 @@ from customgpt.cli.generate import (
     load_for_generation,
     one_line_errors,
     sampling_params_from_args,
+    write_stream,
 )
 
 HELP = "commands: /reset clears the history, /exit quits (or Ctrl-D); Ctrl-C stops a reply"
@@ -75,13 +76,6 @@ def run(args: argparse.Namespace) -> int:
             print(HELP, file=err)
             continue
         stream = session.send(line, on_context_full=context_full)
-        try:
-            for piece in stream:
-                out.write(piece)
-                out.flush()
-        except KeyboardInterrupt:
-            stream.close()
-            print("\n[reply interrupted]", file=err, flush=True)
-        out.write("\n")
-        out.flush()
+        if write_stream(stream, out):
+            print("[reply interrupted]", file=err, flush=True)
     return 0

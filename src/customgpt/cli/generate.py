@@ -137,6 +137,22 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object (text, counts, finish reason, speed)")
 
 
+def write_stream(stream: Any, out: Any) -> bool:
+    """Write a text stream piece by piece, then a newline; Ctrl-C closes the stream (the
+    generation stops) instead of ending the program. Returns True when interrupted."""
+    interrupted = False
+    try:
+        for piece in stream:
+            out.write(piece)
+            out.flush()
+    except KeyboardInterrupt:
+        stream.close()
+        interrupted = True
+    out.write("\n")
+    out.flush()
+    return interrupted
+
+
 def _print_json(obj: Any) -> None:
     import json
 
@@ -174,15 +190,8 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     if hasattr(out, "reconfigure"):
         out.reconfigure(errors="replace")  # never die on a terminal that cannot show a character
-    try:
-        for piece in stream:
-            out.write(piece)
-            out.flush()
-    except KeyboardInterrupt:
-        stream.close()
+    write_stream(stream, out)
     result = stream.result
-    out.write("\n")
-    out.flush()
     assert result is not None
     print(
         f"[{result.completion_tokens} tokens, {result.tokens_per_second:.1f} tokens/s, "
