@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_hf_model
 
 from customgpt.checkpoints import export_hf, load_model, save_model
+from customgpt.classifier import GPTClassifier
 from customgpt.config import GPTConfig
 from customgpt.errors import ConfigError
 from customgpt.generate import SamplingParams, generate_tokens
@@ -20,6 +22,7 @@ from customgpt.token_ngrams import (
     token_ngrams,
 )
 from customgpt.tokenizer import get_tokenizer
+from customgpt.train.config import ModelSection
 
 BUCKETS = 97
 
@@ -125,3 +128,32 @@ def test_mean_by_embedding_bag_matches_a_dense_mean():
     bag = F.embedding_bag(ids, table, per_sample_weights=weights, mode="sum")
     dense = torch.stack([table[ids[v, : int((weights[v] > 0).sum())]].mean(0) for v in range(3)])
     torch.testing.assert_close(bag, dense)
+
+
+def test_ngrams_added_to_pretrained_weights_start_at_zero_and_train(tmp_path):
+    hf = tiny_hf_model(vocab_size=50257, n_embd=16, n_head=2, n_layer=2)
+    hf.save_pretrained(tmp_path / "hf")
+    x = torch.tensor([[464, 2068, 7586, 21831, 625]])
+    base = load_model(tmp_path / "hf").eval()
+    model = ModelSection(preset=None, init=str(tmp_path / "hf"), token_ngram_buckets=BUCKETS).build().eval()
+    assert model.config.token_ngram_buckets == BUCKETS and isinstance(model.transformer.wte, TokenNgramEmbedding)
+    assert model.transformer.wte.ngrams.weight.abs().sum() == 0
+    assert model.lm_head.weight is model.transformer.wte.weight  # the head stays tied to the same table
+    torch.testing.assert_close(model(x), base(x), rtol=0, atol=0)  # exactly the pretrained model at first
+
+    clf = GPTClassifier(model, num_classes=2)
+    clf.set_trainable("last_blocks")
+    assert clf.gpt.transformer.wte.ngrams.weight.requires_grad  # new, like the head
+    assert not clf.gpt.transformer.wte.weight.requires_grad and not clf.gpt.transformer.h[0].attn.c_attn.weight.requires_grad
+    clf(x).sum().backward()
+    assert clf.gpt.transformer.wte.ngrams.weight.grad.abs().sum() > 0
+
+    save_model(model, tmp_path / "ours")
+    with pytest.raises(ConfigError, match="token_ngram_buckets"):  # a checkpoint with other buckets
+        ModelSection(preset=None, init=str(tmp_path / "ours"), token_ngram_buckets=BUCKETS + 1).build()
+    again = ModelSection(preset=None, init=str(tmp_path / "ours"), token_ngram_buckets=BUCKETS).build().eval()
+    torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="already has"):
+        again.add_token_ngrams(BUCKETS)
+    with pytest.raises(ConfigError, match=">= 1"):
+        base.add_token_ngrams(0)

@@ -113,7 +113,8 @@ class GPTClassifier(nn.Module):
 
     # ------------------------------------------------------------------ what trains
     def set_trainable(self, mode: str, last_blocks: int = 1) -> None:
-        """Choose the trainable parameters (the head always trains).
+        """Choose the trainable parameters (the head and any character n-gram buckets always
+        train: both are new to a pretrained body).
 
         * ``head``: only the classification head;
         * ``last_blocks``: the last ``last_blocks`` transformer blocks + the final LayerNorm + head;
@@ -126,6 +127,7 @@ class GPTClassifier(nn.Module):
             from customgpt.lora import mark_only_lora_trainable
 
             mark_only_lora_trainable(self, extra_trainable=("score",))
+            self._train_ngrams()
             return
         self.requires_grad_(mode == "all")
         if mode == "last_blocks":
@@ -136,6 +138,12 @@ class GPTClassifier(nn.Module):
                 block.requires_grad_(True)
             self.gpt.transformer.ln_f.requires_grad_(True)
         self.score.requires_grad_(True)
+        self._train_ngrams()
+
+    def _train_ngrams(self) -> None:
+        ngrams = getattr(self.gpt.transformer.wte, "ngrams", None)
+        if ngrams is not None:
+            ngrams.requires_grad_(True)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from customgpt.config import GPTConfig
-from customgpt.errors import CustomGPTError
+from customgpt.errors import ConfigError, CustomGPTError
 from customgpt.token_ngrams import TokenNgramEmbedding
 
 
@@ -231,6 +231,37 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def add_token_ngrams(self, buckets: int) -> None:
+        """Give a model without them (pretrained GPT-2, say) ``buckets`` character n-gram
+        embeddings (:mod:`customgpt.token_ngrams`), initialised to zero: the model computes
+        exactly what it did until the buckets are trained. The token table (and the LM head
+        tied to it) is kept as it is."""
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+            raise ConfigError(f"model.token_ngram_buckets must be an integer >= 1, got {buckets!r}")
+        if self.config.token_ngram_buckets:
+            raise ConfigError(f"model.token_ngram_buckets: this model already has "
+                              f"{self.config.token_ngram_buckets} n-gram buckets")
+        config = self.config.replace(token_ngram_buckets=buckets)  # checks the value and the vocabulary
+        old = self.transformer.wte
+        with torch.device("meta"):  # the new module's own table is replaced by the existing one
+            new = TokenNgramEmbedding(old.num_embeddings, old.embedding_dim, buckets)
+        new.weight = old.weight
+        new.ngrams = nn.Embedding(buckets, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        nn.init.zeros_(new.ngrams.weight)
+        self.transformer.wte = new
+        self.config = config
+
+    @torch.no_grad()
+    def zero_token_embeddings(self) -> None:
+        """Set the token embedding table ``transformer.wte.weight`` to zero.
+
+        For training from scratch on little data: AdamW leaves a row whose gradient is always
+        zero exactly where it is, so a token the training data never shows stays a zero,
+        neutral input instead of the random vector N(0, 0.02) would give it. Character n-gram
+        buckets keep their random start (zeroing them too scored lower in cross-validation).
+        With a tied LM head the head starts at zero too (uniform next-token logits)."""
+        self.transformer.wte.weight.zero_()
 
     # ------------------------------------------------------------------ bookkeeping
     def num_parameters(self, trainable_only: bool = False) -> int:

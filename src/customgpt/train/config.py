@@ -512,7 +512,11 @@ class ModelSection(Section):
         dropout, attn_dropout: dropout while training (also applied to loaded weights).
         impl: ``fast`` or ``explicit`` kernels (same numbers).
         token_ngram_buckets: > 0 adds hashed character n-gram embeddings to the token
-            embedding (:mod:`customgpt.token_ngrams`; from scratch only).
+            embedding (:mod:`customgpt.token_ngrams`). With ``init``, they are added to the
+            loaded weights, initialised to zero (the model starts out computing what it did).
+        token_embedding_init: ``normal`` (GPT-2's N(0, 0.02)) or ``zero``: the token embedding
+            table starts at zero, so a token the training data never shows keeps a zero,
+            neutral embedding instead of random noise (from scratch only).
     """
 
     preset: str | None = "cpu-small"
@@ -525,6 +529,7 @@ class ModelSection(Section):
     attn_dropout: float | None = None
     impl: Literal["fast", "explicit"] | None = None
     token_ngram_buckets: int | None = None
+    token_embedding_init: Literal["normal", "zero"] = "normal"
 
     _SHAPE = ("context_length", "n_layer", "n_head", "n_embd", "token_ngram_buckets")
 
@@ -533,8 +538,11 @@ class ModelSection(Section):
             raise FieldError("preset", "give a model preset, or weights to start from in model.init")
         if self.init is not None:
             for key in self._SHAPE:
-                if getattr(self, key) is not None:
+                if key != "token_ngram_buckets" and getattr(self, key) is not None:
                     raise FieldError(key, "cannot change the shape of weights loaded from model.init")
+            if self.token_embedding_init != "normal":
+                raise FieldError("token_embedding_init", "initialises a model trained from scratch; "
+                                 "the weights in model.init are already trained")
         else:
             self.gpt_config()  # shape errors (e.g. n_embd % n_head) surface now, before training
 
@@ -559,11 +567,20 @@ class ModelSection(Section):
         from customgpt.model import GPT
 
         if self.init is None:
-            return GPT(self.gpt_config()).train()
+            model = GPT(self.gpt_config()).train()
+            if self.token_embedding_init == "zero":  # after the random init: the rest is unchanged
+                model.zero_token_embeddings()
+            return model
         from customgpt.checkpoints import load_model
 
         changes = {k: v for k, v in self._changes().items() if k in ("dropout", "attn_dropout", "impl")}
         model = load_model(self.init, device="cpu", dtype="float32", overrides=changes or None)
+        have, want = model.config.token_ngram_buckets, self.token_ngram_buckets
+        if want and not have:
+            model.add_token_ngrams(want)
+        elif want is not None and want != have:
+            raise FieldError("token_ngram_buckets", f"the weights in model.init ({self.init}) have {have} "
+                             f"n-gram buckets, not {want}")
         return model.train()
 
 
