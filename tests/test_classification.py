@@ -300,3 +300,27 @@ def test_subword_regularized_draws_fresh_segmentations_of_the_same_text():
     assert [again[0] for _ in range(10)] == draws  # seeded: reproducible
     with pytest.raises(ValueError, match="dropout"):
         SubwordRegularized(data, 1.0, seed=0)
+
+
+def test_case_flip_draws_the_upper_or_lower_cased_text():
+    from customgpt.data.classification import SubwordRegularized
+    from customgpt.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    text = "Claim your FREE prize now, Call 09061701461"
+    data = ClassificationDataset([LabelledText(text, "spam", "t", 2)], ["ham", "spam"], tok.encode, max_length=64)
+    flipped = SubwordRegularized(data, 0.0, seed=3, case_flip=1.0)
+    texts = [tok.decode(flipped[0][0]) for _ in range(40)]
+    assert set(texts) == {text.upper(), text.lower()}  # always re-cased, both ways
+    assert flipped[0][1] == 1  # the label stays
+    some = SubwordRegularized(data, 0.0, seed=3, case_flip=0.5)
+    counts = {t: 0 for t in (text, text.upper(), text.lower())}
+    for _ in range(400):
+        counts[tok.decode(some[0][0])] += 1
+    assert 150 < counts[text] < 250 and counts[text.upper()] > 60 and counts[text.lower()] > 60
+    plain = SubwordRegularized(data, 0.0, seed=3, case_flip=0.0)
+    assert all(plain[0][0] == data.ids[0] for _ in range(5))  # off: the ordinary tokens
+    with pytest.raises(ValueError, match="case_flip"):
+        SubwordRegularized(data, 0.0, seed=0, case_flip=1.5)
+    with pytest.raises(ConfigError, match="case_flip"):
+        ClassifyDataConfig(case_flip=-0.1)

@@ -442,22 +442,27 @@ class ClassificationDataset(Dataset):
 
 
 class SubwordRegularized(Dataset):
-    """A :class:`ClassificationDataset` whose texts are tokenized afresh, with BPE-dropout,
-    every time an example is drawn (subword regularization: Provilkov et al., 2020).
+    """A :class:`ClassificationDataset` whose texts are tokenized afresh every time an example
+    is drawn: with BPE-dropout (subword regularization: Provilkov et al., 2020) and/or, with
+    probability ``case_flip``, the whole text upper-cased or lower-cased (half each).
 
-    Each draw is a random segmentation of the text into GPT-2 tokens that decodes to the
-    same text, truncated to the dataset's ``max_length``. The random generator is seeded, and
-    a DataLoader without workers draws examples in a seeded order, so a run is reproducible.
-    ``ids`` keeps the ordinary tokens (length bucketing reads their lengths).
+    Each draw is a random segmentation of the (possibly re-cased) text into GPT-2 tokens that
+    decodes to that text, truncated to the dataset's ``max_length``. The random generator is
+    seeded, and a DataLoader without workers draws examples in a seeded order, so a run is
+    reproducible. ``ids`` keeps the ordinary tokens (length bucketing reads their lengths).
     """
 
-    def __init__(self, data: ClassificationDataset, dropout: float, seed: int, tokenizer=None) -> None:
+    def __init__(self, data: ClassificationDataset, dropout: float, seed: int, tokenizer=None,
+                 case_flip: float = 0.0) -> None:
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= case_flip <= 1.0:
+            raise ValueError(f"case_flip must be in [0, 1], got {case_flip}")
         from customgpt.tokenizer import get_tokenizer
 
         self.data = data
         self.dropout = dropout
+        self.case_flip = case_flip
         self.tokenizer = tokenizer if tokenizer is not None else get_tokenizer("bpe")
         self.rng = random.Random(seed)
         self.ids, self.labels, self.pad_id = data.ids, data.labels, data.pad_id
@@ -467,7 +472,13 @@ class SubwordRegularized(Dataset):
         return len(self.data)
 
     def __getitem__(self, i: int) -> tuple[list[int], int]:
-        ids = self.tokenizer.encode_with_dropout(self.data.rows[i].text, self.dropout, self.rng)
+        text = self.data.rows[i].text
+        if self.case_flip and self.rng.random() < self.case_flip:
+            text = text.upper() if self.rng.random() < 0.5 else text.lower()
+        elif not self.dropout:
+            return self.data.ids[i], self.data.labels[i]  # unchanged: the ordinary tokens
+        ids = (self.tokenizer.encode_with_dropout(text, self.dropout, self.rng) if self.dropout
+               else self.tokenizer.encode(text))
         return (ids or self.data.ids[i])[: self.max_length], self.data.labels[i]
 
 
@@ -514,6 +525,9 @@ class ClassifyDataConfig(Section):
         bpe_dropout: > 0: every time a training text is drawn it is tokenized afresh with
             BPE-dropout of this probability (subword regularization, see
             :class:`SubwordRegularized`); validation, test and inference use the ordinary tokens.
+        case_flip: > 0: every time a training text is drawn, with this probability it is
+            upper-cased or lower-cased as a whole (half each) before tokenizing (case
+            augmentation: the label of a message does not depend on its case).
         data_dir, cache_dir: registry mirror and download folders.
     """
 
@@ -534,6 +548,7 @@ class ClassifyDataConfig(Section):
     pad_token_id: int = EOT_ID
     bucket_by_length: bool = False
     bpe_dropout: float = 0.0
+    case_flip: float = 0.0
     data_dir: str | None = None
     cache_dir: str | None = None
 
@@ -558,6 +573,8 @@ class ClassifyDataConfig(Section):
             raise FieldError("labels", f"has duplicates: {self.labels}")
         if not 0.0 <= self.bpe_dropout < 1.0:
             raise FieldError("bpe_dropout", f"must be in [0, 1), got {self.bpe_dropout}")
+        if not 0.0 <= self.case_flip <= 1.0:
+            raise FieldError("case_flip", f"must be in [0, 1], got {self.case_flip}")
 
 
 def prepare_splits(cfg: ClassifyDataConfig) -> tuple[Splits, list[str]]:

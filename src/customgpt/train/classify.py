@@ -158,13 +158,14 @@ class _EpochBatches:
 
 
 def _train_loader(train: ClassificationDataset, batch_size: int, seed: int, bucket: bool,
-                  bpe_dropout: float = 0.0) -> DataLoader:
+                  bpe_dropout: float = 0.0, case_flip: float = 0.0) -> DataLoader:
     """Shuffled training batches (seeded); the last partial batch is dropped, as the reference
-    recipe does, unless the set is smaller than one batch. ``bpe_dropout > 0``: every draw of
-    a text is a fresh BPE-dropout segmentation of it (:class:`SubwordRegularized`)."""
+    recipe does, unless the set is smaller than one batch. ``bpe_dropout > 0`` / ``case_flip
+    > 0``: every draw of a text is tokenized afresh, with BPE-dropout / a random change of
+    case (:class:`SubwordRegularized`)."""
     generator = torch.Generator().manual_seed(seed)
-    if bpe_dropout:
-        train = SubwordRegularized(train, bpe_dropout, seed)
+    if bpe_dropout or case_flip:
+        train = SubwordRegularized(train, bpe_dropout, seed, case_flip=case_flip)
     drop_last = len(train) >= batch_size
     collate = lambda b: collate_classification(b, train.pad_id)  # noqa: E731
     if not bucket:
@@ -410,7 +411,8 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
 
     aux = AuxiliaryLM(train.ids, model.gpt) if ccfg.lm_loss_weight else None
     micro, _ = tcfg.accumulation(1)
-    loader = _train_loader(train, tcfg.batch_size, tcfg.seed, cfg.data.bucket_by_length, cfg.data.bpe_dropout)
+    loader = _train_loader(train, tcfg.batch_size, tcfg.seed, cfg.data.bucket_by_length, cfg.data.bpe_dropout,
+                           cfg.data.case_flip)
     total_steps = min(tcfg.max_steps or math.inf, tcfg.epochs * len(loader))
     schedule = build_schedule(tcfg, int(total_steps))
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
