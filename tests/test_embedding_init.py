@@ -1,6 +1,6 @@
-"""``model.token_embedding_init: zero``: the token table starts at zero,
-the rest of the model is initialised exactly as usual, and a token the training data never
-shows still has a zero embedding after training."""
+"""``model.token_embedding_init: zero``: the token table starts at zero, the rest of the
+model is initialised exactly as usual, and a token the training data never shows still has a
+zero embedding after training."""
 
 from __future__ import annotations
 

@@ -579,8 +579,9 @@ class ModelSection(Section):
         if want and not have:
             model.add_token_ngrams(want)
         elif want is not None and want != have:
-            raise FieldError("token_ngram_buckets", f"the weights in model.init ({self.init}) have {have} "
-                             f"n-gram buckets, not {want}")
+            # raised after loading, outside the loader that prefixes section names: name the key in full
+            raise ConfigError(f"model.token_ngram_buckets: the weights in model.init ({self.init}) have "
+                              f"{have} n-gram buckets, not {want}")
         return model.train()
 
 
