@@ -202,3 +202,66 @@ def test_spam_124m_preset_from_a_hugging_face_folder(tmp_path, shared_datasets):
     assert metrics["parameters"]["trainable"] == block + 2 * 48 + (48 * 2 + 2)  # last block, ln_f, head
     assert metrics["parameters"]["trainable_mode"] == "last_blocks"
     assert len(metrics["epochs"]) == 1 and metrics["epochs"][0]["step"] == 3
+
+
+@pytest.fixture
+def restore_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ensemble_run(tmp_path, shared_datasets, capture, name: str, *extra: str) -> tuple[int, str]:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    code = main(["finetune", "classify", "--config", str(config), "--data.data_dir", str(shared_datasets),
+                 "--logging.out_dir", str(tmp_path / name), "--classifier.ensemble", "3", "--train.max_steps", "5",
+                 "--train.seed", "5", "--train.epochs", "1", "--model.dropout", "0.1", *extra])
+    captured = capture.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_members_trained_side_by_side_match_the_sequential_loop(tmp_path, shared_datasets, capfd, restore_threads):
+    """Two worker processes of one thread each compute exactly what the sequential loop computes
+    with one thread: the same members (to the bit), histories, records and predictions (capfd:
+    the workers print to the inherited file descriptors)."""
+    import torch
+    from safetensors.torch import load_file
+
+    code, printed = _ensemble_run(tmp_path, shared_datasets, capfd, "seq", "--runtime.threads", "1")
+    assert code == 0, printed
+    code, printed = _ensemble_run(tmp_path, shared_datasets, capfd, "par", "--runtime.threads", "2",
+                                  "--classifier.parallel_members", "2")
+    assert code == 0, printed
+    assert "2 members at a time, each in its own process with 1 torch thread (seeds 5-7)" in printed
+    assert "member 2, epoch 1:" in printed
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    for m in range(3):
+        for name in ("model.safetensors", "classifier.safetensors"):
+            a, b = (load_file(d / "best" / f"member-{m}" / name) for d in (seq, par))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"member {m}: {name} differs"
+    ms, mp = (json.loads((d / "metrics.json").read_text()) for d in (seq, par))
+    untimed = lambda history: [{k: v for k, v in e.items() if k != "elapsed"} for e in history]  # noqa: E731
+    assert [untimed(e["epochs"]) for e in ms["ensemble"]] == [untimed(e["epochs"]) for e in mp["ensemble"]]
+    assert mp["parallel_members"] == {"processes": 2, "threads_each": 1} and "parallel_members" not in ms
+    records = [[{k: v for k, v in json.loads(line).items() if k != "elapsed"}
+                for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (seq, par)]
+    assert records[0] == records[1] and {r.get("member") for r in records[1]} == {0, 1, 2}
+    rows = [list(csv.DictReader((d / "test_predictions.csv").open(encoding="utf-8"))) for d in (seq, par)]
+    assert [r["predicted"] for r in rows[0]] == [r["predicted"] for r in rows[1]]
+    assert all(abs(float(a["probability"]) - float(b["probability"])) < 1e-5 for a, b in zip(*rows))
+    assert not (par / "members").exists()
+
+
+def test_an_error_in_a_worker_process_reaches_the_user(tmp_path, shared_datasets, capfd, restore_threads):
+    code, printed = _ensemble_run(tmp_path, shared_datasets, capfd, "bad", "--classifier.parallel_members", "2",
+                                  "--classifier.class_weights", "1.0,2.0,3.0")
+    assert code == 2
+    assert "classifier.class_weights has 3 values for 2 classes" in printed
+
+
+def test_parallel_members_must_be_positive(tmp_path, shared_datasets, capsys):
+    code, printed = _ensemble_run(tmp_path, shared_datasets, capsys, "zero", "--classifier.parallel_members", "0")
+    assert code == 2 and "parallel_members" in printed and "must be >= 1" in printed

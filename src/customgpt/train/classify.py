@@ -6,16 +6,19 @@ model → (LM warm-up) → per epoch: train, evaluate the full validation set, k
 classifier → evaluate the best one on the full validation and test sets → write
 ``metrics.json``, ``test_predictions.csv``, ``loss.png`` and ``accuracy.png``.
 
-Runs are single-process (classification sets are small); the device and precision come
-from the ``runtime`` section as for pretraining.
+Runs are single-process (classification sets are small), except that the members of an
+ensemble can train side by side in worker processes on the CPU (``classifier.parallel_members``);
+the device and precision come from the ``runtime`` section as for pretraining.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
+import multiprocessing
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -55,7 +58,7 @@ from customgpt.train.config import (
     save_config,
 )
 from customgpt.train.files import atomic_write_text
-from customgpt.train.logging import MetricsLogger, Progress
+from customgpt.train.logging import MetricsLogger, Progress, read_metrics
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule, lr_at
@@ -80,6 +83,9 @@ class ClassifierSection(Section):
     eval_batch_size: int = 64
     ensemble: int = 1  # > 1: train this many members (seeds train.seed, +1, ...) and average their probabilities
     lm_loss_weight: float = 0.0  # > 0: add this times next-token loss on the batch's texts (auxiliary LM objective)
+    # > 1: train this many ensemble members at once, each in its own process with an equal share of
+    # the torch threads (CPU only). Small models use 2 cores better as 2 one-thread processes.
+    parallel_members: int = 1
 
     def validate(self) -> None:
         if not 0.0 <= self.head_dropout < 1.0:
@@ -98,6 +104,8 @@ class ClassifierSection(Section):
             raise FieldError("ensemble", f"must be >= 1, got {self.ensemble}")
         if self.lm_loss_weight < 0:
             raise FieldError("lm_loss_weight", f"must be >= 0, got {self.lm_loss_weight}")
+        if self.parallel_members < 1:
+            raise FieldError("parallel_members", f"must be >= 1, got {self.parallel_members}")
         if self.last_blocks < 1 or self.eval_batch_size < 1 or self.focal_gamma < 0:
             raise FieldError("last_blocks", "last_blocks and eval_batch_size must be >= 1, focal_gamma >= 0")
 
@@ -270,6 +278,10 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
         raise ConfigError(f"logging.out_dir: {run_dir} already holds a classification run; choose another folder")
     rt = setup_runtime(cfg.runtime, distributed=False)
     tcfg, ccfg = cfg.train, cfg.classifier
+    parallel = min(ccfg.parallel_members, ccfg.ensemble)
+    if parallel > 1 and rt.device.type != "cpu":
+        raise ConfigError(f"classifier.parallel_members: members train side by side on the CPU only, "
+                          f"not on {rt.device}; set it to 1")
     seed_everything(tcfg.seed)
     from customgpt.tokenizer import get_tokenizer
 
@@ -290,8 +302,11 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     log = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard)
     train_clock, train_cpu = time.perf_counter(), time.process_time()
     data = _Data(train, val, labels, max_length, splits)
-    members = []
-    for m in range(ccfg.ensemble):
+    members, worker_cpu = [], 0.0
+    if parallel > 1:
+        del gpt  # every member builds its own body in its worker
+        members, worker_cpu = _train_members_in_parallel(cfg, data, rt, tokenizer.eot_id, log, run_dir, parallel)
+    for m in range(ccfg.ensemble if parallel == 1 else 0):
         if m:  # a fresh body for every further member, from its own seed
             seed_everything(tcfg.seed + m)
             gpt = cfg.model.build().to(rt.device).train()
@@ -309,7 +324,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
                                "member_val_accuracy": [r["best"]["accuracy"] for r in members]})
         shutil.rmtree(run_dir / "members", ignore_errors=True)
     train_seconds = time.perf_counter() - train_clock
-    train_cpu_seconds = time.process_time() - train_cpu  # all threads: a load-independent cost measure
+    # all threads (and worker processes): a load-independent cost measure
+    train_cpu_seconds = time.process_time() - train_cpu + worker_cpu
 
     best_model, _ = load_classifier(run_dir / "best", device=rt.device)
     val_report, _ = evaluate(best_model, val, rt, labels, ccfg.eval_batch_size)
@@ -327,6 +343,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - clock, "device": str(rt.device), "threads": torch.get_num_threads(),
         "seed": tcfg.seed, "run_dir": str(run_dir),
     }
+    if parallel > 1:
+        summary["parallel_members"] = {"processes": parallel, "threads_each": _worker_threads(parallel)}
     if ccfg.ensemble > 1:
         summary["ensemble"] = [{"member": m, "seed": r["seed"], "best_epoch": r["best_epoch"],
                                 "val_accuracy": r["best"]["accuracy"], "val_loss": r["best"]["loss"],
@@ -384,6 +402,59 @@ class AuxiliaryLM:
         return causal_lm_loss(hidden[:, :-1], self.head.weight[self.vocab], targets)
 
 
+def _worker_threads(parallel: int) -> int:
+    """Each worker's torch threads: an equal share of this process's (at least one)."""
+    return max(1, torch.get_num_threads() // parallel)
+
+
+def _train_members_in_parallel(cfg: ClassifyConfig, data: _Data, rt: Runtime, eot_id: int, log: MetricsLogger,
+                               run_dir: Path, parallel: int) -> tuple[list[dict[str, Any]], float]:
+    """Train the ensemble's members in ``parallel`` worker processes (spawned: a fresh
+    interpreter each, so no thread pool is inherited half-way through a fork).
+
+    A member computes exactly what it computes in the sequential loop with the same number of
+    threads: its worker seeds every generator with the member's seed, builds the body and runs
+    :func:`_train_member` on the same data. Each member logs to a file of its own; the records
+    are copied into ``log`` in member order once all have finished, as the sequential loop writes
+    them. Returns the members' results and the workers' CPU seconds."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    ccfg, threads = cfg.classifier, _worker_threads(parallel)
+    print(f"ensemble of {ccfg.ensemble}: {parallel} members at a time, each in its own process "
+          f"with {threads} torch thread{'s' if threads > 1 else ''} (seeds {cfg.train.seed}-"
+          f"{cfg.train.seed + ccfg.ensemble - 1})", flush=True)
+    folders = [run_dir / "members" / f"member-{m}" for m in range(ccfg.ensemble)]
+    pool = ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        jobs = [pool.submit(_member_process, cfg, data, rt, eot_id, m, folders[m], run_dir / "members" / f"log-{m}",
+                            threads)
+                for m in range(ccfg.ensemble)]
+        results = [job.result() for job in jobs]  # the first failure is raised here, in member order
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for m in range(ccfg.ensemble):  # the members' records, in the order the sequential loop writes them
+        for record in read_metrics(run_dir / "members" / f"log-{m}"):
+            log.log(record)
+    return results, sum(r.pop("cpu_seconds") for r in results)
+
+
+def _member_process(cfg: ClassifyConfig, data: _Data, rt: Runtime, eot_id: int, m: int, folder: Path,
+                    log_dir: Path, threads: int) -> dict[str, Any]:
+    """One ensemble member in a worker process (see :func:`_train_members_in_parallel`)."""
+    cpu = time.process_time()
+    torch.set_num_threads(threads)
+    seed_everything(cfg.train.seed + m)
+    gpt = cfg.model.build().to(rt.device).train()
+    member_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + m),
+                         logging=replace(cfg.logging, progress=False, tensorboard=False))
+    log = MetricsLogger(log_dir)
+    try:
+        result = _train_member(member_cfg, gpt, data, rt, eot_id, log, folder, {"member": m})
+    finally:
+        log.close()
+    return {**result, "cpu_seconds": time.process_time() - cpu}
+
+
 def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Runtime, eot_id: int,
                   log: MetricsLogger, folder: Path, tag: dict[str, Any]) -> dict[str, Any]:
     """(LM warm-up), then the epochs; the best epoch on the validation set is saved to ``folder``."""
@@ -430,7 +501,7 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
     step, best, best_epoch, history = 0, None, 0, []
     desc = f"classify, member {tag['member']}" if tag else "classify"
     bar = Progress(int(total_steps), enabled=cfg.logging.progress, desc=desc)
-    say = bar.write if cfg.logging.progress else print
+    say = bar.write if cfg.logging.progress else functools.partial(print, flush=True)
     clock = time.perf_counter()
     for epoch in range(1, tcfg.epochs + 1):
         seen = correct = 0
@@ -477,7 +548,7 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
         log.log({"step": step, **tag, **{k: v for k, v in record.items() if k != "step"}})
         improved = _better(report, best, ccfg.select_metric)
         lm_note = f" lm loss {record['train_lm_loss']:.3f}" if aux is not None else ""
-        say(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}{lm_note} | "
+        say(f"{'member ' + str(tag['member']) + ', ' if tag else ''}epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}{lm_note} | "
             f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
             + (" (best)" if improved else ""))
         if improved:
