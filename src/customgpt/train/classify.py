@@ -489,8 +489,9 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
     scaler = rt.grad_scaler()
     params = [p for p in model.parameters() if p.requires_grad]
-    print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(True):,} trainable "
-          f"({ccfg.trainable}); {int(total_steps)} steps")
+    who = f"member {tag['member']}, " if tag else ""
+    print(f"{who}model: {model.num_parameters():,} parameters, {model.num_parameters(True):,} trainable "
+          f"({ccfg.trainable}); {int(total_steps)} steps", flush=True)
 
     # The weights that are evaluated and saved: the model itself, or a moving average of it
     # (smoother on small data: one noisy last step no longer decides the epoch's score).
@@ -548,9 +549,10 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
         log.log({"step": step, **tag, **{k: v for k, v in record.items() if k != "step"}})
         improved = _better(report, best, ccfg.select_metric)
         lm_note = f" lm loss {record['train_lm_loss']:.3f}" if aux is not None else ""
-        say(f"{'member ' + str(tag['member']) + ', ' if tag else ''}epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}{lm_note} | "
+        left = record["elapsed"] / step * (total_steps - step)  # the epoch lines are the progress report
+        say(f"{who}epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}{lm_note} | "
             f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
-            + (" (best)" if improved else ""))
+            + (" (best)" if improved else "") + f" | {record['elapsed']:.0f} s, about {left:.0f} s to go" + (" for this member" if tag else ""))
         if improved:
             best, best_epoch = report, epoch
             save_classifier(scored, folder, labels, max_length=data.max_length,
