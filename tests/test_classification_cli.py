@@ -265,3 +265,20 @@ def test_an_error_in_a_worker_process_reaches_the_user(tmp_path, shared_datasets
 def test_parallel_members_must_be_positive(tmp_path, shared_datasets, capsys):
     code, printed = _ensemble_run(tmp_path, shared_datasets, capsys, "zero", "--classifier.parallel_members", "0")
     assert code == 2 and "parallel_members" in printed and "must be >= 1" in printed
+
+
+def test_a_worker_process_that_dies_is_reported_with_what_to_do(tmp_path, shared_datasets, capfd, monkeypatch,
+                                                                restore_threads):
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+
+    def submit(self, fn, *args, **kwargs):  # as when the system kills a worker (out of memory)
+        future = Future()
+        future.set_exception(BrokenProcessPool("A process in the process pool was terminated abruptly"))
+        return future
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    code, printed = _ensemble_run(tmp_path, shared_datasets, capfd, "killed", "--classifier.parallel_members", "2")
+    assert code == 2
+    assert "a worker process training ensemble members died" in printed
+    assert "set classifier.parallel_members to 1" in printed

@@ -45,7 +45,7 @@ from customgpt.data.classification import (
     length_bucketed_batches,
     prepare_splits,
 )
-from customgpt.errors import ConfigError
+from customgpt.errors import ConfigError, CustomGPTError
 from customgpt.metrics import classification_report, format_report
 from customgpt.train.config import (
     FieldError,
@@ -280,8 +280,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     tcfg, ccfg = cfg.train, cfg.classifier
     parallel = min(ccfg.parallel_members, ccfg.ensemble)
     if parallel > 1 and rt.device.type != "cpu":
-        raise ConfigError(f"classifier.parallel_members: members train side by side on the CPU only, "
-                          f"not on {rt.device}; set it to 1")
+        print(f"classifier.parallel_members applies to the CPU: on {rt.device} the members train one after the other")
+        parallel = 1
     seed_everything(tcfg.seed)
     from customgpt.tokenizer import get_tokenizer
 
@@ -418,6 +418,7 @@ def _train_members_in_parallel(cfg: ClassifyConfig, data: _Data, rt: Runtime, eo
     are copied into ``log`` in member order once all have finished, as the sequential loop writes
     them. Returns the members' results and the workers' CPU seconds."""
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     ccfg, threads = cfg.classifier, _worker_threads(parallel)
     print(f"ensemble of {ccfg.ensemble}: {parallel} members at a time, each in its own process "
@@ -430,6 +431,9 @@ def _train_members_in_parallel(cfg: ClassifyConfig, data: _Data, rt: Runtime, eo
                             threads)
                 for m in range(ccfg.ensemble)]
         results = [job.result() for job in jobs]  # the first failure is raised here, in member order
+    except BrokenProcessPool as exc:  # a worker was killed (out of memory, a signal): say what to do
+        raise CustomGPTError(f"a worker process training ensemble members died ({exc}); if memory is short, "
+                             f"set classifier.parallel_members to 1") from exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     for m in range(ccfg.ensemble):  # the members' records, in the order the sequential loop writes them
