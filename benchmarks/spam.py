@@ -5,10 +5,11 @@
     python benchmarks/spam.py --config spam-small --set train.epochs=12           # any override
 
 Each seed trains ``spam-small`` (a small GPT, random initialisation, no pretrained weights;
-by default an ensemble of four members, seeds s, s+1, s+2, s+3) on the
-1,045 training messages of the reference split, selects the epoch (each member's) on the 149
-validation messages, and is scored once on the 300 test messages. "train s" is the wall time
-of training (LM warm-up + epochs + validation), "cpu s" the CPU time of all threads (less
+by default an ensemble of four members, seeds s, s+1, s+2, s+3, trained two at a time in
+worker processes of ``--threads / 2`` torch threads each) on the 1,045 training messages of
+the reference split, selects the epoch (each member's) on the 149 validation messages, and is
+scored once on the 300 test messages. "train s" is the wall time of training (LM warm-up +
+epochs + validation), "cpu s" the CPU time of all threads and worker processes (less
 sensitive to other programs on the machine; the load average is printed).
 
 Reference points on the same 300 test messages (published, not measured here):
