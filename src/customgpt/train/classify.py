@@ -432,8 +432,10 @@ def _train_members_in_parallel(cfg: ClassifyConfig, data: _Data, rt: Runtime, eo
                 for m in range(ccfg.ensemble)]
         results = [job.result() for job in jobs]  # the first failure is raised here, in member order
     except BrokenProcessPool as exc:  # a worker was killed (out of memory, a signal): say what to do
-        raise CustomGPTError(f"a worker process training ensemble members died ({exc}); if memory is short, "
-                             f"set classifier.parallel_members to 1") from exc
+        raise CustomGPTError(
+            f"a worker process training ensemble members died ({exc}). Workers are spawned: a script "
+            f"needs an 'if __name__ == \"__main__\":' guard and a file to re-import (not standard input). "
+            f"If memory is short, or to train in this process only, set classifier.parallel_members to 1") from exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     for m in range(ccfg.ensemble):  # the members' records, in the order the sequential loop writes them
