@@ -306,16 +306,16 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     if parallel > 1:
         del gpt  # every member builds its own body in its worker
         members, worker_cpu = _train_members_in_parallel(cfg, data, rt, tokenizer.eot_id, log, run_dir, parallel)
-    for m in range(ccfg.ensemble if parallel == 1 else 0):
-        if m:  # a fresh body for every further member, from its own seed
-            seed_everything(tcfg.seed + m)
-            gpt = cfg.model.build().to(rt.device).train()
-        member_cfg = replace(cfg, train=replace(tcfg, seed=tcfg.seed + m))
-        folder = run_dir / "best" if ccfg.ensemble == 1 else run_dir / "members" / f"member-{m}"
-        tag = {} if ccfg.ensemble == 1 else {"member": m}
-        if ccfg.ensemble > 1:
-            print(f"ensemble member {m + 1}/{ccfg.ensemble} (seed {tcfg.seed + m})")
-        members.append(_train_member(member_cfg, gpt, data, rt, tokenizer.eot_id, log, folder, tag))
+    else:
+        for m in range(ccfg.ensemble):
+            if m:  # a fresh body for every further member, from its own seed
+                gpt = _member_body(cfg, m, rt)
+            member_cfg = replace(cfg, train=replace(tcfg, seed=tcfg.seed + m))
+            folder = run_dir / "best" if ccfg.ensemble == 1 else run_dir / "members" / f"member-{m}"
+            tag = {} if ccfg.ensemble == 1 else {"member": m}
+            if ccfg.ensemble > 1:
+                print(f"ensemble member {m + 1}/{ccfg.ensemble} (seed {tcfg.seed + m})")
+            members.append(_train_member(member_cfg, gpt, data, rt, tokenizer.eot_id, log, folder, tag))
     log.close()
     if ccfg.ensemble > 1:
         ensemble = ClassifierEnsemble([load_classifier(r["folder"], device=rt.device)[0] for r in members])
@@ -402,6 +402,12 @@ class AuxiliaryLM:
         return causal_lm_loss(hidden[:, :-1], self.head.weight[self.vocab], targets)
 
 
+def _member_body(cfg: ClassifyConfig, m: int, rt: Runtime) -> torch.nn.Module:
+    """Member ``m``'s fresh body: every generator seeded with ``train.seed + m``, then built."""
+    seed_everything(cfg.train.seed + m)
+    return cfg.model.build().to(rt.device).train()
+
+
 def _worker_threads(parallel: int) -> int:
     """Each worker's torch threads: an equal share of this process's (at least one)."""
     return max(1, torch.get_num_threads() // parallel)
@@ -449,8 +455,7 @@ def _member_process(cfg: ClassifyConfig, data: _Data, rt: Runtime, eot_id: int, 
     """One ensemble member in a worker process (see :func:`_train_members_in_parallel`)."""
     cpu = time.process_time()
     torch.set_num_threads(threads)
-    seed_everything(cfg.train.seed + m)
-    gpt = cfg.model.build().to(rt.device).train()
+    gpt = _member_body(cfg, m, rt)
     member_cfg = replace(cfg, train=replace(cfg.train, seed=cfg.train.seed + m),
                          logging=replace(cfg.logging, progress=False, tensorboard=False))
     log = MetricsLogger(log_dir)
@@ -558,7 +563,8 @@ def _train_member(cfg: ClassifyConfig, gpt: torch.nn.Module, data: _Data, rt: Ru
         left = record["elapsed"] / step * (total_steps - step)  # the epoch lines are the progress report
         say(f"{who}epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}{lm_note} | "
             f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
-            + (" (best)" if improved else "") + f" | {record['elapsed']:.0f} s, about {left:.0f} s to go" + (" for this member" if tag else ""))
+            + (" (best)" if improved else "")
+            + f" | {record['elapsed']:.0f} s, about {left:.0f} s to go" + (" for this member" if tag else ""))
         if improved:
             best, best_epoch = report, epoch
             save_classifier(scored, folder, labels, max_length=data.max_length,
