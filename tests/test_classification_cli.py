@@ -121,6 +121,38 @@ def test_ensemble_run_trains_each_member_and_saves_their_average(tmp_path, share
     assert "classifier.ensemble" in capsys.readouterr().err
 
 
+def test_char_ngram_member_joins_the_vote_and_is_scored_on_its_own(tmp_path, shared_datasets, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out = tmp_path / "run"
+    code = main(["finetune", "classify", "--config", str(config), "--data.data_dir", str(shared_datasets),
+                 "--logging.out_dir", str(out), "--train.max_steps", "4", "--train.epochs", "1",
+                 "--classifier.char_ngram_weight", "0.4", "--classifier.char_ngram_range", "2,4"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "char n-gram classifier: " in printed and "of 2-4 characters from 1,045 training texts" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    ngram = metrics["char_ngram"]
+    assert ngram["weight"] == 0.4 and ngram["ngram_range"] == [2, 4] and ngram["vocabulary"] > 10_000
+    parts = ngram["components"]
+    assert set(parts) == {"gpt_members", "char_ngram"} and set(parts["char_ngram"]) == {"val", "test"}
+    assert parts["char_ngram"]["test"] > 0.9  # the n-gram model alone is strong on spam
+    info = json.loads((out / "best" / "classifier.json").read_text())
+    assert info["members"] == ["member-0", "member-1"] and info["weights"] == pytest.approx([0.6, 0.4])
+    member = json.loads((out / "best" / "member-1" / "classifier.json").read_text())
+    assert member["kind"] == "char_ngram" and member["labels"] == ["ham", "spam"]
+    # the saved ensemble's test predictions are what the CLI gives for the same texts
+    with open(out / "test_predictions.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if "\n" not in r["text"]][:3]
+    assert main(["classify", "--model", str(out / "best"), *[r["text"] for r in rows]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [r["predicted"] for r in rows]
+    for bad in ("1.0", "-0.1"):
+        assert main(["finetune", "classify", "--config", str(config), "--classifier.char_ngram_weight", bad,
+                     "--logging.out_dir", str(tmp_path / "bad")]) == 2
+        assert "classifier.char_ngram_weight" in capsys.readouterr().err
+
+
 def test_existing_run_folder_is_refused(spam_run, capsys, shared_datasets):
     code = main(["finetune", "classify", "--config", "spam-small", "--data.data_dir", str(shared_datasets),
                  "--logging.out_dir", str(spam_run)])

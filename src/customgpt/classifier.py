@@ -20,13 +20,16 @@ A saved classifier is a customgpt model folder (``model.safetensors``, ``config.
 ``classifier.safetensors`` (the head) and ``classifier.json`` (labels, pooling, max length).
 
 An *ensemble* (:class:`ClassifierEnsemble`) averages the class probabilities of several
-classifiers trained from different seeds; its folder holds ``classifier.json`` (with the list
-of members) and one classifier folder per member (``member-0``, ``member-1``, ...).
+classifiers trained from different seeds, optionally with a character n-gram classifier
+(:mod:`customgpt.charngram`) among them, with weights; its folder holds ``classifier.json``
+(with the list of members and their weights) and one classifier folder per member
+(``member-0``, ``member-1``, ...).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -152,31 +155,44 @@ class GPTClassifier(nn.Module):
 class ClassifierEnsemble(nn.Module):
     """Several classifiers with the same classes, combined by averaging their probabilities.
 
-    ``forward`` returns the log of the mean class probabilities, so ``softmax`` of its output
-    is that mean and ``argmax`` is the ensemble's prediction. Members may differ in size,
-    pooling or tokenizer length limits only through their own weights: they must share the
-    number of classes.
+    ``forward`` returns the log of the (weighted) mean class probabilities, so ``softmax`` of
+    its output is that mean and ``argmax`` is the ensemble's prediction. Members are GPT
+    classifiers (which may differ in size or pooling) and optionally a character n-gram
+    classifier (:class:`customgpt.charngram.CharNgramClassifier`); they must share the number
+    of classes. ``weights`` (default: equal) are normalised to sum to 1.
     """
 
-    def __init__(self, members: Sequence[GPTClassifier]) -> None:
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float] | None = None) -> None:
         super().__init__()
         if not members:
             raise ConfigError("an ensemble needs at least one member")
         classes = {m.num_classes for m in members}
         if len(classes) != 1:
             raise ConfigError(f"ensemble members disagree on the number of classes: {sorted(classes)}")
+        gpts = [m for m in members if isinstance(m, GPTClassifier)]
+        if not gpts:
+            raise ConfigError("an ensemble needs at least one GPT classifier member")
+        if weights is None:
+            weights = [1.0] * len(members)
+        if len(weights) != len(members) or any(not w > 0 for w in weights):
+            raise ConfigError(f"ensemble weights must be one positive number per member, got {list(weights)}")
+        total = float(sum(weights))
+        self.weights = [float(w) / total for w in weights]
         self.members = nn.ModuleList(members)
         self.num_classes = members[0].num_classes
-        self.pooling = members[0].pooling
+        self.pooling = gpts[0].pooling
+        self._first_gpt = gpts[0]
 
     @property
     def config(self):
-        return self.members[0].config
+        return self._first_gpt.config
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Log mean probabilities (B, K) of right-padded ``input_ids`` (B, T)."""
-        log_probs = torch.stack([F.log_softmax(m(input_ids, attention_mask).float(), dim=-1) for m in self.members])
-        return torch.logsumexp(log_probs, dim=0) - torch.log(torch.tensor(float(len(self.members))))
+        """Log (weighted) mean probabilities (B, K) of right-padded ``input_ids`` (B, T)."""
+        log_probs = [F.log_softmax(m(input_ids, attention_mask).float(), dim=-1) for m in self.members]
+        if len(set(self.weights)) == 1:  # equal weights
+            return torch.logsumexp(torch.stack(log_probs), dim=0) - torch.log(torch.tensor(float(len(log_probs))))
+        return torch.logsumexp(torch.stack([lp + math.log(w) for lp, w in zip(log_probs, self.weights)]), dim=0)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(m.num_parameters(trainable_only) for m in self.members)
@@ -207,8 +223,11 @@ def save_classifier(
 
         def fill(tmp: Path) -> None:
             for name, member in zip(names, model.members):
-                _write_classifier(member, tmp / name, {**head_info, "pooling": member.pooling})
-            _write_json(tmp / HEAD_CONFIG, {**head_info, "members": names})
+                if isinstance(member, GPTClassifier):
+                    _write_classifier(member, tmp / name, {**head_info, "pooling": member.pooling})
+                else:  # a character n-gram classifier
+                    member.save(tmp / name, {k: v for k, v in head_info.items() if k != "pooling"})
+            _write_json(tmp / HEAD_CONFIG, {**head_info, "members": names, "weights": model.weights})
     else:
         def fill(tmp: Path) -> None:
             _write_classifier(model, tmp, head_info)
@@ -261,10 +280,11 @@ def read_classifier_config(folder: str | Path) -> dict[str, Any]:
 
 def load_classifier(
     folder: str | Path, *, device: torch.device | str = "cpu"
-) -> tuple[GPTClassifier | ClassifierEnsemble, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load a folder written by :func:`save_classifier`: (model in eval mode, its classifier.json).
 
-    An ensemble folder gives a :class:`ClassifierEnsemble` of its members."""
+    An ensemble folder gives a :class:`ClassifierEnsemble` of its members; a member folder of
+    kind ``char_ngram`` a :class:`~customgpt.charngram.CharNgramClassifier`."""
     folder = Path(folder)
     info = read_classifier_config(folder)
     members = info.get("members")
@@ -279,7 +299,19 @@ def load_classifier(
                 raise CheckpointError(f"{folder / name}: labels {member_info['labels']} differ from the "
                                       f"ensemble's {info['labels']}")
             loaded.append(member)
-        return ClassifierEnsemble(loaded).to(device).eval(), info
+        weights = info.get("weights")
+        if weights is not None and (not isinstance(weights, list) or len(weights) != len(loaded)
+                                    or not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
+            raise CheckpointError(f"{folder / HEAD_CONFIG}: 'weights' must list one positive number per member")
+        try:
+            ensemble = ClassifierEnsemble(loaded, weights)
+        except ConfigError as exc:
+            raise CheckpointError(f"{folder}: {exc}") from exc
+        return ensemble.to(device).eval(), info
+    if info.get("kind") == "char_ngram":
+        from customgpt.charngram import CharNgramClassifier
+
+        return CharNgramClassifier.load(folder, info).to(device).eval(), info
     from customgpt.checkpoints import load_model, load_weights
 
     gpt = load_model(folder, device=device, dtype=torch.float32)
@@ -294,7 +326,7 @@ def load_classifier(
 
 @torch.no_grad()
 def predict_texts(
-    model: GPTClassifier | ClassifierEnsemble,
+    model: nn.Module,
     texts: Sequence[str],
     encode,
     *,
@@ -312,10 +344,11 @@ def predict_texts(
     from customgpt.data.classification import collate_classification
 
     model.eval()
-    device = next(model.parameters()).device
+    device = next(iter([*model.parameters(), *model.buffers()])).device
+    config = getattr(model, "config", None)  # None for a character n-gram classifier on its own
     if pad_id is None:
-        pad_id = EOT_ID if EOT_ID < model.config.vocab_size else 0
-    limit = min(max_length, model.config.context_length)
+        pad_id = EOT_ID if config is None or EOT_ID < config.vocab_size else 0
+    limit = max_length if config is None else min(max_length, config.context_length)
     out = []
     for start in range(0, len(texts), batch_size):
         rows = [((encode(t) or [pad_id])[:limit], 0) for t in texts[start : start + batch_size]]

@@ -86,6 +86,11 @@ class ClassifierSection(Section):
     # > 1: train this many ensemble members at once, each in its own process with an equal share of
     # the torch threads (CPU only). Small models use 2 cores better as 2 one-thread processes.
     parallel_members: int = 1
+    # > 0: average a TF-IDF character n-gram logistic regression (customgpt.charngram), fitted on
+    # the training texts, with the GPT members; it gets this share of the vote, the GPT members the rest
+    char_ngram_weight: float = 0.0
+    char_ngram_range: list[int] = field(default_factory=lambda: [2, 5])  # n-gram lengths, smallest and largest
+    char_ngram_c: float = 100.0  # inverse L2 strength of the regression (scikit-learn's C)
 
     def validate(self) -> None:
         if not 0.0 <= self.head_dropout < 1.0:
@@ -106,6 +111,12 @@ class ClassifierSection(Section):
             raise FieldError("lm_loss_weight", f"must be >= 0, got {self.lm_loss_weight}")
         if self.parallel_members < 1:
             raise FieldError("parallel_members", f"must be >= 1, got {self.parallel_members}")
+        if not 0.0 <= self.char_ngram_weight < 1.0:
+            raise FieldError("char_ngram_weight", f"must be in [0, 1), got {self.char_ngram_weight}")
+        if len(self.char_ngram_range) != 2 or not 1 <= self.char_ngram_range[0] <= self.char_ngram_range[1]:
+            raise FieldError("char_ngram_range", f"must be [min, max] with 1 <= min <= max, got {self.char_ngram_range}")
+        if not self.char_ngram_c > 0:
+            raise FieldError("char_ngram_c", f"must be > 0, got {self.char_ngram_c}")
         if self.last_blocks < 1 or self.eval_batch_size < 1 or self.focal_gamma < 0:
             raise FieldError("last_blocks", "last_blocks and eval_batch_size must be >= 1, focal_gamma >= 0")
 
@@ -279,6 +290,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     rt = setup_runtime(cfg.runtime, distributed=False)
     tcfg, ccfg = cfg.train, cfg.classifier
     parallel = min(ccfg.parallel_members, ccfg.ensemble)
+    combined = ccfg.ensemble > 1 or ccfg.char_ngram_weight > 0  # the saved classifier is an ensemble
     if parallel > 1 and rt.device.type != "cpu":
         print(f"classifier.parallel_members applies to the CPU: on {rt.device} the members train one after the other")
         parallel = 1
@@ -311,17 +323,26 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
             if m:  # a fresh body for every further member, from its own seed
                 gpt = _member_body(cfg, m, rt)
             member_cfg = replace(cfg, train=replace(tcfg, seed=tcfg.seed + m))
-            folder = run_dir / "best" if ccfg.ensemble == 1 else run_dir / "members" / f"member-{m}"
+            folder = run_dir / "members" / f"member-{m}" if combined else run_dir / "best"
             tag = {} if ccfg.ensemble == 1 else {"member": m}
             if ccfg.ensemble > 1:
                 print(f"ensemble member {m + 1}/{ccfg.ensemble} (seed {tcfg.seed + m})")
             members.append(_train_member(member_cfg, gpt, data, rt, tokenizer.eot_id, log, folder, tag))
     log.close()
-    if ccfg.ensemble > 1:
-        ensemble = ClassifierEnsemble([load_classifier(r["folder"], device=rt.device)[0] for r in members])
-        save_classifier(ensemble, run_dir / "best", labels, max_length=max_length,
-                        extra={"seeds": [r["seed"] for r in members],
-                               "member_val_accuracy": [r["best"]["accuracy"] for r in members]})
+    ngram_info = None
+    if combined:
+        gpt_members = [load_classifier(r["folder"], device=rt.device)[0] for r in members]
+        extra: dict[str, Any] = {"seeds": [r["seed"] for r in members],
+                                 "member_val_accuracy": [r["best"]["accuracy"] for r in members]}
+        weights = None
+        if ccfg.char_ngram_weight > 0:
+            ngram, ngram_info = _fit_char_ngram(ccfg, train, tokenizer.decode, len(labels))
+            share = ccfg.char_ngram_weight
+            gpt_members.append(ngram.to(rt.device))
+            weights = [(1.0 - share) / len(members)] * len(members) + [share]
+            extra["char_ngram"] = ngram_info
+        ensemble = ClassifierEnsemble(gpt_members, weights)
+        save_classifier(ensemble, run_dir / "best", labels, max_length=max_length, extra=extra)
         shutil.rmtree(run_dir / "members", ignore_errors=True)
     train_seconds = time.perf_counter() - train_clock
     # all threads (and worker processes): a load-independent cost measure
@@ -333,6 +354,9 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
                                else (None, None))
     if test_probs is not None:
         write_predictions(run_dir / "test_predictions.csv", splits.test, labels, test_probs)
+    if ngram_info is not None:  # what each kind of member scores on its own, for comparison
+        ngram_info["components"] = _component_accuracies(best_model, {"val": val, "test": test}, rt,
+                                                         ccfg.eval_batch_size)
     first = members[0]
     summary = {
         "labels": labels, "sizes": splits.sizes(), "max_length": max_length, "truncated": truncated,
@@ -345,6 +369,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     }
     if parallel > 1:
         summary["parallel_members"] = {"processes": parallel, "threads_each": _worker_threads(parallel)}
+    if ngram_info is not None:
+        summary["char_ngram"] = ngram_info
     if ccfg.ensemble > 1:
         summary["ensemble"] = [{"member": m, "seed": r["seed"], "best_epoch": r["best_epoch"],
                                 "val_accuracy": r["best"]["accuracy"], "val_loss": r["best"]["loss"],
@@ -352,15 +378,56 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     if cfg.logging.plots:
         plot_epochs([r["history"] for r in members], run_dir)
-    if ccfg.ensemble > 1:
+    if ngram_info is not None:
+        parts = ngram_info["components"]
+        print("on their own: " + "; ".join(
+            f"{name} " + ", ".join(f"{split} {acc:.4f}" for split, acc in accs.items())
+            for name, accs in (("GPT members", parts["gpt_members"]), ("char n-grams", parts["char_ngram"]))))
+    if combined:
         print("members' validation accuracy: " + ", ".join(
             f"{r['best']['accuracy']:.4f} (seed {r['seed']}, epoch {r['best_epoch']})" for r in members))
-        print(format_report(val_report, f"validation (ensemble of {len(members)}):"))
+        what = f"ensemble of {len(members)}" + (
+            f" + char n-grams ({ccfg.char_ngram_weight:g} of the vote)" if ngram_info is not None else "")
+        print(format_report(val_report, f"validation ({what}):"))
     else:
         print(format_report(val_report, f"validation (best epoch {first['best_epoch']}):"))
     if test_report is not None:
         print(format_report(test_report, "test:"))
     return summary
+
+
+def _fit_char_ngram(ccfg: ClassifierSection, train: ClassificationDataset, decode, num_classes: int):
+    """The ensemble's character n-gram member, fitted on the training texts as the GPT members
+    see them (decoded from their token ids, so truncated alike): (model, summary)."""
+    from customgpt.charngram import CharNgramClassifier
+
+    start = time.perf_counter()
+    texts = [decode(ids) for ids in train.ids]
+    model = CharNgramClassifier.fit(texts, train.labels, num_classes, ngram_range=tuple(ccfg.char_ngram_range),
+                                    c=ccfg.char_ngram_c)
+    seconds = time.perf_counter() - start
+    print(f"char n-gram classifier: {len(model.vocab):,} n-grams of {ccfg.char_ngram_range[0]}-"
+          f"{ccfg.char_ngram_range[1]} characters from {len(texts):,} training texts, fitted in {seconds:.1f} s")
+    return model, {"weight": ccfg.char_ngram_weight, "ngram_range": list(ccfg.char_ngram_range),
+                   "c": ccfg.char_ngram_c, "vocabulary": len(model.vocab), "fit_seconds": seconds}
+
+
+def _component_accuracies(model: ClassifierEnsemble, splits: dict[str, ClassificationDataset], rt: Runtime,
+                          batch_size: int) -> dict[str, dict[str, float]]:
+    """Accuracy of the GPT members' (equal-weight) average and of the char n-gram member alone."""
+    from customgpt.charngram import CharNgramClassifier
+
+    gpts = ClassifierEnsemble([m for m in model.members if not isinstance(m, CharNgramClassifier)])
+    ngram = next(m for m in model.members if isinstance(m, CharNgramClassifier))
+    out: dict[str, dict[str, float]] = {"gpt_members": {}, "char_ngram": {}}
+    for split, data in splits.items():
+        if not len(data):
+            continue
+        targets = torch.tensor(data.labels)
+        for name, part in (("gpt_members", gpts), ("char_ngram", ngram)):
+            probs = predict(part, data, rt, batch_size)
+            out[name][split] = float((probs.argmax(-1) == targets).float().mean())
+    return out
 
 
 @dataclass
