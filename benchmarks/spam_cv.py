@@ -4,6 +4,7 @@ without looking at the test set.
     CUSTOMGPT_DATA_DIR=../shared/datasets python benchmarks/spam_cv.py                       # spam-small
     python benchmarks/spam_cv.py --peer-only --data-dir ../shared/datasets                   # the peer alone
     python benchmarks/spam_cv.py --set classifier.ensemble=1 --data-dir ../shared/datasets    # a variant
+    python benchmarks/spam_cv.py --shuffle-seed 1 --set train.seed=300                        # other folds, seeds
 
 The 1,045 training and 149 validation messages of the reference split (1,194 in all) are
 shuffled (seed 0, or ``--shuffle-seed``) and cut into ``--folds`` parts. For each part, the configuration trains on

@@ -201,7 +201,7 @@ def _train_loader(train: ClassificationDataset, batch_size: int, seed: int, buck
 
 
 @torch.no_grad()
-def predict(model: GPTClassifier, data: ClassificationDataset, rt: Runtime, batch_size: int) -> torch.Tensor:
+def predict(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, batch_size: int) -> torch.Tensor:
     """Class probabilities (N, K) of a whole split. Rows are batched by length (less padding),
     then put back in the split's order."""
     was_training = model.training
@@ -218,7 +218,7 @@ def predict(model: GPTClassifier, data: ClassificationDataset, rt: Runtime, batc
     return probs
 
 
-def evaluate(model: GPTClassifier, data: ClassificationDataset, rt: Runtime, labels: list[str],
+def evaluate(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, labels: list[str],
              batch_size: int) -> tuple[dict[str, Any], torch.Tensor]:
     """(report with ``loss`` added, probabilities) over the FULL split (plain cross-entropy loss)."""
     probs = predict(model, data, rt, batch_size)
