@@ -88,6 +88,8 @@ def test_bad_settings_are_refused():
         CharNgramClassifier.fit(["a b"], [0], 2, c=0.0)
     with pytest.raises(ConfigError, match="as many"):
         CharNgramClassifier.fit(["a b", "c"], [0], 2)
+    with pytest.raises(ConfigError, match="class ids in 0..1"):
+        CharNgramClassifier.fit(["a b", "c"], [0, 2], 2)
 
 
 def _gpt_member(seed: int) -> GPTClassifier:

@@ -156,6 +156,8 @@ class CharNgramClassifier(nn.Module):
             raise ConfigError(f"the inverse regularisation strength C must be > 0, got {c}")
         if len(texts) != len(targets) or not texts:
             raise ConfigError(f"{len(texts)} texts and {len(targets)} targets: need as many, at least one")
+        if not all(0 <= t < num_classes for t in targets):
+            raise ConfigError(f"targets must be class ids in 0..{num_classes - 1}, got {sorted(set(targets))}")
         df: Counter[str] = Counter()
         for text in texts:
             df.update(set(char_wb_ngrams(text, lo, hi)))
