@@ -94,13 +94,19 @@ def test_classify_cli_prints_label_and_probability(spam_run, capsys, tmp_path):
     assert "nothing to classify" in capsys.readouterr().err
 
 
-def test_ensemble_run_trains_each_member_and_saves_their_average(tmp_path, shared_datasets, capsys):
+def _tiny_run(tmp_path, shared_datasets, *overrides: str):
+    """``customgpt finetune classify`` on the TINY config for one epoch: (exit code, config, run folder)."""
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY)
     out = tmp_path / "run"
     code = main(["finetune", "classify", "--config", str(config), "--data.data_dir", str(shared_datasets),
-                 "--logging.out_dir", str(out), "--classifier.ensemble", "2", "--train.max_steps", "6",
-                 "--train.seed", "5", "--train.epochs", "1"])
+                 "--logging.out_dir", str(out), "--train.epochs", "1", *overrides])
+    return code, config, out
+
+
+def test_ensemble_run_trains_each_member_and_saves_their_average(tmp_path, shared_datasets, capsys):
+    code, config, out = _tiny_run(tmp_path, shared_datasets, "--classifier.ensemble", "2", "--train.max_steps", "6",
+                                  "--train.seed", "5")
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "ensemble member 2/2 (seed 6)" in printed and "an ensemble of 2, best epochs 1/1" in printed
@@ -122,12 +128,8 @@ def test_ensemble_run_trains_each_member_and_saves_their_average(tmp_path, share
 
 
 def test_char_ngram_member_joins_the_vote_and_is_scored_on_its_own(tmp_path, shared_datasets, capsys):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY)
-    out = tmp_path / "run"
-    code = main(["finetune", "classify", "--config", str(config), "--data.data_dir", str(shared_datasets),
-                 "--logging.out_dir", str(out), "--train.max_steps", "4", "--train.epochs", "1",
-                 "--classifier.char_ngram_weight", "0.4", "--classifier.char_ngram_range", "2,4"])
+    code, config, out = _tiny_run(tmp_path, shared_datasets, "--train.max_steps", "4",
+                                  "--classifier.char_ngram_weight", "0.4", "--classifier.char_ngram_range", "2,4")
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "char n-gram classifier: " in printed and "of 2-4 characters from 1,045 training texts" in printed

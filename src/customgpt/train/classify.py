@@ -355,8 +355,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     if test_probs is not None:
         write_predictions(run_dir / "test_predictions.csv", splits.test, labels, test_probs)
     if ngram_info is not None:  # what each kind of member scores on its own, for comparison
-        ngram_info["components"] = _component_accuracies(best_model, {"val": val, "test": test}, rt,
-                                                         ccfg.eval_batch_size)
+        ngram_info = {**ngram_info, "components": _component_accuracies(best_model, {"val": val, "test": test},
+                                                                        rt, ccfg.eval_batch_size)}
     first = members[0]
     summary = {
         "labels": labels, "sizes": splits.sizes(), "max_length": max_length, "truncated": truncated,
