@@ -106,6 +106,7 @@ def test_weighted_ensemble_with_an_ngram_member_saves_and_loads(tmp_path):
     ngram = CharNgramClassifier.fit(texts, labels, 2).eval()
     gpts = [_gpt_member(0), _gpt_member(1)]
     ensemble = ClassifierEnsemble([*gpts, ngram], [0.3, 0.3, 0.4]).eval()
+    assert all(k.startswith("members.") for k in ensemble.state_dict())  # each member once
     encode = get_tokenizer().encode
     probs = predict_texts(ensemble, texts[:6], encode, max_length=32)
     parts = [predict_texts(m, texts[:6], encode, max_length=32) for m in (*gpts, ngram)]

@@ -181,11 +181,12 @@ class ClassifierEnsemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.num_classes = members[0].num_classes
         self.pooling = gpts[0].pooling
-        self._first_gpt = gpts[0]
+        self._first_gpt = next(i for i, m in enumerate(members) if isinstance(m, GPTClassifier))  # an index:
+        # a module attribute would register the member twice (twice in state_dict)
 
     @property
     def config(self):
-        return self._first_gpt.config
+        return self.members[self._first_gpt].config
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Log (weighted) mean probabilities (B, K) of right-padded ``input_ids`` (B, T)."""
