@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("customgpt.cli.pretrain", "next-token pretraining on text files"),
     "finetune": ("customgpt.cli.finetune", "fine-tune a model (classify, ...)"),
     "classify": ("customgpt.cli.classify", "classify text with a fine-tuned classifier"),
+    "ui": ("customgpt.cli.ui", "web app: chat, compare two models, classify (Chainlit)"),
     "merge": ("customgpt.cli.merge", "merge LoRA adapters into a full model"),
     "data": ("customgpt.cli.data", "list and fetch the public datasets"),
     "tokenizer": ("customgpt.cli.tokenizer", "encode, decode, or train a BPE vocabulary"),
