@@ -107,7 +107,8 @@ class AppConfig:
 def chainlit_config_toml(name: str = "customgpt") -> str:
     """The app's ``.chainlit/config.toml``: only what differs from Chainlit's defaults, plus
     the version stamp Chainlit checks. No file upload (nothing reads files), no message
-    editing (a chat's history is the model's context), HTML in messages never rendered."""
+    editing (a chat's history is the model's context), HTML never rendered, and the user's
+    messages shown as typed (not as Markdown)."""
     from importlib.metadata import version
 
     return f"""# Written by `customgpt ui` for this run; Chainlit reads it at start.
@@ -118,6 +119,7 @@ allow_origins = ["*"]
 [features]
 unsafe_allow_html = false
 latex = false
+user_message_markdown = false
 edit_message = false
 auto_tag_thread = false
 
