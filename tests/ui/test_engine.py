@@ -75,6 +75,17 @@ def test_oldest_turns_are_dropped_first_when_the_window_is_full(model):
     assert "message 0" not in get_tokenizer().decode(plan.ids) and "message 3" in get_tokenizer().decode(plan.ids)
 
 
+def test_the_user_is_told_when_old_turns_are_left_out(model):
+    conv = Conversation(model, get_tokenizer(), ALPACA)
+    conv.record(conv.plan("old " * 150, SamplingParams()), "answer " * 20)
+    notices: list[str] = []
+    gen = Generation(conv, "new question", SamplingParams(max_new_tokens=128, temperature=0), threading.Lock(),
+                     on_notice=notices.append)
+    run_generation(gen)
+    assert len(notices) == 1 and "the oldest 2 message(s) were left out" in notices[0]
+    assert [m.content for m in conv.history][0] == "new question"
+
+
 def run_generation(gen: Generation, stop_after: int | None = None) -> list[str]:
     async def main() -> list[str]:
         pieces = []

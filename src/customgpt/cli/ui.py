@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         # Chainlit reads its folder and our app its models from the environment, when imported.
         os.environ.update(config.to_env())
         os.environ["CHAINLIT_APP_ROOT"] = folder
-        print(f"customgpt ui: serving on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr, flush=True)
+        print(f"customgpt ui: loading the models, then serving on http://{args.host}:{args.port} (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
         from chainlit.cli import cli
 
         try:

@@ -118,6 +118,12 @@ async def stop() -> None:
         gen.stop()
 
 
+@cl.on_chat_end
+async def end() -> None:
+    """The page was closed or a new chat started: a reply still running is not waited for."""
+    await stop()
+
+
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
     profile = _profile()
@@ -166,13 +172,16 @@ async def _chat(profile: str, text: str) -> None:
 
     gens = [Generation(conv, text, params, m.lock, on_notice=notice) for conv, m in zip(conversations, models)]
     cl.user_session.set("generations", gens)
-    await asyncio.gather(*(_stream(gen, m, raw, len(models) > 1) for gen, m in zip(gens, models)))
+    compare = len(models) > 1
+    await asyncio.gather(*(_stream(gen, m, raw, compare) for gen, m in zip(gens, models)))
 
 
 async def _stream(gen: Generation, loaded: LoadedModel, raw: bool, labelled: bool) -> None:
     header = ""
-    if labelled:
-        header = f"[{loaded.role}: {loaded.spec}]\n" if raw else f"**{loaded.role}** · `{loaded.spec}`\n\n"
+    if labelled:  # which model answers, and the seed both used (to reproduce the pair)
+        seed = gen.params.seed
+        header = (f"[{loaded.role}: {loaded.spec}, seed {seed}]\n" if raw
+                  else f"**{loaded.role}** · `{loaded.spec}` · seed {seed}\n\n")
     msg = cl.Message(content="", author=f"{loaded.role} {loaded.spec}", language="text" if raw else None)
     if header:
         await msg.stream_token(header)

@@ -126,7 +126,7 @@ def load_classifier_model(spec: str, device: torch.device) -> LoadedModel:
     """Load a classifier folder; any failure is kept in ``error`` (and logged)."""
     from customgpt.classifier import load_classifier
 
-    loaded = LoadedModel("classifier", spec, description=f"classifier {spec}")
+    loaded = LoadedModel("classifier", spec, description="a customgpt classifier")
     try:
         loaded.model, loaded.info = load_classifier(spec, device=device)
     except Exception as exc:  # noqa: BLE001 - the page shows it and the app keeps running
