@@ -33,3 +33,14 @@ def test_mistakes_are_one_line_errors(capsys, argv, message):
 def test_listed_in_the_command_table(capsys):
     assert main(["--help"]) == 0
     assert "  ui " in capsys.readouterr().out
+
+
+def test_a_port_in_use_is_reported_before_loading_anything(capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = run_cli(capsys, "ui", "--chat", "no-such-model", "--port", str(port))
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "in use" in err
