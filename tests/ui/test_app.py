@@ -209,12 +209,18 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def record_timing(name: str, seconds: float) -> None:
+def record_timing(name: str, value: float | str) -> None:
+    """Keep a measurement for the record (``screenshots/timings.json``); never asserted."""
     SHOTS.mkdir(exist_ok=True)
     path = SHOTS / "timings.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data[name] = round(seconds, 3)
+    data[name] = round(value, 3) if isinstance(value, float) else value
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def last_log_line(server: Server, needle: str) -> str:
+    lines = [line for line in server.output().splitlines() if needle in line]
+    return lines[-1].split(" - ")[-1] if lines else ""
 
 
 def greedy_reference(model_folder: Path, turns: list[tuple[str, int]]) -> list[str]:
@@ -261,6 +267,7 @@ def test_chat_reply_streams_token_by_token(page, server):
         time.sleep(0.05)
     wait_done(page, 1)
     record_timing("message sent to first streamed token shown (s)", first_token)
+    record_timing("server's account of the reply", last_log_line(server, "first piece after"))
     shot(page, "chat")
     assert len(reply_text(replies(page).first)) > 0
     # Streamed: the page showed the reply growing through several lengths before the end.
@@ -300,7 +307,7 @@ def test_greedy_reply_equals_customgpt_generate(page, ui_models, capsys):
     assert shown and shown == out.strip()
 
 
-def test_stop_ends_a_long_reply_within_a_second(page):
+def test_stop_ends_a_long_reply_within_a_second(page, server):
     set_settings(page, {"max_new_tokens": "End"})  # the whole context window: 2048 tokens
     send(page, "Tell me a long story.")
     reply = replies(page).first
@@ -314,6 +321,7 @@ def test_stop_ends_a_long_reply_within_a_second(page):
     shot(page, "chat-stopped")
     assert reply.inner_text() == after_1s, "the reply kept growing more than a second after stop"
     assert page.locator(f"{ASSISTANT} >> text=Task manually stopped").count() == 1
+    record_timing("server's account of the stop", last_log_line(server, "after the stop"))
     # The app still answers after a stop.
     set_settings(page, {"max_new_tokens": 7})
     send(page, "Are you still there?")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import chainlit as cl
@@ -190,6 +191,9 @@ async def _stream(gen: Generation, loaded: LoadedModel, raw: bool, labelled: boo
             await msg.stream_token(piece)
     except asyncio.CancelledError:  # the stop button: the worker stops at its next token
         gen.stop()
+        stopped = time.perf_counter()
+        await gen.wait(timeout=5.0)
+        log.info("%s: stopped; the worker ended %.3f s after the stop", msg.author, time.perf_counter() - stopped)
         await _finish(msg, gen, header, "stopped")
         raise
     except Exception as exc:  # noqa: BLE001 - shown on the page and logged; the app keeps running

@@ -330,12 +330,14 @@ class Generation:
         params: SamplingParams,
         lock: threading.Lock,
         on_notice: Callable[[str], Any] | None = None,
+        min_interval: float = 0.03,
     ) -> None:
         self.conversation = conversation
         self.user_text = user_text
         self.params = params
         self.lock = lock
         self.on_notice = on_notice
+        self.min_interval = min_interval
         self.stop_event = threading.Event()
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
@@ -398,6 +400,7 @@ class Generation:
         self._thread = threading.Thread(target=self._work, name="customgpt-ui-generate", daemon=True)
         self._thread.start()
         pending: tuple[str, Any] | None = None
+        last = 0.0  # when the last pieces went out
         try:
             while True:
                 kind, value = pending or await self._queue.get()
@@ -405,8 +408,12 @@ class Generation:
                 if kind == "piece":
                     if self.time_to_first_piece is None:
                         self.time_to_first_piece = time.perf_counter() - start
-                    # Pieces that arrived while the page took the last one go out together:
-                    # one message per token would let a slow browser hold back the model.
+                    # At most one update per ``min_interval``: the pieces that arrive meanwhile
+                    # go out together (a page redrawn for every token of a fast model would
+                    # take the CPU the model needs). The first piece goes out at once.
+                    wait = self.min_interval - (time.perf_counter() - last)
+                    if wait > 0 and not self.stop_event.is_set():
+                        await asyncio.sleep(wait)
                     pieces = [value]
                     while not self._queue.empty():
                         item = self._queue.get_nowait()
@@ -415,6 +422,7 @@ class Generation:
                             break
                         pieces.append(item[1])
                     yield "".join(pieces)
+                    last = time.perf_counter()
                 elif kind == "notice":
                     if self.on_notice is not None:
                         await _maybe_await(self.on_notice(value))
