@@ -110,7 +110,7 @@ async def start() -> None:
 
 @cl.on_settings_update
 async def settings_updated(settings: dict[str, Any]) -> None:
-    log.info("settings: %s", {k: v for k, v in settings.items()})
+    log.info("settings: %s", settings)
 
 
 @cl.on_stop
