@@ -15,8 +15,10 @@ LABELS = ["ham", "spam"]
 @pytest.fixture(scope="session")
 def ui_models(tmp_path_factory) -> dict[str, Path]:
     """Folders: ``chat`` and ``compare`` (two random chat models), ``classifier`` (a random
-    two-class classifier), ``small_vocab`` (a model whose 100-token vocabulary cannot take
-    GPT-2's ids: generation with it fails)."""
+    two-class classifier), ``broken`` (a model whose final LayerNorm is NaN: it loads, and
+    sampling from it fails)."""
+    import torch
+
     from customgpt.checkpoints import random_model, save_model
     from customgpt.classifier import GPTClassifier, save_classifier
     from customgpt.config import GPTConfig
@@ -26,9 +28,11 @@ def ui_models(tmp_path_factory) -> dict[str, Path]:
     out = {
         "chat": save_model(random_model(config, seed=1), root / "chat"),
         "compare": save_model(random_model(config, seed=2), root / "compare"),
-        "small_vocab": save_model(random_model(config.replace(vocab_size=100, context_length=64), seed=3),
-                                  root / "small-vocab"),
     }
+    broken = random_model(config.replace(context_length=64), seed=3)
+    with torch.no_grad():
+        broken.transformer.ln_f.weight.fill_(float("nan"))  # every logit is NaN
+    out["broken"] = save_model(broken, root / "broken")
     body = random_model(GPTConfig.from_preset("cpu-tiny").replace(context_length=64), seed=4)
     out["classifier"] = save_classifier(GPTClassifier(body, len(LABELS)), root / "classifier", LABELS, max_length=64)
     return out

@@ -88,8 +88,8 @@ def servers(ui_models, tmp_path_factory) -> Iterator[dict[str, Server]]:
 
     * ``main``: ``customgpt ui`` with the chat, compare and classifier models;
     * ``failing``: ``chainlit run`` on the app file, its models from the environment: a
-      classifier given as the chat model, a compare model that cannot generate (its
-      vocabulary is smaller than the tokenizer's), and a classifier that does not exist.
+      classifier given as the chat model, a compare model that cannot generate (its weights
+      are NaN: sampling fails), and a classifier that does not exist.
     """
     main_cwd, failing_cwd = tmp_path_factory.mktemp("ui-server"), tmp_path_factory.mktemp("ui-failing")
     port = free_port()
@@ -98,7 +98,7 @@ def servers(ui_models, tmp_path_factory) -> Iterator[dict[str, Server]]:
             "--prompt-style", "alpaca", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
     started = {"main": Server(argv, main_cwd, {}, port)}
     port = free_port()
-    env = {"CUSTOMGPT_UI_CHAT": str(ui_models["classifier"]), "CUSTOMGPT_UI_COMPARE": str(ui_models["small_vocab"]),
+    env = {"CUSTOMGPT_UI_CHAT": str(ui_models["classifier"]), "CUSTOMGPT_UI_COMPARE": str(ui_models["broken"]),
            "CUSTOMGPT_UI_CLASSIFIER": str(failing_cwd / "no-such-model"), "CUSTOMGPT_UI_DEVICE": "cpu"}
     argv = [sys.executable, "-m", "chainlit", "run", str(APP_FILE), "--headless", "--port", str(port)]
     try:
@@ -389,10 +389,11 @@ def test_load_and_generation_failures_are_shown_and_the_app_keeps_running(browse
         switch_profile(page, "Compare")
         send(page, "Hello?")
         page.wait_for_selector(f"{ASSISTANT} >> text=Generation with")
+        shot(page, "failures-compare")
         switch_profile(page, "Classification")
         send(page, "Hello?")
         page.wait_for_selector(f"{ASSISTANT} >> text=Cannot classify")
-        shot(page, "failures")
+        shot(page, "failures-classification")
         assert "no-such-model" in page.locator(ASSISTANT).last.inner_text()
         assert srv.process.poll() is None  # still running
         log = srv.output()
