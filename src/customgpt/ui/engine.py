@@ -375,8 +375,10 @@ class Generation:
                 stream = stream_text(conv.model, conv.tokenizer, plan.ids, self.params, on_context_full=context_full)
                 shown: list[str] = []
                 try:
-                    for piece in stream:
-                        if self.stop_event.is_set():
+                    while not self.stop_event.is_set():  # checked before each token is generated
+                        try:
+                            piece = next(stream)
+                        except StopIteration:
                             break
                         shown.append(piece)
                         self._put("piece", piece)
