@@ -318,7 +318,8 @@ class Generation:
         gen.result.finish_reason
 
     The worker checks :attr:`stop_event` between tokens, so :meth:`stop` (or cancelling the
-    task that iterates) ends the reply within one token. The prompt is planned inside the
+    task that iterates) ends the reply within one token; the reply then joins the
+    conversation as far as it was handed out (what the page showed). The prompt is planned inside the
     model's lock, after the previous reply of the conversation was recorded. Notices (history
     dropped, window full) arrive through ``on_notice`` on the event loop.
     """
@@ -342,6 +343,9 @@ class Generation:
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
         self.time_to_first_piece: float | None = None
+        # What the caller received, so that a stopped reply joins the history as it was shown.
+        self._shown: list[str] = []
+        self._shown_lock = threading.Lock()
         self._queue: asyncio.Queue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -373,19 +377,22 @@ class Generation:
                                         "on from a window cropped on the left.")
 
                 stream = stream_text(conv.model, conv.tokenizer, plan.ids, self.params, on_context_full=context_full)
-                shown: list[str] = []
+                generated: list[str] = []
                 try:
                     while not self.stop_event.is_set():  # checked before each token is generated
                         try:
                             piece = next(stream)
                         except StopIteration:
                             break
-                        shown.append(piece)
+                        generated.append(piece)
                         self._put("piece", piece)
                 finally:
                     stream.close()
                     self.result = stream.result
-                    conv.record(plan, "".join(shown))
+                    with self._shown_lock:
+                        stopped = self.stop_event.is_set()
+                        reply = "".join(self._shown if stopped else generated)
+                    conv.record(plan, reply)
         except BaseException as exc:  # noqa: BLE001 - reported to the page, not lost in a thread
             self.error = exc
             self._put("error", exc)
@@ -423,7 +430,12 @@ class Generation:
                             pending = item
                             break
                         pieces.append(item[1])
-                    yield "".join(pieces)
+                    chunk = "".join(pieces)
+                    with self._shown_lock:
+                        if self.stop_event.is_set():
+                            return
+                        self._shown.append(chunk)
+                    yield chunk
                     last = time.perf_counter()
                 elif kind == "notice":
                     if self.on_notice is not None:
