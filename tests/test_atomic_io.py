@@ -306,7 +306,6 @@ def test_checkpoint_weights_file_is_atomic(tmp_path, monkeypatch):
         ckpt.save_weights({"w": torch.zeros(5)}, path)
     monkeypatch.undo()
     assert path.read_bytes() == before and _names(tmp_path) == ["w.safetensors"]
-    assert ckpt._StagedFiles is aio.StagedFiles
 
 
 # --------------------------------------------------------------------------- whole folders

@@ -23,6 +23,7 @@ from customgpt.checkpoints import (
 from customgpt.config import GPTConfig
 from customgpt.errors import CheckpointError, ConfigError, CustomGPTError
 from customgpt.hub import push_to_hub
+from customgpt.io import StagedFiles
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -273,7 +274,7 @@ def test_interrupted_save_after_weights_keeps_previous_checkpoint(tmp_path, monk
     def broken(self, name, data):
         raise OSError(f"cannot write {name} (simulated)")
 
-    monkeypatch.setattr(ckpt._StagedFiles, "write_json", broken)
+    monkeypatch.setattr(StagedFiles, "write_json", broken)
     with pytest.raises(OSError, match="simulated"):
         save_model(tiny_model(seed=2), tmp_path)
     assert {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)} == before
@@ -329,7 +330,7 @@ def test_resolver_kinds_and_errors(tmp_path):
     assert resolve_model_spec(tmp_path / "theirs").kind == "hf"
     with pytest.raises(CustomGPTError, match="unknown model 'nonsense'"):
         load_model("nonsense")
-    with pytest.raises(CustomGPTError, match="no such file"):
+    with pytest.raises(CustomGPTError, match="no such local file or folder"):
         load_model(str(tmp_path / "missing" / "model.safetensors"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text(json.dumps(tiny_config().to_dict()))

@@ -12,7 +12,7 @@ from helpers import tiny_hf_model, tiny_model
 
 from customgpt.checkpoints import load_model, read_metadata, save_model
 from customgpt.cli import main
-from customgpt.cli._common import resolve_device, resolve_dtype
+from customgpt.device import resolve_device, resolve_dtype
 from customgpt.errors import CustomGPTError
 
 
@@ -89,7 +89,7 @@ def test_convert_both_ways(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["info", "/nonexistent/model"], "no such file or folder"),
+        (["info", "/nonexistent/model"], "no such local file or folder: /nonexistent/model"),
         (["info", "not-a-model"], "unknown model"),
         (["convert", "cpu-tiny", "OUT", "--to", "hf"], "is a preset"),
         (["push", "/nonexistent", "me/x"], "no such folder"),

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from customgpt import checkpoints, lora
-    from customgpt.cli._common import resolve_dtype
+    from customgpt.device import resolve_dtype
     from customgpt.errors import CustomGPTError
 
     out = Path(args.out)
