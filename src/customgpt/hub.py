@@ -57,6 +57,19 @@ def hub_is_offline() -> bool:
     return offline_variable() is not None
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _is_http_client_error(exc: BaseException) -> bool:
+    """Raised by the hub client's HTTP library (httpx, or requests in older clients)."""
+    return any(
+        cls.__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib3")
+        for cls in type(exc).__mro__
+    )
+
+
 class HubUnavailableError(CustomGPTError):
     """The hub cannot be used (offline or unreachable) and the model is not in the cache."""
 
@@ -180,7 +193,11 @@ def push_to_hub(
             folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
         )
     except HfHubHTTPError as exc:
-        raise CustomGPTError(f"hub refused the upload to {repo_id!r}: {exc}") from exc
-    except OSError as exc:
-        raise CustomGPTError(f"cannot reach the Hugging Face hub to push {repo_id!r}: {exc}") from exc
+        raise CustomGPTError(f"hub refused the upload to {repo_id!r}: {_first_line(exc)}") from exc
+    except Exception as exc:  # httpx's connection errors are not OSErrors
+        if not isinstance(exc, OSError) and not _is_http_client_error(exc):
+            raise
+        raise CustomGPTError(
+            f"cannot reach the Hugging Face hub to push {repo_id!r}: {_first_line(exc)} ({type(exc).__name__})"
+        ) from exc
     return str(url)
