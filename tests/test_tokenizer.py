@@ -626,7 +626,7 @@ def test_cli_train(tmp_path, dataset_texts, capsys):
     assert list(map(int, ids)) == load_bpe(out).encode(text)
     assert cli_main(["tokenizer", "decode", *ids, "--vocab", str(out)]) == 0
     assert capsys.readouterr().out == text + "\n"
-    assert cli_main(["tokenizer", "train", str(corpus), "--vocab-size", "100", "--out", str(out)]) == 2
+    assert cli_main(["tokenizer", "train", str(corpus), "--vocab-size", "100", "--out", str(out), "--force"]) == 2
     assert "at least 257" in capsys.readouterr().err
     assert (
         cli_main(["tokenizer", "train", str(tmp_path / "missing.txt"), "--vocab-size", "300", "--out", "x"])
