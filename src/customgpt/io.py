@@ -123,10 +123,9 @@ def writer_error(exc: BaseException, target: str | os.PathLike[str], tmp: str | 
     """
     target = str(target)
     if isinstance(exc, OSError):
-        if exc.filename is None or (tmp is not None and str(exc.filename) == str(tmp)):
-            code = exc.errno if exc.errno is not None else errno.EIO
-            return OSError(code, exc.strerror or os.strerror(code), target)
-        return exc
+        if exc.errno is not None and (exc.filename is None or (tmp is not None and str(exc.filename) == str(tmp))):
+            return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), target)
+        return exc  # it names another path already, or carries no error code to restate
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return None
     text = str(exc)
@@ -300,7 +299,8 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[StagedFiles]:
         stage.abort()
         err = writer_error(exc, last)
         if isinstance(exc, OSError) and exc.filename is not None:
-            err = OSError(exc.errno, exc.strerror, str(names[str(exc.filename)])) if str(exc.filename) in names else exc
+            final = names.get(str(exc.filename))
+            err = exc if final is None or exc.errno is None else OSError(exc.errno, exc.strerror, str(final))
         if err is None or err is exc:
             raise
         raise err from exc
