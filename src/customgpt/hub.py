@@ -103,13 +103,6 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
         raise CustomGPTError("loading a model by hub id needs the huggingface_hub package") from exc
 
     offline = offline_variable()
-    network_errors: tuple[type[BaseException], ...] = (OSError, ValueError)
-    try:  # huggingface_hub >= 1.0 talks through httpx, whose errors are not OSErrors
-        import httpx
-
-        network_errors += (httpx.HTTPError,)
-    except ImportError:  # pragma: no cover
-        pass
     try:
         folder = snapshot_download(
             repo_id,
@@ -129,8 +122,12 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
         raise CustomGPTError(f"no model {repo_id!r} on the Hugging Face hub (or it is private)") from exc
     except RevisionNotFoundError as exc:
         raise CustomGPTError(f"{repo_id!r} has no revision {revision!r}") from exc
-    except network_errors as exc:  # connection errors, invalid ids
-        raise HubUnavailableError(f"cannot download {repo_id!r} ({exc}); {_offline_advice(repo_id)}") from exc
+    except Exception as exc:  # connection errors (httpx's are not OSErrors), invalid ids
+        if not isinstance(exc, (OSError, ValueError)) and not _is_http_client_error(exc):
+            raise
+        raise HubUnavailableError(
+            f"cannot download {repo_id!r} ({_first_line(exc)}); {_offline_advice(repo_id)}"
+        ) from exc
     return Path(folder)
 
 

@@ -80,6 +80,10 @@ def _make_temp(path: Path, suffix: str) -> tuple[int, Path, int]:
             fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
             continue
+        except OSError as exc:  # name the file asked for, not the hidden temporary one
+            if exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         try:
             mode = os.fstat(fd).st_mode & 0o777
         except BaseException:
@@ -391,7 +395,8 @@ def read_text_strict(source: str | os.PathLike[str], *, what: str | None = None)
     dropped. Newlines are kept as they are (no universal-newline translation).
 
     Raises:
-        DataError: invalid UTF-8 (``<what>: invalid UTF-8 at byte N (0x..): ...``).
+        DataError: invalid UTF-8 (``<what>: not UTF-8 text (byte N, 0x..): reason``), the
+            format of the dataset and tokenizer-training readers.
         OSError: the file cannot be read (the CLI prints ``error: cannot read PATH: reason``).
     """
     from customgpt.errors import DataError
@@ -407,10 +412,7 @@ def read_text_strict(source: str | os.PathLike[str], *, what: str | None = None)
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         bad = data[exc.start : exc.end]
-        raise DataError(
-            f"{name}: invalid UTF-8 at byte {exc.start} (0x{bad.hex()}): {exc.reason}; "
-            "the text must be UTF-8 encoded"
-        ) from None
+        raise DataError(f"{name}: not UTF-8 text (byte {exc.start}, 0x{bad.hex()}): {exc.reason}") from None
     return text.removeprefix("\ufeff")
 
 
