@@ -119,3 +119,75 @@ def test_describe_model_spec_counts(tmp_path):
     info = describe_model_spec(tmp_path)
     assert info.kind == "customgpt" and info.parameters == model.num_parameters()
     assert info.dtype == "float32" and info.metadata["training run"] == "r1"
+
+
+# --------------------------------------------------------------------------- local paths are not hub ids (17.10)
+
+
+def test_missing_folder_under_an_existing_parent_is_only_local(tmp_path, monkeypatch, capsys):
+    from customgpt import hub
+    from customgpt.cli import main
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a local path must never be tried on the hub")
+
+    monkeypatch.setattr(hub, "download_model", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(CustomGPTError) as info:
+        load_model("runs/my-model")
+    assert str(info.value) == "no such local file or folder: runs/my-model"
+    assert main(["info", "runs/my-model"]) == 2
+    assert capsys.readouterr().err == "error: no such local file or folder: runs/my-model\n"
+
+
+@pytest.mark.parametrize("spec", ["./my-model", "../elsewhere/model", "/no/such/model", "~/no-such-model/x"])
+def test_paths_starting_with_dot_slash_or_tilde_are_only_local(spec, monkeypatch):
+    from customgpt import hub
+
+    monkeypatch.setattr(hub, "download_model", lambda *a, **k: pytest.fail("tried on the hub"))
+    with pytest.raises(CustomGPTError) as info:
+        resolve_model_spec(spec)
+    assert str(info.value) == f"no such local file or folder: {spec}"
+
+
+def test_bare_owner_name_names_both_interpretations(tmp_path, monkeypatch, capsys):
+    from customgpt.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no folder "someone" here
+    with pytest.raises(CustomGPTError) as info:
+        load_model("someone/my-model")
+    message = str(info.value)
+    assert message.startswith(
+        "'someone/my-model' is not a local folder (no such path), and as a hub id: cannot download "
+        "'someone/my-model': the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache; "
+    )
+    assert main(["info", "someone/my-model"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n" and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- vocabulary vs tokenizer (17.2)
+
+
+def test_model_vocabulary_smaller_than_the_tokenizer_is_refused_at_load(tmp_path):
+    save_model(tiny_model(), tmp_path / "small")  # 100 ids
+    with pytest.raises(CheckpointError) as info:
+        load_model(tmp_path / "small", tokenizer_vocab_size=50257)
+    assert str(info.value) == (
+        f"customgpt checkpoint {tmp_path / 'small' / 'model.safetensors'} has a vocabulary of 100 ids, "
+        "smaller than its tokenizer's 50,257: the tokenizer would produce ids the model has no embedding "
+        "for; use the tokenizer the model was trained with"
+    )
+    assert load_model(tmp_path / "small", tokenizer_vocab_size=100).config.vocab_size == 100
+
+
+def test_padded_vocabulary_is_accepted_and_a_trained_tokenizer_is_checked(tmp_path):
+    from customgpt.tokenizer import train_bpe
+
+    tok = train_bpe(["hello world, hello there " * 20], vocab_size=265)
+    with pytest.raises(CheckpointError, match=r"vocabulary of 100 ids, smaller than its tokenizer's 265"):
+        ckpt.check_vocab_covers(tiny_config(), tok.vocab_size, source="the model")
+    ckpt.check_vocab_covers(tiny_config(vocab_size=50304), 50257)  # padded as nanoGPT: fine
+    model = load_model("cpu-tiny", config=tiny_config(vocab_size=320), tokenizer_vocab_size=tok.vocab_size)
+    assert model.config.vocab_size == 320
