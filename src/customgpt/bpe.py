@@ -79,54 +79,50 @@ def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], max_rank: int | None = N
     merge the pair with the lowest rank (the leftmost one on ties). With ``max_rank`` only
     tokens of rank < ``max_rank`` may be formed (used to recover GPT-2's merge list).
 
-    O(n log n) in the piece's length n: the parts form a linked list and the candidate
-    pairs sit in a heap keyed by (rank, position of the left part), so the pair popped first
-    is the lowest-ranked, leftmost one, exactly the pair the plain rule picks. A merge bumps
-    the version of both parts, which invalidates (lazily) every heap entry that used them,
-    and pushes the two new pairs with the neighbours. (The plain rule, rescanning every pair
-    after each merge, is quadratic: seconds for one 32k-letter run without spaces.)
+    O(n log n) in the piece's length n: the parts form a linked list, and every adjacent
+    pair sits in a heap as one integer, ``rank * (n + 1) + position of its left part``, so
+    the first pair popped is the lowest-ranked, leftmost one, exactly the pair the plain rule
+    picks. Entries are not removed when a merge changes a pair: a popped entry is used only
+    if the pair now at its position still has its rank (otherwise it is stale and skipped).
+    (The plain rule, rescanning every pair after each merge, is quadratic: seconds for one
+    32k-letter run without spaces.)
     """
     n = len(piece)
     parts: list[bytes] = [piece[i : i + 1] for i in range(n)]
     if n < 2:
         return parts
-
-    def rank_of(token: bytes) -> float:
-        rank = ranks.get(token)
-        if rank is None or (max_rank is not None and rank >= max_rank):
-            return _NO_MERGE
-        return rank
-
+    get = ranks.get
+    limit = _NO_MERGE if max_rank is None else max_rank
+    stride = n + 1
     nxt = list(range(1, n + 1))  # n: no right neighbour
     prv = list(range(-1, n - 1))  # -1: no left neighbour
-    version = [0] * n
-    heap: list[tuple[float, int, int, int, int]] = []
+    heap: list[int] = []
     for i in range(n - 1):
-        rank = rank_of(parts[i] + parts[i + 1])
-        if rank != _NO_MERGE:
-            heap.append((rank, i, 0, i + 1, 0))
+        rank = get(parts[i] + parts[i + 1])
+        if rank is not None and rank < limit:
+            heap.append(rank * stride + i)
     heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
     while heap:
-        _, i, vi, j, vj = heapq.heappop(heap)
-        if version[i] != vi or version[j] != vj:
-            continue  # one of the two parts has changed since this pair was pushed
-        parts[i] += parts[j]
-        parts[j] = b""
-        version[i] += 1
-        version[j] += 1  # j is gone: every entry naming it is stale
+        rank, i = divmod(pop(heap), stride)
+        j = nxt[i]
+        if j >= n or not parts[i] or get(parts[i] + parts[j]) != rank:
+            continue  # stale: this pair has changed since it was pushed
+        merged = parts[i] + parts[j]
+        parts[i] = merged
+        parts[j] = b""  # gone
         k = nxt[j]
         nxt[i] = k
         if k < n:
             prv[k] = i
+            rank = get(merged + parts[k])
+            if rank is not None and rank < limit:
+                push(heap, rank * stride + i)
         p = prv[i]
         if p >= 0:
-            rank = rank_of(parts[p] + parts[i])
-            if rank != _NO_MERGE:
-                heapq.heappush(heap, (rank, p, version[p], i, version[i]))
-        if k < n:
-            rank = rank_of(parts[i] + parts[k])
-            if rank != _NO_MERGE:
-                heapq.heappush(heap, (rank, i, version[i], k, version[k]))
+            rank = get(parts[p] + merged)
+            if rank is not None and rank < limit:
+                push(heap, rank * stride + p)
     out = []
     i = 0
     while i < n:
