@@ -43,3 +43,25 @@ def test_convert_both_ways(tmp_path, capsys):
     )
     assert rc == 0, err
     assert load_model(tmp_path / "ours").transformer.wte.weight.dtype == torch.bfloat16
+
+
+def test_convert_never_writes_over_its_input(tmp_path, capsys):
+    from helpers import tiny_model
+
+    from customgpt.checkpoints import save_model
+
+    folder = tmp_path / "model"
+    save_model(tiny_model(), folder)
+    before = (folder / "model.safetensors").read_bytes()
+    for extra in ([], ["--force"]):
+        rc, out, err = _run(capsys, "convert", str(folder), str(folder), "--to", "hf", *extra)
+        assert rc == 2 and out == ""
+        expected = (
+            f"error: {folder} holds the model being converted: choose another destination "
+            "(an input is never overwritten)\n"
+        )
+        assert err == (expected if extra else f"error: {folder} already holds a model; pass --force to overwrite it\n")
+    # the same folder spelled another way is still the input
+    rc, _, err = _run(capsys, "convert", str(folder / "model.safetensors"), str(tmp_path / "." / "model"), "--to", "hf", "--force")
+    assert rc == 2 and "holds the model being converted" in err
+    assert (folder / "model.safetensors").read_bytes() == before
