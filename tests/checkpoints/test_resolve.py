@@ -53,6 +53,12 @@ def test_sharded_hf_checkpoint(tmp_path):
     idx = torch.randint(0, 100, (1, 10))
     with torch.no_grad():
         assert (loaded(idx) - hf(idx).logits).abs().max().item() <= 1e-5
+    info = describe_model_spec(tmp_path)  # shapes checked over every shard's header
+    assert info.parameters == hf.num_parameters() and info.dtype == "float32"
+    config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_layer": 3}), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json does not match the model config: missing"):
+        describe_model_spec(tmp_path)
 
 
 def test_resolver_kinds_and_errors(tmp_path):
