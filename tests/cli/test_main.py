@@ -156,3 +156,18 @@ def test_network_error_from_any_command_is_one_line(monkeypatch, capsys):
         "error: network error: cannot reach the server: [Errno -3] Temporary failure in name resolution "
         "(ConnectError)\n"
     )
+
+
+def test_full_disk_on_standard_output_is_one_line(tmp_path):
+    """``> /dev/full``: every write to standard output fails with ENOSPC."""
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "customgpt", "tokenizer", "encode", "hello"],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, env=env,
+        )
+    assert proc.returncode == 2
+    assert proc.stderr == "error: cannot write standard output: No space left on device\n"

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -66,9 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"customgpt {name}", description=COMMANDS[name][1])
     module.build_parser(parser)
     args = parser.parse_args(rest)
+    stdout = sys.stdout
+    sys.stdout = _NamedStdout(stdout)
     try:
         status = int(module.run(args) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        sys.stdout.flush()  # a closed pipe or a full disk shows here, not at the interpreter's exit
         return status
     except CustomGPTError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -78,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         from customgpt.io import os_error_message
 
+        if exc.filename == "standard output":
+            _closed_pipe()  # the interpreter's exit must not fail on it again
         if _is_network_error(exc):
             print(f"error: {_network_message(exc)}", file=sys.stderr)
         else:
@@ -91,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {_network_message(exc)}", file=sys.stderr)
         return 2
+    finally:
+        sys.stdout = stdout
 
 
 #: Exit status after the reader of our output went away (as a program killed by SIGPIPE).
@@ -108,6 +115,33 @@ def _closed_pipe() -> int:
     except (OSError, ValueError, AttributeError):
         pass
     return CLOSED_PIPE_STATUS
+
+
+class _NamedStdout:
+    """Standard output whose write errors name it (``cannot write standard output: No space
+    left on device`` for ``> /dev/full``); everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), "standard output") from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), "standard output") from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 _NETWORK_MODULES = ("httpx", "httpcore", "requests", "urllib3", "huggingface_hub", "aiohttp")
