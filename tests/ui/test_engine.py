@@ -10,6 +10,7 @@ import pytest
 
 from customgpt.checkpoints import load_model
 from customgpt.constants import EOT_ID
+from customgpt.device import resolve_device
 from customgpt.generate import SamplingParams, generate_text
 from customgpt.prompts import get_prompt_style
 from customgpt.tokenizer import get_tokenizer
@@ -21,7 +22,6 @@ from customgpt.ui.engine import (
     escape_markdown,
     load_chat_model,
     load_classifier_model,
-    resolve_device,
     sampling_params,
 )
 
@@ -133,7 +133,7 @@ def test_a_generation_error_reaches_the_caller():
 
 
 def test_loading_failures_are_kept_for_the_page(tmp_path, caplog):
-    from customgpt.checkpoints import random_model
+    from customgpt.checkpoints import random_model, save_model
     from customgpt.classifier import GPTClassifier, save_classifier
     from customgpt.config import GPTConfig
 
@@ -142,6 +142,9 @@ def test_loading_failures_are_kept_for_the_page(tmp_path, caplog):
     cpu = resolve_device("cpu")
     as_chat = load_chat_model("chat", str(folder), cpu)
     assert not as_chat.ok and "is a classifier" in as_chat.error and "--classifier" in as_chat.error
+    small = save_model(random_model(GPTConfig.from_preset("cpu-tiny").replace(vocab_size=100), seed=0), tmp_path / "s")
+    too_small = load_chat_model("compare", str(small), cpu, get_tokenizer().vocab_size)
+    assert not too_small.ok and "smaller than its tokenizer's" in too_small.error
     missing = load_chat_model("chat", str(tmp_path / "nope"), cpu)
     assert not missing.ok and "nope" in missing.error
     not_a_classifier = load_classifier_model(str(tmp_path), cpu)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from customgpt.device import resolve_device
 from customgpt.errors import ConfigError, CustomGPTError
 from customgpt.ui.config import AppConfig
 
@@ -32,15 +33,6 @@ log = logging.getLogger("customgpt.ui")
 
 #: The file that makes a folder a classifier (``customgpt finetune classify`` writes it).
 CLASSIFIER_MARKER = "classifier.json"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` → a usable device (errors are one line)."""
-    try:
-        from customgpt.device import resolve_device as resolve  # the core resolver, once it moves
-    except ImportError:  # pragma: no cover - until then it lives with the CLI helpers
-        from customgpt.cli._common import resolve_device as resolve
-    return resolve(name)
 
 
 # =========================================================================== loading
@@ -98,8 +90,11 @@ class LoadedModel:
         return f"- **{self.role}** `{self.spec}`: {self.description}; {n / 1e6:.1f}M parameters on {device}{extra}"
 
 
-def load_chat_model(role: str, spec: str, device: torch.device) -> LoadedModel:
-    """Load a language model for chatting; any failure is kept in ``error`` (and logged)."""
+def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_size: int | None = None) -> LoadedModel:
+    """Load a language model for chatting; any failure is kept in ``error`` (and logged).
+
+    ``tokenizer_vocab_size``: a model whose vocabulary is smaller than the tokenizer's is
+    refused here (the tokenizer would give it ids it has no embedding for)."""
     from customgpt.checkpoints import load_model, resolve_model_spec
 
     loaded = LoadedModel(role, spec)
@@ -112,7 +107,7 @@ def load_chat_model(role: str, spec: str, device: torch.device) -> LoadedModel:
         source = resolve_model_spec(spec)
         loaded.description = source.describe()
         seed = 0 if source.kind == "preset" else None
-        loaded.model = load_model(spec, device=device, seed=seed).eval()
+        loaded.model = load_model(spec, device=device, seed=seed, tokenizer_vocab_size=tokenizer_vocab_size).eval()
     except Exception as exc:  # noqa: BLE001 - the page shows it and the app keeps running
         loaded.error = _error_text(exc)
         log.error("cannot load the %s model %s: %s", role, spec, loaded.error,
@@ -171,9 +166,9 @@ class AppState:
             device, error = resolve_device("cpu"), str(exc)
         state = cls(config, tokenizer, style, device=str(device), error=error)
         if config.chat:
-            state.chat = load_chat_model("chat", config.chat, device)
+            state.chat = load_chat_model("chat", config.chat, device, tokenizer.vocab_size)
         if config.chat and config.compare:
-            state.compare = load_chat_model("compare", config.compare, device)
+            state.compare = load_chat_model("compare", config.compare, device, tokenizer.vocab_size)
         if config.classifier:
             state.classifier = load_classifier_model(config.classifier, device)
         return state
