@@ -227,21 +227,17 @@ def greedy_reference(model_folder: Path, turns: list[tuple[str, int]]) -> list[s
     """The greedy replies the library gives to ``turns`` [(user text, max new tokens)], with
     the app's other default settings, shown as the page shows them (stripped)."""
     from customgpt.checkpoints import load_model
-    from customgpt.generate import generate_text
-    from customgpt.prompts import get_prompt_style
+    from customgpt.generate import ChatSession
     from customgpt.tokenizer import get_tokenizer
-    from customgpt.ui.engine import Conversation, sampling_params
+    from customgpt.ui.engine import sampling_params
 
-    model, tokenizer, style = load_model(model_folder), get_tokenizer(), get_prompt_style("alpaca")
-    conv = Conversation(model, tokenizer, style)
+    model = load_model(model_folder)
+    session = ChatSession(model, get_tokenizer(), "alpaca")
     out = []
     for text, max_new in turns:
-        params = sampling_params({"max_new_tokens": max_new}, model.config.context_length, style.stop_strings)
-        params = params.replace(temperature=0.0)
-        plan = conv.plan(text, params)
-        reply = generate_text(model, tokenizer, plan.ids, params).text
-        conv.record(plan, reply)
-        out.append(reply.strip())
+        params = sampling_params({"max_new_tokens": max_new}, model.config.context_length)
+        session.params = params.replace(temperature=0.0, stop=session.style.stop_strings)
+        out.append(session.send(text).collect().text.strip())
     return out
 
 

@@ -1,5 +1,5 @@
-"""The web app's logic without a browser: settings, the conversation, generation in a worker
-thread with stop, loading errors, the classification table."""
+"""The web app's logic without a browser: settings, a chat reply in a worker thread with
+stop, loading errors, the classification table."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import pytest
 from customgpt.checkpoints import load_model
 from customgpt.constants import EOT_ID
 from customgpt.device import resolve_device
-from customgpt.generate import SamplingParams, generate_text
-from customgpt.prompts import get_prompt_style
+from customgpt.generate import ChatSession, SamplingParams, generate_text
+from customgpt.prompts import Message, get_prompt_style
 from customgpt.tokenizer import get_tokenizer
 from customgpt.ui.engine import (
-    Conversation,
     Generation,
     chat_settings,
     classification_markdown,
@@ -54,36 +53,8 @@ def test_settings_from_the_browser_are_clamped_and_bad_values_replaced():
     assert sampling_params({"temperature": True}, 512).temperature == 0.7
 
 
-def test_user_text_is_plain_text_never_a_special_token(model):
-    conv = Conversation(model, get_tokenizer(), ALPACA)
-    plan = conv.plan("what is <|endoftext|> in GPT-2?", SamplingParams(max_new_tokens=8))
-    assert EOT_ID not in plan.ids
-    assert get_tokenizer().decode(plan.ids) == ALPACA.format_instruction("what is <|endoftext|> in GPT-2?")
-
-
-def test_oldest_turns_are_dropped_first_when_the_window_is_full(model):
-    conv = Conversation(model, get_tokenizer(), ALPACA)
-    params = SamplingParams(max_new_tokens=128)  # window 256: 128 tokens left for the history
-    dropped = []
-    for i in range(5):
-        plan = conv.plan(f"message {i} " + "word " * 20, params)
-        dropped.append(plan.dropped)
-        assert len(plan.ids) <= 128 and plan.kept[-1].content.startswith(f"message {i}")
-        assert plan.kept[0].role == "user"  # never a reply without its question
-        conv.record(plan, "reply " * 10)
-    assert dropped[0] == 0 and sum(dropped) > 0
-    assert "message 0" not in get_tokenizer().decode(plan.ids) and "message 3" in get_tokenizer().decode(plan.ids)
-
-
-def test_the_user_is_told_when_old_turns_are_left_out(model):
-    conv = Conversation(model, get_tokenizer(), ALPACA)
-    conv.record(conv.plan("old " * 150, SamplingParams()), "answer " * 20)
-    notices: list[str] = []
-    gen = Generation(conv, "new question", SamplingParams(max_new_tokens=128, temperature=0), threading.Lock(),
-                     on_notice=notices.append)
-    run_generation(gen)
-    assert len(notices) == 1 and "the oldest 2 message(s) were left out" in notices[0]
-    assert [m.content for m in conv.history][0] == "new question"
+def session_for(model) -> ChatSession:
+    return ChatSession(model, get_tokenizer(), ALPACA)
 
 
 def run_generation(gen: Generation, stop_after: int | None = None) -> list[str]:
@@ -100,33 +71,63 @@ def run_generation(gen: Generation, stop_after: int | None = None) -> list[str]:
     return asyncio.run(main())
 
 
+def test_user_text_is_plain_text_never_a_special_token(model):
+    text = "what is <|endoftext|> in GPT-2?"
+    gen = Generation(session_for(model), text, SamplingParams(max_new_tokens=2), threading.Lock())
+    run_generation(gen)
+    assert EOT_ID not in gen.prompt_ids
+    assert get_tokenizer().decode(gen.prompt_ids) == ALPACA.format_instruction(text)
+
+
+def test_the_user_is_told_when_old_turns_are_left_out(model):
+    session = session_for(model)
+    session.history = [Message("user", "old " * 150), Message("assistant", "answer " * 20)]
+    notices: list[str] = []
+    gen = Generation(session, "new question", SamplingParams(max_new_tokens=128, temperature=0), threading.Lock(),
+                     on_notice=notices.append)
+    run_generation(gen)
+    assert len(notices) == 1 and "the oldest 2 message(s) were left out" in notices[0]
+    assert [m.content for m in session.history][0] == "new question"
+
+
 def test_generation_in_a_thread_gives_the_library_reply_and_records_it(model):
     tokenizer = get_tokenizer()
-    conv = Conversation(model, tokenizer, ALPACA)
-    params = SamplingParams(temperature=0, max_new_tokens=12, stop=ALPACA.stop_strings)
-    gen = Generation(conv, "Name three colours.", params, threading.Lock())
+    session = session_for(model)
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    gen = Generation(session, "Name three colours.", params, threading.Lock())
     text = "".join(run_generation(gen))
-    want = generate_text(model, tokenizer, ALPACA.format_instruction("Name three colours."), params)
+    want = generate_text(model, tokenizer, ALPACA.format_instruction("Name three colours."),
+                         params.replace(stop=ALPACA.stop_strings))
     assert text == want.text and gen.result.finish_reason == want.finish_reason
-    assert [m.role for m in conv.history] == ["user", "assistant"] and conv.history[1].content == text
+    assert [m.role for m in session.history] == ["user", "assistant"] and session.history[1].content == text
     assert gen.time_to_first_piece is not None
 
 
+def test_each_message_uses_its_own_settings(model):
+    session = session_for(model)
+    lengths = []
+    for n in (9, 2):
+        gen = Generation(session, "Hello", SamplingParams(temperature=0, max_new_tokens=n, stop_at_eot=False),
+                         threading.Lock())
+        run_generation(gen)
+        lengths.append(gen.result.completion_tokens)
+    assert lengths == [9, 2]
+
+
 def test_stop_ends_the_worker_and_keeps_what_was_shown(model):
-    conv = Conversation(model, get_tokenizer(), ALPACA)
+    session = session_for(model)
     params = SamplingParams(temperature=0, max_new_tokens=200, stop_at_eot=False)
-    gen = Generation(conv, "Tell me a story.", params, threading.Lock())
+    gen = Generation(session, "Tell me a story.", params, threading.Lock())
     pieces = run_generation(gen, stop_after=1)
     assert not gen._thread.is_alive()
     assert gen.result.finish_reason == "interrupted" and gen.result.completion_tokens < 200
-    assert conv.history[-1].content == "".join(pieces)
+    assert session.history[-1].content == "".join(pieces)
 
 
 def test_a_generation_error_reaches_the_caller():
-    small = load_model("cpu-tiny", seed=0, config=None)
+    small = load_model("cpu-tiny", seed=0)
     small.config = small.config.replace(vocab_size=100)  # GPT-2's ids do not fit: the prompt is refused
-    conv = Conversation(small, get_tokenizer(), ALPACA)
-    gen = Generation(conv, "Hello", SamplingParams(max_new_tokens=4), threading.Lock())
+    gen = Generation(session_for(small), "Hello", SamplingParams(max_new_tokens=4), threading.Lock())
     with pytest.raises(Exception, match="vocabulary"):
         run_generation(gen)
     assert gen.error is not None

@@ -20,12 +20,12 @@ from typing import Any
 import chainlit as cl
 from chainlit.input_widget import NumberInput, Slider, Switch
 
+from customgpt.generate import ChatSession
 from customgpt.ui.config import PROFILE_CHAT, PROFILE_CLASSIFY, PROFILE_COMPARE, AppConfig, profile_help
 from customgpt.ui.engine import (
     RAW_SETTING_ID,
     SEED_SETTING,
     AppState,
-    Conversation,
     Generation,
     LoadedModel,
     chat_settings,
@@ -104,7 +104,8 @@ async def start() -> None:
         widgets.append(Switch(id=RAW_SETTING_ID, label="Show replies as raw text", initial=False,
                               description="show the model's text exactly, without Markdown formatting"))
         await cl.ChatSettings(widgets).send()
-        cl.user_session.set("conversations", [Conversation(m.model, STATE.tokenizer, STATE.style) for m in ready])
+        sessions = [ChatSession(m.model, STATE.tokenizer, STATE.style) for m in ready]
+        cl.user_session.set("conversations", sessions)
     cl.user_session.set("generations", [])
 
 
@@ -157,7 +158,7 @@ async def _classify(text: str) -> None:
 
 async def _chat(profile: str, text: str) -> None:
     models = [m for m in _chat_models(profile) if m.ok]
-    conversations: list[Conversation] = cl.user_session.get("conversations") or []
+    conversations: list[ChatSession] = cl.user_session.get("conversations") or []
     if not models or len(conversations) != len(models):
         failed = [f"`{m.spec}`: {m.error}" for m in _chat_models(profile) if not m.ok]
         await cl.ErrorMessage(content="No chat model is loaded. " + "; ".join(failed), author="customgpt").send()

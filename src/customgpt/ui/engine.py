@@ -1,6 +1,6 @@
 """What the web app does, without the web: loading models (keeping errors for the page), the
-chat settings, a conversation kept inside the context window, generation in a worker thread
-with a stop flag, and the classification table. :mod:`customgpt.ui.app` wires these to
+chat settings, a chat reply generated in a worker thread with a stop flag (the conversation
+itself is a :class:`~customgpt.generate.ChatSession`), and the classification table. :mod:`customgpt.ui.app` wires these to
 Chainlit; everything here runs (and is tested) without a browser.
 """
 
@@ -24,9 +24,8 @@ from customgpt.ui.config import AppConfig
 if TYPE_CHECKING:
     import torch
 
-    from customgpt.generate import GenerationResult, SamplingParams
-    from customgpt.model import GPT
-    from customgpt.prompts import Message, PromptStyle
+    from customgpt.generate import ChatSession, GenerationResult, SamplingParams
+    from customgpt.prompts import PromptStyle
     from customgpt.tokenizer import Tokenizer
 
 log = logging.getLogger("customgpt.ui")
@@ -250,85 +249,36 @@ def _number(value: Any, default: float) -> float:
     return number if math.isfinite(number) else default
 
 
-# =========================================================================== conversation
-
-
-@dataclass
-class PromptPlan:
-    """The prompt for one reply: token ids, the history kept, how many messages were dropped."""
-
-    ids: list[int]
-    kept: list[Message]
-    dropped: int
-
-
-class Conversation:
-    """One user's chat with one model: the history, formatted with a prompt style and kept
-    inside the context window (oldest turns first out).
-
-    User text is encoded as plain text: ``<|endoftext|>`` typed in a message is the 13
-    characters, never the end-of-text token (the templates here emit no special token).
-    """
-
-    def __init__(self, model: GPT, tokenizer: Tokenizer, style: PromptStyle) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.style = style
-        self.history: list[Message] = []
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, allowed_special="none")
-
-    def plan(self, user_text: str, params: SamplingParams) -> PromptPlan:
-        """The prompt for a reply to ``user_text``: the history that fits in the window minus
-        room for the reply (at least a quarter of the window is left to the history)."""
-        from customgpt.prompts import Message, trim_chat_history
-
-        ctx = self.model.config.context_length
-        budget = max(ctx - params.max_new_tokens, ctx // 4)
-        messages = [*self.history, Message("user", user_text)]
-        kept = trim_chat_history(self.style, messages, lambda text: len(self.encode(text)), budget)
-        ids = self.encode(self.style.format_chat(kept))
-        return PromptPlan(ids, kept, len(messages) - len(kept))
-
-    def record(self, plan: PromptPlan, reply: str) -> None:
-        """The reply (or the part shown before a stop) joins the history."""
-        from customgpt.prompts import Message
-
-        self.history = [*plan.kept, Message("assistant", reply)]
-
-    def reset(self) -> None:
-        self.history = []
-
-
 # =========================================================================== generation
 
 
 class Generation:
-    """One reply generated in a worker thread, read as an async stream of text pieces.
+    """One chat reply generated in a worker thread, read as an async stream of text pieces.
 
-        gen = Generation(conversation, "Hello", params, lock)
+        gen = Generation(session, "Hello", params, lock)
         async for piece in gen:
             await message.stream_token(piece)
         gen.result.finish_reason
 
-    The worker checks :attr:`stop_event` between tokens, so :meth:`stop` (or cancelling the
-    task that iterates) ends the reply within one token; the reply then joins the
-    conversation as far as it was handed out (what the page showed). The prompt is planned inside the
-    model's lock, after the previous reply of the conversation was recorded. Notices (history
-    dropped, window full) arrive through ``on_notice`` on the event loop.
+    ``session`` is the user's :class:`~customgpt.generate.ChatSession` (the history inside
+    the context window, user text encoded as plain text); ``params`` are this message's
+    settings. The worker checks :attr:`stop_event` before each token, so :meth:`stop` (or
+    cancelling the task that iterates) ends the reply within one token; the reply then joins
+    the history as far as it was handed out (what the page showed). The reply starts inside
+    the model's lock, after the previous reply of the session was recorded. Notices (history
+    left out, window full) arrive through ``on_notice`` on the event loop.
     """
 
     def __init__(
         self,
-        conversation: Conversation,
+        session: ChatSession,
         user_text: str,
         params: SamplingParams,
         lock: threading.Lock,
         on_notice: Callable[[str], Any] | None = None,
         min_interval: float = 0.03,
     ) -> None:
-        self.conversation = conversation
+        self.session = session
         self.user_text = user_text
         self.params = params
         self.lock = lock
@@ -337,6 +287,7 @@ class Generation:
         self.stop_event = threading.Event()
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
+        self.prompt_ids: list[int] = []
         self.time_to_first_piece: float | None = None
         # What the caller received, so that a stopped reply joins the history as it was shown.
         self._shown: list[str] = []
@@ -356,38 +307,40 @@ class Generation:
             self.stop_event.set()
 
     def _work(self) -> None:
-        from customgpt.generate import stream_text
+        from customgpt.prompts import Message
 
         try:
             with self.lock:
-                conv = self.conversation
-                plan = conv.plan(self.user_text, self.params)
-                if plan.dropped:
+                session = self.session
+                # This message's settings, with the style's stop strings (as the session adds them).
+                session.params = self.params.replace(
+                    stop=tuple(dict.fromkeys(self.params.stop + session.style.stop_strings)))
+                kept, _ = session.prompt_for(self.user_text)
+                dropped = len(session.history) + 1 - sum(m.role != "system" for m in kept)
+                if dropped:
                     self._put("notice", f"The conversation no longer fits in the model's context window "
-                                        f"({conv.model.config.context_length} tokens): the oldest "
-                                        f"{plan.dropped} message(s) were left out of the prompt.")
+                                        f"({session.model.config.context_length} tokens): the oldest "
+                                        f"{dropped} message(s) were left out of the prompt.")
 
                 def context_full() -> None:
                     self._put("notice", "The prompt and reply outgrew the context window: generation goes "
                                         "on from a window cropped on the left.")
 
-                stream = stream_text(conv.model, conv.tokenizer, plan.ids, self.params, on_context_full=context_full)
-                generated: list[str] = []
+                stream = session.send(self.user_text, on_context_full=context_full)
+                self.prompt_ids = list(stream.prompt_ids)
                 try:
                     while not self.stop_event.is_set():  # checked before each token is generated
                         try:
                             piece = next(stream)
                         except StopIteration:
                             break
-                        generated.append(piece)
                         self._put("piece", piece)
                 finally:
-                    stream.close()
+                    stream.close()  # the session records the reply
                     self.result = stream.result
                     with self._shown_lock:
-                        stopped = self.stop_event.is_set()
-                        reply = "".join(self._shown if stopped else generated)
-                    conv.record(plan, reply)
+                        if self.stop_event.is_set() and session.history and session.history[-1].role == "assistant":
+                            session.history[-1] = Message("assistant", "".join(self._shown))
         except BaseException as exc:  # noqa: BLE001 - reported to the page, not lost in a thread
             self.error = exc
             self._put("error", exc)
