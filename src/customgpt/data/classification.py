@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID
 from customgpt.errors import DataError
-from customgpt.train.config import FieldError, Section
+from customgpt.sections import FieldError, Section
 
 #: Most bad rows listed in one error message (the total is always given).
 MAX_REPORTED_ERRORS = 20

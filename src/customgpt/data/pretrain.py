@@ -28,9 +28,8 @@ import torch
 from torch import Tensor
 
 from customgpt.errors import ConfigError, DataError
-from customgpt.io import sha256_file
-from customgpt.train.config import FieldError, Section
-from customgpt.train.files import atomic_open, atomic_write_text
+from customgpt.io import atomic_open, atomic_write_text, sha256_file
+from customgpt.sections import FieldError, Section
 
 
 @dataclass

@@ -24,7 +24,7 @@ from customgpt.train.config import load_config
 from customgpt.train.logging import read_metrics
 from customgpt.train.pretrain import PretrainConfig, pretrain
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_args(verdict: Path, cache: Path, out: Path, *extra: str) -> list[str]:
