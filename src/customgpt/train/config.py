@@ -187,9 +187,11 @@ def keys_help(schema: type) -> str:
                   and not line.startswith(("usage", "options"))), 0)
     body = [line for line in lines[start:] if not re.match(r"^\s+--\w[\w.]* CONFIG\s+Path to a configuration", line)]
     out = []
-    for line in body:  # a section heading: "TrainConfig(epochs: int = 1, ...):" is long; keep the name
-        heading = re.match(r"^(\w+)\(.*\):$", line)
-        out.append(f"{heading.group(1)}:" if heading else line)
+    for i, line in enumerate(body):  # a section heading gains its dotted key: "train: The loop: ..."
+        if line and not line[0].isspace() and line.endswith(":"):
+            option = next((re.match(r"^\s+--([\w.]+)\.\w+", x) for x in body[i + 1:] if x.lstrip().startswith("--")), None)
+            line = f"{option.group(1)}: {line}" if option else line
+        out.append(line)
     return "config keys (override any with --section.key VALUE):\n\n" + "\n".join(out) + "\n"
 
 
@@ -411,7 +413,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, schema: Any, *, defaul
     default = f" (default: {default_config})" if default_config else ""
     parser.add_argument(
         "--config", "-c", default=default_config,
-        help=f"YAML config: a path, or a packaged preset name (e.g. pretrain-verdict){default}",
+        help=f"YAML config: a path, or a packaged preset name{default}",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -529,7 +531,7 @@ class ModelSection(Section):
 
 @dataclass
 class OptimConfig(Section):
-    """AdamW. Weight decay applies to matrices and embeddings only (see :mod:`customgpt.train.optim`)."""
+    """AdamW; weight decay applies to matrices and embeddings only."""
 
     weight_decay: float = 0.1
     """Decoupled weight decay of matrices and embeddings (AdamW)."""
