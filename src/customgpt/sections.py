@@ -2,7 +2,7 @@
 
 A section is an ``@dataclass`` deriving from :class:`Section`. Each field is documented by
 a string literal right after it (an attribute docstring: the command's ``--help`` shows it).
-On construction every float field must be finite and the section's :meth:`Section.validate`
+On construction every float field must be finite, a ``Literal`` field one of its choices, and the section's :meth:`Section.validate`
 runs its own range checks, raising :class:`FieldError` (the field, the reason); the config
 loader (:mod:`customgpt.train.config`) adds the section path and where the value was set.
 Types are converted by the loader (jsonargparse), not here.
@@ -13,7 +13,9 @@ This module sits in the core so that both ``data/`` and ``train/`` can define se
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import typing
 from typing import Any, TypeVar
 
 from customgpt.errors import ConfigError
@@ -39,6 +41,22 @@ def check_finite(key: str, value: Any) -> None:
             raise FieldError(name, f"must be a finite number, got {v!r}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _choices(tp: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal[...]`` (or ``Literal[...] | None``) type, else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Literal:
+        return args
+    literal = [a for a in args if typing.get_origin(a) is typing.Literal]
+    if literal and type(None) in args:
+        return (*typing.get_args(literal[0]), None)
+    return None
+
+
 @dataclasses.dataclass
 class Section:
     """Base class of config dataclasses: checked on construction.
@@ -47,8 +65,14 @@ class Section:
     """
 
     def __post_init__(self) -> None:
+        hints = _hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            check_finite(f.name, getattr(self, f.name))
+            value = getattr(self, f.name)
+            check_finite(f.name, value)
+            choices = _choices(hints[f.name])
+            if choices is not None and value not in choices:
+                raise FieldError(f.name, "expected one of " + ", ".join(repr(c) for c in choices if c is not None)
+                                 + f", got {value!r}")
         self.validate()
 
     def validate(self) -> None:

@@ -131,6 +131,11 @@ def test_sections_are_validated_on_direct_construction():
         TrainConfig(lr=float("nan"))
     with pytest.raises(ConfigError, match=r"^betas\[1\]: must be a finite number, got inf"):
         OptimConfig(betas=(0.9, float("inf")))
+    with pytest.raises(ConfigError, match=r"^precision: expected one of 'auto', 'fp32', 'bf16', 'fp16', got 'fp8'$"):
+        RuntimeConfig(precision="fp8")
+    with pytest.raises(ConfigError, match=r"^impl: expected one of 'fast', 'explicit', got 'slow'$"):
+        ModelSection(impl="slow")
+    assert ModelSection(impl=None).impl is None
     with pytest.raises(ConfigError, match="log_every"):
         LoggingConfig(log_every=0)
     with pytest.raises(ConfigError, match="threads"):
