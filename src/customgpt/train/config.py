@@ -137,7 +137,7 @@ def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
                 raise ConfigError(f"{key}: must be a finite number, got {item!r}{where}")
     if isinstance(value, str):
         text = value.strip()
-        if text.lower() in _NONE:
+        if optional and text.lower() in _NONE:
             return "null"
         if inner is bool and text.lower() in _TRUE | _FALSE:
             return "true" if text.lower() in _TRUE else "false"
@@ -146,8 +146,8 @@ def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
             items = [v.strip() for v in text.split(",") if v.strip()]
             return json.dumps([v if elem is str else yaml.safe_load(v) for v in items])
         return value
-    if isinstance(value, str) or value is None:
-        return "null" if value is None else value
+    if value is None:
+        return "null"
     if origin in (tuple, list) and not isinstance(value, (list, tuple)):
         value = [value]
     return json.dumps(value)
