@@ -237,3 +237,13 @@ def test_help_lists_every_key_with_type_default_and_description():
         if not dataclasses.is_dataclass(tp):
             assert f"--{key} " in text or f"--{key}\n" in text, key
     assert "Peak learning rate (after warmup); at most 10. (type: float, default: 0.0004)" in " ".join(text.split())
+
+
+def test_empty_yaml_section_keeps_the_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\noptim:\n  eps: 1.0e-6\n")
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.train == TrainConfig() and cfg.optim.eps == 1e-6
+    path.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match=r"^train: expected a section \(TrainConfig\), got 3 \(set in .*run\.yaml\)$"):
+        load_config(PretrainConfig, path)

@@ -43,6 +43,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+import jsonargparse
 import yaml
 
 from customgpt.errors import ConfigError
@@ -150,7 +151,7 @@ def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
         return "null"
     if origin in (tuple, list) and not isinstance(value, (list, tuple)):
         value = [value]
-    return json.dumps(value)
+    return json.dumps(value, default=str)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -170,8 +171,6 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 @functools.cache
 def make_parser(schema: type) -> Any:
     """The jsonargparse parser of a root section (cached): it checks types and renders ``--help``."""
-    import jsonargparse
-
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = jsonargparse.ArgumentParser(exit_on_error=False, prog="config", default_env=False)
     parser.add_class_arguments(schema, nested_key=None, fail_untyped=True, instantiate=False)
@@ -231,11 +230,11 @@ def load_config(
             hint = difflib.get_close_matches(key, list(keys), n=1)
             raise ConfigError(f"unknown config key {key!r}{where}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         if is_dataclass(keys[key]):
+            if value is None:  # "train:" with nothing under it
+                continue
             raise ConfigError(f"{key}: expected {describe_type(keys[key])}, got {value!r}{where}")
         args.append(f"--{key}={_to_arg(key, keys[key], value, where)}")
         origins[key], raw[key] = source, value
-
-    import jsonargparse
 
     try:
         ns = make_parser(schema).parse_args(args)
