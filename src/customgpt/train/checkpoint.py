@@ -207,7 +207,7 @@ def checkpoint_val_loss(folder: str | Path) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def reconcile_best(root: str | Path, claimed: float) -> float:
+def reconcile_best(root: str | Path, claimed: float, *, repair: bool = True) -> float:
     """Make ``root/best`` and the best validation loss a resumed run believes agree.
 
     ``best`` is written before ``last`` (see :func:`customgpt.train.pretrain.pretrain`), so a
@@ -217,6 +217,9 @@ def reconcile_best(root: str | Path, claimed: float) -> float:
     checkpoint that set the claim; otherwise ``best``'s own value is returned, so the next
     improvement on it rewrites ``best``.
 
+    Every process of a distributed run calls it (they must agree on the value); only the
+    main one passes ``repair=True``.
+
     Returns:
         The best validation loss to continue with (``inf`` when there is no ``best``).
     """
@@ -225,7 +228,8 @@ def reconcile_best(root: str | Path, claimed: float) -> float:
     if best is not None and best <= claimed:
         return best
     if claimed != float("inf") and checkpoint_val_loss(root / LAST) == claimed:
-        copy_checkpoint(root, LAST, BEST)
+        if repair:
+            copy_checkpoint(root, LAST, BEST)
         return claimed
     return best if best is not None else float("inf")
 

@@ -199,8 +199,9 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
                 return {"steps": int(state["step"]), "total_steps": total_steps, "finished": True,
                         "first_loss": math.nan, "last_loss": math.nan, "best_val_loss": float(state["best_val_loss"]),
                         "seconds": 0.0, "run_dir": str(run_dir), "checkpoint": str(resume_from)}
-            if resume_from.parent == run_dir / ckpt.CHECKPOINTS_DIR and info.is_main:
-                state["best_val_loss"] = ckpt.reconcile_best(resume_from.parent, float(state["best_val_loss"]))
+            if resume_from.parent == run_dir / ckpt.CHECKPOINTS_DIR:  # every process: they must agree
+                state["best_val_loss"] = ckpt.reconcile_best(resume_from.parent, float(state["best_val_loss"]),
+                                                             repair=info.is_main)
             dist.barrier()
         objective = rt.prepare_model(CausalLMObjective(model))  # to device (+ torch.compile)
         optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
