@@ -465,12 +465,8 @@ class ModelSection(Section):
     """Dropout of the attention weights; none: the model's."""
     impl: Literal["fast", "explicit"] | None = None
     """Attention kernels: fast or explicit (same numbers); none: the model's."""
-    token_ngram_buckets: int | None = None
-    """> 0 adds hashed character n-gram embeddings (zero-initialised on loaded weights)."""
-    token_embedding_init: Literal["normal", "zero"] = "normal"
-    """Token embedding init from scratch: normal (GPT-2's N(0, 0.02)) or zero."""
 
-    _SHAPE = ("context_length", "n_layer", "n_head", "n_embd", "token_ngram_buckets")
+    _SHAPE = ("context_length", "n_layer", "n_head", "n_embd")
 
     def validate(self) -> None:
         if self.init is None and self.preset is None:
@@ -481,11 +477,8 @@ class ModelSection(Section):
                 raise FieldError(key, f"must be in [0, 1), got {value}")
         if self.init is not None:
             for key in self._SHAPE:
-                if key != "token_ngram_buckets" and getattr(self, key) is not None:
+                if getattr(self, key) is not None:
                     raise FieldError(key, "cannot change the shape of weights loaded from model.init")
-            if self.token_embedding_init != "normal":
-                raise FieldError("token_embedding_init", "initialises a model trained from scratch; "
-                                 "the weights in model.init are already trained")
         else:
             self.gpt_config()  # shape errors (e.g. n_embd % n_head) surface now, before training
 
@@ -510,22 +503,11 @@ class ModelSection(Section):
         from customgpt.model import GPT
 
         if self.init is None:
-            model = GPT(self.gpt_config()).train()
-            if self.token_embedding_init == "zero":  # after the random init: the rest is unchanged
-                model.zero_token_embeddings()
-            return model
+            return GPT(self.gpt_config()).train()
         from customgpt.checkpoints import load_model
 
         changes = {k: v for k, v in self._changes().items() if k in ("dropout", "attn_dropout", "impl")}
-        model = load_model(self.init, device="cpu", dtype="float32", overrides=changes or None)
-        have, want = model.config.token_ngram_buckets, self.token_ngram_buckets
-        if want and not have:
-            model.add_token_ngrams(want)
-        elif want is not None and want != have:
-            # raised after loading, outside the loader that prefixes section names: name the key in full
-            raise ConfigError(f"model.token_ngram_buckets: the weights in model.init ({self.init}) have "
-                              f"{have} n-gram buckets, not {want}")
-        return model.train()
+        return load_model(self.init, device="cpu", dtype="float32", overrides=changes or None).train()
 
 
 @dataclass
