@@ -16,7 +16,6 @@ model:
   n_embd: 32
   n_head: 2
   dropout: 0.0
-  token_ngram_buckets: 512   # character n-gram embeddings, saved and loaded with the classifier
 data:
   dataset: sms-spam
   max_length: 48

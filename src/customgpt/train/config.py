@@ -179,19 +179,17 @@ def make_parser(schema: type) -> Any:
 
 def keys_help(schema: type) -> str:
     """``--help`` text listing every key of ``schema`` with its type, default and description."""
-    text = make_parser(schema).format_help()
-    lines = text.splitlines()
-    # drop the usage and the "-h, --help" group: keep the sections, which start at a class signature
-    start = next((i for i, line in enumerate(lines) if line and not line[0].isspace() and "(" in line
-                  and not line.startswith(("usage", "options"))), 0)
-    body = [line for line in lines[start:] if not re.match(r"^\s+--\w[\w.]* CONFIG\s+Path to a configuration", line)]
     out = []
-    for i, line in enumerate(body):  # a section heading gains its dotted key: "train: The loop: ..."
-        if line and not line[0].isspace() and line.endswith(":"):
-            option = next((re.match(r"^\s+--([\w.]+)\.\w+", x) for x in body[i + 1:] if x.lstrip().startswith("--")), None)
-            line = f"{option.group(1)}: {line}" if option else line
-        out.append(line)
-    return "config keys (override any with --section.key VALUE):\n\n" + "\n".join(out) + "\n"
+    for block in make_parser(schema).format_help().split("\n\n"):  # usage, options, then one per section
+        lines = [x for x in block.splitlines() if not re.match(r"^\s+--[\w.]+ CONFIG\s", x)]  # "--train CONFIG"
+        option = next((re.match(r"^\s+--([\w.]+)\.\w+", x) for x in lines if x.lstrip().startswith("--")), None)
+        if block.startswith("usage:") or option is None:
+            continue
+        heading = lines[0] if lines[0].endswith(":") and not lines[0][0].isspace() else None
+        if heading and re.match(r"^\w+\(.*\):$", heading, re.DOTALL):  # no docstring: a class signature
+            heading = ":"
+        out.append("\n".join([f"{option.group(1)}: {heading}".replace(": :", ":"), *lines[1:]] if heading else lines))
+    return "config keys (override any with --section.key VALUE):\n\n" + "\n\n".join(out) + "\n"
 
 
 def load_config(
