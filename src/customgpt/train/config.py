@@ -24,7 +24,11 @@ A new objective declares its root section and hands it to the CLI::
     cfg = load_config(DPOConfig, "dpo-small", ["--train.lr", "5e-6"])  # a DPOConfig instance
 
 and one row in ``customgpt.cli.finetune.TASKS`` gives it ``customgpt finetune dpo``
-(``--help`` lists every key, ``--print-config`` prints the resolved YAML).
+(``--help`` lists every key, ``--print-config`` prints the resolved YAML). A section may also
+be a plain ``@dataclass`` whose ``__post_init__`` raises ConfigError naming ``section.key``
+(no import of this module needed, as ``data/`` modules must not import ``train/``); deriving
+:class:`~customgpt.sections.Section` adds the finite-number and choice checks on construction
+and the file or flag that set a bad value to the message.
 """
 
 from __future__ import annotations
