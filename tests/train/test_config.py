@@ -247,3 +247,39 @@ def test_empty_yaml_section_keeps_the_defaults(tmp_path):
     path.write_text("train: 3\n")
     with pytest.raises(ConfigError, match=r"^train: expected a section \(TrainConfig\), got 3 \(set in .*run\.yaml\)$"):
         load_config(PretrainConfig, path)
+
+
+@dataclass
+class PlainData:
+    """A section as a data/ module may write it: a plain dataclass checked in __post_init__."""
+
+    split: Literal["reference", "stratified"] = "reference"
+    """How to split."""
+    fraction: float = 0.1
+    """Share held out."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ConfigError(f"data.fraction: must be in [0, 1), got {self.fraction}")
+
+
+@dataclass
+class PlainRoot(Section):
+    data: PlainData = field(default_factory=PlainData)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_plain_dataclass_sections_parse_and_name_the_source(tmp_path):
+    from customgpt.train.config import keys_help
+
+    assert load_config(PlainRoot, None, ["--data.fraction", "0.3"]).data == PlainData(fraction=0.3)
+    with pytest.raises(ConfigError) as info:
+        load_config(PlainRoot, None, ["--data.fraction", "2"])
+    assert str(info.value) == "data.fraction: must be in [0, 1), got 2.0 (set in --data.fraction)"
+    with pytest.raises(ConfigError, match=r"^data\.fraction: must be a finite number, got 'inf'"):
+        load_config(PlainRoot, None, ["--data.fraction", "inf"])
+    with pytest.raises(ConfigError, match=r"^data\.split: expected one of 'reference', 'stratified', got 'x'"):
+        load_config(PlainRoot, None, ["--data.split", "x"])
+    text = " ".join(keys_help(PlainRoot).split())
+    assert "data: A section as a data/ module may write it" in text
+    assert "--data.fraction FRACTION Share held out. (type: float, default: 0.1)" in text

@@ -264,6 +264,12 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, origins: dict[str, s
     except FieldError as exc:
         full = f"{prefix}{exc.key}"
         raise ConfigError(f"{full}: {exc.reason}{_where(full, origins)}") from None
+    except ConfigError as exc:  # a plain dataclass section naming its full key: "data.split: ..."
+        named = re.match(r"^([\w.]+)(\[\d+\])?:", str(exc))
+        where = _where(named.group(1), origins) if named else ""
+        if not where:
+            raise
+        raise ConfigError(f"{exc}{where}") from None
 
 
 def _where(key: str, origins: dict[str, str]) -> str:
