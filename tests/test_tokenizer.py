@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 from tiktoken.load import load_tiktoken_bpe
 
 from customgpt.bpe import bpe_merge, bytes_to_unicode, count_pretokens, pretokenize, train_bpe_ranks
-from customgpt.cli import main as cli_main
 from customgpt.errors import ConfigError, DataError
 from customgpt.tokenizer import (
     BPETokenizer,
@@ -585,54 +584,6 @@ def test_save_load_round_trip(trained_small, tmp_path):
     # overwriting is atomic too, and save_tiktoken_ranks writes the same bytes
     save_tiktoken_ranks(gpt2_ranks(), path)
     assert path.read_bytes() == ASSET.read_bytes()
-
-
-# --------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------
-
-
-def test_cli_encode_decode(capsys):
-    assert cli_main(["tokenizer", "encode", "Hello, world"]) == 0
-    assert capsys.readouterr().out == "15496 11 995\n"
-    assert cli_main(["tokenizer", "encode", f"Hi{EOT}", "--engine", "bpe"]) == 0
-    assert capsys.readouterr().out == "17250 50256\n"
-    assert cli_main(["tokenizer", "encode", f"Hi{EOT}", "--allowed-special", "none"]) == 0
-    assert capsys.readouterr().out == "17250 27 91 437 1659 5239 91 29\n"
-    assert cli_main(["tokenizer", "decode", "15496", "11", "995"]) == 0
-    assert capsys.readouterr().out == "Hello, world\n"
-    assert cli_main(["tokenizer", "decode", "15496,11,995", "--engine", "bpe"]) == 0
-    assert capsys.readouterr().out == "Hello, world\n"
-    assert cli_main(["tokenizer", "decode", "15496", "99999"]) == 2
-    assert "token id 99999 is not in the vocabulary" in capsys.readouterr().err
-    assert cli_main(["tokenizer", "decode", "abc"]) == 2
-    assert "not a token id: 'abc'" in capsys.readouterr().err
-
-
-def test_cli_train(tmp_path, dataset_texts, capsys):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(dataset_texts["the-verdict"][0], encoding="utf-8")
-    out = tmp_path / "verdict.tiktoken"
-    args = ["tokenizer", "train", str(corpus), "--vocab-size", "400", "--out", str(out)]
-    assert cli_main([*args, "--hf-dir", str(tmp_path / "hf")]) == 0
-    captured = capsys.readouterr()
-    assert "trained 400 ids (143 merges, 1 special)" in captured.out
-    assert "merge" in captured.err  # progress bar
-    assert (tmp_path / "hf" / "merges.txt").is_file()
-    assert load_bpe(out).mergeable_ranks == train_bpe(corpus, 400).mergeable_ranks
-    text = "I had always thought Jack Gisburn"
-    assert cli_main(["tokenizer", "encode", text, "--vocab", str(out)]) == 0
-    ids = capsys.readouterr().out.split()
-    assert list(map(int, ids)) == load_bpe(out).encode(text)
-    assert cli_main(["tokenizer", "decode", *ids, "--vocab", str(out)]) == 0
-    assert capsys.readouterr().out == text + "\n"
-    assert cli_main(["tokenizer", "train", str(corpus), "--vocab-size", "100", "--out", str(out)]) == 2
-    assert "at least 257" in capsys.readouterr().err
-    assert (
-        cli_main(["tokenizer", "train", str(tmp_path / "missing.txt"), "--vocab-size", "300", "--out", "x"])
-        == 2
-    )
-    assert "not found" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("specials", [[], [EOT, "<|pad|>"]])
