@@ -22,7 +22,6 @@ The tokenizer objects built on these live in :mod:`customgpt.tokenizer`.
 from __future__ import annotations
 
 import heapq
-import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
@@ -129,31 +128,6 @@ def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], max_rank: int | None = N
         out.append(parts[i])
         i = nxt[i]
     return out
-
-
-def bpe_merge_dropout(piece: bytes, ranks: Mapping[bytes, int], dropout: float, rng: random.Random) -> list[bytes]:
-    """:func:`bpe_merge` with BPE-dropout (Provilkov et al., 2020): a random segmentation.
-
-    At every step the possible merges are tried in rank order (the leftmost pair on ties)
-    and each is skipped with probability ``dropout``; the first one not skipped is applied.
-    When every possible merge is skipped the pre-token stays as it is. ``dropout = 0`` gives
-    exactly :func:`bpe_merge`'s tokens, ``dropout = 1`` single bytes. Every result is made of
-    vocabulary tokens and joins back to ``piece``, so training on such segmentations teaches
-    a model how the pieces of a word compose (subword regularization); inference keeps the
-    ordinary tokenization.
-    """
-    if not 0.0 <= dropout <= 1.0:
-        raise ValueError(f"dropout must be in [0, 1], got {dropout}")
-    parts = [piece[i : i + 1] for i in range(len(piece))]
-    while len(parts) > 1:
-        candidates = sorted(
-            (rank, i) for i in range(len(parts) - 1) if (rank := ranks.get(parts[i] + parts[i + 1])) is not None
-        )
-        chosen = next((i for _, i in candidates if rng.random() >= dropout), None)
-        if chosen is None:
-            break
-        parts[chosen : chosen + 2] = [parts[chosen] + parts[chosen + 1]]
-    return parts
 
 
 # --------------------------------------------------------------------------------------
