@@ -583,7 +583,7 @@ def prepare_splits(cfg: ClassifyDataConfig) -> tuple[Splits, list[str]]:
                             "use data.path or data.train_file for your own files")
         from customgpt.data.registry import fetch
 
-        rows = read_sms_spam(fetch("sms-spam", cfg.data_dir, cfg.cache_dir))
+        rows = read_sms_spam(fetch("sms-spam", cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir"))
         declared = list(SPAM_LABELS) if declared is None else declared
         if cfg.split == "reference":
             splits = reference_split(rows, seed=cfg.split_seed)

@@ -128,25 +128,14 @@ class LoRASection:
             raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
 
 
-def _typed(cls: type) -> type:
-    """Glue to today's config loader (:mod:`customgpt.train.config`): ``cls`` as a Section that
-    parses command-line strings to the field types, then runs ``cls``'s own checks."""
-    return dataclass(type(cls.__name__, (Section, cls), {"validate": cls.__post_init__, "__doc__": cls.__doc__}))
-
-
-DataSection = _typed(ClassifyDataConfig)
-ClassifierConfig = _typed(ClassifierSection)
-LoRAConfigSection = _typed(LoRASection)
-
-
 @dataclass
 class ClassifyConfig(Section):
     """The whole ``customgpt finetune classify`` configuration."""
 
     model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    lora: LoRAConfigSection = field(default_factory=LoRAConfigSection)
+    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    classifier: ClassifierSection = field(default_factory=ClassifierSection)
+    lora: LoRASection = field(default_factory=LoRASection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=5e-5, eval_every=0))
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
