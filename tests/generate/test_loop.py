@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import customgpt.generate.loop as loop
 from customgpt.checkpoints import build_model, hf_to_customgpt_state
 from customgpt.config import GPTConfig
 from customgpt.generate import SamplingParams, free_generation_memory, generate_batch, generate_tokens
@@ -147,53 +146,6 @@ def test_free_generation_memory_then_generate_again():
     free_generation_memory(model)
     assert _HEAD_ATTR not in model.__dict__
     assert tokens(generate_tokens(model, prompt, GREEDY)) == first
-
-
-# --------------------------------------------------------------------------- the decode layout
-
-
-def test_generation_on_the_cpu_uses_the_decode_layout_and_the_same_math():
-    """The exactness tests above run with the decode layout (the weights re-laid out in
-    place, no second copy of the math); without it the tokens are the same."""
-    model, plain = tiny_model(3), tiny_model(3)
-    prompt = prompt_of(9, seed=1)
-    c_fc = model.transformer.h[0].mlp.c_fc.weight
-    assert c_fc.is_contiguous()
-    out = tokens(generate_tokens(model, prompt, GREEDY))
-    assert model.transformer.h[0].mlp.c_fc.weight is c_fc and c_fc.t().is_contiguous()
-    assert out == reference_greedy(model, prompt, 40)
-    assert tokens(generate_tokens(plain, prompt, GREEDY, fast_path=False)) == out
-    assert plain.transformer.h[0].mlp.c_fc.weight.is_contiguous()  # off: left as it is
-
-
-def test_module_switch_turns_the_decode_layout_off(monkeypatch):
-    monkeypatch.setattr(loop, "CPU_DECODE_LAYOUT", False)
-    model = tiny_model(0)
-    prompt = prompt_of(5)
-    assert tokens(generate_tokens(model, prompt, GREEDY)) == reference_greedy(model, prompt, 40)
-    assert model.transformer.h[0].attn.c_attn.weight.is_contiguous()
-
-
-def test_lora_and_training_after_generation_still_work():
-    from customgpt.lora import LoRAConfig, inject_lora
-
-    model = tiny_model(9)
-    inject_lora(model, LoRAConfig(r=2, targets=("c_attn",)))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))  # a non-zero update
-    model.eval()
-    prompt = prompt_of(7, seed=3)
-    assert tokens(generate_tokens(model, prompt, GREEDY)) == reference_greedy(model, prompt, 40)
-    # A training step on the re-laid-out weights: gradients flow and the optimizer steps.
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    loss = model(torch.tensor([prompt])).logsumexp(-1).mean()
-    loss.backward()
-    opt.step()
-    model.eval()
-    assert tokens(generate_tokens(model, prompt, GREEDY)) == reference_greedy(model, prompt, 40)
 
 
 # --------------------------------------------------------------------------- vocabulary and budget

@@ -7,7 +7,8 @@ Modules, bottom up (everything below is importable from ``customgpt.generate``):
   logits to token ids.
 * :mod:`~customgpt.generate.loop`: the token loop with the model's KV cache (a prefill, then
   one position per step, last-position logits only); :func:`generate_tokens` yields tokens
-  one at a time for one prompt.
+  one at a time for one prompt. :mod:`~customgpt.generate.cpu_decode`: the CPU's fast
+  single-token step.
 * :mod:`~customgpt.generate.stream`: :func:`stream_text` / :func:`generate_text`: text pieces
   (UTF-8 safe) with stop strings, and a :class:`GenerationResult` with counts, finish reason
   and speed; :func:`encode_prompt` encodes user text as plain text.
@@ -23,8 +24,8 @@ model's weights are only read (on the CPU they are put once in their decode layo
 
 from customgpt.generate.batch import generate_batch
 from customgpt.generate.chat import ChatSession
+from customgpt.generate.cpu_decode import CPU_DECODE_FAST_PATH, cpu_decode_step, cpu_decode_unsupported
 from customgpt.generate.loop import (
-    CPU_DECODE_LAYOUT,
     CPU_TRANSPOSED_HEAD,
     FinishReason,
     GenerationError,
@@ -59,7 +60,7 @@ from customgpt.generate.stream import (
 )
 
 __all__ = [
-    "CPU_DECODE_LAYOUT",
+    "CPU_DECODE_FAST_PATH",
     "CPU_TRANSPOSED_HEAD",
     "MAX_SEED",
     "PLAIN_TEXT",
@@ -74,6 +75,8 @@ __all__ = [
     "apply_presence_frequency",
     "apply_repetition_penalty",
     "check_prompt",
+    "cpu_decode_step",
+    "cpu_decode_unsupported",
     "encode_prompt",
     "free_generation_memory",
     "generate_batch",

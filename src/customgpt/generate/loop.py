@@ -12,8 +12,9 @@ one window of tokens, however large ``max_new_tokens`` is.
 
 Each request makes its own KV cache (:meth:`GPT.new_kv_cache`), so generations on one model
 do not share state. On the CPU the model's weights are put in their decode layout first
-(:meth:`GPT.use_decode_layout`) and the LM head is read from a transposed copy
-(:func:`lm_head_for_generation`); see ``docs/generation.md``.
+(:meth:`GPT.use_decode_layout`), single-token steps run through
+:func:`~customgpt.generate.cpu_decode.cpu_decode_step` where it applies, and the LM head is
+read from a transposed copy (:func:`lm_head_for_generation`); see ``docs/generation.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
+import customgpt.generate.cpu_decode as cpu_decode
 from customgpt.constants import EOT_ID
 from customgpt.errors import CustomGPTError
 from customgpt.generate.sampling import SamplingParams, TokenStats, make_generator, sample
@@ -37,11 +39,6 @@ if TYPE_CHECKING:
 #: Why a generation ended: a stop string, the token budget, the end-of-text token, or the
 #: caller closing the stream early (Ctrl-C in the chat, a client that went away).
 FinishReason = Literal["stop", "length", "eot", "interrupted"]
-
-#: On the CPU, put the model's widening linears in their decode layout before generating
-#: (:meth:`GPT.use_decode_layout`: the same weights, no copy). False leaves the layout alone
-#: (or pass ``fast_path=False`` to :func:`generate_tokens` / ``generate_batch``).
-CPU_DECODE_LAYOUT = True
 
 #: On the CPU, compute the LM head from a transposed copy of its weight (see
 #: :func:`lm_head_for_generation`). Set to False to save the memory of that copy.
@@ -147,8 +144,9 @@ def token_loop(
     Args:
         rows: checked prompts (:func:`check_prompt`), one per batch row.
         use_cache: False runs the full window every step (the reference).
-        fast_path: put the weights in their decode layout on the CPU (None: as
-            :data:`CPU_DECODE_LAYOUT` says).
+        fast_path: on the CPU, put the weights in their decode layout and run single-token
+            steps through :func:`~customgpt.generate.cpu_decode.cpu_decode_step` (None: as
+            :data:`~customgpt.generate.cpu_decode.CPU_DECODE_FAST_PATH` says).
         vocab_size: ids at or past it are never sampled (the tokenizer's vocabulary, see
             :func:`sampled_vocab_size`; None: the model's).
     """
@@ -161,10 +159,12 @@ def token_loop(
     vocab = sampled_vocab_size(model, vocab_size)
     if generator is None and not params.greedy:
         generator = make_generator(params.seed, device)
-    if (CPU_DECODE_LAYOUT if fast_path is None else fast_path) and device.type == "cpu":
-        model.use_decode_layout()
     was_training = model.training
     model.eval()
+    fast = (cpu_decode.CPU_DECODE_FAST_PATH if fast_path is None else fast_path) and device.type == "cpu"
+    if fast:
+        model.use_decode_layout()
+    fast = fast and use_cache and cpu_decode.cpu_decode_unsupported(model) is None
     try:
         with torch.inference_mode():
             # The tokens so far, left-padded, in a buffer of at most the prompt plus one window:
@@ -185,6 +185,12 @@ def token_loop(
             )
             head = lm_head_for_generation(model)
             cache = model.new_kv_cache(B, min(ctx, L + params.max_new_tokens)) if use_cache else None
+            step_positions = step_mask = None
+            if fast and mask is not None:
+                # What forward_hidden derives from the padding mask for one new token at n-1:
+                # its position counts the row's real tokens; it attends to the real keys.
+                step_positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, capacity)
+                step_mask = mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, capacity)
 
             def forward_window(n: int) -> Tensor:
                 """Run the model on the last ``ctx`` columns (a prefill when caching)."""
@@ -223,9 +229,15 @@ def token_loop(
                     stats.update(tokens)
                 if use_cache and total <= ctx:
                     # The cache holds columns [0, n-1): append one and read the last logits.
-                    am = mask[:, :n] if mask is not None else None
-                    hidden = model.forward_hidden(tokens[:, None], attention_mask=am, kv_cache=cache, input_pos=n - 1)
-                    logits = head(hidden[:, -1])
+                    if fast:
+                        positions = step_positions[:, n - 1] if step_positions is not None else None
+                        am = step_mask[..., :n] if step_mask is not None else None
+                        hidden = cpu_decode.cpu_decode_step(model, tokens, cache, n - 1, positions, am)
+                    else:
+                        am = mask[:, :n] if mask is not None else None
+                        hidden = model.forward_hidden(tokens[:, None], attention_mask=am, kv_cache=cache,
+                                                      input_pos=n - 1)[:, -1]
+                    logits = head(hidden)
                 else:
                     # Past the window (absolute positions shift: rebuild the cache from the
                     # cropped window), or no cache at all.
@@ -261,8 +273,9 @@ def generate_tokens(
         eot_id: the end-of-text token id.
         use_cache: use the KV cache (``False`` runs the full window every step: the reference).
         generator: a random generator to use instead of one seeded from ``params.seed``.
-        fast_path: on the CPU, put the weights in their decode layout first (None: as
-            :data:`CPU_DECODE_LAYOUT` says).
+        fast_path: on the CPU, put the weights in their decode layout and run single-token
+            steps through :func:`~customgpt.generate.cpu_decode.cpu_decode_step` (None: as
+            :data:`~customgpt.generate.cpu_decode.CPU_DECODE_FAST_PATH` says).
         vocab_size: the tokenizer's vocabulary size: ids at or past it are never sampled
             (None: every id of the model's vocabulary may be).
 
