@@ -12,8 +12,8 @@ import torch
 
 import customgpt.generate.cpu_decode as cpu_decode
 from customgpt.generate import (
+    CPUDecodeStep,
     SamplingParams,
-    cpu_decode_step,
     cpu_decode_unsupported,
     generate_batch,
     generate_tokens,
@@ -26,13 +26,13 @@ from generate.common import GREEDY, prompt_of, reference_greedy, tiny_model, tok
 def steps(monkeypatch):
     """Counts the fast path's steps."""
     calls = []
-    real = cpu_decode.cpu_decode_step
 
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    class Counted(cpu_decode.CPUDecodeStep):
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            return super().__call__(*args, **kwargs)
 
-    monkeypatch.setattr(cpu_decode, "cpu_decode_step", counted)
+    monkeypatch.setattr(cpu_decode, "CPUDecodeStep", Counted)
     return calls
 
 
@@ -68,12 +68,13 @@ def test_step_logits_match_the_model_forward_with_padding(bias, tied):
         fast, ref = model.new_kv_cache(B, L + 12), model.new_kv_cache(B, L + 12)
         for cache in (fast, ref):
             model.forward_hidden(seq, attention_mask=mask[:, :L], kv_cache=cache)
+        step = CPUDecodeStep(model)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         bool_mask = mask.bool()[:, None, None, :]
         gen = torch.Generator().manual_seed(0)
         for n in range(L + 1, L + 12):
             new = torch.randint(0, model.config.vocab_size, (B,), generator=gen)
-            got = model.lm_head(cpu_decode_step(model, new, fast, n - 1, positions[:, n - 1], bool_mask[..., :n]))
+            got = model.lm_head(step(new, fast, n - 1, positions[:, n - 1], bool_mask[..., :n]))
             want = model(new[:, None], attention_mask=mask[:, :n], kv_cache=ref, input_pos=n - 1)[:, -1]
             torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
         torch.testing.assert_close(fast.k[:, :, :, : L + 11], ref.k[:, :, :, : L + 11], rtol=0, atol=1e-5)

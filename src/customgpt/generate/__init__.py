@@ -24,7 +24,7 @@ model's weights are only read (on the CPU they are put once in their decode layo
 
 from customgpt.generate.batch import generate_batch
 from customgpt.generate.chat import ChatSession
-from customgpt.generate.cpu_decode import CPU_DECODE_FAST_PATH, cpu_decode_step, cpu_decode_unsupported
+from customgpt.generate.cpu_decode import CPU_DECODE_FAST_PATH, CPUDecodeStep, cpu_decode_unsupported
 from customgpt.generate.loop import (
     CPU_TRANSPOSED_HEAD,
     FinishReason,
@@ -62,6 +62,7 @@ from customgpt.generate.stream import (
 __all__ = [
     "CPU_DECODE_FAST_PATH",
     "CPU_TRANSPOSED_HEAD",
+    "CPUDecodeStep",
     "MAX_SEED",
     "PLAIN_TEXT",
     "ChatSession",
@@ -75,7 +76,6 @@ __all__ = [
     "apply_presence_frequency",
     "apply_repetition_penalty",
     "check_prompt",
-    "cpu_decode_step",
     "cpu_decode_unsupported",
     "encode_prompt",
     "free_generation_memory",

@@ -13,7 +13,7 @@ one window of tokens, however large ``max_new_tokens`` is.
 Each request makes its own KV cache (:meth:`GPT.new_kv_cache`), so generations on one model
 do not share state. On the CPU the model's weights are put in their decode layout first
 (:meth:`GPT.use_decode_layout`), single-token steps run through
-:func:`~customgpt.generate.cpu_decode.cpu_decode_step` where it applies, and the LM head is
+:class:`~customgpt.generate.cpu_decode.CPUDecodeStep` where it applies, and the LM head is
 read from a transposed copy (:func:`lm_head_for_generation`); see ``docs/generation.md``.
 """
 
@@ -145,7 +145,7 @@ def token_loop(
         rows: checked prompts (:func:`check_prompt`), one per batch row.
         use_cache: False runs the full window every step (the reference).
         fast_path: on the CPU, put the weights in their decode layout and run single-token
-            steps through :func:`~customgpt.generate.cpu_decode.cpu_decode_step` (None: as
+            steps through :class:`~customgpt.generate.cpu_decode.CPUDecodeStep` (None: as
             :data:`~customgpt.generate.cpu_decode.CPU_DECODE_FAST_PATH` says).
         vocab_size: ids at or past it are never sampled (the tokenizer's vocabulary, see
             :func:`sampled_vocab_size`; None: the model's).
@@ -185,6 +185,7 @@ def token_loop(
             )
             head = lm_head_for_generation(model)
             cache = model.new_kv_cache(B, min(ctx, L + params.max_new_tokens)) if use_cache else None
+            decode_step = cpu_decode.CPUDecodeStep(model) if fast else None
             step_positions = step_mask = None
             if fast and mask is not None:
                 # What forward_hidden derives from the padding mask for one new token at n-1:
@@ -232,7 +233,7 @@ def token_loop(
                     if fast:
                         positions = step_positions[:, n - 1] if step_positions is not None else None
                         am = step_mask[..., :n] if step_mask is not None else None
-                        hidden = cpu_decode.cpu_decode_step(model, tokens, cache, n - 1, positions, am)
+                        hidden = decode_step(tokens, cache, n - 1, positions, am)
                     else:
                         am = mask[:, :n] if mask is not None else None
                         hidden = model.forward_hidden(tokens[:, None], attention_mask=am, kv_cache=cache,
@@ -274,7 +275,7 @@ def generate_tokens(
         use_cache: use the KV cache (``False`` runs the full window every step: the reference).
         generator: a random generator to use instead of one seeded from ``params.seed``.
         fast_path: on the CPU, put the weights in their decode layout and run single-token
-            steps through :func:`~customgpt.generate.cpu_decode.cpu_decode_step` (None: as
+            steps through :class:`~customgpt.generate.cpu_decode.CPUDecodeStep` (None: as
             :data:`~customgpt.generate.cpu_decode.CPU_DECODE_FAST_PATH` says).
         vocab_size: the tokenizer's vocabulary size: ids at or past it are never sampled
             (None: every id of the model's vocabulary may be).
