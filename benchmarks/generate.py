@@ -9,9 +9,10 @@ Everything runs in one process on the same random gpt2-124M weights (fp32, CPU, 
 * batch 1, a 32-token prompt, 128 new tokens: customgpt (KV cache) vs transformers'
   ``GPT2LMHeadModel.generate`` vs customgpt without the cache (the full window every step);
   the greedy tokens of all three are checked to be identical;
-* the same with the decode layout off (``fast_path=False`` on a copy of the model whose
-  weights keep their training layout), to show what :meth:`customgpt.model.GPT.use_decode_layout`
-  adds (both run the model's own forward: there is one copy of the block math);
+* the same with the CPU fast path off (``fast_path=False`` on a copy of the model whose
+  weights keep their training layout: the model's forward every step), to show what the
+  decode layout (:meth:`customgpt.model.GPT.use_decode_layout`) and
+  :class:`customgpt.generate.CPUDecodeStep` add;
 * 200 new tokens: cache vs no cache;
 * batch 8 (``generate_batch``), 128 new tokens;
 * decode speed with the cache holding 128, 512 and 1024 positions;
@@ -215,13 +216,13 @@ def main() -> None:
     rows += [
         (f"customgpt, KV cache      b=1  {new} new", new / t_ours),
         (f"transformers generate    b=1  {new} new", new / t_hf),
-        (f"customgpt, layout off   b=1  {new} new", new / t_slow),
+        (f"customgpt, fast path off b=1  {new} new", new / t_slow),
         (f"customgpt, no cache      b=1  {new} new", new / t_nc_new),
         (f"customgpt, KV cache      b=1  {long_new} new", long_new / t_long),
         (f"customgpt, no cache      b=1  {long_new} new", long_new / t_nc_long),
         ("customgpt decode, median step (b=1)", 1 / statistics.median(gaps_ours)),
         ("transformers decode, median step (b=1)", 1 / statistics.median(gaps_hf)),
-        ("customgpt decode, layout off, median step", 1 / statistics.median(gaps_slow)),
+        ("customgpt decode, fast path off, median step", 1 / statistics.median(gaps_slow)),
         ("customgpt decode, fastest step (b=1)", 1 / min(gaps_ours)),
         ("transformers decode, fastest step (b=1)", 1 / min(gaps_hf)),
     ]
@@ -244,11 +245,11 @@ def main() -> None:
     for name, value in rows:
         print(f"{name.ljust(width)}  {value:8.1f}")
     print()
-    print(f"greedy tokens identical (cache, layout off, no cache, transformers): {'yes' if same else 'NO'}")
+    print(f"greedy tokens identical (cache, fast path off, no cache, transformers): {'yes' if same else 'NO'}")
     print(f"customgpt / transformers generate (b=1, {new} new):   {t_hf / t_ours:5.2f}x   (target >= 2.0x)")
     print(f"  per decode step, median: {statistics.median(gaps_hf) / statistics.median(gaps_ours):5.2f}x; "
           f"fastest step (least disturbed by other load): {min(gaps_hf) / min(gaps_ours):5.2f}x")
-    print(f"decode layout on / off (b=1, {new} new):              {t_slow / t_ours:5.2f}x   "
+    print(f"fast path on / off (b=1, {new} new):                  {t_slow / t_ours:5.2f}x   "
           f"(median step {statistics.median(gaps_slow) / statistics.median(gaps_ours):.2f}x)")
     print(f"cache / no cache (b=1, {new} new):                    {t_nc_new / t_ours:5.2f}x")
     print(f"cache / no cache (b=1, {long_new} new):                    {t_nc_long / t_long:5.2f}x   (target >= 6x)")
