@@ -1,7 +1,8 @@
 """What the web app does, without the web: loading models (keeping errors for the page), the
 chat settings, a chat reply generated in a worker thread with a stop flag (the conversation
-itself is a :class:`~customgpt.generate.ChatSession`), and the classification table. :mod:`customgpt.ui.app` wires these to
-Chainlit; everything here runs (and is tested) without a browser.
+itself is a :class:`~customgpt.generate.ChatSession`), and the classification table.
+:mod:`customgpt.ui.app` wires these to Chainlit; everything here runs (and is tested)
+without a browser.
 """
 
 from __future__ import annotations
