@@ -90,10 +90,11 @@ class GenerationJob:
 @dataclass
 class TokenLogprob:
     """The log-probability (natural log, the model's own distribution before penalties,
-    temperature and filters) of one token, and the ``top`` alternatives as (id, logprob)."""
+    temperature and filters) of one token, and the ``top`` alternatives as (id, logprob).
+    ``logprob`` None: a prompt's first token, which nothing predicts."""
 
     token_id: int
-    logprob: float
+    logprob: float | None
     top: list[tuple[int, float]]
 
 
@@ -445,10 +446,12 @@ class BatchEngine:
         if row.counts is not None:
             row.counts[0, token] += 1
         handle = row.handle
-        if params.stop_at_eot and token == self.eot_id:
-            return self._finish(row, "stop")
         k = handle.job.logprobs
         lp = self._logprob(torch.log_softmax(logits[0].float(), dim=-1), token, k) if k is not None else None
+        if params.stop_at_eot and token == self.eot_id:
+            if lp is not None:  # listed with the log-probs (no text), as the last token
+                handle._post(TokenEvent(token, "", lp))
+            return self._finish(row, "stop")
         piece = row.stops.push(row.decoder.feed(token))
         row.text.append(piece)
         handle._post(TokenEvent(token, piece, lp))
