@@ -361,3 +361,36 @@ def test_queue_full_is_429_and_disconnect_frees_the_row():
         assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
     finally:
         server.stop()
+
+
+def test_classify_one_text_and_a_list():
+    from helpers import tiny_model
+
+    from customgpt.classifier import GPTClassifier, predict_texts
+    from customgpt.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer()
+    torch.manual_seed(0)
+    classifier = GPTClassifier(tiny_model(seed=1, vocab_size=tokenizer.vocab_size, context_length=32), 2).eval()
+    with torch.no_grad():
+        classifier.score.weight.normal_(0, 1.0)
+    info = {"labels": ["ham", "spam"], "name": "spam-clf"}
+    encode = lambda t: tokenizer.encode(t, allowed_special="none")  # noqa: E731
+    texts = ["WIN a free prize now <|endoftext|>", "see you at lunch"]
+    want = predict_texts(classifier, texts, encode, max_length=32)
+    server = start_server(classifier=classifier, classifier_info=info)
+    try:
+        r = post(server, "/v1/classify", {"input": texts})
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        assert [d["index"] for d in data] == [0, 1] and r.json()["model"] == "spam-clf"
+        for d, p in zip(data, want.tolist()):
+            assert d["label"] == ["ham", "spam"][max(range(2), key=p.__getitem__)]
+            assert d["probabilities"]["ham"] == pytest.approx(p[0], abs=1e-6)
+            assert d["probabilities"]["spam"] == pytest.approx(p[1], abs=1e-6)
+        one = post(server, "/v1/classify", {"input": "see you at lunch", "model": "spam-clf"}).json()["data"]
+        assert len(one) == 1 and one[0]["probabilities"]["spam"] == pytest.approx(want[1, 1].item(), abs=1e-6)
+        assert_error(post(server, "/v1/classify", {"input": []}), 400, param="input")
+        assert_error(post(server, "/v1/classify", {"input": "x", "model": "other"}), 404, code="model_not_found")
+    finally:
+        server.stop()
