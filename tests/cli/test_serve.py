@@ -3,6 +3,7 @@ client can use, and bad options are one-line errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ openai = pytest.importorskip("openai")
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-def test_serve_command_answers_the_openai_client():
+def test_serve_command_answers_the_openai_client(capsys):
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "CUSTOMGPT_API_KEY": "k"}
     proc = subprocess.Popen(
@@ -40,8 +41,13 @@ def test_serve_command_answers_the_openai_client():
         assert url is not None, "".join(lines)
         assert any("preset" in line for line in lines)  # the random-weights warning
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=60)
-        out = client.completions.create(model="cpu-tiny", prompt="Hello", max_tokens=3, temperature=0)
-        assert out.usage.completion_tokens >= 1
+        out = client.completions.create(model="cpu-tiny", prompt="Hello, my name is", max_tokens=12, temperature=0)
+        # the same greedy text as `customgpt generate` (same preset, same seed 0)
+        assert main(["generate", "--model", "cpu-tiny", "--prompt", "Hello, my name is", "--temperature", "0",
+                     "--max-new-tokens", "12", "--json"]) == 0
+        generated = json.loads(capsys.readouterr().out)
+        assert out.choices[0].text == generated["text"]
+        assert out.usage.completion_tokens == generated["completion_tokens"]
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
     finally:

@@ -170,7 +170,7 @@ def test_seeded_sampling_is_reproducible(served):
 
 def test_max_tokens_capped_by_server_and_window(served):
     client = served.client()
-    out = client.completions.create(model=MODEL_NAME, prompt=[11] * 4, max_tokens=10_000, temperature=0)
+    out = client.completions.create(model=MODEL_NAME, prompt=[11] * 4, max_tokens=10**12, temperature=0)
     assert out.usage.completion_tokens <= served.config.max_tokens
     long_prompt = list(range(100, 100 + CTX - 5))
     out = client.completions.create(model=MODEL_NAME, prompt=long_prompt, max_tokens=40, temperature=0)
@@ -216,6 +216,10 @@ def test_chat_user_text_is_plain_text(served):
     assert served.tokenizer.eot_id not in plain
     assert out.usage.prompt_tokens == len(plain)
     assert len(served.tokenizer.encode(text)) != len(plain)  # the special reading would differ
+    # the same for a completion prompt, the marker first
+    prompt = "<|endoftext|>Hello"
+    out = served.client().completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=1, temperature=0)
+    assert out.usage.prompt_tokens == len(served.tokenizer.encode(prompt, allowed_special="none")) > 2
 
 
 def test_chat_logprobs(served):
