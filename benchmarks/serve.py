@@ -18,7 +18,9 @@ other. Reported per case:
 
 Both servers run the same engine and the same model forward (the baseline only decodes one
 row at a time). Other programs on the machine slow everything down: the load average is
-printed; compare ratios from one run.
+printed; compare ratios from one run. On a busy machine pass ``--threads 1``: two torch
+threads that wait for each other on an oversubscribed CPU made every step several times
+slower in our runs (load average 10 on 2 cores).
 """
 
 from __future__ import annotations
@@ -50,11 +52,11 @@ def free_port() -> int:
 
 def start_server(model: str, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
     port = free_port()
     cmd = [sys.executable, "-m", "customgpt", "serve", "--model", model, "--port", str(port),
            "--max-batch", str(max_batch), "--max-queue", "64", "--log-level", "warning"]
+    if threads:
+        cmd += ["--threads", str(threads)]
     log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(cmd, stderr=log, stdout=subprocess.DEVNULL, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -131,7 +133,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the servers")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the servers (1 is steadier on a busy machine)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 request per client, 16 tokens")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
@@ -141,7 +144,7 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"# model {args.model}, prompt {args.prompt_tokens} tokens, {args.max_tokens} new tokens, greedy, "
-          f"{args.requests} request(s) per client", flush=True)
+          f"{args.requests} request(s) per client, server threads: {args.threads or 'default'}", flush=True)
     table: dict[int, dict[int, dict]] = {}
     for max_batch in (args.max_batch, 1):
         proc, url = start_server(args.model, max_batch, args.threads)

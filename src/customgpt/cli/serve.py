@@ -49,6 +49,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="crop prompts longer than the context window from the left instead of answering 400")
     parser.add_argument("--embedding-pooling", choices=("mean", "last"), default="mean",
                         help="how /v1/embeddings pools the final hidden states (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice; 1 is often faster on a busy machine)")
     parser.add_argument("--seed", type=int, default=0, help="seeds a preset's random weights (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn's log level (default: %(default)s)")
@@ -80,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         embedding_pooling=args.embedding_pooling,
     )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CustomGPTError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     if resolve_model_spec(args.model, config=args.config).kind == "preset":
         print(f"warning: {args.model!r} is a preset: its weights are random and untrained", file=sys.stderr)
