@@ -66,3 +66,5 @@ def test_serve_bad_options_are_one_line_errors(capsys):
     assert "max_batch must be >= 1" in capsys.readouterr().err
     assert main(["serve", "--model", "cpu-tiny", "--prompt-style", "nope"]) == 2
     assert "unknown prompt style" in capsys.readouterr().err
+    assert main(["serve", "--model", "cpu-tiny", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
