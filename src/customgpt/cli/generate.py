@@ -108,7 +108,7 @@ def sampling_params_from_args(args: argparse.Namespace, extra_stop: tuple[str, .
 def load_for_generation(args: argparse.Namespace) -> tuple[GPT, Tokenizer]:
     """Load the model (warning when its weights are random) and the GPT-2 tokenizer."""
     from customgpt.checkpoints import load_model, resolve_model_spec
-    from customgpt.cli._common import resolve_device, resolve_dtype
+    from customgpt.device import resolve_device, resolve_dtype
     from customgpt.tokenizer import get_tokenizer
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)

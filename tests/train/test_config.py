@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -124,13 +125,21 @@ def test_semantic_checks_name_the_key():
 
 
 def test_sections_are_validated_on_direct_construction():
-    assert TrainConfig(lr="1e-3").lr == 1e-3  # strings parse by the field's type
-    with pytest.raises(ConfigError, match=r"epochs: expected an integer"):
-        TrainConfig(epochs="many")
-    with pytest.raises(ConfigError, match=r"precision"):
+    with pytest.raises(ConfigError, match=r"^lr: must be > 0"):
+        TrainConfig(lr=0.0)
+    with pytest.raises(ConfigError, match=r"^lr: must be a finite number, got nan"):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(ConfigError, match=r"^betas\[1\]: must be a finite number, got inf"):
+        OptimConfig(betas=(0.9, float("inf")))
+    with pytest.raises(ConfigError, match=r"^precision: expected one of 'auto', 'fp32', 'bf16', 'fp16', got 'fp8'$"):
         RuntimeConfig(precision="fp8")
-    assert OptimConfig(betas=[0.5, 0.6]).betas == (0.5, 0.6)
-    assert LoggingConfig(tensorboard="no").tensorboard is False
+    with pytest.raises(ConfigError, match=r"^impl: expected one of 'fast', 'explicit', got 'slow'$"):
+        ModelSection(impl="slow")
+    assert ModelSection(impl=None).impl is None
+    with pytest.raises(ConfigError, match="log_every"):
+        LoggingConfig(log_every=0)
+    with pytest.raises(ConfigError, match="threads"):
+        RuntimeConfig(threads=0)
     with pytest.raises(ConfigError, match="cannot change the shape"):
         ModelSection(init="some/folder", n_layer=3)
 
@@ -170,3 +179,107 @@ def test_command_line_split_and_parse():
     assert parse_overrides(overrides) == [("train.lr", "3e-4"), ("optim.betas", "0.9,0.95"), ("train.max_steps", "5")]
     with pytest.raises(ConfigError, match="unexpected argument"):
         parse_overrides(["stray"])
+
+
+def test_yaml_duplicate_key_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 3e-4\n  epochs: 2\n  lr: 1e-3\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: line 4: duplicate key 'lr'"):
+        load_config(PretrainConfig, path)
+    path.write_text("train:\n  lr: 3e-4\noptim: {}\ntrain:\n  epochs: 2\n")  # a whole section twice
+    with pytest.raises(ConfigError, match=r"run\.yaml: line 4: duplicate key 'train'"):
+        load_config(PretrainConfig, path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [  # issue 17.8: numbers that pass a type check but cannot be right
+        (["--train.lr", "nan"], "train.lr: must be a finite number, got 'nan' (set in --train.lr)"),
+        (["--train.lr", "inf"], "train.lr: must be a finite number, got 'inf' (set in --train.lr)"),
+        (["--train.grad_clip", "nan"], "train.grad_clip: must be a finite number, got 'nan' (set in --train.grad_clip)"),
+        (["--optim.betas", "0.9,-inf"], "optim.betas: must be a finite number, got '-inf' (set in --optim.betas)"),
+        (["--model.dropout", "NaN"], "model.dropout: must be a finite number, got 'NaN' (set in --model.dropout)"),
+        (["--train.min_lr", "1"], "train.min_lr: must be <= train.lr (0.0004), got 1 (set in --train.min_lr)"),
+        (["--train.lr", "1e-3", "--train.initial_lr", "0.01"],
+         "train.initial_lr: must be <= train.lr (0.001), got 0.01 (set in --train.initial_lr)"),
+        (["--train.lr", "1e308"],
+         "train.lr: must be <= 10 (a learning rate this large only makes the weights nan), got 1e+308 (set in --train.lr)"),
+        (["--train.seed", "1180591620717411303424"],
+         "train.seed: must be between 0 and 2**64 - 1 (18446744073709551615), got 1180591620717411303424 "
+         "(set in --train.seed)"),
+        (["--train.seed", "-1"], "train.seed: must be between 0 and 2**64 - 1 (18446744073709551615), got -1 "
+         "(set in --train.seed)"),
+        (["--model.dropout", "1.5"], "model.dropout: must be in [0, 1), got 1.5 (set in --model.dropout)"),
+    ],
+)
+def test_numbers_that_cannot_be_right_are_refused(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(PretrainConfig, None, overrides)
+    assert str(info.value) == message
+
+
+def test_non_finite_yaml_float_names_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: .nan\n")
+    with pytest.raises(ConfigError, match=r"^train\.lr: must be a finite number, got nan \(set in .*run\.yaml\)$"):
+        load_config(PretrainConfig, path)
+
+
+def test_largest_seed_torch_accepts_is_accepted():
+    assert load_config(PretrainConfig, None, ["--train.seed", str(2**64 - 1)]).train.seed == 2**64 - 1
+
+
+def test_help_lists_every_key_with_type_default_and_description():
+    from customgpt.train.config import keys_help, schema_keys
+
+    text = keys_help(PretrainConfig)
+    for key, tp in schema_keys(PretrainConfig).items():
+        if not dataclasses.is_dataclass(tp):
+            assert f"--{key} " in text or f"--{key}\n" in text, key
+    assert "Peak learning rate (after warmup); at most 10. (type: float, default: 0.0004)" in " ".join(text.split())
+
+
+def test_empty_yaml_section_keeps_the_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\noptim:\n  eps: 1.0e-6\n")
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.train == TrainConfig() and cfg.optim.eps == 1e-6
+    path.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match=r"^train: expected a section \(TrainConfig\), got 3 \(set in .*run\.yaml\)$"):
+        load_config(PretrainConfig, path)
+
+
+@dataclass
+class PlainData:
+    """A section as a data/ module may write it: a plain dataclass checked in __post_init__."""
+
+    split: Literal["reference", "stratified"] = "reference"
+    """How to split."""
+    fraction: float = 0.1
+    """Share held out."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ConfigError(f"data.fraction: must be in [0, 1), got {self.fraction}")
+
+
+@dataclass
+class PlainRoot(Section):
+    data: PlainData = field(default_factory=PlainData)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_plain_dataclass_sections_parse_and_name_the_source(tmp_path):
+    from customgpt.train.config import keys_help
+
+    assert load_config(PlainRoot, None, ["--data.fraction", "0.3"]).data == PlainData(fraction=0.3)
+    with pytest.raises(ConfigError) as info:
+        load_config(PlainRoot, None, ["--data.fraction", "2"])
+    assert str(info.value) == "data.fraction: must be in [0, 1), got 2.0 (set in --data.fraction)"
+    with pytest.raises(ConfigError, match=r"^data\.fraction: must be a finite number, got 'inf'"):
+        load_config(PlainRoot, None, ["--data.fraction", "inf"])
+    with pytest.raises(ConfigError, match=r"^data\.split: expected one of 'reference', 'stratified', got 'x'"):
+        load_config(PlainRoot, None, ["--data.split", "x"])
+    text = " ".join(keys_help(PlainRoot).split())
+    assert "data: A section as a data/ module may write it" in text
+    assert "--data.fraction FRACTION Share held out. (type: float, default: 0.1)" in text

@@ -24,7 +24,7 @@ from customgpt.train.config import load_config
 from customgpt.train.logging import read_metrics
 from customgpt.train.pretrain import PretrainConfig, pretrain
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_args(verdict: Path, cache: Path, out: Path, *extra: str) -> list[str]:
@@ -163,7 +163,10 @@ def test_resume_is_exact(verdict, cache, tmp_path):
     cfg = load_config(PretrainConfig, None, tiny_args(verdict, cache, split_dir, *extra))
     first = pretrain(cfg, stop_after=3)
     assert first["steps"] == 3 and not (split_dir / "final").exists()
-    assert pretrain(cfg, resume=True)["steps"] == 7
+    second = pretrain(cfg, resume=True)
+    assert second["steps"] == 7
+    # issue 17.13: the summary's first loss is the run's, not that of the resumed part
+    assert second["first_loss"] == first["first_loss"] and second["first_step"] == 1
 
     full, split = losses(full_dir), losses(split_dir)
     assert sorted(split) == list(range(1, 8))
@@ -211,3 +214,181 @@ def test_refuses_to_resume_with_a_different_batch_size(verdict, cache, tmp_path)
     changed = load_config(PretrainConfig, None, tiny_args(verdict, cache, tmp_path / "r", *extra, "--train.batch_size", "8"))
     with pytest.raises(ConfigError, match="steps per epoch"):
         pretrain(changed, resume=True)
+
+
+# --------------------------------------------------------------------------- faults (issue 17)
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL at one point of the loop: nothing after it runs, nothing catches it."""
+
+
+def _kill_on_call(monkeypatch, module, name: str, call: int) -> None:
+    original, calls = getattr(module, name), []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise _Killed
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def _best_step_and_loss(out: Path) -> tuple[int, float]:
+    meta = json.loads((out / "checkpoints/best/metadata.json").read_text())
+    return meta["step"], meta["val_loss"]
+
+
+def test_kill_between_best_and_last_never_leaves_best_stale(verdict, cache, tmp_path, monkeypatch, capsys):
+    """Issue 17.6: at step 6 validation improves and both checkpoints are written; a kill
+    between the two writes, then --resume, must end with checkpoints/best holding the best
+    validation loss of the run (the old order left best one evaluation behind for ever)."""
+    from customgpt.train import checkpoint as ckpt
+
+    out = tmp_path / "run"
+    args = tiny_args(verdict, cache, out, "--train.max_steps", "6", "--train.eval_every", "3",
+                     "--train.save_every", "3", "--sample.max_new_tokens", "0", "--model.dropout", "0.0")
+    # the run writes best and last at step 3 (2 writes), then again at step 6: kill at the 4th
+    writes = ("save_checkpoint", "copy_checkpoint")
+    calls: list[str] = []
+    for name in writes:
+        original = getattr(ckpt, name)
+
+        def wrapper(*a, _original=original, _name=name, **k):
+            calls.append(_name)
+            if len(calls) == 4:
+                raise _Killed
+            return _original(*a, **k)
+
+        monkeypatch.setattr(ckpt, name, wrapper)
+    with pytest.raises(_Killed):
+        pretrain(load_config(PretrainConfig, None, args))
+    monkeypatch.undo()
+    val = losses(out, "val_loss")
+    assert sorted(val) == [0, 3, 6] and val[6] < val[3]
+    assert _best_step_and_loss(out) == (6, pytest.approx(val[6]))  # best went first
+
+    capsys.readouterr()
+    assert cli_main(["pretrain", *args, "--resume"]) == 0
+    val = losses(out, "val_loss")
+    step, loss = _best_step_and_loss(out)
+    assert loss == pytest.approx(min(val.values())) and val[step] == pytest.approx(loss)
+    assert "best validation loss " + f"{min(val.values()):.3f}" in capsys.readouterr().out
+
+    # issue 17.13: resuming the finished run says so instead of "train loss nan -> nan"
+    assert cli_main(["pretrain", *args, "--resume"]) == 0
+    assert capsys.readouterr().out == (
+        f"the run in {out} is finished (6 of 6 steps, best validation loss {min(val.values()):.3f}): "
+        f"nothing to resume\nfinal model: {out}/final\n"
+    )
+
+
+def test_resume_repairs_a_best_left_behind_by_the_old_write_order(verdict, cache, tmp_path):
+    """Variant of 17.6: a run folder written by the old order (last claims a best loss that
+    checkpoints/best does not hold): resume copies last to best."""
+    from customgpt.train import checkpoint as ckpt
+
+    extra = ("--train.max_steps", "6", "--train.eval_every", "3", "--train.save_every", "3",
+             "--sample.max_new_tokens", "0", "--model.dropout", "0.0")
+    out, early = tmp_path / "run", tmp_path / "early"
+    pretrain(load_config(PretrainConfig, None, tiny_args(verdict, cache, out, *extra)), stop_after=6)
+    pretrain(load_config(PretrainConfig, None, tiny_args(verdict, cache, early, *extra)), stop_after=3)
+    root = out / "checkpoints"
+    import shutil
+
+    shutil.rmtree(root / "best")
+    shutil.copytree(early / "checkpoints/best", root / "best")  # stale: step 3
+    claimed = ckpt.load_trainer_state(root / "last")["best_val_loss"]
+    assert _best_step_and_loss(out)[1] > claimed
+    assert ckpt.reconcile_best(root, claimed) == claimed
+    assert _best_step_and_loss(out) == (6, pytest.approx(claimed))
+    ckpt.verify_checkpoint(root / "best")
+
+
+def _nan_after(monkeypatch, train_calls: int, value: float) -> None:
+    """Make the training loss ``value`` from the ``train_calls``-th training forward on."""
+    import torch
+
+    from customgpt.train import pretrain as module
+
+    original, calls = module.causal_lm_loss, []
+
+    def loss(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) >= train_calls:
+                return result * value
+        return result
+
+    monkeypatch.setattr(module, "causal_lm_loss", loss)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(verdict, cache, tmp_path, monkeypatch, capsys):
+    """Issue 17.8: the loss turns nan at step 5; checkpoints were written at steps 2 and 4."""
+    out = tmp_path / "run"
+    args = tiny_args(verdict, cache, out, "--train.max_steps", "8", "--train.eval_every", "0",
+                     "--train.save_every", "2", "--sample.max_new_tokens", "0", "--train.schedule", "constant",
+                     "--train.warmup_steps", "0")
+    _nan_after(monkeypatch, 5, float("nan"))
+    assert cli_main(["pretrain", *args]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: the training loss became nan at step 5 (learning rate 0.02); the run stopped and saved "
+        f"nothing of this step: the last good checkpoint is {out}/checkpoints/last (continue from it with "
+        "--resume once changed); lower train.lr or set train.grad_clip\n"
+    )
+    from customgpt.train import checkpoint as ckpt
+
+    state = ckpt.load_trainer_state(out / "checkpoints/last")
+    assert state["step"] == 4 and not (out / "final").exists()
+    assert max(losses(out)) == 4  # the bad step was not logged either
+    monkeypatch.undo()
+    assert cli_main(["pretrain", *args, "--resume"]) == 0  # continues from the good checkpoint
+
+
+def test_infinite_loss_before_any_checkpoint(verdict, cache, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(verdict, cache, out, "--train.max_steps", "4", "--train.eval_every", "0",
+                     "--sample.max_new_tokens", "0", "--train.schedule", "constant", "--train.warmup_steps", "0")
+    _nan_after(monkeypatch, 1, float("inf"))
+    assert cli_main(["pretrain", *args]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: the training loss became inf at step 1 (learning rate 0.02); the run stopped and "
+                   "saved nothing of this step: no checkpoint was written yet; lower train.lr or set "
+                   "train.grad_clip\n")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("leftover", [None, ".last.1a2b3c4d.tmp"])
+def test_run_that_failed_before_its_first_checkpoint_can_be_restarted(verdict, cache, tmp_path, capsys, leftover):
+    """Issue 17.7: a run folder with an empty checkpoints/ (or only a half-written one)."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    if leftover:
+        (out / "checkpoints" / leftover).mkdir()
+        (out / "checkpoints" / leftover / "model.safetensors").write_bytes(b"half")
+    args = tiny_args(verdict, cache, out, "--train.max_steps", "2", "--train.eval_every", "0",
+                     "--sample.max_new_tokens", "0")
+    assert cli_main(["pretrain", *args, "--resume"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"error: nothing to resume in {out}: the run stopped before its first checkpoint "
+                            "(checkpoints/ is empty); start it again without --resume\n")
+    assert cli_main(["pretrain", *args]) == 0  # the advice works as written
+    assert "trained 2 steps" in capsys.readouterr().out
+
+
+def test_stale_temporary_files_of_a_killed_tokenisation_are_removed(verdict, tmp_path):
+    """Issue 17.13: a run killed while tokenising leaves ``.NAME.XXXX.tmp`` in the token cache."""
+    files, tokenizer = [verdict], get_tokenizer()
+    target = cache_path(files, tokenizer, tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    stale = tmp_path / f".{target.name}.deadbeef.tmp"
+    live = tmp_path / f".{target.name}.0badf00d.tmp"  # another run tokenising right now
+    stale.write_bytes(b"\0" * 100)
+    live.write_bytes(b"\0" * 10)
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    load_tokens(files, tokenizer, tmp_path)
+    assert not stale.exists() and live.exists() and target.is_file()

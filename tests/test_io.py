@@ -306,7 +306,6 @@ def test_checkpoint_weights_file_is_atomic(tmp_path, monkeypatch):
         ckpt.save_weights({"w": torch.zeros(5)}, path)
     monkeypatch.undo()
     assert path.read_bytes() == before and _names(tmp_path) == ["w.safetensors"]
-    assert ckpt._StagedFiles is aio.StagedFiles
 
 
 # --------------------------------------------------------------------------- whole folders
@@ -377,3 +376,62 @@ def test_read_json_object_names_the_file_and_the_problem(tmp_path):
         with pytest.raises(CheckpointError, match=problem) as info:
             read_json_object(tmp_path / name)
         assert name in str(info.value)
+
+
+# --------------------------------------------------------------------------- writers' I/O failures name the target
+
+
+def test_torch_zip_writer_failure_on_a_full_disk_names_the_target(tmp_path, monkeypatch):
+    import collections
+    import errno
+
+    path = tmp_path / "state.pt"
+
+    def zip_writer_fails(obj, f, *args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file data/0: "
+            "file write failed"
+        )
+
+    monkeypatch.setattr(torch, "save", zip_writer_fails)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(aio.shutil, "disk_usage", lambda p: usage(100, 100, 0))
+    with pytest.raises(OSError) as info, aio.atomic_path(path) as tmp:
+        torch.save({"w": torch.ones(2)}, tmp)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert aio.os_error_message(info.value) == f"cannot write {path}: No space left on device"
+    assert _names(tmp_path) == []
+
+
+def test_file_write_without_a_name_gets_the_target_named(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "metrics.json"
+    with pytest.raises(OSError) as info, aio.atomic_open(path, "w") as fh:
+        fh.write("{}")
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))  # as a full file system reports it
+    assert info.value.filename == str(path)
+    assert aio.os_error_message(info.value) == f"cannot write {path}: {os.strerror(errno.EFBIG)}"
+    assert _names(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- strict text
+
+
+def test_read_text_strict_names_the_byte_offset(tmp_path, monkeypatch):
+    import io
+
+    from customgpt.errors import DataError
+
+    good = tmp_path / "good.txt"
+    good.write_bytes("\ufeffcafé\r\nok".encode())
+    assert aio.read_text_strict(good) == "café\r\nok"  # BOM dropped, newlines kept
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xc3\x28 then")
+    with pytest.raises(DataError) as info:
+        aio.read_text_strict(bad)
+    assert str(info.value) == f"{bad}: not UTF-8 text (byte 3, 0xc3): invalid continuation byte"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff prompt")))
+    with pytest.raises(DataError) as info:
+        aio.read_text_strict("-", what="--prompt -")
+    assert str(info.value) == "--prompt -: not UTF-8 text (byte 0, 0xff): invalid start byte"

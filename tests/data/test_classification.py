@@ -124,6 +124,89 @@ def test_csv_tsv_jsonl_read_with_line_numbers(tmp_path):
     assert [(r.label, r.line) for r in rows] == [("1", 1), ("0", 3)]
 
 
+# 17.3: a user's TSV is read literally (one line, one row); headers and label types are checked.
+
+
+def test_tsv_field_starting_with_a_quote_does_not_swallow_the_next_lines(tmp_path):
+    # the issue's input: a quote opens a field, the closing quote comes three lines later
+    path = _write(tmp_path, "msgs.tsv", 'text\tlabel\n"Free entry now\tspam\nsee you at 5\tham\n'
+                                        'call me\tham\nok" thanks\tham\n')
+    rows = read_labelled_file(path)
+    assert [(r.text, r.label, r.line) for r in rows] == [
+        ('"Free entry now', "spam", 2), ("see you at 5", "ham", 3), ("call me", "ham", 4), ('ok" thanks', "ham", 5)]
+
+
+def test_tsv_quotes_anywhere_are_ordinary_characters(tmp_path):
+    path = _write(tmp_path, "q.tsv", 'label\ttext\r\nham\t""doubled"" stays\r\nspam\t"quoted\ttab"\r\n')
+    with pytest.raises(DataError) as err:  # the tab inside the quotes splits the row: 3 fields
+        read_labelled_file(path)
+    assert str(err.value) == f"{path}: 1 bad row(s): line 3: expected 2 fields, got 3"
+    path.write_text('label\ttext\nham\t""doubled"" stays\nspam\t"open\n')
+    assert [r.text for r in read_labelled_file(path)] == ['""doubled"" stays', '"open']
+
+
+def test_header_with_a_duplicate_column_is_an_error(tmp_path):
+    path = _write(tmp_path, "dup.csv", "text,label,text\nhello,a,again\n")
+    with pytest.raises(DataError) as err:
+        read_labelled_file(path)
+    assert str(err.value) == (f"{path}: line 1 (header): column(s) 'text' appear more than once; every column "
+                              "needs its own name")
+    tsv = _write(tmp_path, "dup.tsv", "label\ttext\tlabel\tlabel\na\thello\tb\tc\n")
+    with pytest.raises(DataError, match=r"dup\.tsv: line 1 \(header\): column\(s\) 'label' appear more than once"):
+        read_labelled_file(tsv)
+
+
+def test_text_column_equal_to_label_column_is_an_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        ClassifyDataConfig(dataset=None, path="x.csv", split="stratified", text_column="label")
+    assert str(err.value) == ("data.text_column: equals data.label_column ('label'); the texts and the labels "
+                              "must be two different columns")
+    path = _write(tmp_path, "same.csv", "body,label\nhi,a\n")
+    with pytest.raises(DataError) as err:
+        read_labelled_file(path, text_column="body", label_column="body")
+    assert str(err.value) == (f"{path}: the text column and the label column are both 'body'; set "
+                              "data.text_column and data.label_column to two different columns")
+
+
+def test_labels_mixing_integers_and_strings_are_an_error(tmp_path):
+    path = _write(tmp_path, "mixed.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "spam"}\n')
+    with pytest.raises(DataError) as err:
+        read_labelled_file(path)
+    assert str(err.value) == (f"{path}: 'label' mixes integers (first on line 1) and strings (first on line 2); "
+                              "write every label the same way")
+    path.write_text('{"text": "a", "label": "1"}\n{"text": "b", "label": "1"}\n\n{"text": "c", "label": 0}\n')
+    with pytest.raises(DataError, match=r"mixes integers \(first on line 4\) and strings \(first on line 1\)"):
+        read_labelled_file(path)
+
+
+def test_csv_field_over_128_kib_is_read(tmp_path):
+    import csv
+
+    big = "spam " * 40_000  # 200,000 characters, over the csv module's 131,072 default
+    path = tmp_path / "big.csv"
+    path.write_text(f'text,label\n"{big}",spam\nshort,ham\n', encoding="utf-8")
+    before = csv.field_size_limit()
+    rows = read_labelled_file(path)
+    assert [(len(r.text), r.label, r.line) for r in rows] == [(200_000, "spam", 2), (5, "ham", 3)]
+    assert csv.field_size_limit() == before  # the module's limit is left as it was
+    tsv = tmp_path / "big.tsv"
+    tsv.write_text(f"text\tlabel\n{big}\tspam\n", encoding="utf-8")
+    assert len(read_labelled_file(tsv)[0].text) == 200_000
+
+
+def test_one_class_error_names_the_file(tmp_path):
+    # 17.13: the training file holds one class only
+    path = _write(tmp_path, "one.csv", "text,label\n" + "".join(f"text {i},ham\n" for i in range(10)))
+    with pytest.raises(DataError) as err:
+        prepare_splits(ClassifyDataConfig(dataset=None, train_file=str(path)))
+    assert str(err.value) == f"{path}: classification needs at least 2 classes; the training rows have only 'ham'"
+    jsonl = _write(tmp_path, "one.jsonl", "".join(f'{{"text": "t{i}", "label": 3}}\n' for i in range(10)))
+    with pytest.raises(DataError, match=rf"^{jsonl}: classification needs at least 2 classes; .* only '3'$"):
+        prepare_splits(ClassifyDataConfig(dataset=None, path=str(jsonl), split="stratified"))
+    with pytest.raises(DataError, match=r"^data\.labels: classification needs at least 2 classes, got \['ham'\]$"):
+        prepare_splits(ClassifyDataConfig(dataset=None, train_file=str(path), labels=["ham"]))
+
+
 def test_empty_file(tmp_path):
     for name in ("e.csv", "e.jsonl"):
         with pytest.raises(DataError, match=rf"{name}: the file is empty"):
@@ -239,8 +322,8 @@ def test_data_config_errors():
         ClassifyDataConfig(dataset=None, path="x.csv")
     with pytest.raises(DataError, match="not a classification dataset"):
         prepare_splits(ClassifyDataConfig(dataset="the-verdict"))
-    with pytest.raises(ConfigError, match="bpe_dropout"):
-        ClassifyDataConfig(bpe_dropout=1.0)
+    with pytest.raises(ConfigError, match=r"^data\.val_fraction: must be in \[0, 1\), got 1\.0$"):
+        ClassifyDataConfig(val_fraction=1.0)
 
 
 # --------------------------------------------------------------------------- tensors
@@ -277,50 +360,3 @@ def test_length_bucketed_batches_cover_each_example_once():
     assert sorted(i for b in kept for i in b) == list(range(103))
     again = length_bucketed_batches(lengths, 8, generator=torch.Generator().manual_seed(0), bucket_batches=4)
     assert again == batches  # seeded: the same epoch order
-
-
-def test_subword_regularized_draws_fresh_segmentations_of_the_same_text():
-    from customgpt.data.classification import SubwordRegularized
-    from customgpt.tokenizer import get_tokenizer
-
-    tok = get_tokenizer()
-    rows = [LabelledText("Claim your FREE prize now, call 09061701461 or visit thesmszone.com", "spam", "t", 2),
-            LabelledText("ok see you at home later", "ham", "t", 3)]
-    data = ClassificationDataset(rows, ["ham", "spam"], tok.encode, max_length=12)
-    reg = SubwordRegularized(data, 0.3, seed=5)
-    assert len(reg) == 2 and reg.ids is data.ids and reg.pad_id == data.pad_id
-    draws = [reg[0] for _ in range(10)]
-    assert all(label == 1 and len(ids) <= 12 for ids, label in draws)  # truncated like the dataset
-    assert len({tuple(ids) for ids, _ in draws}) > 1
-    full = SubwordRegularized(ClassificationDataset(rows, ["ham", "spam"], tok.encode), 0.3, seed=5)
-    for _ in range(5):
-        ids, label = full[1]
-        assert tok.decode(ids) == rows[1].text and label == 0
-    again = SubwordRegularized(data, 0.3, seed=5)
-    assert [again[0] for _ in range(10)] == draws  # seeded: reproducible
-    with pytest.raises(ValueError, match="dropout"):
-        SubwordRegularized(data, 1.0, seed=0)
-
-
-def test_case_flip_draws_the_upper_or_lower_cased_text():
-    from customgpt.data.classification import SubwordRegularized
-    from customgpt.tokenizer import get_tokenizer
-
-    tok = get_tokenizer()
-    text = "Claim your FREE prize now, Call 09061701461"
-    data = ClassificationDataset([LabelledText(text, "spam", "t", 2)], ["ham", "spam"], tok.encode, max_length=64)
-    flipped = SubwordRegularized(data, 0.0, seed=3, case_flip=1.0)
-    texts = [tok.decode(flipped[0][0]) for _ in range(40)]
-    assert set(texts) == {text.upper(), text.lower()}  # always re-cased, both ways
-    assert flipped[0][1] == 1  # the label stays
-    some = SubwordRegularized(data, 0.0, seed=3, case_flip=0.5)
-    counts = {t: 0 for t in (text, text.upper(), text.lower())}
-    for _ in range(400):
-        counts[tok.decode(some[0][0])] += 1
-    assert 150 < counts[text] < 250 and counts[text.upper()] > 60 and counts[text.lower()] > 60
-    plain = SubwordRegularized(data, 0.0, seed=3, case_flip=0.0)
-    assert all(plain[0][0] == data.ids[0] for _ in range(5))  # off: the ordinary tokens
-    with pytest.raises(ValueError, match="case_flip"):
-        SubwordRegularized(data, 0.0, seed=0, case_flip=1.5)
-    with pytest.raises(ConfigError, match="case_flip"):
-        ClassifyDataConfig(case_flip=-0.1)

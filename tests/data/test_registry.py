@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import hashlib
 import http.server
+import os
 import threading
 from pathlib import Path
 
@@ -191,3 +192,10 @@ def test_cli_fetch_errors_are_one_line(capsys, monkeypatch, tmp_path):
 def test_fetched_paths_are_files(shared_datasets):
     path = registry.fetch("sms-spam", data_dir=shared_datasets, progress=False)
     assert isinstance(path, Path) and path.is_file()
+
+
+def test_tests_use_a_temporary_cache():
+    """Issue 17.13: the suite never writes into the user's ``~/.cache/customgpt`` (tests/conftest.py)."""
+    root = registry.cache_root()
+    assert os.environ[registry.CACHE_DIR_ENV] == str(root)
+    assert Path.home() / ".cache" not in root.parents and root != Path.home() / ".cache" / "customgpt"

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_pretrain import losses, tiny_args
 
 from customgpt.train.config import load_config
 from customgpt.train.pretrain import PretrainConfig, pretrain
+from train.test_pretrain import losses, tiny_args
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
