@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise CustomGPTError(f"customgpt serve needs the 'serve' extra ({exc.name} is missing): "
                              "pip install 'customgpt[serve]'") from None
     from customgpt.checkpoints import load_model, resolve_model_spec
-    from customgpt.cli._common import resolve_device, resolve_dtype
+    from customgpt.device import resolve_device, resolve_dtype
     from customgpt.tokenizer import get_tokenizer
 
     if not 0 <= args.port <= 65535:
