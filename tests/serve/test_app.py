@@ -279,6 +279,19 @@ def test_error_bad_parameter_values(served):
     assert_error(r, 400, param="messages")
 
 
+def test_error_lone_surrogate_and_invalid_utf8(served):
+    body = b'{"model": "tiny", "prompt": "caf\\ud800 ok", "max_tokens": 1}'
+    r = httpx.post(f"{served.url}/v1/completions", content=body, headers={"content-type": "application/json"})
+    error = assert_error(r, 400, param="prompt")
+    assert "character 3" in error["message"]
+    body = b'{"model": "tiny", "messages": [{"role": "user", "content": "x\\udfff"}]}'
+    r = httpx.post(f"{served.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert_error(r, 400, param="messages[0].content")
+    r = httpx.post(f"{served.url}/v1/completions", content=b'{"model": "tiny", "prompt": "caf\xe9"}',
+                   headers={"content-type": "application/json"})
+    assert_error(r, 400)
+
+
 def test_error_openai_client_raises_bad_request(served):
     with pytest.raises(Exception) as info:
         served.client().completions.create(model=MODEL_NAME, prompt="x", n=3)

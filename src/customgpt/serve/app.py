@@ -189,7 +189,18 @@ class _Server:
                                 f"{self.config.model_name!r}", param="model", code="model_not_found")
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of user text, as plain text (no special tokens)."""
         return self.tokenizer.encode(text, allowed_special="none")
+
+    @staticmethod
+    def check_text(text: str, param: str) -> str:
+        """JSON can carry a lone surrogate (``"\\ud800"``), which is no character: refuse it
+        instead of letting the tokenizer replace it silently."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _bad(f"{param} is not valid Unicode: a lone surrogate at character {exc.start}", param) from None
+        return text
 
     def check_ids(self, ids: Sequence[int], param: str) -> list[int]:
         if not ids:
@@ -419,7 +430,8 @@ def create_app(
                         raise _bad(f"messages[{i}]: only text content parts are supported", "messages")
                     parts.append(part["text"])
                 content = "".join(parts)
-            messages.append(Message("system" if m.role == "developer" else m.role, content or ""))
+            content = server.check_text(content or "", f"messages[{i}].content")
+            messages.append(Message("system" if m.role == "developer" else m.role, content))
         try:
             text = server.style.format_chat(messages)
         except ConfigError as exc:
@@ -508,7 +520,7 @@ def create_app(
         jobs, texts = [], []
         for p in prompts:
             if isinstance(p, str):
-                ids = server.encode(p) or [tokenizer.eot_id]  # an empty prompt: start a document
+                ids = server.encode(server.check_text(p, "prompt")) or [tokenizer.eot_id]  # "": start a document
             else:
                 ids = server.check_ids(p, "prompt")
             ids = server.fit_prompt(ids, max_tokens, "prompt")
@@ -604,7 +616,10 @@ def create_app(
             raise _bad("input is empty", "input")
         rows = []
         for item in items:
-            ids = (server.encode(item) or [tokenizer.eot_id]) if isinstance(item, str) else server.check_ids(item, "input")
+            if isinstance(item, str):
+                ids = server.encode(server.check_text(item, "input")) or [tokenizer.eot_id]
+            else:
+                ids = server.check_ids(item, "input")
             rows.append(server.fit_prompt(ids, 0, "input"))
         vectors = await server.call(lambda: _embed(model, rows, config.embedding_pooling))
         data = []
@@ -628,7 +643,7 @@ def create_app(
         if req.model is not None and req.model not in (name, config.model_name):
             raise APIError(404, f"the classifier {req.model!r} does not exist; this server's is {name!r}",
                            param="model", code="model_not_found")
-        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        texts = [server.check_text(t, "input") for t in ([req.input] if isinstance(req.input, str) else req.input)]
         if not texts:
             raise _bad("input is empty", "input")
         labels = [str(x) for x in server.classifier_info.get("labels", [])]
