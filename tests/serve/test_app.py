@@ -411,3 +411,21 @@ def test_classify_one_text_and_a_list():
         assert_error(post(server, "/v1/classify", {"input": "x", "model": "other"}), 404, code="model_not_found")
     finally:
         server.stop()
+
+
+def test_non_streaming_client_that_leaves_frees_its_row():
+    server = start_server(max_batch=1, max_tokens=60)
+    try:
+        hook = server.model.transformer.h[0].register_forward_pre_hook(lambda module, args: time.sleep(0.05))
+        steps_before = server.engine.steps
+        body = {"model": MODEL_NAME, "prompt": "x", "max_tokens": 60, "temperature": 0}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/v1/completions", json=body, timeout=0.5)
+        deadline = time.monotonic() + 30
+        while (server.engine.active or server.engine.waiting) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        hook.remove()
+        assert server.engine.active == 0
+        assert 0 < server.engine.steps - steps_before < 50  # it did not run to its 60 tokens
+    finally:
+        server.stop()

@@ -300,14 +300,20 @@ class _Server:
 async def _finish_of(handle: RequestHandle, request: Request) -> tuple[list[TokenEvent], FinishEvent]:
     """Wait for a whole result; a client that goes away cancels its row."""
     tokens: list[TokenEvent] = []
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + 1.0
     try:
         while True:
             try:
                 event = await asyncio.wait_for(handle.events.get(), timeout=1.0)
             except asyncio.TimeoutError:
+                event = None
+            if loop.time() >= next_check:  # about once a second, busy or not
+                next_check = loop.time() + 1.0
                 if await request.is_disconnected():
                     handle.cancel()
-                    raise APIError(499, "the client closed the request") from None
+                    raise APIError(499, "the client closed the request")
+            if event is None:
                 continue
             if isinstance(event, TokenEvent):
                 tokens.append(event)
