@@ -381,9 +381,10 @@ class BatchEngine:
         self._n = n + by
 
     def _compact(self) -> None:
-        """Drop free rows when nobody waits for them (they would cost compute every step)."""
+        """Drop free rows when nobody waits for them and at least a quarter of the rows are
+        free (a free row costs compute every step; dropping it costs a copy of the cache)."""
         free = [i for i, r in enumerate(self._rows) if r is None]
-        if not free or self._waiting:
+        if not free or self._waiting or (self.active and 4 * len(free) < len(self._rows)):
             return
         if not self.active:
             self._rows, self._kv, self._mask, self._n = [], None, None, 0
