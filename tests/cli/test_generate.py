@@ -1,4 +1,4 @@
-"""``customgpt generate`` and ``customgpt chat`` end to end, on a random preset model."""
+"""``customgpt generate`` end to end, on a random preset model."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from customgpt.checkpoints import load_model
 from customgpt.cli import main
-from customgpt.generate import ChatSession, SamplingParams, generate_text
+from customgpt.generate import SamplingParams, generate_text
 from customgpt.prompts import get_prompt_style
 from customgpt.tokenizer import get_tokenizer
 
@@ -126,58 +125,98 @@ def test_unknown_model_is_one_line(capsys):
     assert code == 2 and err.startswith("error: unknown model 'no-such-model'") and len(err.splitlines()) == 1
 
 
-# --------------------------------------------------------------------------- chat (a real process)
-
-
-CHAT = [sys.executable, "-m", "customgpt", "chat", "--model", MODEL, "--device", "cpu", "--seed", "0", "--temperature", "0"]
-
-
-def chat_process(stdin: str, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(CHAT + list(extra), input=stdin, capture_output=True, text=True, timeout=300, env=env)
-
-
-def test_chat_two_turns_reset_and_eof():
-    proc = chat_process("Hi\n/reset\nHi\nHow are you?\n", "--max-new-tokens", "6")
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr and "[history cleared]" in proc.stderr
-    # The same replies from the library: a reset forgets everything, the third turn sees the second.
-    session = ChatSession(load_model(MODEL, seed=0), get_tokenizer(), "alpaca", SamplingParams(temperature=0, max_new_tokens=6))
-    first = "".join(session.send("Hi"))
-    session.reset()
-    again = "".join(session.send("Hi"))
-    third = "".join(session.send("How are you?"))
-    assert first == again
-    assert proc.stdout == f"{first}\n{again}\n{third}\n"
-
-
-def test_ctrl_c_stops_the_reply_but_not_the_chat_and_exit_quits():
-    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        CHAT + ["--max-new-tokens", "100000", "--no-stop-at-eot"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )
-    try:
-        proc.stdin.write(b"Tell me a long story\n")
-        proc.stdin.flush()
-        assert proc.stdout.read(1)  # the reply is streaming
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        # After /exit nothing is read: "Hi" would otherwise start another endless reply.
-        proc.stdin.write(b"/exit\nHi\n")
-        proc.stdin.close()
-        code = proc.wait(timeout=120)
-        err = proc.stderr.read().decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert code == 0, err
-    assert "[reply interrupted]" in err and "Traceback" not in err
-
-
 def test_stop_escapes_are_understood():
     from customgpt.cli.generate import unescape
 
     assert unescape(r"\n\nUser:") == "\n\nUser:"
     assert unescape(r"a\tb\\n") == "a\tb\\n"
     assert unescape("plain \\x") == "plain \\x"
+
+
+# --------------------------------------------------------------------------- hostile input (issue 17)
+
+
+def cli_process(args: list[str], stdin: bytes = b"", timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "customgpt", *args], input=stdin, capture_output=True,
+                          timeout=timeout, env=env)
+
+
+def test_invalid_utf8_on_stdin_is_an_error_naming_the_byte():
+    proc = cli_process(["generate", "--model", MODEL, "--prompt", "-"], stdin=b"caf\xe9 \xff\xfe ok")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "error: standard input: not UTF-8 text (byte 3): invalid continuation byte"
+    assert proc.stdout == b""
+
+
+def test_invalid_utf8_elsewhere_in_the_prompt(capsys, monkeypatch):
+    """Variants: a stray byte after valid text on stdin, and a --prompt argument that the
+    shell passed as bytes that are not UTF-8 (Python hands them over as lone surrogates)."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("héllo ".encode() + b"\xff")))
+    code, out, err = run_cli(capsys, "generate", "--model", MODEL, "--prompt", "-", "--json")
+    assert (code, out) == (2, "")
+    assert err == "error: standard input: not UTF-8 text (byte 7): invalid start byte\n"
+    code, out, err = run_cli(capsys, "generate", "--model", MODEL, "--prompt", "ok \udcff", "--json")
+    assert code == 2 and err == "error: --prompt: not UTF-8 text (byte 3): invalid start byte\n"
+
+
+@pytest.mark.parametrize("seed", ["1180591620717411303424", "18446744073709551616", "-1"])
+def test_seed_outside_what_torch_accepts_is_one_line(capsys, seed):
+    code, out, err = run_cli(capsys, *BASE, "--seed", seed)
+    assert code == 2 and out == ""
+    assert err == (f"error: seed must be an integer in [0, 18446744073709551615] (a 64-bit seed, what torch "
+                   f"accepts) or None, got {int(seed)}\n")
+
+
+def test_the_largest_seed_works(capsys):
+    result = run_json(capsys, "--max-new-tokens", "3", "--seed", "18446744073709551615")
+    assert result["completion_tokens"] == 3
+
+
+def test_a_huge_token_budget_streams_instead_of_allocating():
+    """--max-new-tokens 1000000000000 once tried to allocate 8 TB: now it streams until stopped."""
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "customgpt", *BASE, "--max-new-tokens", "1000000000000", "--no-stop-at-eot"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        assert proc.stdout.read(20)  # text is streaming
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+        err = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 130 and "Traceback" not in err and "finish: interrupted" in err
+
+
+def test_text_in_a_prompt_style_is_plain_text_and_a_raw_prompt_keeps_the_separator(capsys):
+    text = "what is <|endoftext|> in GPT-2?"
+    tok = get_tokenizer()
+    styled = run_json(capsys, "--prompt", text, "--prompt-style", "alpaca", "--max-new-tokens", "1")
+    wrapped = get_prompt_style("alpaca").format_instruction(text)
+    assert styled["prompt_tokens"] == len(tok.encode(wrapped, allowed_special="none"))
+    assert styled["prompt_tokens"] != len(tok.encode(wrapped))  # the marker's text is 7 tokens, not 1
+    raw = run_json(capsys, "--prompt", text, "--max-new-tokens", "1")
+    assert raw["prompt_tokens"] == len(tok.encode(text)) and tok.eot_id in tok.encode(text)
+
+
+def test_a_padded_model_vocabulary_never_yields_undecodable_ids(tmp_path, capsys):
+    """A Hugging Face GPT-2 folder with vocab_size 50,304 (nanoGPT's padding) whose padded ids
+    have the highest logits: generation runs to the end with ids the tokenizer knows."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50304, n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    with torch.no_grad():
+        hf.transformer.wte.weight[50257:] = hf.transformer.wte.weight[:47] * 100  # the tied head too
+    hf.save_pretrained(tmp_path / "padded")
+    for extra in (["--temperature", "0"], ["--temperature", "1.5", "--seed", "4"]):
+        code, out, err = run_cli(capsys, "generate", "--model", str(tmp_path / "padded"), "--prompt", "Hello",
+                                 "--json", "--max-new-tokens", "20", "--no-stop-at-eot", *extra)
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["completion_tokens"] == 20 and max(result["token_ids"]) < 50257
