@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from customgpt.errors import ConfigError
-from customgpt.generate import SamplingParams
+from customgpt.generate import PLAIN_TEXT, SamplingParams
 from customgpt.prompts import Message, get_prompt_style
 from customgpt.serve.engine import (
     BatchEngine,
@@ -190,7 +190,7 @@ class _Server:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of user text, as plain text (no special tokens)."""
-        return self.tokenizer.encode(text, allowed_special="none")
+        return self.tokenizer.encode(text, allowed_special=PLAIN_TEXT)
 
     @staticmethod
     def check_text(text: str, param: str) -> str:

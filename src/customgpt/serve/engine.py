@@ -29,9 +29,12 @@ on an :class:`asyncio.Queue` per request, posted with ``loop.call_soon_threadsaf
 Other model work (embeddings, classification) runs on the same thread between decode steps
 through :meth:`BatchEngine.call`.
 
-This works on the model's public KV-cache API (``GPT.setup_kv_cache`` and ``forward_hidden``
-with ``attention_mask`` and ``use_cache``) plus the cache buffers of each attention layer
-(``block.attn.kv_cache.k`` / ``.v``, (B, H, max_len, D)), which the engine moves between rows.
+The engine owns its :class:`~customgpt.model.KVCache` (``k`` and ``v`` of shape
+(L, B, H, context_length, D)) and passes it with ``input_pos = n`` to the model's
+``forward_hidden``; it moves the cache's rows and columns itself. On the CPU the decode steps
+run through the generation package's :class:`~customgpt.generate.CPUDecodeStep` (the
+weights in their decode layout) where it applies, and the LM head through
+:func:`~customgpt.generate.lm_head_for_generation`, as single-request generation does.
 """
 
 from __future__ import annotations
@@ -49,10 +52,19 @@ import torch
 from torch import Tensor
 
 from customgpt.errors import CustomGPTError
-from customgpt.generate import SamplingParams, StopStringBuffer, make_generator, sample
+from customgpt.generate import (
+    CPUDecodeStep,
+    SamplingParams,
+    StopStringBuffer,
+    cpu_decode_unsupported,
+    lm_head_for_generation,
+    make_generator,
+    sample,
+    sampled_vocab_size,
+)
 
 if TYPE_CHECKING:
-    from customgpt.model import GPT
+    from customgpt.model import GPT, KVCache
     from customgpt.tokenizer import Tokenizer
 
 
@@ -207,13 +219,17 @@ class BatchEngine:
         self.device = model.device
         self.vocab = model.config.vocab_size
         #: Ids from this one up are not in the tokenizer: never sampled.
-        self.decodable = tokenizer.vocab_size
+        self.decodable = sampled_vocab_size(model, tokenizer.vocab_size)
+        if self.device.type == "cpu":
+            model.use_decode_layout()  # the same weights, in the layout decode steps read fastest
+        self.head = lm_head_for_generation(model)
+        self._decode_step: CPUDecodeStep | None = None  # made on the first CPU decode step
         self.eot_id = tokenizer.eot_id
         self._cond = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()
         self._calls: deque[_Call] = deque()
         self._rows: list[_Row | None] = []
-        self._kv: list[Any] | None = None  # the attention layers' KVCache modules of the batch
+        self._kv: KVCache | None = None  # the batch's cache, (L, B, H, ctx, D)
         self._mask: Tensor | None = None  # (B, ctx) long, 1 = real token
         self._n = 0  # shared cache end
         self._stopping = False
@@ -331,34 +347,20 @@ class BatchEngine:
             if not handle.done.is_set():
                 handle._post(ErrorEvent(message))
         self._rows, self._kv, self._mask, self._n = [], None, None, 0
-        self.model.clear_kv_cache()
 
     # ------------------------------------------------------------------ cache plumbing
-    def _blocks(self):
-        return self.model.transformer.h
-
-    def _install(self) -> None:
-        """Make the batch's cache the model's, filled up to ``n``."""
-        for block, cache in zip(self._blocks(), self._kv):
-            block.attn.kv_cache = cache
-        self.model.cache_len = self._n
-
     def _resize_rows(self, keep: list[int], extra: int) -> None:
         """Keep the rows at indices ``keep`` (in that order) and append ``extra`` free rows."""
         B = len(keep) + extra
-        if self._kv is None:
-            self.model.setup_kv_cache(B, self.ctx)
-            self._kv = [block.attn.kv_cache for block in self._blocks()]
+        old = self._kv
+        self._kv = self.model.new_kv_cache(B, self.ctx)  # zeros: padded columns are finite
+        if old is None:
             self._mask = torch.zeros(B, self.ctx, dtype=torch.long, device=self.device)
             return
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         n = self._n
-        for cache in self._kv:
-            for name in ("k", "v"):
-                old = getattr(cache, name)
-                new = torch.zeros((B, *old.shape[1:]), dtype=old.dtype, device=old.device)
-                new[: len(keep), :, :n] = old.index_select(0, index)[:, :, :n]
-                setattr(cache, name, new)
+        self._kv.k[:, : len(keep), :, :n] = old.k[:, :, :, :n].index_select(1, index)
+        self._kv.v[:, : len(keep), :, :n] = old.v[:, :, :, :n].index_select(1, index)
         mask = torch.zeros(B, self.ctx, dtype=torch.long, device=self.device)
         mask[: len(keep)] = self._mask.index_select(0, index)
         self._mask = mask
@@ -370,9 +372,8 @@ class BatchEngine:
             src, dst = slice(0, n), slice(by, n + by)
         else:
             src, dst = slice(-by, n), slice(0, n + by)
-        for cache in self._kv:
-            cache.k[:, :, dst] = cache.k[:, :, src].clone()
-            cache.v[:, :, dst] = cache.v[:, :, src].clone()
+        self._kv.k[:, :, :, dst] = self._kv.k[:, :, :, src].clone()
+        self._kv.v[:, :, :, dst] = self._kv.v[:, :, :, src].clone()
         self._mask[:, dst] = self._mask[:, src].clone()
         if by > 0:
             self._mask[:, :by] = 0
@@ -388,7 +389,6 @@ class BatchEngine:
             return
         if not self.active:
             self._rows, self._kv, self._mask, self._n = [], None, None, 0
-            self.model.clear_kv_cache()
             return
         keep = [i for i, r in enumerate(self._rows) if r is not None]
         self._resize_rows(keep, 0)
@@ -479,7 +479,6 @@ class BatchEngine:
         """Prefill the new requests together, sample their first tokens, and give the
         unfinished ones rows of the running batch."""
         model = self.model
-        blocks = self._blocks()
         lengths = [len(h.job.prompt_ids) for h in new]
         G, P = len(new), max(lengths)
         ids = torch.zeros(G, P, dtype=torch.long, device=self.device)
@@ -487,20 +486,17 @@ class BatchEngine:
         for g, h in enumerate(new):
             ids[g, P - lengths[g] :] = torch.as_tensor(h.job.prompt_ids, dtype=torch.long)
             am[g, P - lengths[g] :] = 1
-        # The newcomers get a cache of their own for the prefill; the batch's is put back after.
-        model.setup_kv_cache(G, P)
-        hidden = model.forward_hidden(ids, attention_mask=am if min(lengths) < P else None, use_cache=True)
-        new_kv = [(block.attn.kv_cache.k, block.attn.kv_cache.v) for block in blocks]
-        if self._kv is not None:
-            self._install()
-        logits = model.lm_head(hidden[:, -1])  # (G, V)
+        # The newcomers are prefilled in a cache of their own, then copied into free rows.
+        new_kv = model.new_kv_cache(G, P)
+        hidden = model.forward_hidden(ids, attention_mask=am if min(lengths) < P else None, kv_cache=new_kv)
+        logits = self.head(hidden[:, -1])  # (G, V)
         joining: list[tuple[_Row, int]] = []
         for g, h in enumerate(new):
             row = self._new_row(h)
             k = h.job.prompt_logprobs
             if k is not None:
                 # Position t predicts token t + 1: log-probs of prompt tokens 1 .. p-1.
-                lp = torch.log_softmax(model.lm_head(hidden[g, P - lengths[g] : P - 1]).float(), dim=-1)
+                lp = torch.log_softmax(self.head(hidden[g, P - lengths[g] : P - 1]).float(), dim=-1)
                 prompt = h.job.prompt_ids
                 row.prompt_logprobs = [self._logprob(lp[t], prompt[t + 1], k) for t in range(lengths[g] - 1)]
             if h.job.params.max_new_tokens == 0:
@@ -526,13 +522,11 @@ class BatchEngine:
         free = [i for i, r in enumerate(self._rows) if r is None]
         for (row, g), slot in zip(joining, free):
             p = row.length
-            for cache, (k, v) in zip(self._kv, new_kv):
-                cache.k[slot, :, n - p : n] = k[g, :, P - p : P]
-                cache.v[slot, :, n - p : n] = v[g, :, P - p : P]
+            self._kv.k[:, slot, :, n - p : n] = new_kv.k[:, g, :, P - p : P]
+            self._kv.v[:, slot, :, n - p : n] = new_kv.v[:, g, :, P - p : P]
             self._mask[slot] = 0
             self._mask[slot, n - p : n] = 1
             self._rows[slot] = row
-        self._install()
         self.max_rows_seen = max(self.max_rows_seen, self.active)
 
     def _step(self) -> None:
@@ -541,18 +535,23 @@ class BatchEngine:
             # Every row is right-aligned at n: drop the padding they all share on the left.
             self._shift(-(self._n - max(r.length for r in self._rows if r is not None)))
         B, n = len(self._rows), self._n
-        tokens = torch.zeros(B, 1, dtype=torch.long, device=self.device)
-        for i, row in enumerate(self._rows):
-            if row is not None:
-                tokens[i, 0] = row.last_token
-                self._mask[i, n] = 1
-            else:
-                self._mask[i, n] = 0
-        self._install()
-        hidden = self.model.forward_hidden(tokens, attention_mask=self._mask[:, : n + 1], use_cache=True)
+        tokens = torch.tensor([0 if r is None else r.last_token for r in self._rows], dtype=torch.long,
+                              device=self.device)
+        # A free row attends to its new column too: no row is all padding (which would give
+        # NaN states, and NaN keys that a later occupant of the row would multiply by zero).
+        self._mask[:, n] = 1
+        mask = self._mask[:, : n + 1]
+        if cpu_decode_unsupported(self.model) is None:  # checked each step: hooks may come and go
+            # What forward_hidden derives from the padding mask: the row's own position, its real keys.
+            positions = mask.sum(-1) - 1
+            if self._decode_step is None:
+                self._decode_step = CPUDecodeStep(self.model)
+            hidden = self._decode_step(tokens, self._kv, n, positions, mask.to(torch.bool)[:, None, None, :])
+        else:
+            hidden = self.model.forward_hidden(tokens[:, None], attention_mask=mask, kv_cache=self._kv, input_pos=n)[:, -1]
         self._n = n + 1
         self.steps += 1
-        logits = self.model.lm_head(hidden[:, -1])  # (B, V)
+        logits = self.head(hidden)  # (B, V)
         for i, row in enumerate(self._rows):
             if row is None:
                 continue
