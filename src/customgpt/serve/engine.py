@@ -534,7 +534,7 @@ class BatchEngine:
         if self._n + 1 > self.ctx:
             # Every row is right-aligned at n: drop the padding they all share on the left.
             self._shift(-(self._n - max(r.length for r in self._rows if r is not None)))
-        B, n = len(self._rows), self._n
+        n = self._n
         tokens = torch.tensor([0 if r is None else r.last_token for r in self._rows], dtype=torch.long,
                               device=self.device)
         # A free row attends to its new column too: no row is all padding (which would give
