@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ def test_serve_command_answers_the_openai_client(capsys):
             if not line:
                 break
             lines.append(line)
-            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            found = re.search(r"serving 'cpu-tiny' on (http://127\.0\.0\.1:\d+)/v1", line)
             url = found.group(1) if found else None
         assert url is not None, "".join(lines)
         assert any("preset" in line for line in lines)  # the random-weights warning
@@ -68,3 +69,14 @@ def test_serve_bad_options_are_one_line_errors(capsys):
     assert "unknown prompt style" in capsys.readouterr().err
     assert main(["serve", "--model", "cpu-tiny", "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_serve_port_in_use_is_a_one_line_error(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", "cpu-tiny", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in err
+    assert "Traceback" not in err

@@ -13,11 +13,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 
 from customgpt.cli._common import add_device_argument, add_dtype_argument
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (port 0: a free one), or a one-line error."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        from customgpt.errors import CustomGPTError
+
+        raise CustomGPTError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -82,29 +101,34 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         embedding_pooling=args.embedding_pooling,
     )
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CustomGPTError(f"--threads must be >= 1, got {args.threads}")
-        import torch
+    if args.threads is not None and args.threads < 1:
+        raise CustomGPTError(f"--threads must be >= 1, got {args.threads}")
+    sock = listen(args.host, args.port)  # before the model loads: a taken port fails at once
+    with sock:
+        if args.threads is not None:
+            import torch
 
-        torch.set_num_threads(args.threads)
-    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    if resolve_model_spec(args.model, config=args.config).kind == "preset":
-        print(f"warning: {args.model!r} is a preset: its weights are random and untrained", file=sys.stderr)
-    model = load_model(args.model, device=device, dtype=dtype, config=args.config, seed=args.seed)
-    classifier = classifier_info = None
-    if args.classifier is not None:
-        from pathlib import Path
+            torch.set_num_threads(args.threads)
+        device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+        if resolve_model_spec(args.model, config=args.config).kind == "preset":
+            print(f"warning: {args.model!r} is a preset: its weights are random and untrained", file=sys.stderr)
+        model = load_model(args.model, device=device, dtype=dtype, config=args.config, seed=args.seed)
+        classifier = classifier_info = None
+        if args.classifier is not None:
+            from pathlib import Path
 
-        from customgpt.classifier import load_classifier
+            from customgpt.classifier import load_classifier
 
-        classifier, classifier_info = load_classifier(args.classifier, device=device)
-        classifier_info = {**classifier_info, "name": classifier_info.get("name") or Path(args.classifier).name}
-    app = create_app(model, get_tokenizer(), config, classifier=classifier, classifier_info=classifier_info)
-    if args.host not in LOOPBACK and config.api_key is None:
-        print(f"warning: listening on {args.host} without --api-key: anyone who can reach this address "
-              "can use the model", file=sys.stderr)
-    print(f"serving {config.model_name!r} on http://{args.host}:{args.port}/v1 (API docs: /docs); "
-          f"batch {config.max_batch}, queue {config.max_queue}", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+            classifier, classifier_info = load_classifier(args.classifier, device=device)
+            classifier_info = {**classifier_info, "name": classifier_info.get("name") or Path(args.classifier).name}
+        app = create_app(model, get_tokenizer(), config, classifier=classifier, classifier_info=classifier_info)
+        if args.host not in LOOPBACK and config.api_key is None:
+            print(f"warning: listening on {args.host} without --api-key: anyone who can reach this address "
+                  "can use the model", file=sys.stderr)
+        port = sock.getsockname()[1]
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"serving {config.model_name!r} on http://{host}:{port}/v1 (API docs: http://{host}:{port}/docs); "
+              f"batch {config.max_batch}, queue {config.max_queue}", file=sys.stderr, flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level))
+        server.run(sockets=[sock])
     return 0
