@@ -277,6 +277,12 @@ def test_error_bad_parameter_values(served):
                  param="stop")
     r = post(served, "/v1/chat/completions", {"model": MODEL_NAME, "messages": [{"role": "assistant", "content": "x"}]})
     assert_error(r, 400, param="messages")
+    for value in (b"NaN", b"Infinity"):  # Python's JSON reader accepts these literals
+        r = httpx.post(f"{served.url}/v1/completions", headers={"content-type": "application/json"},
+                       content=b'{"model": "tiny", "prompt": "x", "temperature": ' + value + b"}")
+        assert_error(r, 400, param="temperature")
+    assert_error(post(served, "/v1/completions", {"model": MODEL_NAME, "prompt": "x", "seed": -1}), 400,
+                 param="seed")
 
 
 def test_error_lone_surrogate_and_invalid_utf8(served):
