@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("customgpt.cli.push", "upload an exported Hugging Face folder to the hub"),
     "generate": ("customgpt.cli.generate", "generate text from a prompt (streams to the terminal)"),
     "chat": ("customgpt.cli.chat", "interactive chat with an instruction-tuned model"),
+    "serve": ("customgpt.cli.serve", "OpenAI-compatible HTTP server with batched decoding"),
     "pretrain": ("customgpt.cli.pretrain", "next-token pretraining on text files"),
     "finetune": ("customgpt.cli.finetune", "fine-tune a model (classify, ...)"),
     "classify": ("customgpt.cli.classify", "classify text with a fine-tuned classifier"),
