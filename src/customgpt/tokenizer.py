@@ -45,37 +45,10 @@ from typing import Literal
 
 import regex
 
-from customgpt.bpe import (
-    GPT2_PAT_STR,
-    bpe_merge,
-    bytes_to_unicode,
-    count_pretokens,
-    to_hf_vocab_and_merges,
-    train_bpe_ranks,
-)
-from customgpt.constants import EOT_ID, EOT_TEXT, GPT2_VOCAB_SIZE
+from customgpt.bpe import GPT2_PAT_STR, bpe_merge, count_pretokens, to_hf_vocab_and_merges, train_bpe_ranks
+from customgpt.constants import EOT_ID, EOT_TEXT
 from customgpt.errors import ConfigError, DataError
-from customgpt.io import atomic_write_bytes
-
-__all__ = [
-    "ENGINES",
-    "GPT2_PAT_STR",
-    "GPT2_TIKTOKEN_SHA256",
-    "R50K_PAT_STR",
-    "BPETokenizer",
-    "IncrementalDecoder",
-    "TiktokenTokenizer",
-    "Tokenizer",
-    "bytes_to_unicode",
-    "get_tokenizer",
-    "gpt2_ranks",
-    "load_bpe",
-    "load_tiktoken_ranks",
-    "save_hf_tokenizer_files",
-    "save_tiktoken_ranks",
-    "to_hf_vocab_and_merges",
-    "train_bpe",
-]
+from customgpt.io import atomic_write_bytes, read_text_strict
 
 #: The engines :func:`get_tokenizer` accepts.
 ENGINES = ("tiktoken", "bpe")
@@ -178,10 +151,6 @@ class Tokenizer(ABC):
         special_tokens: special token text -> id; ids follow the ordinary ones.
     """
 
-    name: str
-    mergeable_ranks: dict[bytes, int]
-    special_tokens: dict[str, int]
-
     def __init__(self, name: str, mergeable_ranks: dict[bytes, int], special_tokens: Mapping[str, int]):
         self.name = name
         self.mergeable_ranks = mergeable_ranks
@@ -242,26 +211,13 @@ class Tokenizer(ABC):
 
     # -- decoding ----------------------------------------------------------------------
 
-    def _bad_id(self, token_id: object) -> DataError:
-        return DataError(f"token id {token_id!r} is not in the vocabulary (ids are 0..{self.vocab_size - 1})")
-
-    def _as_id(self, token_id: object) -> int:
-        """``token_id`` as a plain int (accepts numpy / 0-d torch integers via ``__index__``)."""
-        try:
-            return operator.index(token_id)  # type: ignore[arg-type]
-        except TypeError:
-            raise self._bad_id(token_id) from None
-
     def token_bytes(self, token_id: int) -> bytes:
-        """The bytes of one token (a special token's bytes are its UTF-8 text)."""
+        """The bytes of one token (a special token's bytes are its UTF-8 text); numpy and 0-d
+        torch integers are accepted (``__index__``)."""
         try:
-            return self._id_to_bytes[token_id]
+            return self._id_to_bytes[operator.index(token_id)]
         except (KeyError, TypeError):
-            pass
-        token_id = self._as_id(token_id)  # e.g. a 0-d tensor, which hashes by identity
-        if token_id not in self._id_to_bytes:
-            raise self._bad_id(token_id)
-        return self._id_to_bytes[token_id]
+            raise DataError(f"token id {token_id!r} is not in the vocabulary (ids are 0..{self.vocab_size - 1})") from None
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The concatenated bytes of ``ids`` (may end inside a multi-byte character)."""
@@ -407,7 +363,6 @@ class BPETokenizer(Tokenizer):
         # Words repeat a lot in real text, so the ids of each pre-token are cached
         # (functools' LRU cache: bounded, C-implemented and thread-safe).
         self._encode_piece = lru_cache(maxsize=cache_size)(self._bpe_piece)
-        self._special_patterns: dict[frozenset[str], regex.Pattern[str]] = {}
 
     @classmethod
     def load(
@@ -439,15 +394,6 @@ class BPETokenizer(Tokenizer):
             out.extend(encode_piece(piece))
         return out
 
-    def _special_pattern(self, allowed: frozenset[str]) -> regex.Pattern[str]:
-        pattern = self._special_patterns.get(allowed)
-        if pattern is None:
-            # Longest first, so a special token that extends another one wins.
-            names = sorted(allowed, key=len, reverse=True)
-            pattern = regex.compile("|".join(regex.escape(name) for name in names))
-            self._special_patterns[allowed] = pattern
-        return pattern
-
     def encode(self, text: str, allowed_special: AllowedSpecial = _DEFAULT_ALLOWED) -> list[int]:
         try:
             text.encode("utf-8")
@@ -460,12 +406,18 @@ class BPETokenizer(Tokenizer):
             return self.encode_ordinary(text)
         out: list[int] = []
         start = 0
-        for match in self._special_pattern(allowed).finditer(text):
+        for match in _special_pattern(allowed).finditer(text):
             out.extend(self.encode_ordinary(text[start : match.start()]))
             out.append(self.special_tokens[match.group()])
             start = match.end()
         out.extend(self.encode_ordinary(text[start:]))
         return out
+
+
+@lru_cache(maxsize=64)
+def _special_pattern(allowed: frozenset[str]) -> regex.Pattern[str]:
+    # Longest first, so a special token that extends another one wins.
+    return regex.compile("|".join(regex.escape(name) for name in sorted(allowed, key=len, reverse=True)))
 
 
 # --------------------------------------------------------------------------------------
@@ -484,36 +436,15 @@ def get_tokenizer(engine: str = "tiktoken") -> Tokenizer:
     return _gpt2_tokenizer(engine)
 
 
-@cache
+@cache  # keyed on the engine alone: get_tokenizer() and get_tokenizer("tiktoken") share one
 def _gpt2_tokenizer(engine: str) -> Tokenizer:
-    ranks = gpt2_ranks()
-    specials = {EOT_TEXT: EOT_ID}
-    tokenizer: Tokenizer
-    if engine == "tiktoken":
-        tokenizer = TiktokenTokenizer(ranks, specials, name="gpt2")
-    else:
-        tokenizer = BPETokenizer(ranks, specials, name="gpt2")
-    assert tokenizer.vocab_size == GPT2_VOCAB_SIZE
-    return tokenizer
+    cls = TiktokenTokenizer if engine == "tiktoken" else BPETokenizer
+    return cls(gpt2_ranks(), {EOT_TEXT: EOT_ID}, name="gpt2")
 
 
 def load_bpe(path: str | os.PathLike[str], special_tokens: Sequence[str] = (EOT_TEXT,)) -> BPETokenizer:
     """Load a vocabulary saved by :func:`train_bpe` / :meth:`BPETokenizer.save`."""
     return BPETokenizer.load(path, special_tokens=special_tokens)
-
-
-def _read_training_texts(texts_or_file: str | os.PathLike[str] | Iterable[str]) -> list[str]:
-    if isinstance(texts_or_file, str):
-        raise ConfigError(
-            "train_bpe: pass a pathlib.Path for a file, or a list of texts (a bare str is ambiguous)"
-        )
-    if isinstance(texts_or_file, os.PathLike):
-        path = Path(texts_or_file)
-        try:
-            return [path.read_text(encoding="utf-8")]
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
-    return list(texts_or_file)
 
 
 def train_bpe(
@@ -547,7 +478,9 @@ def train_bpe(
             f"vocab_size must be at least {256 + len(special_tokens)} "
             f"(256 bytes + {len(special_tokens)} special tokens), got {vocab_size}"
         )
-    texts = _read_training_texts(texts_or_file)
+    if isinstance(texts_or_file, str):
+        raise ConfigError("train_bpe: pass a pathlib.Path for a file, or a list of texts (a bare str is ambiguous)")
+    texts = [read_text_strict(texts_or_file)] if isinstance(texts_or_file, os.PathLike) else texts_or_file
     counts = count_pretokens(texts, special_tokens)
     ranks = train_bpe_ranks(counts, n_ranks, progress=progress)
     specials = {text: n_ranks + i for i, text in enumerate(special_tokens)}
@@ -611,20 +544,15 @@ def save_hf_tokenizer_files(
         **roles,
     }
 
-    def dump(obj: object) -> bytes:
-        return (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
-
     files = {
-        "vocab.json": json.dumps(vocab, ensure_ascii=False).encode("utf-8"),
-        "merges.txt": ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8"),
-        "tokenizer_config.json": dump(config),
-        "special_tokens_map.json": dump(special_map),
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+        "tokenizer_config.json": json.dumps(config, ensure_ascii=False, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps(special_map, ensure_ascii=False, indent=2) + "\n",
     }
-    written = []
-    for name, data in files.items():
-        atomic_write_bytes(folder / name, data)
-        written.append(folder / name)
-    return written
+    for name, text in files.items():
+        atomic_write_bytes(folder / name, text.encode("utf-8"))
+    return [folder / name for name in files]
 
 
 def _hf_vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
