@@ -44,13 +44,10 @@ def detect_layout(tensors: Mapping[str, Any], config: GPTConfig) -> str:
     other, so the answer never depends on file names. ``tensors`` may map names to tensors
     or to shapes. Defaults to ``"hf"`` when no such weight is present.
     """
-    C = config.n_embd
     for key, value in tensors.items():
         if key.endswith("attn.c_attn.weight"):
             shape = tuple(value.shape) if isinstance(value, Tensor) else tuple(value)
-            if shape == (3 * C, C):
-                return "customgpt"
-            return "hf"
+            return "customgpt" if shape == (3 * config.n_embd, config.n_embd) else "hf"
     return "hf"
 
 
