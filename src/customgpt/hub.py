@@ -13,6 +13,7 @@ from pathlib import Path
 
 from customgpt.config import HF_HUB_IDS
 from customgpt.errors import CustomGPTError
+from customgpt.io import read_json_object
 
 #: Short names that Hugging Face resolves to OpenAI's released GPT-2 checkpoints. They name
 #: *pretrained weights*; the preset names (``gpt2-124M`` ...) name a shape with random weights.
@@ -52,11 +53,6 @@ def offline_variable() -> str | None:
     return None
 
 
-def hub_is_offline() -> bool:
-    """True when :func:`offline_variable` finds the hub switched off."""
-    return offline_variable() is not None
-
-
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
@@ -91,16 +87,13 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
     folder. ``config_only`` fetches just ``config.json`` (the returned folder still holds
     the weights if they were downloaded before).
     """
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-    except ImportError as exc:  # pragma: no cover - it is a declared dependency
-        raise CustomGPTError("loading a model by hub id needs the huggingface_hub package") from exc
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     offline = offline_variable()
     try:
@@ -157,13 +150,7 @@ def push_to_hub(
             f"{folder} is not an exported model folder (missing {', '.join(missing)}); "
             "create one with `customgpt convert SRC DST --to hf`"
         )
-    import json
-
-    try:
-        hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CustomGPTError(f"cannot read {folder / 'config.json'}: {exc}") from exc
-    if not isinstance(hf_config, dict) or "model_type" not in hf_config:
+    if "model_type" not in read_json_object(folder / "config.json"):
         raise CustomGPTError(
             f"{folder} holds a customgpt checkpoint, not a Hugging Face export; "
             "convert it first with `customgpt convert SRC DST --to hf`"
@@ -179,8 +166,8 @@ def push_to_hub(
             "pushing to the hub needs a Hugging Face token: run `hf auth login` "
             "(older versions: `huggingface-cli login`) or set HF_TOKEN"
         )
-    if offline_variable():
-        raise CustomGPTError(f"cannot push: the hub is switched off ({offline_variable()}=1 is set)")
+    if offline := offline_variable():
+        raise CustomGPTError(f"cannot push: the hub is switched off ({offline}=1 is set)")
     from huggingface_hub.errors import HfHubHTTPError
 
     api = huggingface_hub.HfApi(token=token)
