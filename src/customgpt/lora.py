@@ -250,9 +250,8 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     # A weight shared with another module (the LM head tied to the token embedding) would
     # change both on merge; refuse rather than silently edit the embedding.
     owners: dict[int, list[str]] = {}
-    for mod_name, module in model.named_modules(remove_duplicate=False):
-        for p_name, p in module.named_parameters(recurse=False, remove_duplicate=False):
-            owners.setdefault(id(p), []).append(f"{mod_name}.{p_name}" if mod_name else p_name)
+    for p_name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(p_name)
     for name, linear in targets.items():
         shared = owners.get(id(linear.weight), [])
         if len(shared) > 1:
@@ -496,13 +495,9 @@ def save_adapter(
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in saved_ids and not any(name.startswith(m + ".") for m in extras):
             raise ConfigError(f"extra_trainable: a saved module shares its weight with {name}; tied weights cannot be saved")
-    if isinstance(base_model_info, str):
-        info: dict[str, Any] = {"spec": base_model_info}
-    else:
-        info = dict(base_model_info or {})
-    model_config = getattr(model, "config", None)
-    if model_config is not None and hasattr(model_config, "to_dict"):
-        info["config"] = model_config.to_dict()
+    info = {"spec": base_model_info} if isinstance(base_model_info, str) else dict(base_model_info or {})
+    if hasattr(getattr(model, "config", None), "to_dict"):
+        info["config"] = model.config.to_dict()
     info["sha256"] = base_checksum(model, extras)
 
     tensors = lora_state_dict(model)
