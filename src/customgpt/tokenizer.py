@@ -64,9 +64,7 @@ AllowedSpecial = AbstractSet[str] | Literal["all", "none"]
 _DEFAULT_ALLOWED: AbstractSet[str] = frozenset({EOT_TEXT})
 
 
-# --------------------------------------------------------------------------------------
-# Rank files (tiktoken's text format)
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Rank files (tiktoken's text format)
 
 
 def load_tiktoken_ranks(path: str | os.PathLike[str], expected_sha256: str | None = None) -> dict[bytes, int]:
@@ -86,29 +84,20 @@ def load_tiktoken_ranks(path: str | os.PathLike[str], expected_sha256: str | Non
         if digest != expected_sha256:
             raise DataError(f"{path}: sha256 is {digest}, expected {expected_sha256} (corrupt or wrong file)")
     ranks: dict[bytes, int] = {}
-    seen_ranks: set[int] = set()
     for lineno, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
-        fields = line.split()
-        if len(fields) != 2:
-            raise DataError(f"{path}:{lineno}: expected 'base64-token rank', got {line[:80]!r}")
         try:
-            token = base64.b64decode(fields[0], validate=True)
-            rank = int(fields[1])
+            token_b64, rank_text = line.split()
+            token, rank = base64.b64decode(token_b64, validate=True), int(rank_text)
         except (binascii.Error, ValueError) as exc:
-            raise DataError(f"{path}:{lineno}: cannot parse {line[:80]!r}: {exc}") from None
-        if not token:
-            raise DataError(f"{path}:{lineno}: empty token")
-        if token in ranks:
-            raise DataError(f"{path}:{lineno}: token {token!r} repeated (first at rank {ranks[token]})")
-        if rank in seen_ranks or rank < 0:
-            raise DataError(f"{path}:{lineno}: rank {rank} is negative or repeated")
+            raise DataError(f"{path}:{lineno}: expected 'base64-token rank', got {line[:80]!r} ({exc})") from None
+        if not token or token in ranks:
+            raise DataError(f"{path}:{lineno}: token {token!r} is empty or repeated")
         ranks[token] = rank
-        seen_ranks.add(rank)
-    if seen_ranks != set(range(len(ranks))):
-        missing = min(set(range(len(ranks))) - seen_ranks)
-        raise DataError(f"{path}: ranks must be 0..{len(ranks) - 1} without gaps; {missing} is missing")
+    missing = set(range(len(ranks))) - set(ranks.values())
+    if missing:  # n distinct tokens need ranks 0..n-1: a missing one also means a repeat or a stray
+        raise DataError(f"{path}: ranks must be 0..{len(ranks) - 1} without gaps or repeats; {min(missing)} is missing")
     missing_bytes = [b for b in range(256) if bytes([b]) not in ranks]
     if missing_bytes:
         raise DataError(f"{path}: not a byte-level vocabulary: byte {missing_bytes[0]} has no token")
@@ -137,9 +126,7 @@ def gpt2_ranks() -> dict[bytes, int]:
         return load_tiktoken_ranks(path, expected_sha256=GPT2_TIKTOKEN_SHA256)
 
 
-# --------------------------------------------------------------------------------------
-# The tokenizer interface
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- The tokenizer interface
 
 
 class Tokenizer(ABC):
@@ -290,9 +277,7 @@ class IncrementalDecoder:
         self._decoder.reset()
 
 
-# --------------------------------------------------------------------------------------
-# Engine 1: tiktoken
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Engine 1: tiktoken
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -323,9 +308,7 @@ class TiktokenTokenizer(Tokenizer):
         )
 
 
-# --------------------------------------------------------------------------------------
-# Engine 2: BPE written out in Python
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Engine 2: BPE written out in Python
 
 
 class BPETokenizer(Tokenizer):
@@ -364,21 +347,9 @@ class BPETokenizer(Tokenizer):
         # (functools' LRU cache: bounded, C-implemented and thread-safe).
         self._encode_piece = lru_cache(maxsize=cache_size)(self._bpe_piece)
 
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        special_tokens: Sequence[str] = (EOT_TEXT,),
-        name: str | None = None,
-    ) -> BPETokenizer:
-        """Load ranks saved with :meth:`save`; ``special_tokens`` get the ids after them, in order."""
-        ranks = load_tiktoken_ranks(path)
-        specials = {text: len(ranks) + i for i, text in enumerate(special_tokens)}
-        return cls(ranks, specials, name=name or Path(path).stem)
-
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save the ranks in tiktoken's text format (atomically); special tokens are not in the
-        file: pass the same ``special_tokens`` to :meth:`load`."""
+        file: pass the same ``special_tokens`` to :func:`load_bpe`."""
         return save_tiktoken_ranks(self.mergeable_ranks, path)
 
     def _bpe_piece(self, piece: str) -> tuple[int, ...]:
@@ -420,9 +391,7 @@ def _special_pattern(allowed: frozenset[str]) -> regex.Pattern[str]:
     return regex.compile("|".join(regex.escape(name) for name in sorted(allowed, key=len, reverse=True)))
 
 
-# --------------------------------------------------------------------------------------
-# Entry points
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Entry points
 
 
 def get_tokenizer(engine: str = "tiktoken") -> Tokenizer:
@@ -443,8 +412,10 @@ def _gpt2_tokenizer(engine: str) -> Tokenizer:
 
 
 def load_bpe(path: str | os.PathLike[str], special_tokens: Sequence[str] = (EOT_TEXT,)) -> BPETokenizer:
-    """Load a vocabulary saved by :func:`train_bpe` / :meth:`BPETokenizer.save`."""
-    return BPETokenizer.load(path, special_tokens=special_tokens)
+    """Load a vocabulary saved by :func:`train_bpe` / :meth:`BPETokenizer.save`;
+    ``special_tokens`` get the ids after its ranks, in order."""
+    ranks = load_tiktoken_ranks(path)
+    return BPETokenizer(ranks, {text: len(ranks) + i for i, text in enumerate(special_tokens)}, name=Path(path).stem)
 
 
 def train_bpe(
@@ -487,9 +458,7 @@ def train_bpe(
     return BPETokenizer(ranks, specials, name=f"bpe-{vocab_size}")
 
 
-# --------------------------------------------------------------------------------------
-# Hugging Face files
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Hugging Face files
 
 
 def save_hf_tokenizer_files(
