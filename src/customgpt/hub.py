@@ -53,17 +53,19 @@ def offline_variable() -> str | None:
     return None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 
 
-def _is_http_client_error(exc: BaseException) -> bool:
-    """Raised by the hub client's HTTP library (httpx, or requests in older clients)."""
-    return any(
-        cls.__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib3")
-        for cls in type(exc).__mro__
-    )
+_HTTP_MODULES = ("httpx", "httpcore", "requests", "urllib3")
+
+
+def is_network_error(exc: BaseException, modules: tuple[str, ...] = _HTTP_MODULES) -> bool:
+    """Raised by an HTTP client library (a refused connection, a failed DNS lookup, a
+    timeout, an HTTP error status) rather than by our code; ``modules`` are their names."""
+    return any(cls.__module__.split(".")[0].rstrip("0123456789") in modules for cls in type(exc).__mro__)
 
 
 class HubUnavailableError(CustomGPTError):
@@ -116,10 +118,10 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
     except RevisionNotFoundError as exc:
         raise CustomGPTError(f"{repo_id!r} has no revision {revision!r}") from exc
     except Exception as exc:  # connection errors (httpx's are not OSErrors), invalid ids
-        if not isinstance(exc, (OSError, ValueError)) and not _is_http_client_error(exc):
+        if not isinstance(exc, (OSError, ValueError)) and not is_network_error(exc):
             raise
         raise HubUnavailableError(
-            f"cannot download {repo_id!r} ({_first_line(exc)}); {_offline_advice(repo_id)}"
+            f"cannot download {repo_id!r} ({first_line(exc)}); {_offline_advice(repo_id)}"
         ) from exc
     return Path(folder)
 
@@ -177,11 +179,11 @@ def push_to_hub(
             folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
         )
     except HfHubHTTPError as exc:
-        raise CustomGPTError(f"hub refused the upload to {repo_id!r}: {_first_line(exc)}") from exc
+        raise CustomGPTError(f"hub refused the upload to {repo_id!r}: {first_line(exc)}") from exc
     except Exception as exc:  # httpx's connection errors are not OSErrors
-        if not isinstance(exc, OSError) and not _is_http_client_error(exc):
+        if not isinstance(exc, OSError) and not is_network_error(exc):
             raise
         raise CustomGPTError(
-            f"cannot reach the Hugging Face hub to push {repo_id!r}: {_first_line(exc)} ({type(exc).__name__})"
+            f"cannot reach the Hugging Face hub to push {repo_id!r}: {first_line(exc)} ({type(exc).__name__})"
         ) from exc
     return str(url)
