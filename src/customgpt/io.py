@@ -50,8 +50,6 @@ def _make_temp(path: Path, suffix: str) -> tuple[int, Path, int]:
         except FileExistsError:
             continue
         except OSError as exc:  # name the file asked for, not the hidden temporary one
-            if exc.errno is None:
-                raise
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         return fd, tmp, os.fstat(fd).st_mode & 0o777
     raise FileExistsError(f"no free temporary name for {path} after {_TEMP_ATTEMPTS} tries")

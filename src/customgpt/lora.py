@@ -109,9 +109,7 @@ class LoRAConfig:
         return self.alpha / math.sqrt(self.r) if self.rslora else self.alpha / self.r
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["targets"] = list(self.targets)
-        return data
+        return {**asdict(self), "targets": list(self.targets)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "lora") -> LoRAConfig:
