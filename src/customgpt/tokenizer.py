@@ -150,19 +150,11 @@ class Tokenizer(ABC):
         self._id_to_bytes: dict[int, bytes] = {rank: token for token, rank in mergeable_ranks.items()}
         for text, token_id in self.special_tokens.items():
             self._id_to_bytes[token_id] = text.encode("utf-8")
-        self._vocab_size = max(self._id_to_bytes) + 1
+        #: Number of ids (GPT-2: 50,257): the model's embedding must have this many rows.
+        self.vocab_size = max(self._id_to_bytes) + 1
 
-    # -- sizes and special ids ---------------------------------------------------------
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids (GPT-2: 50,257): the model's embedding must have this many rows."""
-        return self._vocab_size
-
-    @property
-    def eot_text(self) -> str:
-        """The end-of-text marker, ``<|endoftext|>``."""
-        return EOT_TEXT
+    #: The end-of-text marker, ``<|endoftext|>``.
+    eot_text = EOT_TEXT
 
     @property
     def eot_id(self) -> int:
