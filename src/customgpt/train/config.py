@@ -1,34 +1,14 @@
 """Training configs: dataclass sections parsed by jsonargparse, YAML presets, dotted overrides.
 
-A command's configuration is a tree of dataclasses (sections, see :mod:`customgpt.sections`):
-each field has a type, a default and an attribute docstring (a string right after it),
-which ``--help`` lists. :func:`load_config` layers, later winning, the schema's defaults,
-a YAML file (a path, or a packaged preset's name: ``pretrain-verdict``) and command-line
-overrides by dotted key (``--train.lr 3e-4``, ``--train.lr=3e-4``, ``--optim.betas 0.9,0.95``,
-``--runtime.compile`` for true, ``--model.init none``). jsonargparse converts and checks the
-types; each section's ``validate()`` checks ranges. Every error is a
-:class:`~customgpt.errors.ConfigError` naming the dotted key and the file or flag that set it,
-raised before any training starts. A YAML file with a duplicate key is an error.
-
-A new objective declares its root section and hands it to the CLI::
-
-    @dataclass
-    class DPOConfig(Section):
-        model: ModelSection = field(default_factory=ModelSection)
-        data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
-        train: TrainConfig = field(default_factory=TrainConfig)
-        optim: OptimConfig = field(default_factory=OptimConfig)
-        runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-        logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-    cfg = load_config(DPOConfig, "dpo-small", ["--train.lr", "5e-6"])  # a DPOConfig instance
-
-and one row in ``customgpt.cli.finetune.TASKS`` gives it ``customgpt finetune dpo``
-(``--help`` lists every key, ``--print-config`` prints the resolved YAML). A section may also
-be a plain ``@dataclass`` whose ``__post_init__`` raises ConfigError naming ``section.key``
-(no import of this module needed, as ``data/`` modules must not import ``train/``); deriving
-:class:`~customgpt.sections.Section` adds the finite-number and choice checks on construction
-and the file or flag that set a bad value to the message.
+A command's config is a tree of sections (:mod:`customgpt.sections`) whose attribute
+docstrings ``--help`` lists. :func:`load_config` layers the schema's defaults, a YAML file
+(a path or a packaged preset name) and ``--section.key VALUE`` overrides; jsonargparse
+checks the types, each section's ``validate()`` the ranges. Every error is a ConfigError
+naming the dotted key and the file or flag that set it, raised before training starts; a
+YAML file with a duplicate key is an error. A new objective declares a root section (as
+``ClassifyConfig``) and adds one row to ``customgpt.cli.finetune.TASKS``. A ``data/``
+section may be a plain ``@dataclass`` whose ``__post_init__`` raises ConfigError naming
+``section.key`` (``data/`` never imports ``train/``).
 """
 
 from __future__ import annotations
@@ -62,14 +42,7 @@ _NONE = {"none", "null", "~"}
 _NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity|\.nan|\.inf)$", re.IGNORECASE)
 
 
-class _Flag:
-    """A command-line key given without a value (``--runtime.compile``): true for bools."""
-
-    def __repr__(self) -> str:
-        return "<flag without a value>"
-
-
-FLAG = _Flag()
+FLAG = object()  # a command-line key given without a value (``--runtime.compile``): true for bools
 
 
 # --------------------------------------------------------------------------- the schema's keys
@@ -678,11 +651,3 @@ class LoggingConfig(Section):
             raise FieldError("log_every", f"must be >= 1, got {self.log_every}")
         if not self.out_dir:
             raise FieldError("out_dir", "must not be empty")
-
-
-__all__ = [
-    "ConfigError", "FieldError", "Section", "ModelSection", "OptimConfig", "TrainConfig",
-    "RuntimeConfig", "LoggingConfig", "load_config", "make_parser", "keys_help", "schema_keys",
-    "parse_overrides", "resolve_config_path", "list_config_presets", "save_config", "to_dict",
-    "to_yaml", "read_yaml", "accept_override_args", "add_config_arguments", "split_override_args",
-]
