@@ -41,9 +41,7 @@ def check_finite(key: str, value: Any) -> None:
             raise FieldError(name, f"must be a finite number, got {v!r}")
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+_hints = functools.cache(typing.get_type_hints)
 
 
 def _choices(tp: Any) -> tuple[Any, ...] | None:

@@ -456,12 +456,11 @@ class ModelSection(Section):
             value = getattr(self, key)
             if value is not None and not 0.0 <= value < 1.0:
                 raise FieldError(key, f"must be in [0, 1), got {value}")
-        if self.init is not None:
-            for key in self._SHAPE:
-                if getattr(self, key) is not None:
-                    raise FieldError(key, "cannot change the shape of weights loaded from model.init")
-        else:
+        shaped = [key for key in self._SHAPE if getattr(self, key) is not None]
+        if self.init is None:
             self.gpt_config()  # shape errors (e.g. n_embd % n_head) surface now, before training
+        elif shaped:
+            raise FieldError(shaped[0], "cannot change the shape of weights loaded from model.init")
 
     def _changes(self) -> dict[str, Any]:
         keys = (*self._SHAPE, "dropout", "attn_dropout", "impl")
@@ -565,10 +564,11 @@ class TrainConfig(Section):
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise FieldError(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("max_steps", "micro_batch_size", "eval_iters"):
+        for key, low in (("max_steps", 1), ("micro_batch_size", 1), ("eval_iters", 1), ("warmup_steps", 0),
+                         ("grad_clip", 0), ("eval_every", 0), ("save_every", 0)):
             value = getattr(self, key)
-            if value is not None and value < 1:
-                raise FieldError(key, f"must be >= 1 or none, got {value}")
+            if value is not None and value < low:
+                raise FieldError(key, f"must be >= {low}, got {value}")
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             raise FieldError("micro_batch_size", f"({self.micro_batch_size}) exceeds batch_size ({self.batch_size})")
         if self.lr <= 0:
@@ -586,16 +586,8 @@ class TrainConfig(Section):
             raise FieldError("seed", f"must be between 0 and 2**64 - 1 ({MAX_SEED}), got {self.seed}")
         if self.warmup_steps is not None and self.warmup_fraction is not None:
             raise FieldError("warmup_steps", "give warmup_steps or warmup_fraction, not both")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise FieldError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
             raise FieldError("warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
-        if self.grad_clip is not None and self.grad_clip < 0:
-            raise FieldError("grad_clip", f"must be >= 0 (0 or none: off), got {self.grad_clip}")
-        if self.eval_every < 0:
-            raise FieldError("eval_every", f"must be >= 0, got {self.eval_every}")
-        if self.save_every is not None and self.save_every < 0:
-            raise FieldError("save_every", f"must be >= 0, got {self.save_every}")
 
     def accumulation(self, world_size: int = 1) -> tuple[int, int]:
         """(micro_batch_size, accumulation steps) per process; the global batch must divide evenly."""
