@@ -384,8 +384,6 @@ def resolve_labels(splits: Splits, declared: Sequence[str] | None) -> list[str]:
     Every validation/test label must be a known class (a DataError names its file and line).
     """
     names = list(declared) if declared is not None else sorted({r.label for r in splits.train})
-    if len(set(names)) != len(names):
-        raise DataError(f"data.labels has duplicates: {names}")
     if len(names) < 2:
         if declared is not None:
             raise DataError(f"data.labels: classification needs at least 2 classes, got {names}")

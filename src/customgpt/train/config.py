@@ -17,6 +17,7 @@ import argparse
 import difflib
 import functools
 import json
+import math
 import re
 import sys
 import types
@@ -94,11 +95,6 @@ def describe_type(tp: Any) -> str:
         inner, getattr(inner, "__name__", str(inner)))
 
 
-def _is_float(tp: Any) -> bool:
-    inner = _unwrap_optional(tp)[1]
-    return inner is float or (get_origin(inner) in (tuple, list) and float in get_args(inner))
-
-
 def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
     """One value (a command-line string, FLAG, or a YAML object) as jsonargparse's text for ``--key``."""
     optional, inner = _unwrap_optional(tp)
@@ -107,10 +103,10 @@ def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
         if inner is bool:
             return "true"
         raise ConfigError(f"{key}: needs a value ({describe_type(tp)}){where}")
-    if _is_float(tp):
+    if inner is float or (origin in (tuple, list) and float in get_args(inner)):
         items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
         for item in items:
-            if (isinstance(item, float) and item != item or item in (float("inf"), float("-inf"))
+            if (isinstance(item, float) and not math.isfinite(item)
                     or isinstance(item, str) and _NONFINITE.match(item.strip())):
                 raise ConfigError(f"{key}: must be a finite number, got {item!r}{where}")
     if isinstance(value, str):
@@ -134,11 +130,7 @@ def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for name, value in data.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, dict):
-            out.extend(_flatten(value, key + "."))
-        else:
-            out.append((key, value))
+        out += _flatten(value, f"{prefix}{name}.") if isinstance(value, dict) else [(f"{prefix}{name}", value)]
     return out
 
 
@@ -189,10 +181,8 @@ def load_config(
     if path is not None:
         data = read_yaml(resolve_config_path(path))
         pairs += [(k, v, str(path)) for k, v in _flatten(data)]
-    if overrides and isinstance(next(iter(overrides)), str):
-        tokens = parse_overrides(overrides)  # type: ignore[arg-type]
-    else:
-        tokens = list(overrides or [])  # type: ignore[arg-type]
+    is_tokens = overrides and isinstance(next(iter(overrides)), str)
+    tokens = parse_overrides(overrides) if is_tokens else list(overrides or [])  # type: ignore[arg-type]
     pairs += [(k, v, f"--{k}") for k, v in tokens]
 
     keys = schema_keys(schema)

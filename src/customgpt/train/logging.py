@@ -78,7 +78,7 @@ class MetricsLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         """Write one record (must include ``step``)."""
-        if not self.enabled or self._fh is None:
+        if self._fh is None:  # disabled, or closed
             return
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
@@ -222,3 +222,6 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+_save_figure = save_figure  # the name train/dpo.py imports
