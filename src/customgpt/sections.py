@@ -16,11 +16,9 @@ import dataclasses
 import functools
 import math
 import typing
-from typing import Any, TypeVar
+from typing import Any
 
 from customgpt.errors import ConfigError
-
-T = TypeVar("T")
 
 
 class FieldError(ConfigError):
@@ -75,12 +73,6 @@ class Section:
 
     def validate(self) -> None:
         """Range and cross-field checks; raise :class:`FieldError` (key, reason)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    def replace(self: T, **changes: Any) -> T:
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
 def to_dict(obj: Any) -> Any:

@@ -293,8 +293,7 @@ def _packaged_configs() -> Path:
 
 def list_config_presets() -> list[str]:
     """Names of the packaged YAML presets (``customgpt/configs/*.yaml``)."""
-    folder = _packaged_configs()
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return sorted(p.stem for p in _packaged_configs().glob("*.yaml"))
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
