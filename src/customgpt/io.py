@@ -359,12 +359,23 @@ def read_text_strict(source: str | os.PathLike[str], *, what: str | None = None)
     else:
         data = Path(source).read_bytes()
         name = what or str(source)
+    return decode_utf8_strict(data, name).removeprefix("\ufeff")
+
+
+def decode_utf8_strict(data: bytes | str, name: str) -> str:
+    """``data`` decoded as strict UTF-8; a ``str`` (an argument or a line Python decoded with
+    ``surrogateescape``, where bytes that are not UTF-8 became lone surrogates) is checked.
+
+    Raises:
+        DataError: ``<name>: not UTF-8 text (byte N, 0x..): reason``.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         bad = data[exc.start : exc.end]
         raise DataError(f"{name}: not UTF-8 text (byte {exc.start}, 0x{bad.hex()}): {exc.reason}") from None
-    return text.removeprefix("\ufeff")
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EEXIST, errno.ETXTBSY}
