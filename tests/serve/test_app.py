@@ -380,7 +380,9 @@ def test_queue_full_is_429_and_disconnect_frees_the_row():
         hook.remove()
         assert server.engine.active == 0
         steps = server.engine.steps - steps_before
-        assert 0 < steps < 30  # it did not run to its 60 tokens
+        # It did not run to its 60 tokens (0 when the disconnect is seen before the first
+        # decode step: the prefill gave the first token).
+        assert steps < 30
         assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
     finally:
         server.stop()
