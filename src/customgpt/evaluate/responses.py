@@ -113,7 +113,7 @@ def read_responses(path: str | Path, keys: Sequence[str] = ("output", "model_res
         DataError: unreadable file or JSON, a record that is not an object or lacks a key
             (named by index with the file name).
     """
-    from customgpt.data.instruct import MAX_REPORTED, _decode, parse_records
+    from customgpt.data.instruct import MAX_REPORTED, decode_text, parse_records
 
     path = Path(path)
     try:
@@ -121,7 +121,7 @@ def read_responses(path: str | Path, keys: Sequence[str] = ("output", "model_res
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     problems, out = [], []
-    for _, value, where in parse_records(_decode(data, path), path):
+    for _, value, where in parse_records(decode_text(data, path), path):
         if not isinstance(value, dict):
             problems.append(f"{where}: expected an object, got {type(value).__name__}")
             continue
