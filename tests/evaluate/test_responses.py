@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from helpers import tiny_model
 
 from customgpt.data.instruct import InstructionRecord
@@ -60,3 +61,35 @@ def test_greedy_responses_equal_generating_each_prompt_alone():
         assert got == clean_response(style, generate_text(model, tok, prompt, params).text)
     assert settings == {"decoding": "greedy", "max_new_tokens": 6, "stop_at_eot": True, "stop_strings": [],
                         "prompt_style": "short"}
+
+
+def _reference_greedy(model, ids, n, eot_id):
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(model(x)[0, -1].argmax())
+            if nxt == eot_id:
+                break
+            x = torch.cat([x, torch.tensor([[nxt]])], 1)
+    return x[0, len(ids):].tolist()
+
+
+def test_responses_follow_weights_changed_in_place_by_a_fused_optimizer():
+    """A fused AdamW step changes weights without bumping their version counters: responses
+    made after training steps must come from the new weights, not from generation's copies."""
+    tok = get_tokenizer()
+    model = tiny_model(5, vocab_size=tok.vocab_size, context_length=64)
+    style = get_prompt_style("alpaca")
+    records = [InstructionRecord("Say something.", "", "x")]
+    ids = tok.encode(style.format_instruction("Say something."), allowed_special="none")
+    generate_responses(model, tok, style, records, max_new_tokens=8, use_stop_strings=False, progress=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    versions = [p._version for p in model.parameters()]
+    optimizer.step()
+    assert all(p._version == v for p, v in zip(model.parameters(), versions)), "fused steps no longer hide updates"
+    (got,), _ = generate_responses(model, tok, style, records, max_new_tokens=8, use_stop_strings=False,
+                                   progress=False)
+    want = clean_response(style, tok.decode(_reference_greedy(model, ids, 8, tok.eot_id)))
+    assert got == want
