@@ -55,7 +55,7 @@ def trained(tmp_path_factory):
     config = {
         "model": {"preset": "cpu-tiny", "context_length": 64, "dropout": 0.0},
         "data": {"dataset": None, "train_file": str(records), "val_file": str(records), "mask_instructions": True},
-        "instruct": {"sample_max_new_tokens": 4, "responses_split": "none"},
+        "instruct": {"sample_max_new_tokens": 4, "responses_split": "val", "max_new_tokens": 30},
         "train": {"epochs": 80, "batch_size": 20, "lr": 5.0e-3, "schedule": "constant", "eval_every": 40,
                   "eval_iters": 1, "seed": 0},
         "runtime": {"device": "cpu"},
@@ -64,6 +64,16 @@ def trained(tmp_path_factory):
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     assert main(["finetune", "instruct", "--config", str(root / "tiny.yaml")]) == 0
     return root
+
+
+def test_the_run_answers_and_scores_a_split(trained):
+    metrics = json.loads((trained / "run" / "val_metrics.json").read_text())
+    rows = json.loads((trained / "run" / "val_responses.json").read_text())
+    assert metrics["records"] == len(rows) == 20 and metrics["split"] == "val"
+    exact = sum(r["model_response"] == r["output"] for r in rows)
+    assert metrics["exact_match"] == pytest.approx(100 * exact / 20) and exact >= 18
+    assert metrics["perplexity"] < 1.1 and metrics["rouge_l"] > 90
+    assert [r["index"] for r in metrics["per_record"]] == list(range(20))
 
 
 def test_training_drives_the_loss_near_zero(trained):
