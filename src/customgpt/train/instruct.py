@@ -36,6 +36,7 @@ from customgpt.evaluate.perplexity import perplexity_of, response_perplexity, su
 from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 from customgpt.losses import causal_lm_loss
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
+from customgpt.sections import Section
 from customgpt.train.config import (
     LoggingConfig,
     ModelSection,
@@ -103,7 +104,7 @@ class InstructLoRASection:
 
 
 @dataclass
-class InstructConfig:
+class InstructConfig(Section):
     """The whole ``customgpt finetune instruct`` configuration (see docs/instruct.md)."""
 
     model: ModelSection = field(default_factory=ModelSection)
