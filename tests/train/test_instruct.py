@@ -130,3 +130,28 @@ def test_bad_records_stop_the_run_before_training(tmp_path):
     with pytest.raises(Exception, match=r"bad.json: 1 malformed record\(s\): record 1: empty 'instruction'"):
         finetune_instruct(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_lora_trains_the_adapters_only_and_saves_merged_models(tmp_path):
+    import torch
+
+    from customgpt.checkpoints import load_model
+    from customgpt.train.instruct import InstructLoRASection
+
+    records = _write_records(tmp_path / "facts.json")
+    cfg = InstructConfig(
+        model=ModelSection(preset="cpu-tiny", context_length=64),
+        data=InstructDataConfig(dataset=None, train_file=str(records), val_file=str(records)),
+        instruct=InstructSection(trainable="lora", responses_split="none", sample_max_new_tokens=0),
+        lora=InstructLoRASection(r=4, alpha=8.0, targets=["c_attn", "c_fc"]),
+        train=TrainConfig(max_steps=3, batch_size=10, lr=1e-2, schedule="constant", eval_every=0, seed=1),
+    )
+    cfg.logging.out_dir, cfg.logging.progress, cfg.logging.plots = str(tmp_path / "run"), False, False
+    torch.manual_seed(1)
+    summary = finetune_instruct(cfg)
+    assert summary["steps"] == 3
+    final = load_model(tmp_path / "run" / "final")  # a plain GPT: the adapters are merged in
+    torch.manual_seed(1)
+    start = cfg.model.build()
+    changed = {k for k, v in final.state_dict().items() if not torch.equal(v, start.state_dict()[k])}
+    assert changed and all(k.endswith(("attn.c_attn.weight", "mlp.c_fc.weight")) for k in changed), changed
