@@ -120,7 +120,7 @@ def test_perplexity_on_response_tokens_and_on_text(model_dir, shared_datasets, t
                                                                           abs=1e-3)
     text.write_bytes(b"caf\xe9")
     assert main(["eval", "perplexity", "--model", str(model_dir), "--text", str(text)]) == 2
-    assert "invalid UTF-8 byte 0xe9 at byte offset 3" in capsys.readouterr().err
+    assert "t.txt: not UTF-8 text (byte 3, 0xe9)" in capsys.readouterr().err
 
 
 def test_responses_for_a_split_of_the_registry_dataset(model_dir, tmp_path, capsys):

@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID, IGNORE_INDEX
 from customgpt.errors import ConfigError, DataError
+from customgpt.io import decode_utf8_strict
 from customgpt.prompts import PromptStyle
 
 #: At most this many bad records are listed in one error (the count says how many in all).
@@ -85,17 +86,13 @@ class Fields:
 
 
 def decode_text(data: bytes, path: str | Path) -> str:
-    """UTF-8 text of a file's bytes (a leading BOM dropped).
+    """UTF-8 text of a file's bytes (a leading BOM dropped), through the package's one strict
+    decoder (:func:`customgpt.io.decode_utf8_strict`).
 
     Raises:
-        DataError: invalid UTF-8, naming the file, the byte offset and the line.
+        DataError: invalid UTF-8, naming the file and the byte offset.
     """
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}: invalid UTF-8 byte {data[exc.start]:#04x} at byte offset {exc.start} "
-                        f"(line {line})") from None
+    return decode_utf8_strict(data, str(path)).removeprefix("\ufeff")
 
 
 def parse_records(text: str, source: str | Path) -> list[tuple[int, Any, str]]:
