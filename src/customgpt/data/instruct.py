@@ -280,15 +280,17 @@ class InstructDataConfig:
         return Fields(self.instruction_field, self.input_field, self.output_field)
 
 
-def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | None = None) -> Path:
-    """A file path, or a registered dataset name fetched through the registry."""
+def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | None = None, *,
+                   data_dir_option: str = "--data-dir") -> Path:
+    """A file path, or a registered dataset name fetched through the registry
+    (``data_dir_option``: how the calling command sets the mirror folder, for the offline advice)."""
     path = Path(source).expanduser()
     if path.is_file():
         return path
     from customgpt.data.registry import DATASETS, fetch
 
     if source in DATASETS:
-        return fetch(source, data_dir, cache_dir)
+        return fetch(source, data_dir, cache_dir, data_dir_option=data_dir_option)
     raise DataError(f"{source}: no such file, and not a registered dataset ({', '.join(DATASETS)})")
 
 
@@ -307,7 +309,8 @@ def prepare_splits(cfg: InstructDataConfig) -> InstructionSplits:
     else:
         source = cfg.path or cfg.dataset
         assert source is not None
-        records = read_instruction_file(resolve_source(source, cfg.data_dir, cfg.cache_dir), fields_)
+        path = resolve_source(source, cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir")
+        records = read_instruction_file(path, fields_)
         splits = split_records(records, method=cfg.split, train_fraction=cfg.train_fraction,
                                test_fraction=cfg.test_fraction, seed=cfg.split_seed)
     if not splits.train:
