@@ -44,13 +44,8 @@ def generate_responses(model, tokenizer, style: PromptStyle, records: Sequence[I
     Returns:
         ``(responses, settings)``; ``settings`` is what the responses file records.
     """
-    from customgpt.generate import SamplingParams, free_generation_memory, generate_batch
+    from customgpt.generate import SamplingParams, generate_batch
 
-    # Generation keeps copies of the weights between calls (a transposed LM head, a decode
-    # layout on the CPU), recognised by the tensors' version counters. A fused AdamW step
-    # updates weights in place without bumping them, so a model that trained since the last
-    # call would be answered by stale copies: drop them first (and afterwards, to free memory).
-    free_generation_memory(model)
     stops = tuple(style.stop_strings) if use_stop_strings else ()
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=stops, stop_at_eot=True)
     prompts = [tokenizer.encode(style.format_instruction(r.instruction, r.input), allowed_special="none")
@@ -73,7 +68,6 @@ def generate_responses(model, tokenizer, style: PromptStyle, records: Sequence[I
     finally:
         if bar is not None:
             bar.close()
-        free_generation_memory(model)
         model.train(was_training)
     settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "stop_at_eot": True,
                 "stop_strings": list(stops), "prompt_style": style.name}
