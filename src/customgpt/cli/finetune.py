@@ -20,6 +20,10 @@ TASKS: dict[str, tuple[str, str, str, str, str]] = {
         "customgpt.train.classify", "ClassifyConfig", "finetune_classify", "spam-small",
         "train a text classifier (spam vs ham, or any labelled CSV/TSV/JSONL)",
     ),
+    "instruct": (
+        "customgpt.train.instruct", "InstructConfig", "finetune_instruct", "instruct-small",
+        "instruction fine-tuning (Alpaca-style records), then greedy test responses and their scores",
+    ),
 }
 
 
@@ -34,7 +38,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _schema(module: str, name: str) -> type:
-    return getattr(importlib.import_module(module), name)  # argparse would reject the dotted overrides: taken out first
+    return getattr(importlib.import_module(module), name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,11 +51,16 @@ def run(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     summary = getattr(module, fn_name)(cfg)
+    if args.task == "instruct":
+        test = summary.get("test")
+        scores = (f"{test['split']}: perplexity {test['perplexity']:.2f}, ROUGE-L {test['rouge_l']:.1f}, "
+                  f"exact match {test['exact_match']:.1f}%; " if test else "")
+        print(f"{scores}training {summary['train_seconds']:.1f}s, {summary['steps']} steps, train loss "
+              f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}, best validation loss "
+              f"{summary['best_val_loss']:.3f}\nrun folder: {summary['run_dir']} (models: final/, best/)")
+        return 0
     test = summary.get("test")
     result = f"test accuracy {test['accuracy']:.4f}, " if test else ""
-    members = summary.get("ensemble")
-    best = (f"an ensemble of {len(members)}, best epochs " + "/".join(str(m["best_epoch"]) for m in members)
-            if members else f"best epoch {summary['best_epoch']}")
-    print(f"{result}training {summary['train_seconds']:.1f}s; {best}\n"
+    print(f"{result}training {summary['train_seconds']:.1f}s; best epoch {summary['best_epoch']}\n"
           f"run folder: {summary['run_dir']} (classifier: {summary['run_dir']}/best)")
     return 0
