@@ -92,11 +92,12 @@ def servers(ui_models, tmp_path_factory) -> Iterator[dict[str, Server]]:
       are NaN: sampling fails), and a classifier that does not exist.
     """
     main_cwd, failing_cwd = tmp_path_factory.mktemp("ui-server"), tmp_path_factory.mktemp("ui-failing")
+    main_tmp = tmp_path_factory.mktemp("ui-tmp")  # where `customgpt ui` makes its app folder
     port = free_port()
     argv = [sys.executable, "-m", "customgpt", "ui", "--chat", str(ui_models["chat"]),
             "--compare", str(ui_models["compare"]), "--classifier", str(ui_models["classifier"]),
             "--prompt-style", "alpaca", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    started = {"main": Server(argv, main_cwd, {}, port)}
+    started = {"main": Server(argv, main_cwd, {"TMPDIR": str(main_tmp)}, port)}
     port = free_port()
     env = {"CUSTOMGPT_UI_CHAT": str(ui_models["classifier"]), "CUSTOMGPT_UI_COMPARE": str(ui_models["broken"]),
            "CUSTOMGPT_UI_CLASSIFIER": str(failing_cwd / "no-such-model"), "CUSTOMGPT_UI_DEVICE": "cpu"}
@@ -111,6 +112,8 @@ def servers(ui_models, tmp_path_factory) -> Iterator[dict[str, Server]]:
             srv.stop()
     left = sorted(p.name for p in main_cwd.iterdir())
     assert left == ["server.log"], f"customgpt ui left files in its working folder: {left}"
+    left = sorted(p.name for p in main_tmp.glob("customgpt-ui-*"))
+    assert left == [], f"customgpt ui left its app folder behind: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -159,10 +162,13 @@ def switch_profile(page, name: str) -> None:
     welcome.wait_for()
 
 
-def set_settings(page, sliders: dict[str, int | str] | None = None, raw: bool | None = None) -> None:
+def set_settings(page, sliders: dict[str, int | str] | None = None, raw: bool | None = None,
+                 seed: int | None = None) -> None:
     """Open the settings panel; for each slider press Home then ArrowRight n times (or the
-    given key, e.g. "End"); flip the raw-text switch; confirm."""
+    given key, e.g. "End"); flip the raw-text switch; type the seed; confirm."""
     page.click("#chat-settings-open-modal")
+    if seed is not None:
+        page.fill("#seed", str(seed))
     for sid, moves in (sliders or {}).items():
         thumb = page.locator(f"#{sid} [role=slider]")
         thumb.focus()
@@ -247,6 +253,9 @@ def greedy_reference(model_folder: Path, turns: list[tuple[str, int]]) -> list[s
 def test_chat_reply_streams_token_by_token(page, server):
     record_timing("server start to listening (s)", server.startup_seconds)
     shot(page, "welcome-chat")
+    # The start values, but a fixed seed: a sampled reply that happened to end at once
+    # could not show streaming.
+    set_settings(page, seed=7)
     send(page, "Name three colours.")
     start = time.perf_counter()
     reply = replies(page).first
@@ -265,7 +274,8 @@ def test_chat_reply_streams_token_by_token(page, server):
     record_timing("message sent to first streamed token shown (s)", first_token)
     record_timing("server's account of the reply", last_log_line(server, "first piece after"))
     shot(page, "chat")
-    assert len(reply_text(replies(page).first)) > 0
+    assert len(reply_text(replies(page).first)) > 100
+    assert "256 tokens" in last_log_line(server, "first piece after")  # the start value of max new tokens
     # Streamed: the page showed the reply growing through several lengths before the end.
     assert len([n for n in lengths if n > 0]) >= 3, lengths
     assert "### Response" not in reply.inner_text() and "sponse:" not in reply.inner_text()

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from customgpt.errors import ConfigError
-from customgpt.ui.config import AppConfig, chainlit_config_toml, write_app_folder
+from customgpt.ui.config import AppConfig, chainlit_config_toml, remove_app_folder, write_app_folder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,3 +63,15 @@ def test_app_folder_holds_a_config_chainlit_accepts_and_a_readme(tmp_path):
     readme = (folder / "chainlit.md").read_text()
     assert "`runs/a`" in readme and "`runs/c`" in readme and "Compare" not in readme
     assert chainlit_config_toml("x").count('name = "x"') == 1
+
+
+def test_only_the_folder_customgpt_ui_wrote_is_removed(tmp_path):
+    ours = write_app_folder(tmp_path / "customgpt-ui-abc", AppConfig(chat="a"))
+    renamed = write_app_folder(tmp_path / "mine", AppConfig(chat="a"))
+    other = tmp_path / "customgpt-ui-other"
+    (other / ".chainlit").mkdir(parents=True)
+    (other / ".chainlit" / "config.toml").write_text("[project]\n")
+    assert not remove_app_folder(renamed) and not remove_app_folder(other) and not remove_app_folder(None)
+    assert not remove_app_folder(tmp_path / "customgpt-ui-missing")
+    assert remove_app_folder(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["customgpt-ui-other", "mine"]

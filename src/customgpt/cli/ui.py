@@ -6,7 +6,8 @@
 
 Then open http://HOST:PORT in a browser. MODEL is anything ``customgpt generate`` accepts; the
 device is chosen automatically (``--device`` to choose). The app's Chainlit folder (its
-``config.toml`` and readme) is written to a temporary folder that is removed at exit. Needs
+``config.toml`` and readme) is written to a temporary folder that is removed when the
+server stops. Needs
 the ``ui`` extra: ``pip install customgpt[ui]``.
 """
 
@@ -57,7 +58,14 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from customgpt.errors import ConfigError
-    from customgpt.ui.config import APP_FILE, AppConfig, write_app_folder
+    from customgpt.ui.config import (
+        APP_FILE,
+        APP_FOLDER_ENV,
+        APP_FOLDER_PREFIX,
+        AppConfig,
+        remove_app_folder,
+        write_app_folder,
+    )
 
     config = AppConfig(chat=args.chat, compare=args.compare, classifier=args.classifier,
                        prompt_style=args.prompt_style, device=args.device).check()
@@ -67,11 +75,13 @@ def run(args: argparse.Namespace) -> int:
     # Only look for Chainlit here: importing it reads (and writes) its app folder.
     if importlib.util.find_spec("chainlit") is None:
         raise ConfigError("the web app needs Chainlit: pip install 'customgpt[ui]'")
-    with tempfile.TemporaryDirectory(prefix="customgpt-ui-") as folder:
+    folder = tempfile.mkdtemp(prefix=APP_FOLDER_PREFIX)
+    try:
         write_app_folder(folder, config)
         # Chainlit reads its folder and our app its models from the environment, when imported.
+        # Chainlit ends the process with os._exit at shutdown, so the app removes the folder then.
         os.environ.update(config.to_env())
-        os.environ["CHAINLIT_APP_ROOT"] = folder
+        os.environ["CHAINLIT_APP_ROOT"] = os.environ[APP_FOLDER_ENV] = folder
         print(f"customgpt ui: loading the models, then serving on http://{args.host}:{args.port} (Ctrl-C stops)",
               file=sys.stderr, flush=True)
         from chainlit.cli import cli
@@ -81,4 +91,6 @@ def run(args: argparse.Namespace) -> int:
                      prog_name="chainlit", standalone_mode=False)
         except KeyboardInterrupt:
             pass
+    finally:
+        remove_app_folder(folder)
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -21,7 +22,15 @@ import chainlit as cl
 from chainlit.input_widget import NumberInput, Slider, Switch
 
 from customgpt.generate import ChatSession
-from customgpt.ui.config import PROFILE_CHAT, PROFILE_CLASSIFY, PROFILE_COMPARE, AppConfig, profile_help
+from customgpt.ui.config import (
+    APP_FOLDER_ENV,
+    PROFILE_CHAT,
+    PROFILE_CLASSIFY,
+    PROFILE_COMPARE,
+    AppConfig,
+    profile_help,
+    remove_app_folder,
+)
 from customgpt.ui.engine import (
     RAW_SETTING_ID,
     SEED_SETTING,
@@ -48,6 +57,12 @@ DESCRIPTIONS = {
     PROFILE_COMPARE: "Both chat models answer every message, with the same settings and seed.",
     PROFILE_CLASSIFY: "Label each line of your message, with every class's probability.",
 }
+
+
+@cl.on_app_shutdown
+def shutdown() -> None:
+    """Remove the app folder ``customgpt ui`` made (Chainlit exits without returning to it)."""
+    remove_app_folder(os.environ.get(APP_FOLDER_ENV))
 
 
 @cl.set_chat_profiles

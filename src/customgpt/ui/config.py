@@ -31,6 +31,11 @@ from customgpt.errors import ConfigError
 ENV_PREFIX = "CUSTOMGPT_UI_"
 #: The Chainlit app file (what ``chainlit run`` takes).
 APP_FILE = Path(__file__).with_name("app.py")
+#: ``customgpt ui``'s temporary app folder: its name starts so, and the variable names it
+#: (the app removes it when the server stops: Chainlit ends the process without returning).
+APP_FOLDER_PREFIX = "customgpt-ui-"
+APP_FOLDER_ENV = "CUSTOMGPT_UI_APP_FOLDER"
+_TOML_HEADER = "# Written by `customgpt ui` for this run; Chainlit reads it at start."
 PROFILE_CHAT = "Chat"
 PROFILE_COMPARE = "Compare"
 PROFILE_CLASSIFY = "Classification"
@@ -111,7 +116,7 @@ def chainlit_config_toml(name: str = "customgpt") -> str:
     messages shown as typed (not as Markdown)."""
     from importlib.metadata import version
 
-    return f"""# Written by `customgpt ui` for this run; Chainlit reads it at start.
+    return f"""{_TOML_HEADER}
 [project]
 session_timeout = 3600
 allow_origins = ["*"]
@@ -146,6 +151,25 @@ def write_app_folder(folder: str | Path, config: AppConfig) -> Path:
     atomic_write_text(folder / ".chainlit" / "config.toml", chainlit_config_toml())
     atomic_write_text(folder / "chainlit.md", readme_markdown(config))
     return folder
+
+
+def remove_app_folder(folder: str | Path | None) -> bool:
+    """Remove a folder :func:`write_app_folder` wrote for ``customgpt ui`` (its name starts
+    with :data:`APP_FOLDER_PREFIX` and its config is ours); anything else is left alone.
+    Returns True when it was removed."""
+    if not folder:
+        return False
+    import shutil
+
+    folder = Path(folder)
+    toml = folder / ".chainlit" / "config.toml"
+    try:
+        ours = folder.name.startswith(APP_FOLDER_PREFIX) and toml.read_text(encoding="utf-8").startswith(_TOML_HEADER)
+    except OSError:
+        return False
+    if ours:
+        shutil.rmtree(folder, ignore_errors=True)
+    return ours
 
 
 def readme_markdown(config: AppConfig) -> str:
