@@ -8,9 +8,13 @@ from customgpt.errors import ConfigError
 from customgpt.prompts import (
     PROMPT_STYLES,
     Message,
+    PromptConfig,
     PromptStyle,
+    TemplateStyle,
     get_prompt_style,
     list_prompt_styles,
+    prompt_style_from_dict,
+    prompt_style_to_dict,
     register_prompt_style,
     trim_chat_history,
 )
@@ -70,18 +74,82 @@ def test_alpaca_chat_and_system_message():
 
 
 def test_phi3_exact():
+    """The reference recipe's Phi-3-like template: input appended to the instruction after a newline."""
     style = get_prompt_style("phi3")
-    assert style.format_instruction("What is 2+2?") == "<|user|>\nWhat is 2+2?<|end|>\n<|assistant|>\n"
+    assert style.format_instruction("What is 2+2?") == "<|user|>\nWhat is 2+2?\n<|assistant|>:\n"
     assert style.format_instruction("Fix the spelling.", "Ocasion") == (
-        "<|user|>\nFix the spelling.\nOcasion<|end|>\n<|assistant|>\n"
+        "<|user|>\nFix the spelling.\nOcasion\n<|assistant|>:\n"
     )
+    assert style.format_instruction("Fix the spelling.", "") == "<|user|>\nFix the spelling.\n<|assistant|>:\n"
     chat = [Message("system", "Be kind."), Message("user", "Hi"), Message("assistant", "Hello!"), Message("user", "Bye")]
     assert style.format_chat(chat) == (
-        "<|system|>\nBe kind.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n<|user|>\nBye<|end|>\n<|assistant|>\n"
+        "<|system|>\nBe kind.\n<|user|>\nHi\n<|assistant|>:\nHello!\n<|user|>\nBye\n<|assistant|>:\n"
     )
     prompt, response = style.format_example("Hi", None, "Hello!")
-    assert (prompt, response) == ("<|user|>\nHi<|end|>\n<|assistant|>\n", "Hello!<|end|>")
-    assert "<|end|>" in style.stop_strings
+    assert (prompt, response) == ("<|user|>\nHi\n<|assistant|>:\n", "Hello!")
+    assert "<|end|>" in style.stop_strings and "<|user|>" in style.stop_strings
+
+
+def test_alpaca_matches_the_reference_recipe_text():
+    """The training text equals the reference's format_input(entry) + "\\n\\n### Response:\\n" + output."""
+    style = get_prompt_style("alpaca")
+    prompt, response = style.format_example("Rewrite the sentence.", "The cat sat.", "The cat was sitting.")
+    assert prompt + response == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+        "\n\n### Instruction:\nRewrite the sentence.\n\n### Input:\nThe cat sat.\n\n### Response:\nThe cat was sitting."
+    )
+    assert style.format_input("Rewrite the sentence.", "") == f"{PREAMBLE}\n\n### Instruction:\nRewrite the sentence."
+
+
+def test_user_template_from_a_config():
+    style = PromptConfig(style="qa", instruction="Q: {instruction}", input=" [{input}]",
+                         response="\nA: {output}</s>", stop_strings=["Q:"]).build()
+    assert isinstance(style, TemplateStyle) and style.name == "qa"
+    assert style.format_instruction("Add 2 and 3.") == "Q: Add 2 and 3.\nA: "
+    assert style.format_instruction("Add.", "2, 3") == "Q: Add. [2, 3]\nA: "
+    assert style.format_example("Add.", "2, 3", "5") == ("Q: Add. [2, 3]\nA: ", "5</s>")
+    assert style.stop_strings == ("Q:",)
+    # User text is inserted as is: braces and placeholders in it are never expanded.
+    assert style.format_instruction("say {input} {output} {}", "{instruction}") == (
+        "Q: say {input} {output} {} [{instruction}]\nA: "
+    )
+    chat = [Message("user", "Hi"), Message("assistant", "Hello"), Message("user", "Bye")]
+    assert style.format_chat(chat) == "Q: Hi\nA: Hello</s>Q: Bye\nA: "
+    # Without an input part, the default appends the input on a new line.
+    default = PromptConfig(style="bare", instruction="{instruction}", response=" => {output}").build()
+    assert default.format_instruction("x", "y") == "x\ny => "
+    # A registered name without template parts is the registered style.
+    assert PromptConfig(style="phi3").build() is get_prompt_style("phi3")
+
+
+def test_templates_round_trip_through_saved_metadata():
+    custom = PromptConfig(style="qa", instruction="Q: {instruction}", response="\nA: {output}").build()
+    again = prompt_style_from_dict(prompt_style_to_dict(custom))
+    assert again.format_example("x", "y", "z") == custom.format_example("x", "y", "z")
+    assert prompt_style_to_dict(get_prompt_style("alpaca")) == {"name": "alpaca"}
+    assert prompt_style_from_dict({"name": "alpaca"}) is get_prompt_style("alpaca")
+    with pytest.raises(ConfigError, match="unknown template key"):
+        prompt_style_from_dict({"name": "qa", "instruction": "{instruction}", "colour": "red"})
+
+
+@pytest.mark.parametrize(
+    "parts, match",
+    [
+        (dict(instruction="no placeholder"), r"instruction part must contain \{instruction\} exactly once"),
+        (dict(instruction="{instruction} {instruction}"), "exactly once"),
+        (dict(response="{output} {input}"), r"response part may not contain \{input\}"),
+        (dict(input="only text"), r"input part must contain \{input\}"),
+        (dict(preamble="{instruction}"), "hold no placeholders"),
+    ],
+)
+def test_bad_templates_are_clear_errors(parts, match):
+    with pytest.raises(ConfigError, match=match):
+        PromptConfig(style="mine", **parts).build()
+
+
+def test_a_template_may_not_reuse_a_registered_name():
+    with pytest.raises(ConfigError, match="registered style"):
+        PromptConfig(style="alpaca", instruction="{instruction}").build()
 
 
 def test_plain_exact():

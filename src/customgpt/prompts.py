@@ -9,8 +9,10 @@ Styles:
 
 * ``alpaca``: "Below is an instruction that describes a task..." with ``### Instruction:``,
   ``### Input:`` and ``### Response:`` sections (the Stanford Alpaca format).
-* ``phi3``: ``<|user|>\\n...<|end|>\\n<|assistant|>\\n`` turns (the Phi-3 chat format). With the
-  GPT-2 vocabulary the markers are ordinary text, not special tokens.
+* ``phi3``: ``<|user|>\\n{instruction}\\n<|assistant|>:\\n`` (the Phi-3-like format of the
+  reference recipe's exercise). With the GPT-2 vocabulary the markers are ordinary text.
+* user-defined templates (:class:`TemplateStyle`, from a config: :class:`PromptConfig`) with
+  ``{instruction}``, ``{input}`` and ``{output}`` parts and an optional input section.
 * ``plain``: no template for a single instruction (the text is continued as is); a chat is a
   ``User:`` / ``Assistant:`` transcript, which base models continue reasonably.
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from customgpt.errors import ConfigError
 
@@ -112,48 +114,149 @@ ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
 
+#: The placeholder each part of a :class:`TemplateStyle` must hold exactly once.
+PLACEHOLDERS = {"instruction": "{instruction}", "input": "{input}", "response": "{output}", "system": "{system}"}
 
-class AlpacaStyle(PromptStyle):
-    """Stanford Alpaca's template. A chat repeats Instruction/Response sections after one
-    preamble (a system message, if any, replaces the preamble)."""
+
+def _fill(part: str, placeholder: str, value: str) -> str:
+    """``part`` with its one ``placeholder`` replaced by ``value``. The value is inserted as is
+    (braces or other placeholders in user text are never expanded: no ``str.format``)."""
+    before, _, after = part.partition(placeholder)
+    return before + value + after
+
+
+class TemplateStyle(PromptStyle):
+    """A prompt template made of parts, each holding one placeholder.
+
+    The prompt for an instruction is ``preamble + instruction + input + response-prefix``,
+    where the input part appears only when the input is non-empty and the response prefix is
+    the response part up to ``{output}``. The training text is the prompt, then the output,
+    then the rest of the response part after ``{output}`` (:attr:`response_end`); the
+    end-of-text id follows it (added as an id by the collate function, never as text).
+
+    In a chat, a system message replaces the preamble (through the ``system`` part), each
+    user turn is an instruction part, each assistant turn a whole response part, and
+    ``turn_separator`` goes between a reply and the next user turn.
+
+    Args (all optional; a subclass sets them as class attributes):
+        name: the style's name.
+        preamble: text before the first instruction.
+        instruction: the instruction part, with ``{instruction}``.
+        input: the input part, with ``{input}`` (used only for a non-empty input).
+        response: the response part, with ``{output}``.
+        system: how a chat's system message is written, with ``{system}``.
+        turn_separator: text between an assistant reply and the next user turn in a chat.
+        stop_strings: strings that end a reply when generating.
+
+    Raises:
+        ConfigError: a part without its placeholder, with it twice, or with another part's.
+    """
+
+    preamble: str = ""
+    instruction: str = "{instruction}"
+    input: str = "\n{input}"
+    response: str = "\n{output}"
+    system: str = "{system}"
+    turn_separator: str = ""
+
+    def __init__(self, name: str | None = None, *, preamble: str | None = None, instruction: str | None = None,
+                 input: str | None = None, response: str | None = None, system: str | None = None,
+                 turn_separator: str | None = None, stop_strings: Sequence[str] | None = None) -> None:
+        given = {"name": name, "preamble": preamble, "instruction": instruction, "input": input,
+                 "response": response, "system": system, "turn_separator": turn_separator}
+        for key, value in given.items():
+            if value is not None:
+                if not isinstance(value, str):
+                    raise ConfigError(f"prompt template: {key} must be a string, got {type(value).__name__}")
+                setattr(self, key, value)
+        if stop_strings is not None:
+            if isinstance(stop_strings, str) or any(not isinstance(s, str) or not s for s in stop_strings):
+                raise ConfigError(f"prompt template: stop_strings must be a list of non-empty strings, got {stop_strings!r}")
+            self.stop_strings = tuple(stop_strings)
+        for part, placeholder in PLACEHOLDERS.items():
+            text = getattr(self, part)
+            if text.count(placeholder) != 1:
+                raise ConfigError(f"prompt template {self.name!r}: the {part} part must contain {placeholder} "
+                                  f"exactly once, got {text!r}")
+            for other in PLACEHOLDERS.values():
+                if other != placeholder and other in text:
+                    raise ConfigError(f"prompt template {self.name!r}: the {part} part may not contain {other}, "
+                                      f"got {text!r}")
+        for other in PLACEHOLDERS.values():
+            if other in self.preamble or other in self.turn_separator:
+                raise ConfigError(f"prompt template {self.name!r}: the preamble and turn separator hold no "
+                                  f"placeholders, got {other} in them")
+        self.response_end = self.response.partition("{output}")[2]
+
+    @property
+    def response_prefix(self) -> str:
+        """The text that opens a reply (the response part up to ``{output}``)."""
+        return self.response.partition("{output}")[0]
+
+    def format_input(self, instruction: str, input: str | None = None) -> str:
+        """The preamble, instruction and (non-empty) input: the prompt without the response prefix."""
+        text = self.preamble + _fill(self.instruction, "{instruction}", instruction)
+        if input:
+            text += _fill(self.input, "{input}", input)
+        return text
+
+    def format_instruction(self, instruction: str, input: str | None = None) -> str:
+        return self.format_input(instruction, input) + self.response_prefix
+
+    def _format_chat(self, msgs: list[Message]) -> str:
+        parts = [self.preamble]
+        if msgs[0].role == "system":
+            parts, msgs = [_fill(self.system, "{system}", msgs[0].content)], msgs[1:]
+        previous = None
+        for m in msgs:
+            if m.role == "user":
+                if previous == "assistant":
+                    parts.append(self.turn_separator)
+                parts.append(_fill(self.instruction, "{instruction}", m.content))
+            else:
+                parts.append(_fill(self.response, "{output}", m.content))
+            previous = m.role
+        return "".join(parts) + self.response_prefix
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parts as plain data (:func:`prompt_style_from_dict` rebuilds the style)."""
+        return {"name": self.name, "preamble": self.preamble, "instruction": self.instruction, "input": self.input,
+                "response": self.response, "system": self.system, "turn_separator": self.turn_separator,
+                "stop_strings": list(self.stop_strings)}
+
+
+class AlpacaStyle(TemplateStyle):
+    """Stanford Alpaca's template, as the reference recipe (LLMs-from-scratch, chapter 7) writes it::
+
+        {preamble}\n\n### Instruction:\n{instruction}[\n\n### Input:\n{input}]\n\n### Response:\n{output}
+
+    A chat repeats Instruction/Response sections after one preamble (a system message, if
+    any, replaces the preamble)."""
 
     name = "alpaca"
     stop_strings = ("### Instruction:", "### Input:", "### Response:")
-    response_end = ""
-
-    def format_instruction(self, instruction: str, input: str | None = None) -> str:
-        text = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}"
-        if input:
-            text += f"\n\n### Input:\n{input}"
-        return text + "\n\n### Response:\n"
-
-    def _format_chat(self, msgs: list[Message]) -> str:
-        preamble = ALPACA_PREAMBLE
-        if msgs[0].role == "system":
-            preamble, msgs = msgs[0].content, msgs[1:]
-        parts = [preamble]
-        for m in msgs:
-            if m.role == "user":
-                parts.append(f"\n\n### Instruction:\n{m.content}")
-            else:
-                parts.append(f"\n\n### Response:\n{m.content}")
-        return "".join(parts) + "\n\n### Response:\n"
+    preamble = ALPACA_PREAMBLE
+    instruction = "\n\n### Instruction:\n{instruction}"
+    input = "\n\n### Input:\n{input}"
+    response = "\n\n### Response:\n{output}"
 
 
-class Phi3Style(PromptStyle):
-    """Phi-3's chat template: ``<|user|>\\n{text}<|end|>\\n<|assistant|>\\n{reply}<|end|>\\n``."""
+class Phi3Style(TemplateStyle):
+    """The Phi-3-like template of the reference recipe's exercise (LLMs-from-scratch, chapter 7)::
+
+        <|user|>\n{instruction}[\n{input}]\n<|assistant|>:\n{output}
+
+    With the GPT-2 vocabulary the markers are ordinary text, not special tokens. A chat puts a
+    newline between a reply and the next ``<|user|>`` turn; a system message is a
+    ``<|system|>`` turn. ``<|end|>`` (Phi-3's own turn end) also stops a reply."""
 
     name = "phi3"
     stop_strings = ("<|end|>", "<|user|>", "<|assistant|>", "<|system|>")
-    response_end = "<|end|>"
-
-    def format_instruction(self, instruction: str, input: str | None = None) -> str:
-        content = f"{instruction}\n{input}" if input else instruction
-        return f"<|user|>\n{content}<|end|>\n<|assistant|>\n"
-
-    def _format_chat(self, msgs: list[Message]) -> str:
-        parts = [f"<|{m.role}|>\n{m.content}<|end|>\n" for m in msgs]
-        return "".join(parts) + "<|assistant|>\n"
+    instruction = "<|user|>\n{instruction}"
+    input = "\n{input}"
+    response = "\n<|assistant|>:\n{output}"
+    system = "<|system|>\n{system}\n"
+    turn_separator = "\n"
 
 
 class PlainStyle(PromptStyle):
@@ -212,6 +315,78 @@ def get_prompt_style(name: str | PromptStyle) -> PromptStyle:
 
 def list_prompt_styles() -> list[str]:
     return list(PROMPT_STYLES)
+
+
+@dataclass
+class PromptConfig:
+    """The prompt style of a run: a registered name, or a template of your own.
+
+    Setting any template part (``instruction``, ``input``, ``response``, ``preamble``,
+    ``system``, ``turn_separator``, ``stop_strings``) defines a :class:`TemplateStyle` named
+    ``style``; unset parts keep :class:`TemplateStyle`'s defaults.
+    """
+
+    style: str = "alpaca"
+    """A registered style (alpaca, phi3, plain), or the name of the template defined below."""
+    preamble: str | None = None
+    """Template: text before the first instruction."""
+    instruction: str | None = None
+    """Template: the instruction part, with {instruction}."""
+    input: str | None = None
+    """Template: the input part, with {input}, used only when a record's input is non-empty."""
+    response: str | None = None
+    """Template: the response part, with {output}; text after {output} ends every training response."""
+    system: str | None = None
+    """Template: how a chat's system message is written, with {system}."""
+    turn_separator: str | None = None
+    """Template: text between an assistant reply and the next user turn in a chat."""
+    stop_strings: list[str] | None = None
+    """Template: strings that end a reply when generating."""
+
+    def is_template(self) -> bool:
+        return any(getattr(self, k) is not None for k in _TEMPLATE_KEYS)
+
+    def build(self) -> PromptStyle:
+        """The style: a new :class:`TemplateStyle` when a part is set, else the registered one.
+
+        Raises:
+            ConfigError: an unknown style name, or a template part without its placeholder.
+        """
+        if not self.is_template():
+            return get_prompt_style(self.style)
+        if self.style in PROMPT_STYLES:
+            raise ConfigError(f"prompt.style: {self.style!r} is a registered style; give the template its own name")
+        return TemplateStyle(self.style, **{k: getattr(self, k) for k in _TEMPLATE_KEYS})
+
+
+_TEMPLATE_KEYS = ("preamble", "instruction", "input", "response", "system", "turn_separator", "stop_strings")
+
+
+def prompt_style_to_dict(style: PromptStyle) -> dict[str, Any]:
+    """What a saved model records of its style: ``{"name": ...}`` for a registered one, the
+    whole template otherwise."""
+    if PROMPT_STYLES.get(style.name) is style:
+        return {"name": style.name}
+    if isinstance(style, TemplateStyle):
+        return style.to_dict()
+    raise ConfigError(f"prompt style {style.name!r} is neither registered nor a template: it cannot be saved")
+
+
+def prompt_style_from_dict(data: Mapping[str, Any], where: str = "prompt style") -> PromptStyle:
+    """Undo :func:`prompt_style_to_dict`.
+
+    Raises:
+        ConfigError: not a mapping, unknown keys, an unknown name, a bad template.
+    """
+    if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
+        raise ConfigError(f"{where}: expected a mapping with a 'name', got {data!r}")
+    rest = {k: v for k, v in data.items() if k != "name"}
+    if not rest:
+        return get_prompt_style(data["name"])
+    unknown = sorted(set(rest) - set(_TEMPLATE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown template key(s) {', '.join(unknown)}")
+    return TemplateStyle(data["name"], **rest)
 
 
 def trim_chat_history(

@@ -1,0 +1,396 @@
+"""Instruction data: records, splits, tokenized examples and the collate function.
+
+A record is an object with an instruction, an optional input and an output (the Alpaca
+layout of ``instruction-data.json``; the field names are configurable). Files are a JSON
+list of records or JSON Lines (one record per line). Every record is checked before
+training: a record that is not an object, a missing or non-string field, an empty
+instruction or output is reported by its index with the file name, all at once.
+
+Splits (:func:`split_records`):
+
+* ``order``: the reference recipe's split in file order (LLMs-from-scratch, chapter 7):
+  the first ``int(0.85 n)`` records train, the next ``int(0.10 n)`` test, the rest validate
+  (935 / 110 / 55 of the 1,100 records of ``instruction-data.json``);
+* ``random``: the same fractions after a seeded shuffle;
+* explicit files: ``train_file``, ``val_file`` and (optionally) ``test_file``.
+
+An example is ``prompt ids + response ids``: the prompt (the style's instruction text up to
+and including the response marker) and the response are encoded separately, as plain text
+(``<|endoftext|>`` in a record is ordinary characters, never the special id), so the
+response tokens are exactly those the model must produce after the prompt at generation
+time. For the alpaca and phi3 styles, whose prompts end with a newline, this equals encoding
+the whole text at once, as the reference does.
+
+:func:`collate_instructions` builds a batch the way the reference does: append the
+end-of-text id to each example, right-pad with it to the longest, targets are the inputs
+shifted by one, every padding target after the first end-of-text becomes
+:data:`~customgpt.constants.IGNORE_INDEX` (the first stays, so the model learns to stop),
+optionally the targets inside the prompt too (loss on the response only), then truncate to
+``max_length``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from customgpt.constants import EOT_ID, IGNORE_INDEX
+from customgpt.errors import ConfigError, DataError
+from customgpt.prompts import PromptStyle
+
+#: At most this many bad records are listed in one error (the count says how many in all).
+MAX_REPORTED = 20
+
+#: The registry's instruction dataset, the default source.
+DEFAULT_DATASET = "instruction-data"
+
+
+@dataclass(frozen=True)
+class InstructionRecord:
+    """One validated record.
+
+    Attributes:
+        instruction, input, output: the three texts (``input`` is ``""`` when absent).
+        source: the file it came from.
+        index: its 0-based position in the file (the list index, or the line's record number).
+        raw: the record as read (every key, in file order): responses are written from it.
+    """
+
+    instruction: str
+    input: str
+    output: str
+    source: str = ""
+    index: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Fields:
+    """The record keys of the three texts."""
+
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: invalid UTF-8 byte {data[exc.start]:#04x} at byte offset {exc.start} "
+                        f"(line {line})") from None
+
+
+def parse_records(text: str, source: str | Path) -> list[tuple[int, Any, str]]:
+    """The raw records of a JSON list or JSON Lines text as ``(index, value, where)``.
+
+    A text whose first non-blank character is ``[`` is read as one JSON list; anything else
+    as JSON Lines (blank lines skipped). ``where`` says ``record N`` (plus ``line L`` for JSON Lines).
+
+    Raises:
+        DataError: invalid JSON (with line and column), a top level that is not a list.
+    """
+    stripped = text.lstrip()
+    if not stripped:
+        raise DataError(f"{source}: the file is empty")
+    if stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        return [(i, value, f"record {i}") for i, value in enumerate(data)]
+    out = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{source}: line {number}: invalid JSON at column {exc.colno}: {exc.msg} "
+                            "(expected a JSON list, or one JSON object per line)") from None
+        out.append((len(out), value, f"record {len(out)} (line {number})"))
+    return out
+
+
+def check_records(raw: list[tuple[int, Any, str]], source: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
+    """Validate raw records: each must be an object whose instruction and output are
+    non-empty strings and whose input, when present, is a string.
+
+    Raises:
+        DataError: naming the file and every bad record by index (the first
+            :data:`MAX_REPORTED` of them, then the count).
+    """
+    problems: list[str] = []
+    records: list[InstructionRecord] = []
+    for index, value, where in raw:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected an object, got {type(value).__name__}")
+            continue
+        missing = [k for k in (fields.instruction, fields.output) if k not in value]
+        if missing:
+            problems.append(f"{where}: missing {', '.join(map(repr, missing))} (keys: {', '.join(map(repr, value))})")
+            continue
+        bad = [k for k in (fields.instruction, fields.input, fields.output)
+               if k in value and not isinstance(value[k], str)]
+        if bad:
+            problems.append(f"{where}: " + ", ".join(f"{k!r} must be a string, got {type(value[k]).__name__}"
+                                                     for k in bad))
+            continue
+        empty = [k for k in (fields.instruction, fields.output) if not value[k].strip()]
+        if empty:
+            problems.append(f"{where}: empty {' and '.join(map(repr, empty))}")
+            continue
+        records.append(InstructionRecord(value[fields.instruction], value.get(fields.input, ""),
+                                         value[fields.output], str(source), index, value))
+    if problems:
+        shown = problems[:MAX_REPORTED]
+        more = f"; ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        raise DataError(f"{source}: {len(problems)} malformed record(s): " + "; ".join(shown) + more)
+    if not records:
+        raise DataError(f"{source}: no records")
+    return records
+
+
+def read_instruction_file(path: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
+    """Read and validate a JSON list or JSON Lines file of instruction records.
+
+    Raises:
+        DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return check_records(parse_records(_decode(data, path), path), path, fields)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+@dataclass
+class InstructionSplits:
+    """The train / validation / test records of a run."""
+
+    train: list[InstructionRecord]
+    val: list[InstructionRecord]
+    test: list[InstructionRecord] = field(default_factory=list)
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def get(self, name: str) -> list[InstructionRecord]:
+        if name == "all":
+            return self.train + self.test + self.val
+        if name not in ("train", "val", "test"):
+            raise ConfigError(f"unknown split {name!r}; use train, val, test or all")
+        return getattr(self, name)
+
+
+def split_records(records: Sequence[InstructionRecord], *, method: Literal["order", "random"] = "order",
+                  train_fraction: float = 0.85, test_fraction: float = 0.10, seed: int = 123) -> InstructionSplits:
+    """Split as the reference recipe does: ``int(train_fraction n)`` train, the next
+    ``int(test_fraction n)`` test, the rest validation; in file order (``order``) or after a
+    shuffle seeded with ``seed`` (``random``). 1,100 records give 935 / 110 / 55."""
+    items = list(records)
+    if method == "random":
+        random.Random(seed).shuffle(items)
+    elif method != "order":
+        raise ConfigError(f"unknown split method {method!r}; use order or random")
+    n_train, n_test = int(len(items) * train_fraction), int(len(items) * test_fraction)
+    return InstructionSplits(items[:n_train], items[n_train + n_test:], items[n_train:n_train + n_test])
+
+
+@dataclass
+class InstructDataConfig:
+    """Where the instruction records come from and how they are split and tokenized."""
+
+    dataset: str | None = DEFAULT_DATASET
+    """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
+    path: str | None = None
+    """One JSON list or JSONL file of records, split by split (instead of dataset)."""
+    train_file: str | None = None
+    """Explicit splits: the training file (with val_file; instead of dataset or path)."""
+    val_file: str | None = None
+    """Explicit splits: the validation file."""
+    test_file: str | None = None
+    """Explicit splits: the test file (optional)."""
+    instruction_field: str = "instruction"
+    """The record key of the instruction."""
+    input_field: str = "input"
+    """The record key of the optional input."""
+    output_field: str = "output"
+    """The record key of the reference output."""
+    split: Literal["order", "random"] = "order"
+    """order: the reference split in file order (train, then test, then validation); random: after a seeded shuffle."""
+    train_fraction: float = 0.85
+    """Share of the records that train."""
+    test_fraction: float = 0.10
+    """Share of the records that test (the rest validate)."""
+    split_seed: int = 123
+    """Seed of the random split."""
+    max_length: int | None = None
+    """Tokens per example (inputs); longer ones are truncated and counted. None: the model's context length."""
+    mask_instructions: bool = False
+    """Loss on the response tokens only (the prompt's targets are ignored)."""
+    data_dir: str | None = None
+    """Registry mirror folder (default $CUSTOMGPT_DATA_DIR)."""
+    cache_dir: str | None = None
+    """Registry download folder."""
+
+    def __post_init__(self) -> None:
+        sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
+        if len(sources) != 1:
+            raise ConfigError("data.dataset: give exactly one data source: data.dataset (a registered name), "
+                              "data.path (one file to split) or data.train_file with data.val_file (explicit "
+                              f"splits); got {', '.join('data.' + s for s in sources) or 'none'}")
+        if self.train_file and not self.val_file:
+            raise ConfigError("data.val_file: explicit splits need a validation file beside data.train_file")
+        if (self.val_file or self.test_file) and not self.train_file:
+            raise ConfigError("data.val_file: data.val_file / data.test_file go with data.train_file")
+        for key in ("train_fraction", "test_fraction"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0 or value != value:
+                raise ConfigError(f"data.{key}: must be in [0, 1], got {value}")
+        if self.train_fraction <= 0 or self.train_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(f"data.train_fraction: train ({self.train_fraction}) and test ({self.test_fraction}) "
+                              "fractions must leave records for validation")
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigError(f"data.max_length: must be >= 1 or none, got {self.max_length}")
+        names = [self.instruction_field, self.input_field, self.output_field]
+        if len(set(names)) != 3 or not all(names):
+            raise ConfigError(f"data.instruction_field / input_field / output_field must be three different keys, got {names}")
+
+    @property
+    def fields(self) -> Fields:
+        return Fields(self.instruction_field, self.input_field, self.output_field)
+
+
+def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | None = None) -> Path:
+    """A file path, or a registered dataset name fetched through the registry."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    from customgpt.data.registry import DATASETS, fetch
+
+    if source in DATASETS:
+        return fetch(source, data_dir, cache_dir)
+    raise DataError(f"{source}: no such file, and not a registered dataset ({', '.join(DATASETS)})")
+
+
+def prepare_splits(cfg: InstructDataConfig) -> InstructionSplits:
+    """Read, validate and split the records of ``cfg`` (all files checked before training).
+
+    Raises:
+        DataError: a bad file or record, an empty training or validation split.
+    """
+    fields_ = cfg.fields
+    if cfg.train_file:
+        assert cfg.val_file is not None
+        splits = InstructionSplits(read_instruction_file(cfg.train_file, fields_),
+                                   read_instruction_file(cfg.val_file, fields_),
+                                   read_instruction_file(cfg.test_file, fields_) if cfg.test_file else [])
+    else:
+        source = cfg.path or cfg.dataset
+        assert source is not None
+        records = read_instruction_file(resolve_source(source, cfg.data_dir, cfg.cache_dir), fields_)
+        splits = split_records(records, method=cfg.split, train_fraction=cfg.train_fraction,
+                               test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+    if not splits.train:
+        raise DataError("the training split is empty: use more records or a larger data.train_fraction")
+    if not splits.val:
+        raise DataError("the validation split is empty: use more records or smaller data.train_fraction / test_fraction")
+    return splits
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def encode_example(tokenizer, style: PromptStyle, record: InstructionRecord) -> tuple[list[int], int]:
+    """``(prompt ids + response ids, number of prompt ids)`` of a record, as plain text."""
+    prompt, response = style.format_example(record.instruction, record.input, record.output)
+    prompt_ids = tokenizer.encode(prompt, allowed_special="none")
+    return prompt_ids + tokenizer.encode(response, allowed_special="none"), len(prompt_ids)
+
+
+class InstructionDataset(Dataset):
+    """Tokenized examples of a list of records: item ``i`` is ``(ids, prompt_length)``.
+
+    Attributes:
+        n_truncated: examples longer than ``max_length`` tokens (their end, the end-of-text
+            target included, is cut off by the collate function).
+    """
+
+    def __init__(self, records: Sequence[InstructionRecord], tokenizer, style: PromptStyle,
+                 max_length: int | None = None) -> None:
+        self.records = list(records)
+        encoded = [encode_example(tokenizer, style, r) for r in self.records]
+        self.ids = [ids for ids, _ in encoded]
+        self.prompt_lengths = [p for _, p in encoded]
+        self.max_length = max_length
+        self.n_truncated = sum(len(ids) > max_length for ids in self.ids) if max_length else 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[list[int], int]:
+        return self.ids[i], self.prompt_lengths[i]
+
+
+def collate_instructions(
+    batch: Sequence[tuple[Sequence[int], int]],
+    *,
+    eot_id: int = EOT_ID,
+    max_length: int | None = None,
+    mask_instructions: bool = False,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[Tensor, Tensor]:
+    """Inputs and targets, both (B, T), of a batch of ``(ids, prompt_length)`` examples.
+
+    Each example becomes ``ids + [eot_id]``, right-padded with ``eot_id`` to the longest
+    (``T = max(len(ids))``, at most ``max_length``); inputs are its first ``T`` tokens,
+    targets the tokens one to the right. The target of the first end-of-text (right after
+    the last real token) is kept; every padding target after it is ``ignore_index``. With
+    ``mask_instructions`` the targets that predict prompt tokens are ``ignore_index`` too
+    (the first response token's stays). This is the reference's ``custom_collate_fn``
+    (LLMs-from-scratch, chapter 7, with exercise 7.2's masking) and gives the same tensors,
+    the pad id being the end-of-text id; the rule here is by position, so it holds even for
+    ids that contain the end-of-text id.
+    """
+    if not batch:
+        raise ValueError("an empty batch")
+    longest = max(len(ids) for ids, _ in batch)
+    inputs = torch.full((len(batch), longest), eot_id, dtype=torch.long)
+    targets = torch.full((len(batch), longest), ignore_index, dtype=torch.long)
+    for row, (ids, prompt_length) in enumerate(batch):
+        n = len(ids)
+        if n == 0:
+            raise ValueError(f"example {row} of the batch has no tokens")
+        seq = torch.as_tensor(list(ids), dtype=torch.long)
+        inputs[row, :n] = seq
+        targets[row, : n - 1] = seq[1:]
+        targets[row, n - 1] = eot_id
+        if mask_instructions:
+            targets[row, : max(prompt_length - 1, 0)] = ignore_index
+    if max_length is not None:
+        inputs, targets = inputs[:, :max_length], targets[:, :max_length]
+    return inputs, targets
+
+
+def batches_of(dataset: InstructionDataset, indices: Sequence[int], *, eot_id: int = EOT_ID,
+               mask_instructions: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`collate_instructions` of the examples at ``indices``, with the dataset's max length."""
+    return collate_instructions([dataset[i] for i in indices], eot_id=eot_id, max_length=dataset.max_length,
+                                mask_instructions=mask_instructions)
