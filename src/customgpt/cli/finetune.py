@@ -19,6 +19,10 @@ TASKS: dict[str, tuple[str, str, str, str, str]] = {
         "customgpt.train.classify", "ClassifyConfig", "finetune_classify", "spam-small",
         "train a text classifier (spam vs ham, or any labelled CSV/TSV/JSONL)",
     ),
+    "instruct": (
+        "customgpt.train.instruct", "InstructConfig", "finetune_instruct", "instruct-small",
+        "instruction fine-tuning (Alpaca-style records), then greedy test responses and their scores",
+    ),
 }
 
 
@@ -47,6 +51,14 @@ def run(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     summary = getattr(module, fn_name)(cfg)
+    if args.task == "instruct":
+        test = summary.get("test")
+        scores = (f"{test['split']}: perplexity {test['perplexity']:.2f}, ROUGE-L {test['rouge_l']:.1f}, "
+                  f"exact match {test['exact_match']:.1f}%; " if test else "")
+        print(f"{scores}training {summary['train_seconds']:.1f}s, {summary['steps']} steps, train loss "
+              f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}, best validation loss "
+              f"{summary['best_val_loss']:.3f}\nrun folder: {summary['run_dir']} (models: final/, best/)")
+        return 0
     test = summary.get("test")
     result = f"test accuracy {test['accuracy']:.4f}, " if test else ""
     members = summary.get("ensemble")

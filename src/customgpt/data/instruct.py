@@ -84,7 +84,12 @@ class Fields:
 # --------------------------------------------------------------------------- reading
 
 
-def _decode(data: bytes, path: Path) -> str:
+def decode_text(data: bytes, path: str | Path) -> str:
+    """UTF-8 text of a file's bytes (a leading BOM dropped).
+
+    Raises:
+        DataError: invalid UTF-8, naming the file, the byte offset and the line.
+    """
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -174,7 +179,7 @@ def read_instruction_file(path: str | Path, fields: Fields = Fields()) -> list[I
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return check_records(parse_records(_decode(data, path), path), path, fields)
+    return check_records(parse_records(decode_text(data, path), path), path, fields)
 
 
 # --------------------------------------------------------------------------- splits

@@ -1,0 +1,102 @@
+"""Loss and perplexity of a model on response tokens, or on whole texts.
+
+Perplexity is ``exp(mean token loss)``: the exponential of the cross-entropy in nats,
+averaged over every target token (not over batches), so the result does not depend on how
+the examples are batched. On instruction data the targets are the response tokens and the
+end-of-text token that closes each response (the prompt's targets are masked, as
+:func:`~customgpt.data.instruct.collate_instructions` does with ``mask_instructions``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from customgpt.constants import EOT_ID, IGNORE_INDEX
+from customgpt.data.instruct import InstructionDataset, collate_instructions
+from customgpt.losses import model_lm_loss
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """A mean token loss (nats), its perplexity ``exp(loss)`` and the number of target tokens."""
+
+    loss: float
+    perplexity: float
+    tokens: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens}
+
+
+def perplexity_of(loss_sum: float, tokens: int) -> Perplexity:
+    """The :class:`Perplexity` of a summed token loss over ``tokens`` targets (NaN for none)."""
+    if tokens == 0:
+        return Perplexity(math.nan, math.nan, 0)
+    loss = loss_sum / tokens
+    return Perplexity(loss, math.exp(min(loss, 700.0)), tokens)
+
+
+@torch.no_grad()
+def summed_loss(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device | str | None = None,
+                autocast=None) -> tuple[float, int]:
+    """``(sum of token losses, number of targets)`` of a model over (inputs, targets) batches,
+    each (B, T); targets equal to ``IGNORE_INDEX`` count for nothing. The model is run in eval mode
+    (its mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    device = device if device is not None else next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            if autocast is not None:
+                with autocast():
+                    loss = model_lm_loss(model, x, y, reduction="sum")
+            else:
+                loss = model_lm_loss(model, x, y, reduction="sum")
+            total += float(loss)
+            count += int((y != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total, count
+
+
+def response_perplexity(model: nn.Module, dataset: InstructionDataset, *, batch_size: int = 8,
+                        eot_id: int = EOT_ID, device: torch.device | str | None = None) -> Perplexity:
+    """Perplexity on the response tokens of every example (each response's end-of-text
+    included, prompt tokens excluded), truncated to the dataset's ``max_length``."""
+    order = range(len(dataset))
+    batches = (collate_instructions([dataset[i] for i in order[k:k + batch_size]], eot_id=eot_id,
+                                    max_length=dataset.max_length, mask_instructions=True)
+               for k in range(0, len(dataset), batch_size))
+    return perplexity_of(*summed_loss(model, batches, device))
+
+
+def text_perplexity(model: nn.Module, ids: Sequence[int], *, context_length: int | None = None,
+                    batch_size: int = 8, device: torch.device | str | None = None) -> Perplexity:
+    """Perplexity of a token sequence cut into consecutive, non-overlapping windows of
+    ``context_length`` targets (default: the model's context); every token after the first
+    is a target once."""
+    context = context_length or model.config.context_length
+    ids = torch.as_tensor(list(ids), dtype=torch.long)
+    windows = []
+    for start in range(0, max(len(ids) - 1, 0), context):
+        chunk = ids[start:start + context + 1]
+        windows.append((chunk[:-1], chunk[1:]))
+
+    def batches():
+        for k in range(0, len(windows), batch_size):
+            part = windows[k:k + batch_size]
+            width = max(len(x) for x, _ in part)
+            x = torch.full((len(part), width), 0, dtype=torch.long)
+            y = torch.full((len(part), width), IGNORE_INDEX, dtype=torch.long)
+            for row, (a, b) in enumerate(part):
+                x[row, :len(a)], y[row, :len(b)] = a, b
+            yield x, y
+
+    return perplexity_of(*summed_loss(model, batches(), device))

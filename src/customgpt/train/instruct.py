@@ -1,0 +1,348 @@
+"""Instruction fine-tuning: one explicit loop built from the shared pieces of :mod:`customgpt.train`.
+
+The reference recipe is LLMs-from-scratch, chapter 7 (``configs/instruct-355m.yaml``):
+GPT-2 medium, the 1,100 records of ``instruction-data.json`` split 935 / 110 / 55 in file
+order, Alpaca prompts, AdamW (lr 5e-5, weight decay 0.1), 2 epochs of batch 8, greedy
+responses of up to 256 tokens for the test set.
+
+Reading order: the config schema, then :func:`finetune_instruct`: read and check the data →
+build the model (LoRA optional) → per optimizer step: accumulate micro-batches, clip, step,
+log; every ``train.eval_every`` steps the train / validation loss and perplexity, keeping
+the best model; every epoch a greedy response to a fixed validation instruction → save the
+final model → test perplexity, greedy test responses (``test_responses.json``), ROUGE-L and
+exact match (``test_metrics.json``), plots.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from customgpt.data.instruct import (
+    InstructDataConfig,
+    InstructionDataset,
+    collate_instructions,
+    prepare_splits,
+)
+from customgpt.errors import ConfigError
+from customgpt.evaluate.overlap import score_responses
+from customgpt.evaluate.perplexity import perplexity_of, response_perplexity, summed_loss
+from customgpt.evaluate.responses import generate_responses, with_responses, write_json
+from customgpt.losses import causal_lm_loss
+from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
+from customgpt.train.config import (
+    LoggingConfig,
+    ModelSection,
+    OptimConfig,
+    RuntimeConfig,
+    TrainConfig,
+    save_config,
+)
+from customgpt.train.logging import MetricsLogger, Progress, Throughput, plot_run
+from customgpt.train.optim import build_optimizer, set_lr
+from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
+from customgpt.train.schedule import build_schedule
+from customgpt.train.step import count_targets, micro_loss_weight, optimizer_step
+
+#: The file names a run writes beside ``metrics.jsonl`` and the ``best`` / ``final`` models.
+RESPONSES_NAME = "test_responses.json"
+TEST_METRICS_NAME = "test_metrics.json"
+
+
+@dataclass
+class InstructSection:
+    """What trains, what is printed while training, and how the test responses are made."""
+
+    trainable: Literal["all", "lora"] = "all"
+    """all: every weight trains; lora: low-rank adapters only (the lora section), merged into the saved models."""
+    sample_max_new_tokens: int = 35
+    """Tokens of the greedy response to the first validation instruction printed after each epoch (0: none)."""
+    responses_split: Literal["test", "val", "train", "none"] = "test"
+    """The split answered greedily after training (written to test_responses.json); none: skip."""
+    responses_model: Literal["final", "best"] = "final"
+    """The model that answers and is scored after training: the last weights (as the reference) or the best by validation loss."""
+    max_new_tokens: int = 256
+    """The most tokens of each response."""
+    generation_batch_size: int = 8
+    """Records answered at once."""
+    use_stop_strings: bool = True
+    """Also stop a response at the prompt style's stop strings (### Instruction: ...), not only at end-of-text."""
+    eval_batch_size: int = 8
+    """Examples per batch when scoring perplexity."""
+
+    def __post_init__(self) -> None:
+        for key in ("sample_max_new_tokens", "max_new_tokens"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"instruct.{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("generation_batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"instruct.{key}: must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class InstructLoRASection:
+    """Low-rank adapters (used when instruct.trainable is lora); the same keys as the other tasks."""
+
+    r: int = 8
+    """Rank of each update."""
+    alpha: float = 16.0
+    """The update is scaled by alpha / r (alpha / sqrt(r) with rslora)."""
+    dropout: float = 0.0
+    """Dropout on the input of the adapter path while training."""
+    targets: list[str] = field(default_factory=lambda: ["c_attn"])
+    """Module names to adapt (c_attn, attn.c_proj, c_fc, mlp.c_proj, c_proj)."""
+    rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r)."""
+
+
+@dataclass
+class InstructConfig:
+    """The whole ``customgpt finetune instruct`` configuration (see docs/instruct.md)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    """The model to fine-tune: a preset from scratch, or weights in model.init."""
+    data: InstructDataConfig = field(default_factory=InstructDataConfig)
+    """The instruction records and their split."""
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """The prompt style (a registered one or a template)."""
+    instruct: InstructSection = field(default_factory=InstructSection)
+    """What trains and what is generated."""
+    lora: InstructLoRASection = field(default_factory=InstructLoRASection)
+    """Adapters, with instruct.trainable lora."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=2, batch_size=8, lr=5e-5, schedule="constant", grad_clip=None, eval_every=5, eval_iters=5))
+    """The loop: epochs, batch, learning rate, evaluation."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Device and precision."""
+    logging: LoggingConfig = field(default_factory=lambda: LoggingConfig(out_dir="runs/instruct"))
+    """The run folder and what it reports."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def plain_model(model: nn.Module) -> nn.Module:
+    """The model to save: with LoRA, a copy with the adapters merged into the weights."""
+    from customgpt.lora import lora_layers, merged_state_dict
+
+    if not lora_layers(model):
+        return model
+    from customgpt.checkpoints import build_model
+
+    state = {k: v.detach().clone() for k, v in merged_state_dict(model).items()}
+    return build_model(model.config, state)
+
+
+def save_run_model(model: nn.Module, folder: Path, style: PromptStyle, **metadata: Any) -> None:
+    """Save ``model`` (adapters merged) with the prompt style it was trained with."""
+    from customgpt.checkpoints import save_model
+
+    save_model(plain_model(model), folder,
+               metadata={"kind": "instruction-tuned", "prompt_style": prompt_style_to_dict(style), **metadata})
+
+
+def _epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch of shuffled batches; the last partial batch is dropped, as the reference
+    does, unless the set is smaller than one batch."""
+    order = torch.randperm(n, generator=generator).tolist()
+    if n >= batch_size:
+        order = order[: n - n % batch_size]
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _eval_loss(model: nn.Module, data: InstructionDataset, batch_size: int, max_batches: int | None,
+               mask: bool, rt: Runtime) -> float:
+    """Token-weighted mean loss over the first ``max_batches`` batches of ``data`` in order
+    (all with None), with the training masking."""
+    n = len(data) if max_batches is None else min(len(data), max_batches * batch_size)
+    batches = (collate_instructions([data[i] for i in range(k, min(k + batch_size, n))],
+                                    max_length=data.max_length, mask_instructions=mask)
+               for k in range(0, n, batch_size))
+    return perplexity_of(*summed_loss(model, batches, rt.device, rt.autocast)).loss
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
+    """Fine-tune ``cfg.model`` on instruction records, then answer and score the test split.
+
+    Returns:
+        A summary: steps, first/last train loss, best validation loss, seconds, the test
+        perplexity / ROUGE-L / exact match when a test split is answered, the run folder.
+
+    Raises:
+        ConfigError, DataError: a bad config or data file (all checked before training).
+    """
+    from customgpt.tokenizer import get_tokenizer
+
+    run_dir = Path(cfg.logging.out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"logging.out_dir: {run_dir} exists and is not a folder")
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "final").exists():
+        raise ConfigError(f"logging.out_dir: {run_dir} already holds a run; choose another folder")
+    style = cfg.prompt.build()
+    splits = prepare_splits(cfg.data)
+    tcfg, icfg = cfg.train, cfg.instruct
+    micro, _ = tcfg.accumulation(1)
+    rt = setup_runtime(cfg.runtime, distributed=False)
+    seed_everything(tcfg.seed)
+    model = cfg.model.build()
+    context = model.config.context_length
+    max_length = cfg.data.max_length or context
+    if max_length > context:
+        raise ConfigError(f"data.max_length ({max_length}) exceeds the model's context length ({context})")
+    tokenizer = get_tokenizer()
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
+                          f"({tokenizer.vocab_size})")
+    train = InstructionDataset(splits.train, tokenizer, style, max_length)
+    val = InstructionDataset(splits.val, tokenizer, style, max_length)
+    mask = cfg.data.mask_instructions
+    print(f"data: {len(train)} train / {len(val)} validation / {len(splits.test)} test records, "
+          f"prompt style {style.name}, max length {max_length}; truncated: {train.n_truncated} train, "
+          f"{val.n_truncated} validation", flush=True)
+
+    if icfg.trainable == "lora":
+        from customgpt.lora import LoRAConfig, inject_lora, mark_only_lora_trainable
+
+        lcfg = cfg.lora
+        inject_lora(model, LoRAConfig(lcfg.r, lcfg.alpha, lcfg.dropout, tuple(lcfg.targets), lcfg.rslora))
+        mark_only_lora_trainable(model)
+    model = model.to(rt.device).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps_per_epoch = max(len(train) // tcfg.batch_size, 1)
+    total_steps = tcfg.max_steps or tcfg.epochs * steps_per_epoch
+    schedule = build_schedule(tcfg, total_steps)
+    optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
+    scaler = rt.grad_scaler()
+    params = [p for p in model.parameters() if p.requires_grad]
+    print(f"model: {n_params:,} parameters, {n_trainable:,} trainable ({icfg.trainable}); "
+          f"{total_steps} steps of {tcfg.batch_size} examples", flush=True)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    log = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard)
+    bar = Progress(total_steps, enabled=cfg.logging.progress, echo=True, desc="instruct")
+    sample_record = splits.val[0]
+
+    def evaluate(at: int) -> float:
+        train_loss = _eval_loss(model, train, tcfg.batch_size, tcfg.eval_iters, mask, rt)
+        val_loss = _eval_loss(model, val, tcfg.batch_size, tcfg.eval_iters, mask, rt)
+        log.log({"step": at, "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700)),
+                 "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700))})
+        bar.write(f"step {at}: train loss {train_loss:.3f} (ppl {math.exp(min(train_loss, 700)):.2f}), "
+                  f"val loss {val_loss:.3f} (ppl {math.exp(min(val_loss, 700)):.2f})")
+        return val_loss
+
+    def sample(epoch: int, at: int) -> None:
+        if not icfg.sample_max_new_tokens:
+            return
+        (text,), _ = generate_responses(model, tokenizer, style, [sample_record],
+                                        max_new_tokens=icfg.sample_max_new_tokens,
+                                        use_stop_strings=icfg.use_stop_strings, progress=False)
+        log.log({"step": at, "epoch": epoch, "sample": text})
+        bar.write(f"epoch {epoch}: {sample_record.instruction!r} -> {text!r}")
+
+    generator = torch.Generator().manual_seed(tcfg.seed)
+    step, best, best_step = 0, math.inf, 0
+    first_loss = last_loss = math.nan
+    tokens = 0
+    clock, throughput = time.perf_counter(), Throughput()
+    if tcfg.eval_every:
+        best = evaluate(0)
+        best_step = 0
+        save_run_model(model, run_dir / "best", style, step=0, val_loss=best)
+    epoch = 0
+    while step < total_steps:
+        epoch += 1
+        for batch in _epoch_batches(len(train), tcfg.batch_size, generator):
+            if step >= total_steps:
+                break
+            parts = [collate_instructions([train[i] for i in batch[k:k + micro]], max_length=max_length,
+                                          mask_instructions=mask) for k in range(0, len(batch), micro)]
+            n_targets = sum(count_targets(y) for _, y in parts)
+            lr = schedule(step)
+            set_lr(optimizer, lr)
+            loss_sum = 0.0
+            for x, y in parts:
+                x, y = x.to(rt.device), y.to(rt.device)
+                with rt.autocast():
+                    hidden = model.forward_hidden(x)
+                    loss = causal_lm_loss(hidden, model.lm_head.weight, y)  # mean over this micro-batch
+                scaler.scale(loss * micro_loss_weight(count_targets(y), n_targets)).backward()
+                loss_sum += float(loss.detach()) * count_targets(y)
+            grad_norm, applied = optimizer_step(optimizer, scaler, params, tcfg.grad_clip)
+            step += 1
+            last_loss = loss_sum / max(n_targets, 1)
+            if not math.isfinite(last_loss):
+                raise ConfigError(f"the training loss became {last_loss} at step {step}; lower train.lr "
+                                  f"(the best model so far is in {run_dir / 'best'})")
+            first_loss = last_loss if math.isnan(first_loss) else first_loss
+            step_tokens = sum(int(x.numel()) for x, _ in parts)
+            tokens += step_tokens
+            rate = throughput.rate(step_tokens)
+            if step % cfg.logging.log_every == 0 or step == total_steps:
+                log.log({"step": step, "epoch": step / steps_per_epoch, "loss": last_loss, "lr": lr,
+                         "grad_norm": grad_norm, "applied": applied, "tokens": tokens, "tokens_per_s": rate,
+                         "elapsed": time.perf_counter() - clock})
+            bar.update(loss=last_loss, lr=lr, tokens_per_s=rate)
+            if step == total_steps or (tcfg.eval_every and step % tcfg.eval_every == 0):
+                val_loss = evaluate(step)
+                if val_loss < best:
+                    best, best_step = val_loss, step
+                    save_run_model(model, run_dir / "best", style, step=step, val_loss=val_loss)
+        sample(epoch, step)
+    train_seconds = time.perf_counter() - clock
+    bar.close()
+    save_run_model(model, run_dir / "final", style, step=step, run=str(run_dir))
+    summary: dict[str, Any] = {
+        "steps": step, "epochs": epoch, "first_loss": first_loss, "last_loss": last_loss,
+        "best_val_loss": best, "best_step": best_step, "train_seconds": train_seconds, "run_dir": str(run_dir),
+    }
+    if icfg.responses_split != "none":
+        records = splits.get(icfg.responses_split)
+        if records:
+            summary["test"] = _answer_and_score(model, tokenizer, style, records, cfg, run_dir, max_length, rt)
+    log.close()
+    if cfg.logging.plots:
+        plot_run(run_dir)
+    return summary
+
+
+def _answer_and_score(model: nn.Module, tokenizer, style: PromptStyle, records, cfg: InstructConfig, run_dir: Path,
+                      max_length: int, rt: Runtime) -> dict[str, Any]:
+    """Perplexity, greedy responses, ROUGE-L and exact match on ``records``; files in ``run_dir``."""
+    icfg = cfg.instruct
+    if icfg.responses_model == "best" and (run_dir / "best").is_dir():
+        from customgpt.checkpoints import load_model
+
+        model = load_model(run_dir / "best", device=rt.device, dtype=torch.float32)
+    data = InstructionDataset(records, tokenizer, style, max_length)
+    ppl = response_perplexity(model, data, batch_size=icfg.eval_batch_size, device=rt.device)
+    clock = time.perf_counter()
+    responses, settings = generate_responses(model, tokenizer, style, records, max_new_tokens=icfg.max_new_tokens,
+                                             batch_size=icfg.generation_batch_size,
+                                             use_stop_strings=icfg.use_stop_strings, progress=cfg.logging.progress)
+    settings = {**settings, "model": str(run_dir / icfg.responses_model)}
+    rows = with_responses(records, responses, settings)
+    write_json(run_dir / RESPONSES_NAME, rows)
+    per_record, overlap = score_responses(rows)
+    result = {"split": icfg.responses_split, "records": len(records), "loss": ppl.loss,
+              "perplexity": ppl.perplexity, "response_tokens": ppl.tokens, "rouge_l": overlap["rouge_l"],
+              "exact_match": overlap["exact_match"], "generation_seconds": time.perf_counter() - clock,
+              "truncated": data.n_truncated, "generation": settings}
+    write_json(run_dir / TEST_METRICS_NAME, {**result, "per_record": per_record})
+    print(f"{icfg.responses_split}: perplexity {ppl.perplexity:.2f} (loss {ppl.loss:.3f}) on {ppl.tokens} response "
+          f"tokens; ROUGE-L {overlap['rouge_l']:.1f}, exact match {overlap['exact_match']:.1f}% "
+          f"({len(records)} records, responses in {run_dir / RESPONSES_NAME})", flush=True)
+    return result
