@@ -36,7 +36,7 @@ from customgpt.constants import EOT_ID
 from customgpt.data.instruct import (
     MAX_REPORTED,
     InstructionSplits,
-    _decode,
+    decode_text,
     parse_records,
     resolve_source,
     split_records,
@@ -136,7 +136,7 @@ def read_preference_file(path: str | Path, fields: PreferenceFields = Preference
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return check_preference_records(parse_records(_decode(data, path), path), path, fields)
+    return check_preference_records(parse_records(decode_text(data, path), path), path, fields)
 
 
 @dataclass
