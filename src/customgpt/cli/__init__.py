@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("customgpt.cli.generate", "generate text from a prompt (streams to the terminal)"),
     "chat": ("customgpt.cli.chat", "interactive chat with an instruction-tuned model"),
     "pretrain": ("customgpt.cli.pretrain", "next-token pretraining on text files"),
-    "finetune": ("customgpt.cli.finetune", "fine-tune a model (classify, instruct, ...)"),
+    "finetune": ("customgpt.cli.finetune", "fine-tune a model (classify, instruct, dpo)"),
     "eval": ("customgpt.cli.eval", "evaluate instruction responses: responses, perplexity, rouge, judge"),
     "classify": ("customgpt.cli.classify", "classify text with a fine-tuned classifier"),
     "merge": ("customgpt.cli.merge", "merge LoRA adapters into a full model"),
