@@ -632,6 +632,15 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if cfg.logging.plots:
         _plots(run_dir)
     summary["seconds"] = time.perf_counter() - clock
+    b, a = summary["before"], summary["after"]
+    probe = (f"; probe repeat4 {b['probe/repeat4']:.2f} -> {a['probe/repeat4']:.2f}, distinct2 "
+             f"{b['probe/distinct2']:.2f} -> {a['probe/distinct2']:.2f}" if "probe/repeat4" in a else "")
+    summary["message"] = (
+        f"validation: loss {b['eval_loss']:.4f} -> {a['eval_loss']:.4f}, reward margin "
+        f"{b['eval_rewards/margins']:.3f} -> {a['eval_rewards/margins']:.3f}, accuracy "
+        f"{b['eval_rewards/accuracies']:.2f} -> {a['eval_rewards/accuracies']:.2f}{probe}\n"
+        f"training {train_seconds:.1f}s, {step} steps" + (f"; stopped: {stop_reason}" if stop_reason else "")
+        + f"\nrun folder: {run_dir} (model: {run_dir / 'model'}, from step {final_step})")
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
