@@ -14,10 +14,15 @@ from helpers import tiny_model
 
 from customgpt.checkpoints import load_model, save_model
 from customgpt.cli import main
-from customgpt.data.preference import PreferenceDataConfig, PreferenceDataset, prepare_preference_splits
+from customgpt.data.preference import (
+    PreferenceDataConfig,
+    PreferenceDataset,
+    collate_preference,
+    prepare_preference_splits,
+)
 from customgpt.errors import ConfigError
-from customgpt.losses import DPOLoss
 from customgpt.lora import LoRAConfig, inject_lora, mark_only_lora_trainable
+from customgpt.losses import DPOLoss
 from customgpt.prompts import get_prompt_style
 from customgpt.tokenizer import get_tokenizer
 from customgpt.train.config import RuntimeConfig, load_config
@@ -112,8 +117,6 @@ def test_three_reference_modes_give_the_same_losses(shared_datasets, reduction):
     splits = prepare_preference_splits(PreferenceDataConfig(data_dir=str(shared_datasets), limit=40))
     data = PreferenceDataset(splits.train[:6], get_tokenizer(), get_prompt_style("alpaca"), 96)
     rt = setup_runtime(RuntimeConfig(device="cpu"), distributed=False)
-    from customgpt.data.preference import collate_preference
-
     batch = collate_preference([data[i] for i in range(6)], max_length=96)
     results = {}
     for mode in ("copy", "adapters", "precomputed"):
