@@ -173,3 +173,32 @@ def test_config_checks():
             cfg.train.reduction) == (0.1, 5e-6, 0.01, 8, 1, "mean")
     loss = load_config(DPOConfig, "dpo-small", [("train.loss", "simpo")]).train.build_loss()
     assert (type(loss).__name__, loss.beta, loss.gamma) == ("SimPOLoss", 2.0, 1.0)
+
+
+def test_lora_with_adapters_off_and_precomputed_reference_runs(tmp_path, tiny_init, shared_datasets, monkeypatch,
+                                                              capsys):
+    monkeypatch.setenv("CUSTOMGPT_CACHE_DIR", str(tmp_path / "cache"))
+    quick = dict(max_steps=2, collapse_prompts=0, test_responses=False)
+
+    def run(name, **train):
+        config = _write_config(tmp_path / f"{name}.yaml", tiny_init, shared_datasets, **quick, **train)
+        cfg = load_config(DPOConfig, config)
+        cfg.logging.out_dir, cfg.logging.plots = str(tmp_path / name), False
+        return finetune_dpo(cfg)
+
+    lora = run("lora", trainable="lora", reference="adapters")
+    assert lora["reference"] == "adapters" and lora["after"]["rewards/margins"] > 0
+    merged, start = load_model(tmp_path / "lora" / "model").state_dict(), tiny_model(**TINY).state_dict()
+    assert not torch.equal(merged["transformer.h.0.attn.c_attn.weight"], start["transformer.h.0.attn.c_attn.weight"])
+    torch.testing.assert_close(merged["transformer.h.0.mlp.c_fc.weight"], start["transformer.h.0.mlp.c_fc.weight"])
+
+    first = run("pre1", reference="precomputed")
+    assert "computed into" in capsys.readouterr().out
+    files = list((tmp_path / "cache" / "reference-logps").glob("*.safetensors"))
+    assert len(files) == 1
+    second = run("pre2", reference="precomputed")
+    assert f"read from {files[0]}" in capsys.readouterr().out
+    copy_ref = run("copy", reference="copy")
+    for key in ("loss", "rewards/margins", "eval_loss"):
+        assert first["after"][key] == pytest.approx(second["after"][key], abs=1e-7)
+        assert first["after"][key] == pytest.approx(copy_ref["after"][key], abs=1e-5)

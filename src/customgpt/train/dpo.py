@@ -10,12 +10,14 @@ and the plots.
 The reference model (``train.reference``), for the losses that use one (DPO, IPO):
 
 * ``copy``: a frozen copy of the starting weights (twice the weights in memory);
-* ``adapters``: with LoRA (``lora.enabled``), the same network with its adapters switched off
+* ``adapters``: with LoRA (``train.trainable: lora``), the same network with its adapters switched off
   (:func:`customgpt.lora.disable_adapters`): the starting weights, no second copy;
 * ``precomputed``: the starting model's log-probs of every training and validation pair,
-  computed once before training and stored beside the run (``reference_logps.safetensors``,
-  keyed by a fingerprint of the weights, the token ids and the reduction, so a rerun on the
-  same model and data reads them back); no reference forward pass during training.
+  computed once before training and stored in the cache beside the datasets
+  (``reference-logps/<fingerprint>.safetensors`` under ``data.cache_dir``, else
+  ``$CUSTOMGPT_CACHE_DIR``, else ``~/.cache/customgpt``), keyed by a fingerprint of the
+  weights, the token ids and the reduction, so any later run on the same model and data
+  reads them back; no reference forward pass during training.
 
 All three give the same losses (at the first step exactly the same; a test checks it).
 Dropout should be 0 (the configs set ``model.dropout: 0``), as TRL's ``disable_dropout``
@@ -96,7 +98,8 @@ from customgpt.train.step import optimizer_step
 METRIC_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "logps/chosen", "logps/rejected")
 
-REFERENCE_FILE = "reference_logps.safetensors"
+#: The cache subfolder of the precomputed reference log-probs.
+REFERENCE_CACHE = "reference-logps"
 
 
 # --------------------------------------------------------------------------- config
@@ -106,6 +109,8 @@ REFERENCE_FILE = "reference_logps.safetensors"
 class DPOTrainConfig(TrainConfig):
     """The loop (as every task's) plus the preference loss, the reference and the collapse guard."""
 
+    trainable: Literal["all", "lora"] = "all"
+    """all: every weight trains; lora: low-rank adapters only (the lora section), merged into the saved model."""
     loss: Literal["dpo", "ipo", "simpo", "orpo"] = "dpo"
     """Preference loss: dpo (sigmoid), ipo, simpo (reference-free) or orpo (reference-free)."""
     beta: float | None = None
@@ -169,10 +174,8 @@ class DPOTrainConfig(TrainConfig):
 
 @dataclass
 class DPOLoRASection(Section):
-    """Low-rank adapters: train only them (the reference can then be the adapters switched off)."""
+    """Low-rank adapters (used when train.trainable is lora); the same keys as the other tasks."""
 
-    enabled: bool = False
-    """Train LoRA adapters instead of every weight."""
     r: int = 8
     """Rank of each update."""
     alpha: float = 16.0
@@ -196,7 +199,7 @@ class DPOConfig(Section):
     prompt: PromptConfig = field(default_factory=PromptConfig)
     """The prompt style (the one the model was instruction-tuned with)."""
     lora: DPOLoRASection = field(default_factory=DPOLoRASection)
-    """Optional LoRA adapters."""
+    """LoRA adapters (with train.trainable: lora)."""
     train: DPOTrainConfig = field(default_factory=lambda: DPOTrainConfig(
         lr=5e-6, schedule="constant", eval_every=20, eval_iters=5))
     """The loop, the loss, the reference and the collapse guard."""
@@ -209,8 +212,8 @@ class DPOConfig(Section):
 
     def validate(self) -> None:
         loss_cls = PREFERENCE_LOSSES[self.train.loss]
-        if loss_cls.needs_reference and self.train.reference == "adapters" and not self.lora.enabled:
-            raise ConfigError("train.reference: adapters needs LoRA (lora.enabled: true); use copy or precomputed")
+        if loss_cls.needs_reference and self.train.reference == "adapters" and self.train.trainable != "lora":
+            raise ConfigError("train.reference: adapters needs LoRA (train.trainable: lora); use copy or precomputed")
 
 
 # --------------------------------------------------------------------------- log-probs
@@ -296,34 +299,38 @@ def precompute_reference_logps(model: nn.Module, dataset: PreferenceDataset, *, 
     return out
 
 
+def reference_cache_dir(cache_dir: str | None = None) -> Path:
+    """Where precomputed reference log-probs live: ``cache_dir/reference-logps`` (the data
+    section's cache folder) if given, else under customgpt's cache root."""
+    from customgpt.data.registry import cache_root
+
+    return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / REFERENCE_CACHE
+
+
 def attach_reference_logps(model: nn.Module, datasets: dict[str, PreferenceDataset], *, reduction: str,
-                           batch_size: int, rt: Runtime, folder: Path) -> bool:
-    """Give each dataset its reference log-probs: read from ``folder/reference_logps.safetensors``
-    when its fingerprint matches, else computed with ``model`` and written there.
-    Returns True when they were read back."""
+                           batch_size: int, rt: Runtime, folder: Path) -> tuple[Path, bool]:
+    """Give each dataset its reference log-probs: read from ``folder/<fingerprint>.safetensors``
+    when that exists (same weights, token ids and reduction), else computed with ``model``
+    and written there (atomically). Returns the file and whether it was read back."""
     from safetensors.torch import load_file, save_file
 
-    path = folder / REFERENCE_FILE
     key = _fingerprint(model, list(datasets.values()), reduction)
+    path = folder / f"{key[:32]}.safetensors"
     if path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            stored = (f.metadata() or {}).get("fingerprint")
-        if stored == key:
-            tensors = load_file(str(path))
+        tensors = load_file(str(path))
+        if set(tensors) == set(datasets) and all(tensors[n].shape == (len(d), 2) for n, d in datasets.items()):
             for name, ds in datasets.items():
                 ds.set_reference_logps(tensors[name])
-            return True
+            return path, True
     tensors = {}
     for name, ds in datasets.items():
         tensors[name] = precompute_reference_logps(model, ds, reduction=reduction, batch_size=batch_size, rt=rt)
         ds.set_reference_logps(tensors[name])
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
     save_file(tensors, str(tmp), metadata={"fingerprint": key, "reduction": reduction})
     tmp.replace(path)
-    return False
+    return path, False
 
 
 # --------------------------------------------------------------------------- loss and evaluation
@@ -422,9 +429,9 @@ def collapsed(probe: dict[str, Any], start: dict[str, Any], rise: float) -> str 
 
 
 def build_policy(cfg: DPOConfig) -> nn.Module:
-    """The starting model, with LoRA adapters (only they train) when ``lora.enabled``."""
+    """The starting model, with LoRA adapters (only they train) when ``train.trainable`` is lora."""
     model = cfg.model.build()
-    if cfg.lora.enabled:
+    if cfg.train.trainable == "lora":
         from customgpt.lora import LoRAConfig, inject_lora, mark_only_lora_trainable
 
         inject_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
@@ -508,14 +515,14 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     eval_bs = tcfg.eval_batch_size or tcfg.batch_size
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    bar_out = Progress(0, enabled=False, echo=cfg.logging.progress)
+    bar_out = Progress(0, enabled=False, echo=True)  # plain lines, with or without the bar
     bar_out.write(f"preference tuning: {tcfg.loss} (reference: {mode}, reduction: {loss_fn.reduction}); pairs "
                   f"train {len(data['train'])}, val {len(data['val'])}, test {len(splits.test)}; "
                   f"{sum(d.n_truncated for d in data.values())} truncated to {max_length} tokens")
     if mode == "precomputed":
-        reused = attach_reference_logps(policy, data, reduction=loss_fn.reduction, batch_size=eval_bs, rt=rt,
-                                        folder=run_dir)
-        bar_out.write(f"reference log-probs {'read from' if reused else 'computed into'} {run_dir / REFERENCE_FILE}")
+        path, reused = attach_reference_logps(policy, data, reduction=loss_fn.reduction, batch_size=eval_bs, rt=rt,
+                                              folder=reference_cache_dir(cfg.data.cache_dir))
+        bar_out.write(f"reference log-probs {'read from' if reused else 'computed into'} {path}")
 
     micro, _ = tcfg.accumulation(1)
     steps_per_epoch = math.ceil(len(data["train"]) / tcfg.batch_size)
@@ -666,5 +673,5 @@ def write_test_responses(run_dir: Path, cfg: DPOConfig, style: PromptStyle, toke
 __all__ = [
     "DPOConfig", "DPOTrainConfig", "DPOLoRASection", "METRIC_NAMES", "Reference", "attach_reference_logps",
     "batch_logps", "collapse_probe", "collapsed", "degeneration", "evaluate", "finetune_dpo", "pair_loss",
-    "precompute_reference_logps", "write_test_responses",
+    "precompute_reference_logps", "reference_cache_dir", "write_test_responses",
 ]
