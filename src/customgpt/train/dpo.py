@@ -506,12 +506,11 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     max_length = min(cfg.data.max_length or policy.config.context_length, policy.config.context_length)
     data = {name: PreferenceDataset(splits.get(name), tokenizer, style, max_length, eot_id=tokenizer.eot_id)
             for name in ("train", "val")}
-    policy = rt.prepare_model(policy).train()
+    policy = policy.to(rt.device).train()
     loss_fn = tcfg.build_loss()
     mode = tcfg.reference if loss_fn.needs_reference else "none"
-    reference = Reference(mode, policy, loss_fn.reduction)
-    if reference.model is not None:
-        reference.model.to(rt.device)
+    reference = Reference(mode, policy, loss_fn.reduction)  # a copy of the plain module, before compiling
+    policy = rt.prepare_model(policy)
     eval_bs = tcfg.eval_batch_size or tcfg.batch_size
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
