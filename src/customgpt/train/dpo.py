@@ -46,7 +46,6 @@ import copy
 import hashlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -535,12 +534,13 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     start_probe: dict[str, Any] | None = None
     healthy_step: int | None = None
+    healthy_state: dict[str, Tensor] | None = None  # with stop_on_collapse: the last healthy weights, on the CPU
     stop_reason: str | None = None
     warnings: list[dict[str, Any]] = []
     diverged = False
 
     def run_eval(step: int) -> dict[str, Any]:
-        nonlocal start_probe, healthy_step, stop_reason
+        nonlocal start_probe, healthy_step, healthy_state, stop_reason
         record: dict[str, Any] = {"step": step, "kind": "eval", "epoch": step / steps_per_epoch}
         record.update(evaluate(policy, reference, loss_fn, data["train"], rt, eval_bs, tcfg.eval_iters))
         val = evaluate(policy, reference, loss_fn, data["val"], rt, eval_bs, None)
@@ -552,7 +552,8 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
             why = collapsed(probe, start_probe, tcfg.collapse_rise)
             if why is None:
                 healthy_step = step
-                save_policy(policy, run_dir / "healthy", {"step": step, "task": "dpo"})
+                if tcfg.stop_on_collapse:
+                    healthy_state = {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
             else:
                 warnings.append({"step": step, "reason": why})
                 bar.write(f"warning: step {step}: the policy's text is degenerating: {why}; first response: "
@@ -617,15 +618,11 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - train_start
 
     # The run's model: the final weights, or the last healthy ones when the run stopped for a collapse.
-    healthy = run_dir / "healthy"
-    if stop_reason and healthy.exists():  # a collapse, or a diverged loss
-        healthy.replace(run_dir / "model")
+    final_step = step
+    if stop_reason and healthy_state is not None:  # a collapse, or a diverged loss
+        policy.load_state_dict(healthy_state)
         final_step = healthy_step
-    else:
-        save_policy(policy, run_dir / "model", {"step": step, "task": "dpo"})
-        final_step = step
-        if healthy.exists() and healthy_step == step:
-            shutil.rmtree(healthy)
+    save_policy(policy, run_dir / "model", {"step": final_step, "task": "dpo", "loss": tcfg.loss})
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "loss": tcfg.loss, "reference": mode, "reduction": loss_fn.reduction,
         "steps": step, "model_step": final_step, "train_seconds": train_seconds,
@@ -633,7 +630,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
         "after": {k: v for k, v in history[-1].items() if k != "probe/responses"},
         "collapse_warnings": warnings, "stopped": stop_reason,
     }
-    if tcfg.test_responses and splits.test and not (diverged and healthy_step is None):
+    if tcfg.test_responses and splits.test and not (diverged and healthy_state is None):
         summary["test_responses"] = str(write_test_responses(run_dir, cfg, style, tokenizer, splits.test, rt))
     if cfg.logging.plots:
         _plots(run_dir)
