@@ -37,3 +37,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("customgpt-cache")
+
+
+@pytest.fixture(autouse=True)
+def _temporary_cache(monkeypatch, _session_cache):
+    """Tests never write into the user's ``~/.cache/customgpt``: one temporary cache per session."""
+    monkeypatch.setenv("CUSTOMGPT_CACHE_DIR", str(_session_cache))

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
+import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from customgpt.classifier import (
-    ClassifierEnsemble,
     GPTClassifier,
-    classification_loss,
     load_classifier,
     pool_hidden,
     predict_texts,
@@ -156,47 +153,32 @@ def test_load_errors(tmp_path):
         save_classifier(GPTClassifier(_gpt(), 3), tmp_path / "x", ["a", "b"], max_length=4)
 
 
-def test_ensemble_averages_member_probabilities(tmp_path):
-    members = [GPTClassifier(_gpt(seed), 3, pooling=pooling).eval() for seed, pooling in ((1, "last"), (2, "mean"))]
-    ensemble = ClassifierEnsemble(members).eval()
-    x = torch.tensor([[1, 2, 3, PAD], [4, 5, 6, 7]])
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
-    expected = (torch.softmax(members[0](x, mask), -1) + torch.softmax(members[1](x, mask), -1)) / 2
-    torch.testing.assert_close(torch.softmax(ensemble(x, mask), -1), expected)
-    torch.testing.assert_close(ensemble(x, mask).exp(), expected)  # the output is log mean probability
-    assert ensemble.num_parameters() == sum(m.num_parameters() for m in members)
-
-    folder = save_classifier(ensemble, tmp_path / "best", ["a", "b", "c"], max_length=9, extra={"seeds": [1, 2]})
-    assert sorted(p.name for p in folder.iterdir()) == ["classifier.json", "member-0", "member-1"]
-    assert not (tmp_path / "best.tmp").exists()
-    loaded, info = load_classifier(folder)
-    assert isinstance(loaded, ClassifierEnsemble) and len(loaded.members) == 2
-    assert info["members"] == ["member-0", "member-1"] and info["seeds"] == [1, 2] and info["max_length"] == 9
-    assert [m.pooling for m in loaded.members] == ["last", "mean"]
-    torch.testing.assert_close(loaded(x, mask), ensemble(x, mask))
-    member, member_info = load_classifier(folder / "member-1")  # every member is a classifier on its own
-    assert member_info["pooling"] == "mean"
-    torch.testing.assert_close(member(x, mask), members[1](x, mask))
-    probs = predict_texts(loaded, ["abc"], lambda s: [ord(c) % 50 for c in s], max_length=4)
-    torch.testing.assert_close(probs[0], torch.softmax(ensemble(torch.tensor([[47, 48, 49]])), -1)[0])
+ENSEMBLE_JSON = {"format": "customgpt-classifier", "labels": ["ham", "spam"], "pooling": "last", "max_length": 64,
+                 "members": ["member-0", "member-1"], "weights": [0.5, 0.5]}
 
 
-def test_ensemble_errors(tmp_path):
-    with pytest.raises(ConfigError, match="at least one member"):
-        ClassifierEnsemble([])
-    with pytest.raises(ConfigError, match="number of classes"):
-        ClassifierEnsemble([GPTClassifier(_gpt(), 2), GPTClassifier(_gpt(), 3)])
-    ensemble = ClassifierEnsemble([GPTClassifier(_gpt(1), 2), GPTClassifier(_gpt(2), 2)])
-    folder = save_classifier(ensemble, tmp_path / "e", ["x", "y"], max_length=4)
-    info_path = folder / "classifier.json"
-    info = info_path.read_text()
-    info_path.write_text(info.replace('"member-1"', '"../elsewhere"'))
-    with pytest.raises(CheckpointError, match="'members' must be"):
+@pytest.mark.parametrize("extra, option", [
+    ({}, "an ensemble of several classifiers (classifier.ensemble)"),  # the folder spam-small saved before
+    ({"members": None, "weights": None, "kind": "char_ngram"},
+     "a character n-gram classifier (classifier.char_ngram_weight)"),
+])
+def test_folder_saved_with_a_removed_option_is_refused_by_name(tmp_path, extra, option):
+    folder = tmp_path / "best"
+    folder.mkdir()
+    info = {k: v for k, v in {**ENSEMBLE_JSON, **extra}.items() if v is not None}
+    (folder / "classifier.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError) as err:
         load_classifier(folder)
-    info_path.write_text(info)
-    member_info = folder / "member-1" / "classifier.json"
-    member_info.write_text(member_info.read_text().replace('"y"', '"z"'))
-    with pytest.raises(CheckpointError, match="differ from the ensemble"):
+    assert str(err.value) == (f"{folder} was saved with {option}, an option this version no longer has; it cannot "
+                              "be loaded. Train the classifier again with `customgpt finetune classify`")
+
+
+def test_body_with_token_ngram_buckets_is_refused_by_name(tmp_path):
+    folder = save_classifier(GPTClassifier(_gpt(), 2), tmp_path / "best", ["a", "b"], max_length=4)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "token_ngram_buckets": 512}))
+    with pytest.raises(CheckpointError, match=r"best was saved with hashed token n-gram embeddings "
+                                              r"\(model\.token_ngram_buckets\), an option this version"):
         load_classifier(folder)
 
 
@@ -205,36 +187,6 @@ def test_constructor_checks():
         GPTClassifier(_gpt(), 2, pooling="median")
     with pytest.raises(ConfigError, match="at least 2 classes"):
         GPTClassifier(_gpt(), 1)
-
-
-# --------------------------------------------------------------------------- losses
-
-
-def test_cross_entropy_options():
-    logits = torch.tensor([[2.0, 0.0], [0.5, 1.5], [0.0, 0.0]])
-    targets = torch.tensor([0, 1, 1])
-    torch.testing.assert_close(classification_loss(logits, targets), F.cross_entropy(logits, targets))
-    w = torch.tensor([1.0, 3.0])
-    per = F.cross_entropy(logits, targets, reduction="none")
-    expected = (per * w[targets]).sum() / w[targets].sum()
-    torch.testing.assert_close(classification_loss(logits, targets, class_weights=w), expected)
-    smooth = classification_loss(logits, targets, label_smoothing=0.1)
-    torch.testing.assert_close(smooth, F.cross_entropy(logits, targets, label_smoothing=0.1))
-
-
-def test_focal_loss_by_hand():
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    targets = torch.tensor([0, 0])
-    p0 = 1 / (1 + math.exp(-2.0))  # softmax probability of class 0, row 1
-    p1 = 1 / (1 + math.exp(1.0))  # row 2
-    by_hand = (-(1 - p0) ** 2 * math.log(p0) - (1 - p1) ** 2 * math.log(p1)) / 2
-    assert classification_loss(logits, targets, kind="focal", focal_gamma=2.0).item() == pytest.approx(by_hand, rel=1e-6)
-    torch.testing.assert_close(  # gamma 0 is the cross-entropy
-        classification_loss(logits, targets, kind="focal", focal_gamma=0.0), F.cross_entropy(logits, targets))
-    w = torch.tensor([2.0, 1.0])
-    assert classification_loss(logits, targets, kind="focal", class_weights=w).item() == pytest.approx(by_hand, rel=1e-6)
-    with pytest.raises(ConfigError, match="label smoothing"):
-        classification_loss(logits, targets, kind="focal", label_smoothing=0.1)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -255,32 +207,3 @@ def test_metrics_by_hand():
     assert "accuracy 0.6667 (6 examples)" in text and "[[2, 1, 0], [0, 2, 0], [0, 1, 0]]" in text
     with pytest.raises(ValueError):
         confusion_matrix([0], [0, 1], 2)
-
-
-# --------------------------------------------------------------------------- auxiliary LM loss
-
-
-def test_auxiliary_lm_loss_matches_the_restricted_softmax_by_hand():
-    from customgpt.train.classify import AuxiliaryLM
-
-    gpt = _gpt()
-    _loud_pad(gpt)
-    train_ids = [[3, 9, 4, 1, 5], [2, 6], [8, 4, 11]]  # the softmax runs over these ids only
-    aux = AuxiliaryLM(train_ids, gpt)
-    assert aux.vocab.tolist() == [1, 2, 3, 4, 5, 6, 8, 9, 11]
-    rows = [[3, 9, 4, 1, 5], [2, 6], [8, 13, 4]]  # 13 is not a training id: its target is skipped
-    batch = collate_classification([(ids, 0) for ids in rows], pad_id=PAD)
-    hidden = gpt.forward_hidden(batch["input_ids"])
-    got = aux.loss(hidden, batch["input_ids"], batch["attention_mask"])
-
-    vocab = aux.vocab.tolist()
-    terms = []
-    for ids in rows:
-        logits = gpt(torch.tensor([ids]))[0][:, vocab]  # (T, |vocab|), no padding at all
-        log_probs = F.log_softmax(logits, dim=-1)
-        terms += [-log_probs[t, vocab.index(nxt)] for t, nxt in enumerate(ids[1:]) if nxt in vocab]
-    assert len(terms) == 4 + 1 + 1  # pads and the out-of-vocabulary target contribute nothing
-    torch.testing.assert_close(got, torch.stack(terms).mean(), rtol=1e-5, atol=1e-5)
-    got.backward()  # reaches the tied embedding through the restricted head
-    assert gpt.transformer.wte.weight.grad[vocab].abs().sum() > 0
-    assert gpt.transformer.wte.weight.grad[[0, PAD, 12]].abs().sum() == 0  # neither a real input nor in the softmax

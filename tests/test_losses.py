@@ -317,6 +317,49 @@ def test_default_chunk_size():
     assert default_chunk_size(V) % 16 == 0
 
 
+# --------------------------------------------------------------------------- classification
+
+
+def test_classification_loss_is_pytorch_cross_entropy_with_each_option():
+    from customgpt.losses import ClassificationLoss
+
+    logits = torch.tensor([[2.0, 0.0], [0.5, 1.5], [0.0, 0.0]])
+    targets = torch.tensor([0, 1, 1])
+    torch.testing.assert_close(ClassificationLoss()(logits, targets), F.cross_entropy(logits, targets))
+    w = torch.tensor([1.0, 3.0])
+    per = F.cross_entropy(logits, targets, reduction="none")
+    weighted = ClassificationLoss(w)
+    torch.testing.assert_close(weighted(logits, targets), (per * w[targets]).sum() / w[targets].sum())
+    torch.testing.assert_close(weighted(logits, targets, reduction="sum"), (per * w[targets]).sum())
+    torch.testing.assert_close(weighted.normaliser(targets), torch.tensor(7.0))
+    smooth = ClassificationLoss(w, label_smoothing=0.1)
+    torch.testing.assert_close(smooth(logits, targets), F.cross_entropy(logits, targets, weight=w, label_smoothing=0.1))
+    torch.testing.assert_close(smooth(logits, targets, reduction="sum") / smooth.normaliser(targets),
+                               smooth(logits, targets))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ClassificationLoss(label_smoothing=1.0)
+
+
+def test_focal_loss_by_hand():
+    from customgpt.losses import FocalLoss
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([0, 0])
+    p0 = 1 / (1 + math.exp(-2.0))  # softmax probability of class 0, row 1
+    p1 = 1 / (1 + math.exp(1.0))  # row 2
+    terms = [-(1 - p0) ** 2 * math.log(p0), -(1 - p1) ** 2 * math.log(p1)]
+    assert FocalLoss(2.0)(logits, targets).item() == pytest.approx(sum(terms) / 2, rel=1e-6)
+    torch.testing.assert_close(FocalLoss(0.0)(logits, targets), F.cross_entropy(logits, targets))  # gamma 0: CE
+    w = torch.tensor([2.0, 1.0])  # alpha per class: both rows are class 0, so the weighted mean is unchanged
+    assert FocalLoss(2.0, w)(logits, targets).item() == pytest.approx(sum(terms) / 2, rel=1e-6)
+    mixed = torch.tensor([0, 1])
+    p1_class1 = 1 - p1
+    by_hand = (2.0 * terms[0] + 1.0 * -(1 - p1_class1) ** 2 * math.log(p1_class1)) / 3.0
+    assert FocalLoss(2.0, w)(logits, mixed).item() == pytest.approx(by_hand, rel=1e-6)
+    with pytest.raises(ValueError, match="gamma"):
+        FocalLoss(-1.0)
+
+
 # =========================================================================== preference losses
 # Hand-worked values for fixed log-probs, sequence log-probs against a direct per-token
 # computation, and parity with TRL's DPOTrainer (sigmoid and IPO) on a tiny GPT-2.

@@ -195,13 +195,12 @@ def test_explicit_and_fused_attention_agree():
         b = explicit(pidx, attention_mask=mask)
         real = mask.bool()
         assert (a[real] - b[real]).abs().max().item() <= 1e-6
-        for model in (fast, explicit):
-            model.setup_kv_cache(batch_size=3)
-        out_f = [fast(idx[:, :10], use_cache=True)]
-        out_e = [explicit(idx[:, :10], use_cache=True)]
+        cache_f, cache_e = fast.new_kv_cache(batch_size=3), explicit.new_kv_cache(batch_size=3)
+        out_f = [fast(idx[:, :10], kv_cache=cache_f)]
+        out_e = [explicit(idx[:, :10], kv_cache=cache_e)]
         for t in range(10, 16):
-            out_f.append(fast(idx[:, t : t + 1], use_cache=True))
-            out_e.append(explicit(idx[:, t : t + 1], use_cache=True))
+            out_f.append(fast(idx[:, t : t + 1], kv_cache=cache_f, input_pos=t))
+            out_e.append(explicit(idx[:, t : t + 1], kv_cache=cache_e, input_pos=t))
         assert (torch.cat(out_f, 1) - torch.cat(out_e, 1)).abs().max().item() <= 1e-6
 
 
@@ -222,17 +221,20 @@ def test_kv_cache_matches_full_forward():
     idx = _tokens(model.config, batch=2, length=20)
     with torch.no_grad():
         full = model(idx)
-        model.setup_kv_cache(batch_size=2)
-        pieces = [model(idx[:, :7], use_cache=True)]  # prefill
-        pieces.append(model(idx[:, 7:10], use_cache=True))  # a chunk after the prefill
+        cache = model.new_kv_cache(batch_size=2)
+        pieces = [model(idx[:, :7], kv_cache=cache, input_pos=0)]  # prefill
+        pieces.append(model(idx[:, 7:10], kv_cache=cache, input_pos=7))  # a chunk after the prefill
         for t in range(10, 20):  # then token by token
-            pieces.append(model(idx[:, t : t + 1], use_cache=True))
-        assert model.cache_len == 20
+            pieces.append(model(idx[:, t : t + 1], kv_cache=cache, input_pos=t))
         assert (torch.cat(pieces, 1) - full).abs().max().item() <= 1e-5
-        # After a reset the cache gives the same answer again (nothing stale is read).
-        model.reset_kv_cache()
-        again = model(idx[:, :12], use_cache=True)
+        # Starting again at 0 gives the same answer again (nothing stale is read).
+        again = model(idx[:, :12], kv_cache=cache)
         assert (again - full[:, :12]).abs().max().item() <= 1e-5
+        # Two caches on one model do not share state.
+        other = model.new_kv_cache(batch_size=2)
+        model(idx[:, :3].flip(0), kv_cache=other)
+        step = model(idx[:, 12:13], kv_cache=cache, input_pos=12)
+        assert (step[:, 0] - full[:, 12]).abs().max().item() <= 1e-5
 
 
 def test_left_padded_batch_matches_rows_alone():
@@ -256,11 +258,11 @@ def test_left_padded_batch_with_kv_cache():
     steps = torch.randint(0, model.config.vocab_size, (2, 5), generator=gen)
     T = idx.shape[1]
     with torch.no_grad():
-        model.setup_kv_cache(batch_size=2)
-        outs = [model(idx, attention_mask=mask, use_cache=True)[:, -1:]]
+        cache = model.new_kv_cache(batch_size=2)
+        outs = [model(idx, attention_mask=mask, kv_cache=cache, input_pos=0)[:, -1:]]
         for t in range(steps.shape[1]):
             mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
-            outs.append(model(steps[:, t : t + 1], attention_mask=mask, use_cache=True))
+            outs.append(model(steps[:, t : t + 1], attention_mask=mask, kv_cache=cache, input_pos=T + t))
         cached = torch.cat(outs, 1)  # logits after the prompt and after each step
         for row, n in enumerate(lengths):
             seq = torch.cat([idx[row, T - n :], steps[row]])[None]
@@ -277,11 +279,16 @@ def test_input_longer_than_context_raises():
     model(torch.zeros(1, ctx, dtype=torch.long))  # exactly the window is fine
     with pytest.raises(ContextLengthError, match=str(ctx)):
         model(torch.zeros(1, ctx + 1, dtype=torch.long))
-    model.setup_kv_cache(batch_size=1)
-    model(torch.zeros(1, ctx - 1, dtype=torch.long), use_cache=True)
-    model(torch.zeros(1, 1, dtype=torch.long), use_cache=True)
+    cache = model.new_kv_cache(batch_size=1)
+    model(torch.zeros(1, ctx - 1, dtype=torch.long), kv_cache=cache)
+    model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache, input_pos=ctx - 1)
     with pytest.raises(ContextLengthError):  # the cache does not wrap around either
-        model(torch.zeros(1, 1, dtype=torch.long), use_cache=True)
+        model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache, input_pos=ctx)
+    small = model.new_kv_cache(batch_size=1, max_len=4)
+    with pytest.raises(ContextLengthError, match="KV cache holds 4 positions; 5 needed"):
+        model(torch.zeros(1, 5, dtype=torch.long), kv_cache=small)
+    with pytest.raises(ContextLengthError, match="exceeds the context window"):
+        model.new_kv_cache(batch_size=1, max_len=ctx + 1)
 
 
 def test_hf_random_init_also_matches_after_randomize():
@@ -289,3 +296,43 @@ def test_hf_random_init_also_matches_after_randomize():
     model = randomize_(GPT(tiny_config()), seed=0)
     assert not torch.equal(model.transformer.ln_f.weight, torch.ones_like(model.transformer.ln_f.weight))
     assert model.transformer.h[0].attn.c_attn.bias.abs().sum() > 0
+
+
+def test_left_padded_batch_with_explicit_position_ids_and_cache():
+    """The server's way: each row's positions given explicitly, the padding mask over the cache."""
+    model = tiny_model(12)
+    lengths = [5, 11]
+    idx, mask = _left_padded(model.config, lengths, seed=4)
+    T = idx.shape[1]
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    nxt = torch.tensor([[3], [7]])
+    with torch.no_grad():
+        cache = model.new_kv_cache(batch_size=2, max_len=T + 1)
+        model(idx, attention_mask=mask, position_ids=positions, kv_cache=cache)
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
+        got = model(nxt, attention_mask=mask, position_ids=positions[:, -1:] + 1, kv_cache=cache, input_pos=T)
+        for row, n in enumerate(lengths):
+            alone = model(torch.cat([idx[row, T - n :], nxt[row]])[None])[0, -1]
+            assert (got[row, 0] - alone).abs().max().item() <= 1e-5
+
+
+def test_decode_layout_keeps_values_shapes_and_parameters(tmp_path):
+    from customgpt.checkpoints import load_model, save_model
+
+    model = tiny_model(13)
+    idx = _tokens(model.config, batch=2, length=9)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        before = model(idx)
+        model.use_decode_layout()
+        model.use_decode_layout()  # idempotent
+        after = model(idx)
+    assert (before - after).abs().max().item() <= 1e-6
+    assert dict(model.named_parameters()).keys() == params.keys()
+    assert all(p is params[name] for name, p in model.named_parameters())
+    c_attn = model.transformer.h[0].attn.c_attn.weight
+    assert c_attn.shape == (3 * model.config.n_embd, model.config.n_embd) and c_attn.t().is_contiguous()
+    assert model.transformer.h[0].mlp.c_proj.weight.is_contiguous()  # narrowing: left as it is
+    save_model(model, tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "m")(idx), after)

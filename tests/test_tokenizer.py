@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 from tiktoken.load import load_tiktoken_bpe
 
 from customgpt.bpe import bpe_merge, bytes_to_unicode, count_pretokens, pretokenize, train_bpe_ranks
-from customgpt.cli import main as cli_main
 from customgpt.errors import ConfigError, DataError
 from customgpt.tokenizer import (
     BPETokenizer,
@@ -587,54 +586,6 @@ def test_save_load_round_trip(trained_small, tmp_path):
     assert path.read_bytes() == ASSET.read_bytes()
 
 
-# --------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------
-
-
-def test_cli_encode_decode(capsys):
-    assert cli_main(["tokenizer", "encode", "Hello, world"]) == 0
-    assert capsys.readouterr().out == "15496 11 995\n"
-    assert cli_main(["tokenizer", "encode", f"Hi{EOT}", "--engine", "bpe"]) == 0
-    assert capsys.readouterr().out == "17250 50256\n"
-    assert cli_main(["tokenizer", "encode", f"Hi{EOT}", "--allowed-special", "none"]) == 0
-    assert capsys.readouterr().out == "17250 27 91 437 1659 5239 91 29\n"
-    assert cli_main(["tokenizer", "decode", "15496", "11", "995"]) == 0
-    assert capsys.readouterr().out == "Hello, world\n"
-    assert cli_main(["tokenizer", "decode", "15496,11,995", "--engine", "bpe"]) == 0
-    assert capsys.readouterr().out == "Hello, world\n"
-    assert cli_main(["tokenizer", "decode", "15496", "99999"]) == 2
-    assert "token id 99999 is not in the vocabulary" in capsys.readouterr().err
-    assert cli_main(["tokenizer", "decode", "abc"]) == 2
-    assert "not a token id: 'abc'" in capsys.readouterr().err
-
-
-def test_cli_train(tmp_path, dataset_texts, capsys):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(dataset_texts["the-verdict"][0], encoding="utf-8")
-    out = tmp_path / "verdict.tiktoken"
-    args = ["tokenizer", "train", str(corpus), "--vocab-size", "400", "--out", str(out)]
-    assert cli_main([*args, "--hf-dir", str(tmp_path / "hf")]) == 0
-    captured = capsys.readouterr()
-    assert "trained 400 ids (143 merges, 1 special)" in captured.out
-    assert "merge" in captured.err  # progress bar
-    assert (tmp_path / "hf" / "merges.txt").is_file()
-    assert load_bpe(out).mergeable_ranks == train_bpe(corpus, 400).mergeable_ranks
-    text = "I had always thought Jack Gisburn"
-    assert cli_main(["tokenizer", "encode", text, "--vocab", str(out)]) == 0
-    ids = capsys.readouterr().out.split()
-    assert list(map(int, ids)) == load_bpe(out).encode(text)
-    assert cli_main(["tokenizer", "decode", *ids, "--vocab", str(out)]) == 0
-    assert capsys.readouterr().out == text + "\n"
-    assert cli_main(["tokenizer", "train", str(corpus), "--vocab-size", "100", "--out", str(out)]) == 2
-    assert "at least 257" in capsys.readouterr().err
-    assert (
-        cli_main(["tokenizer", "train", str(tmp_path / "missing.txt"), "--vocab-size", "300", "--out", "x"])
-        == 2
-    )
-    assert "not found" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("specials", [[], [EOT, "<|pad|>"]])
 def test_hf_export_of_trained_special_tokens(specials, dataset_texts, tmp_path):
     from transformers import GPT2TokenizerFast
@@ -648,44 +599,3 @@ def test_hf_export_of_trained_special_tokens(specials, dataset_texts, tmp_path):
     assert hf(text)["input_ids"] == tok.encode(text, allowed_special="all")
 
 
-# --------------------------------------------------------------------------- BPE-dropout
-
-
-def test_bpe_dropout_zero_is_the_ordinary_tokenization(dataset_texts):
-    import random
-
-    bpe = get_tokenizer("bpe")
-    rng = random.Random(0)
-    for text in dataset_texts["sms"][:300]:
-        assert bpe.encode_with_dropout(text, 0.0, rng) == bpe.encode_ordinary(text)
-
-
-@settings(max_examples=60, deadline=None)
-@given(text=random_text.filter(lambda t: EOT not in t), seed=st.integers(0, 2**32 - 1))
-def test_bpe_dropout_segments_into_vocabulary_tokens_of_the_same_text(text, seed):
-    import random
-
-    bpe = get_tokenizer("bpe")
-    rng = random.Random(seed)
-    for dropout in (0.1, 0.5):
-        ids = bpe.encode_with_dropout(text, dropout, rng)
-        assert all(0 <= i < 50257 - 1 for i in ids)  # ordinary tokens only
-        assert bpe.decode_bytes(ids) == text.encode("utf-8")
-    single_bytes = [bpe.mergeable_ranks[bytes([b])] for b in text.encode("utf-8")]
-    assert bpe.encode_with_dropout(text, 1.0, rng) == single_bytes  # every merge dropped
-
-
-def test_bpe_dropout_varies_with_the_draw_and_repeats_with_the_seed():
-    import random
-
-    from customgpt.bpe import bpe_merge_dropout
-
-    bpe = get_tokenizer("bpe")
-    text = "Congratulations! You have been selected to receive a FREE holiday, call 09061701461 now"
-    draws = {tuple(bpe.encode_with_dropout(text, 0.2, random.Random(seed))) for seed in range(20)}
-    assert len(draws) > 5
-    assert min(map(len, draws)) >= len(bpe.encode_ordinary(text))  # here: never fewer tokens than ordinary BPE
-    again = [bpe.encode_with_dropout(text, 0.2, random.Random(7)) for _ in range(2)]
-    assert again[0] == again[1]
-    with pytest.raises(ValueError, match="dropout"):
-        bpe_merge_dropout(b"abc", bpe.mergeable_ranks, 1.5, random.Random(0))

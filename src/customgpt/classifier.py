@@ -18,24 +18,17 @@ real token's hidden state, so right-padded batches need no attention mask in the
 A saved classifier is a customgpt model folder (``model.safetensors``, ``config.json``,
 ``metadata.json``: the body, loadable by :func:`customgpt.checkpoints.load_model`) plus
 ``classifier.safetensors`` (the head) and ``classifier.json`` (labels, pooling, max length).
-
-An *ensemble* (:class:`ClassifierEnsemble`) averages the class probabilities of several
-classifiers trained from different seeds, optionally with a character n-gram classifier
-(:mod:`customgpt.charngram`) among them, with weights; its folder holds ``classifier.json``
-(with the list of members and their weights) and one classifier folder per member
-(``member-0``, ``member-1``, ...).
+The classification losses are modules in :mod:`customgpt.losses`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from customgpt.errors import CheckpointError, ConfigError
@@ -116,8 +109,7 @@ class GPTClassifier(nn.Module):
 
     # ------------------------------------------------------------------ what trains
     def set_trainable(self, mode: str, last_blocks: int = 1) -> None:
-        """Choose the trainable parameters (the head and any character n-gram buckets always
-        train: both are new to a pretrained body).
+        """Choose the trainable parameters (the head, new to a pretrained body, always trains).
 
         * ``head``: only the classification head;
         * ``last_blocks``: the last ``last_blocks`` transformer blocks + the final LayerNorm + head;
@@ -130,7 +122,6 @@ class GPTClassifier(nn.Module):
             from customgpt.lora import mark_only_lora_trainable
 
             mark_only_lora_trainable(self, extra_trainable=("score",))
-            self._train_ngrams()
             return
         self.requires_grad_(mode == "all")
         if mode == "last_blocks":
@@ -141,98 +132,36 @@ class GPTClassifier(nn.Module):
                 block.requires_grad_(True)
             self.gpt.transformer.ln_f.requires_grad_(True)
         self.score.requires_grad_(True)
-        self._train_ngrams()
-
-    def _train_ngrams(self) -> None:
-        ngrams = getattr(self.gpt.transformer.wte, "ngrams", None)
-        if ngrams is not None:
-            ngrams.requires_grad_(True)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-
-class ClassifierEnsemble(nn.Module):
-    """Several classifiers with the same classes, combined by averaging their probabilities.
-
-    ``forward`` returns the log of the (weighted) mean class probabilities, so ``softmax`` of
-    its output is that mean and ``argmax`` is the ensemble's prediction. Members are GPT
-    classifiers (which may differ in size or pooling) and optionally a character n-gram
-    classifier (:class:`customgpt.charngram.CharNgramClassifier`); they must share the number
-    of classes. ``weights`` (default: equal) are normalised to sum to 1.
-    """
-
-    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float] | None = None) -> None:
-        super().__init__()
-        if not members:
-            raise ConfigError("an ensemble needs at least one member")
-        classes = {m.num_classes for m in members}
-        if len(classes) != 1:
-            raise ConfigError(f"ensemble members disagree on the number of classes: {sorted(classes)}")
-        gpts = [m for m in members if isinstance(m, GPTClassifier)]
-        if not gpts:
-            raise ConfigError("an ensemble needs at least one GPT classifier member")
-        if weights is None:
-            weights = [1.0] * len(members)
-        if len(weights) != len(members) or any(not w > 0 for w in weights):
-            raise ConfigError(f"ensemble weights must be one positive number per member, got {list(weights)}")
-        total = float(sum(weights))
-        self.weights = [float(w) / total for w in weights]
-        self.members = nn.ModuleList(members)
-        self.num_classes = members[0].num_classes
-        self.pooling = gpts[0].pooling
-        self._first_gpt = next(i for i, m in enumerate(members) if isinstance(m, GPTClassifier))  # an index:
-        # a module attribute would register the member twice (twice in state_dict)
-
-    @property
-    def config(self):
-        return self.members[self._first_gpt].config
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Log (weighted) mean probabilities (B, K) of right-padded ``input_ids`` (B, T)."""
-        log_probs = [F.log_softmax(m(input_ids, attention_mask).float(), dim=-1) for m in self.members]
-        if len(set(self.weights)) == 1:  # equal weights
-            return torch.logsumexp(torch.stack(log_probs), dim=0) - torch.log(torch.tensor(float(len(log_probs))))
-        return torch.logsumexp(torch.stack([lp + math.log(w) for lp, w in zip(log_probs, self.weights)]), dim=0)
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(m.num_parameters(trainable_only) for m in self.members)
 
 
 # --------------------------------------------------------------------------- save / load
 
 
 def save_classifier(
-    model: GPTClassifier | ClassifierEnsemble,
+    model: GPTClassifier,
     folder: str | Path,
     labels: Sequence[str],
     *,
     max_length: int,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Save a classifier (or an ensemble) folder atomically: written as ``<folder>.tmp``, then
-    swapped in, so an interrupted save never leaves a half-written folder behind.
+    """Save a classifier folder atomically: written as ``<folder>.tmp``, then swapped in
+    (:func:`customgpt.io.atomic_folder`), so an interrupted save never leaves a half-written
+    folder behind. LoRA adapters, if any, are merged into the saved body, so the folder is a
+    plain model. Raises ConfigError if ``labels`` does not have one name per class."""
+    from customgpt.io import atomic_folder
 
-    LoRA adapters, if any, are merged into the saved body, so the folder is a plain model.
-    """
     if len(labels) != model.num_classes:
         raise ConfigError(f"{len(labels)} label names for a {model.num_classes}-class head")
     head_info = {"format": FORMAT, "labels": list(labels), "pooling": model.pooling,
                  "max_length": int(max_length), **dict(extra or {})}
-    if isinstance(model, ClassifierEnsemble):
-        names = [f"member-{i}" for i in range(len(model.members))]
-
-        def fill(tmp: Path) -> None:
-            for name, member in zip(names, model.members):
-                if isinstance(member, GPTClassifier):
-                    _write_classifier(member, tmp / name, {**head_info, "pooling": member.pooling})
-                else:  # a character n-gram classifier
-                    member.save(tmp / name, {k: v for k, v in head_info.items() if k != "pooling"})
-            _write_json(tmp / HEAD_CONFIG, {**head_info, "members": names, "weights": model.weights})
-    else:
-        def fill(tmp: Path) -> None:
-            _write_classifier(model, tmp, head_info)
-    return _swap_in(Path(folder), fill)
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
+        _write_classifier(model, tmp, head_info)
+    return folder
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -254,14 +183,12 @@ def _write_classifier(model: GPTClassifier, folder: Path, head_info: dict[str, A
     _write_json(folder / HEAD_CONFIG, head_info)
 
 
-def _swap_in(folder: Path, fill) -> Path:
-    """Build the new folder with ``fill(tmp)`` beside ``folder``, then swap it in
-    (:func:`customgpt.io.atomic_folder`)."""
-    from customgpt.io import atomic_folder
-
-    with atomic_folder(folder) as tmp:
-        fill(tmp)
-    return folder
+#: Options of earlier versions that a saved classifier may name: (key, what it was).
+REMOVED_OPTIONS = (
+    ("members", "an ensemble of several classifiers (classifier.ensemble)"),
+    ("weights", "an ensemble of several classifiers (classifier.ensemble)"),
+    ("char_ngram", "a character n-gram member (classifier.char_ngram_weight)"),
+)
 
 
 def read_classifier_config(folder: str | Path) -> dict[str, Any]:
@@ -274,47 +201,40 @@ def read_classifier_config(folder: str | Path) -> dict[str, Any]:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from exc
-    if info.get("format") != FORMAT or not isinstance(info.get("labels"), list):
+    if not isinstance(info, dict) or info.get("format") != FORMAT or not isinstance(info.get("labels"), list):
         raise CheckpointError(f"{path} is not a customgpt classifier config")
+    _refuse_removed_options(Path(folder), info)
     return info
+
+
+def _refuse_removed_options(folder: Path, info: dict[str, Any]) -> None:
+    """A CheckpointError naming the folder and the option if it was saved with a removed one."""
+    found = [what for key, what in REMOVED_OPTIONS if key in info]
+    if info.get("kind") == "char_ngram":
+        found.append("a character n-gram classifier (classifier.char_ngram_weight)")
+    try:  # the body's config.json: hashed token n-gram embeddings (model.token_ngram_buckets)
+        body = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        body = {}
+    if isinstance(body, dict) and body.get("token_ngram_buckets"):
+        found.append("hashed token n-gram embeddings (model.token_ngram_buckets)")
+    if found:
+        raise CheckpointError(
+            f"{folder} was saved with {found[0]}, an option this version no longer has; it cannot be "
+            "loaded. Train the classifier again with `customgpt finetune classify`")
 
 
 def load_classifier(
     folder: str | Path, *, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[GPTClassifier, dict[str, Any]]:
     """Load a folder written by :func:`save_classifier`: (model in eval mode, its classifier.json).
 
-    An ensemble folder gives a :class:`ClassifierEnsemble` of its members; a member folder of
-    kind ``char_ngram`` a :class:`~customgpt.charngram.CharNgramClassifier`."""
-    folder = Path(folder)
-    info = read_classifier_config(folder)
-    members = info.get("members")
-    if members is not None:
-        if not isinstance(members, list) or not members or not all(
-                isinstance(m, str) and m and Path(m).name == m for m in members):
-            raise CheckpointError(f"{folder / HEAD_CONFIG}: 'members' must be a non-empty list of folder names")
-        loaded = []
-        for name in members:
-            member, member_info = load_classifier(folder / name, device=device)
-            if member_info["labels"] != info["labels"]:
-                raise CheckpointError(f"{folder / name}: labels {member_info['labels']} differ from the "
-                                      f"ensemble's {info['labels']}")
-            loaded.append(member)
-        weights = info.get("weights")
-        if weights is not None and (not isinstance(weights, list) or len(weights) != len(loaded)
-                                    or not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
-            raise CheckpointError(f"{folder / HEAD_CONFIG}: 'weights' must list one positive number per member")
-        try:
-            ensemble = ClassifierEnsemble(loaded, weights)
-        except ConfigError as exc:
-            raise CheckpointError(f"{folder}: {exc}") from exc
-        return ensemble.to(device).eval(), info
-    if info.get("kind") == "char_ngram":
-        from customgpt.charngram import CharNgramClassifier
-
-        return CharNgramClassifier.load(folder, info).to(device).eval(), info
+    Raises CheckpointError for a folder that is not a classifier, was saved with a removed
+    option, or whose head does not match its body."""
     from customgpt.checkpoints import load_model, load_weights
 
+    folder = Path(folder)
+    info = read_classifier_config(folder)
     gpt = load_model(folder, device=device, dtype=torch.float32)
     model = GPTClassifier(gpt, len(info["labels"]), pooling=info.get("pooling", "last"))
     head = load_weights(folder / HEAD_WEIGHTS)
@@ -346,10 +266,10 @@ def predict_texts(
 
     model.eval()
     device = next(iter([*model.parameters(), *model.buffers()])).device
-    config = getattr(model, "config", None)  # None for a character n-gram classifier on its own
+    config = model.config
     if pad_id is None:
-        pad_id = EOT_ID if config is None or EOT_ID < config.vocab_size else 0
-    limit = max_length if config is None else min(max_length, config.context_length)
+        pad_id = EOT_ID if EOT_ID < config.vocab_size else 0
+    limit = min(max_length, config.context_length)
     out = []
     for start in range(0, len(texts), batch_size):
         rows = [((encode(t) or [pad_id])[:limit], 0) for t in texts[start : start + batch_size]]
@@ -357,38 +277,3 @@ def predict_texts(
         logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         out.append(torch.softmax(logits.float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.num_classes)
-
-
-# --------------------------------------------------------------------------- losses
-
-
-def classification_loss(
-    logits: Tensor,
-    targets: Tensor,
-    *,
-    kind: str = "cross_entropy",
-    class_weights: Tensor | None = None,
-    label_smoothing: float = 0.0,
-    focal_gamma: float = 2.0,
-) -> Tensor:
-    """Mean loss of class ``logits`` (B, K) against class ids ``targets`` (B,).
-
-    * ``cross_entropy``: PyTorch's, with optional class weights (the mean is then weighted:
-      ``sum(w_i * loss_i) / sum(w_i)``) and label smoothing.
-    * ``focal``: ``-(1 - p_t)^gamma * log p_t`` (Lin et al.), which down-weights examples the
-      model already gets right; class weights act as the per-class ``alpha``, with the same
-      weighted mean. ``gamma = 0`` is exactly the cross-entropy.
-    """
-    logits = logits.float()
-    if kind == "cross_entropy":
-        return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=label_smoothing)
-    if kind != "focal":
-        raise ConfigError(f"unknown classification loss {kind!r} (cross_entropy, focal)")
-    if label_smoothing:
-        raise ConfigError("label smoothing applies to the cross-entropy loss, not to focal loss")
-    log_p = F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)  # (B,) log p_t
-    loss = -((1.0 - log_p.exp()) ** focal_gamma) * log_p
-    if class_weights is None:
-        return loss.mean()
-    w = class_weights.to(loss.dtype)[targets]
-    return (w * loss).sum() / w.sum()

@@ -36,9 +36,6 @@ class GPTConfig:
         layer_norm_eps: LayerNorm epsilon (GPT-2: 1e-5).
         mlp_ratio: MLP hidden width as a multiple of ``n_embd`` (GPT-2: 4).
         tie_embeddings: share the LM head's weight with the token embedding (GPT-2: True).
-        token_ngram_buckets: > 0 adds to each token's embedding the mean of hashed embeddings
-            of its character n-grams, in this many buckets (:mod:`customgpt.token_ngrams`;
-            needs the GPT-2 vocabulary); 0 (GPT-2) leaves the embedding alone.
         impl: ``"fast"`` uses fused PyTorch kernels (SDPA, ``F.layer_norm``, ``F.gelu``);
             ``"explicit"`` runs the written-out math. Both give the same numbers (tested).
         name: the preset name this config came from, if any (informational).
@@ -55,7 +52,6 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
     mlp_ratio: int = 4
     tie_embeddings: bool = True
-    token_ngram_buckets: int = 0
     impl: str = "fast"
     name: str | None = field(default=None, compare=False)
 
@@ -74,12 +70,6 @@ class GPTConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ConfigError(f"model.{key} must be a number in [0, 1), got {value!r}")
-        if isinstance(self.token_ngram_buckets, bool) or not isinstance(self.token_ngram_buckets, int) \
-                or self.token_ngram_buckets < 0:
-            raise ConfigError(f"model.token_ngram_buckets must be an integer >= 0, got {self.token_ngram_buckets!r}")
-        if self.token_ngram_buckets and self.vocab_size != GPT2_VOCAB_SIZE:
-            raise ConfigError(f"model.token_ngram_buckets needs the GPT-2 vocabulary ({GPT2_VOCAB_SIZE} tokens); "
-                              f"this model has vocab_size {self.vocab_size}")
         if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
             raise ConfigError(f"model.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         for key in ("bias", "tie_embeddings"):
@@ -110,7 +100,7 @@ class GPTConfig:
         mlp = d * self.n_inner + b * self.n_inner + self.n_inner * d + b * d
         block = 2 * ln + attn + mlp
         head = 0 if self.tie_embeddings else v * d
-        return v * d + self.token_ngram_buckets * d + self.context_length * d + L * block + ln + head
+        return v * d + self.context_length * d + L * block + ln + head
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +111,7 @@ class GPTConfig:
         """Build a config from a mapping; unknown keys are an error that names them."""
         if not isinstance(data, dict):
             raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+        data = _without_removed_keys(data, where)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -157,9 +148,6 @@ class GPTConfig:
         """The equivalent ``transformers.GPT2Config`` fields."""
         if not self.tie_embeddings:
             raise ConfigError("Hugging Face GPT-2 ties the LM head to wte; this model has tie_embeddings=false")
-        if self.token_ngram_buckets:
-            raise ConfigError("Hugging Face GPT-2 has no character n-gram embeddings; this model has "
-                              f"token_ngram_buckets={self.token_ngram_buckets}")
         return {
             "model_type": "gpt2",
             "architectures": ["GPT2LMHeadModel"],
@@ -249,3 +237,15 @@ def list_presets() -> list[str]:
 
 def is_preset(name: str) -> bool:
     return name in PRESETS or name in _PRESET_ALIASES
+
+
+def _without_removed_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` without ``token_ngram_buckets: 0``, which configs saved by earlier versions hold;
+    a non-zero value (hashed token n-gram embeddings, an option that was removed) is a
+    ConfigError naming ``where``."""
+    if "token_ngram_buckets" not in data:
+        return data
+    if data["token_ngram_buckets"]:
+        raise ConfigError(f"{where}: token_ngram_buckets {data['token_ngram_buckets']!r}: hashed token n-gram "
+                          "embeddings were removed; this model cannot be loaded by this version")
+    return {k: v for k, v in data.items() if k != "token_ngram_buckets"}

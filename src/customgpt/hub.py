@@ -57,6 +57,19 @@ def hub_is_offline() -> bool:
     return offline_variable() is not None
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _is_http_client_error(exc: BaseException) -> bool:
+    """Raised by the hub client's HTTP library (httpx, or requests in older clients)."""
+    return any(
+        cls.__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib3")
+        for cls in type(exc).__mro__
+    )
+
+
 class HubUnavailableError(CustomGPTError):
     """The hub cannot be used (offline or unreachable) and the model is not in the cache."""
 
@@ -90,13 +103,6 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
         raise CustomGPTError("loading a model by hub id needs the huggingface_hub package") from exc
 
     offline = offline_variable()
-    network_errors: tuple[type[BaseException], ...] = (OSError, ValueError)
-    try:  # huggingface_hub >= 1.0 talks through httpx, whose errors are not OSErrors
-        import httpx
-
-        network_errors += (httpx.HTTPError,)
-    except ImportError:  # pragma: no cover
-        pass
     try:
         folder = snapshot_download(
             repo_id,
@@ -116,8 +122,12 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
         raise CustomGPTError(f"no model {repo_id!r} on the Hugging Face hub (or it is private)") from exc
     except RevisionNotFoundError as exc:
         raise CustomGPTError(f"{repo_id!r} has no revision {revision!r}") from exc
-    except network_errors as exc:  # connection errors, invalid ids
-        raise HubUnavailableError(f"cannot download {repo_id!r} ({exc}); {_offline_advice(repo_id)}") from exc
+    except Exception as exc:  # connection errors (httpx's are not OSErrors), invalid ids
+        if not isinstance(exc, (OSError, ValueError)) and not _is_http_client_error(exc):
+            raise
+        raise HubUnavailableError(
+            f"cannot download {repo_id!r} ({_first_line(exc)}); {_offline_advice(repo_id)}"
+        ) from exc
     return Path(folder)
 
 
@@ -180,7 +190,11 @@ def push_to_hub(
             folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
         )
     except HfHubHTTPError as exc:
-        raise CustomGPTError(f"hub refused the upload to {repo_id!r}: {exc}") from exc
-    except OSError as exc:
-        raise CustomGPTError(f"cannot reach the Hugging Face hub to push {repo_id!r}: {exc}") from exc
+        raise CustomGPTError(f"hub refused the upload to {repo_id!r}: {_first_line(exc)}") from exc
+    except Exception as exc:  # httpx's connection errors are not OSErrors
+        if not isinstance(exc, OSError) and not _is_http_client_error(exc):
+            raise
+        raise CustomGPTError(
+            f"cannot reach the Hugging Face hub to push {repo_id!r}: {_first_line(exc)} ({type(exc).__name__})"
+        ) from exc
     return str(url)

@@ -28,10 +28,13 @@ Three entry points, by how the data is written:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import secrets
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -44,7 +47,10 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "fsync_dir",
+    "os_error_message",
     "read_json_object",
+    "read_text_strict",
+    "writer_error",
     "sha256_file",
     "staged_files",
     "swap_folder_into_place",
@@ -74,6 +80,10 @@ def _make_temp(path: Path, suffix: str) -> tuple[int, Path, int]:
             fd = os.open(tmp, flags, 0o666)
         except FileExistsError:
             continue
+        except OSError as exc:  # name the file asked for, not the hidden temporary one
+            if exc.errno is None:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         try:
             mode = os.fstat(fd).st_mode & 0o777
         except BaseException:
@@ -103,6 +113,52 @@ def _check_target(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+_OS_ERROR_CODE = re.compile(r"os error (\d+)")
+
+
+def writer_error(exc: BaseException, target: str | os.PathLike[str], tmp: str | os.PathLike[str] | None = None) -> OSError | None:
+    """The :class:`OSError` behind a writer's failure, naming ``target`` (the file the user
+    asked for, not the hidden temporary file), or None when ``exc`` is not an I/O failure.
+
+    Writers report a full disk in their own ways: Python's files raise ``OSError`` (often
+    without a file name), safetensors raises ``SafetensorError("... (os error 28) ...")``,
+    torch's zip writer raises ``RuntimeError("... file write failed")`` with no reason (the
+    reason is then ``ENOSPC`` when the target's file system has no space left, else ``EIO``).
+    """
+    target = str(target)
+    if isinstance(exc, OSError):
+        if exc.errno is not None and (exc.filename is None or (tmp is not None and str(exc.filename) == str(tmp))):
+            return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), target)
+        return exc  # it names another path already, or carries no error code to restate
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return None
+    text = str(exc)
+    match = _OS_ERROR_CODE.search(text)
+    if match and type(exc).__name__ == "SafetensorError":
+        code = int(match.group(1))
+        return OSError(code, os.strerror(code), target)
+    if isinstance(exc, RuntimeError) and "file write failed" in text:
+        try:
+            full = shutil.disk_usage(Path(target).parent).free == 0
+        except OSError:
+            full = False
+        code = errno.ENOSPC if full else errno.EIO
+        return OSError(code, os.strerror(code), target)
+    return None
+
+
+@contextlib.contextmanager
+def _naming(target: Path, tmp: Path) -> Iterator[None]:
+    """Re-raise a writer's I/O failure as an ``OSError`` naming ``target``."""
+    try:
+        yield
+    except BaseException as exc:
+        err = writer_error(exc, target, tmp)
+        if err is None or err is exc:
+            raise
+        raise err from exc
+
+
 # --------------------------------------------------------------------------- one file
 
 
@@ -126,7 +182,7 @@ def atomic_open(
         except BaseException:
             os.close(fd)
             raise
-        with fh:
+        with _naming(path, tmp), fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -148,8 +204,9 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterat
     fd, tmp, file_mode = _make_temp(path, suffix)
     os.close(fd)
     try:
-        yield tmp
-        _fsync_file(tmp)
+        with _naming(path, tmp):
+            yield tmp
+            _fsync_file(tmp)
         os.chmod(tmp, file_mode)  # the writer may have recreated it as 0600
         os.replace(tmp, path)
     except BaseException:
@@ -240,9 +297,17 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[StagedFiles]:
     try:
         yield stage
         stage.commit()
-    except BaseException:
+    except BaseException as exc:
+        names = {str(tmp): final for tmp, final, _ in stage.staged}
+        last = stage.staged[-1][1] if stage.staged else folder  # the file being written
         stage.abort()
-        raise
+        err = writer_error(exc, last)
+        if isinstance(exc, OSError) and exc.filename is not None:
+            final = names.get(str(exc.filename))
+            err = exc if final is None or exc.errno is None else OSError(exc.errno, exc.strerror, str(final))
+        if err is None or err is exc:
+            raise
+        raise err from exc
 
 
 # --------------------------------------------------------------------------- whole folders
@@ -316,3 +381,61 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+# --------------------------------------------------------------------------- user text and errors
+
+
+def read_text_strict(source: str | os.PathLike[str], *, what: str | None = None) -> str:
+    """A user's text, decoded as strict UTF-8: ``"-"`` reads standard input, anything else
+    is a file path.
+
+    Invalid bytes are an error naming their byte offset, never silently replaced by U+FFFD
+    (which would feed the model text the user did not write). A UTF-8 byte-order mark is
+    dropped. Newlines are kept as they are (no universal-newline translation).
+
+    Raises:
+        DataError: invalid UTF-8 (``<what>: not UTF-8 text (byte N, 0x..): reason``), the
+            format of the dataset and tokenizer-training readers.
+        OSError: the file cannot be read (the CLI prints ``error: cannot read PATH: reason``).
+    """
+    from customgpt.errors import DataError
+
+    if str(source) == "-":
+        stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
+        data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+        name = what or "standard input"
+    else:
+        data = Path(source).read_bytes()
+        name = what or str(source)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start : exc.end]
+        raise DataError(f"{name}: not UTF-8 text (byte {exc.start}, 0x{bad.hex()}): {exc.reason}") from None
+    return text.removeprefix("\ufeff")
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EEXIST, errno.ETXTBSY}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error: ``cannot write PATH: reason`` (full disk,
+    read-only file system, no permission to create) or ``cannot read PATH: reason``
+    (missing file, no permission to read), ``cannot reach the network: reason`` for a
+    connection error, else the reason alone."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, ConnectionError) and exc.filename is None:
+        return f"cannot reach the network: {reason}"
+    if exc.filename is None:
+        return reason
+    path = os.fsdecode(exc.filename)
+    if exc.filename2 is not None:
+        return f"cannot move {path} to {os.fsdecode(exc.filename2)}: {reason}"
+    if exc.errno in _WRITE_ERRNOS:
+        verb = "write"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        verb = "read" if os.path.exists(path) and not os.access(path, os.R_OK) else "write"
+    else:
+        verb = "read"
+    return f"cannot {verb} {path}: {reason}"

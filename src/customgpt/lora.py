@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from customgpt.checkpoints.files import load_weights, save_weights
 from customgpt.errors import CheckpointError, ConfigError
-from customgpt.io import atomic_path, atomic_write_text, read_json_object
+from customgpt.io import atomic_write_text, read_json_object
 
 #: Target names :class:`LoRAConfig` accepts. A target selects every ``nn.Linear`` whose
 #: module name is the target or ends with ``"." + target``: ``c_attn`` is GPT-2's fused
@@ -491,24 +492,13 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    # Own, contiguous CPU copies: safetensors refuses views that share storage.
-    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(plain, str(tmp), metadata=metadata)
+    save_weights(tensors, path, metadata)
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from exc
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: adapters are stored as .safetensors")
+    return load_weights(path)
 
 
 def _config_of(model: nn.Module) -> LoRAConfig:

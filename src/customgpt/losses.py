@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from customgpt.constants import IGNORE_INDEX
@@ -352,6 +352,76 @@ def model_lm_loss(
     return causal_lm_loss(hidden, model.lm_head.weight, targets, reduction=reduction)
 
 
+# --------------------------------------------------------------------------- classification
+
+
+class ClassificationLoss(nn.Module):
+    """Cross-entropy of class logits, with optional class weights and label smoothing.
+
+    ``forward(logits (B, K), targets (B,))`` returns the per-example losses (B,) with
+    ``reduction="none"``, their sum with ``"sum"``, or the weighted mean with ``"mean"``
+    (PyTorch's: ``sum_i loss_i / sum_i w[y_i]``). Per example, with ``w`` the class weights
+    (all 1 when none), ``eps`` the smoothing and K classes (as ``F.cross_entropy``)::
+
+        loss_i = (1 - eps) * w[y_i] * -log p(y_i) + eps / K * sum_k w[k] * -log p(k)
+
+    Gradient accumulation sums the losses of each micro-batch and divides by
+    :meth:`normaliser` of the *whole* batch, which gives the full batch's mean exactly.
+    The loss is computed in fp32 (fp64 for fp64 logits) whatever the logits' dtype.
+    """
+
+    def __init__(self, class_weights: Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.register_buffer("class_weights", None if class_weights is None else class_weights.float())
+        self.label_smoothing = label_smoothing
+
+    def normaliser(self, targets: Tensor) -> Tensor:
+        """What ``reduction="mean"`` divides by: the sum of the targets' class weights (or their count)."""
+        if self.class_weights is None:
+            return torch.tensor(float(targets.numel()), device=targets.device)
+        return self.class_weights[targets].sum()
+
+    def _weights(self, dtype: torch.dtype) -> Tensor | None:
+        return None if self.class_weights is None else self.class_weights.to(dtype)
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        logits = logits.to(_loss_dtype(logits.dtype))
+        return F.cross_entropy(logits, targets, weight=self._weights(logits.dtype),
+                               label_smoothing=self.label_smoothing, reduction="none")
+
+    def forward(self, logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+        losses = self.per_example(logits, targets)  # (B,)
+        if reduction == "none":
+            return losses
+        if reduction == "sum":
+            return losses.sum()
+        if reduction == "mean":
+            return losses.sum() / self.normaliser(targets)
+        raise ValueError(f"reduction must be none, sum or mean, got {reduction!r}")
+
+
+class FocalLoss(ClassificationLoss):
+    """Focal loss (Lin et al., 2017, "Focal Loss for Dense Object Detection", eq. 5):
+    ``loss_i = -w[y_i] * (1 - p_i)^gamma * log p_i`` with ``p_i`` the probability of the true
+    class. It down-weights the examples the model already gets right; class weights act as
+    the per-class ``alpha``. ``gamma = 0`` is the (weighted) cross-entropy. Reductions and
+    :meth:`normaliser` as :class:`ClassificationLoss`; no label smoothing."""
+
+    def __init__(self, gamma: float = 2.0, class_weights: Tensor | None = None) -> None:
+        super().__init__(class_weights)
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
+
+    def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        logits = logits.to(_loss_dtype(logits.dtype))
+        log_p = F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)  # (B,) log p_t
+        losses = -((1.0 - log_p.exp()) ** self.gamma) * log_p
+        return losses if self.class_weights is None else losses * self._weights(logits.dtype)[targets]
+
+
 # =========================================================================== preference losses
 #
 # Preference tuning (DPO and its relatives) scores whole responses. Its inputs are the
@@ -415,7 +485,7 @@ def sequence_logprobs(logits: Tensor, targets: Tensor, mask: Tensor, *, reductio
 
 
 def model_sequence_logprobs(
-    model: torch.nn.Module,
+    model: nn.Module,
     input_ids: Tensor,
     targets: Tensor,
     mask: Tensor,
@@ -468,7 +538,7 @@ class PreferenceLossOutput(NamedTuple):
     """Implicit reward of each rejected response (detached); its mean is ``rewards/rejected``."""
 
 
-class PreferenceLoss(torch.nn.Module):
+class PreferenceLoss(nn.Module):
     """Base of the preference losses: sequence log-probs in, :class:`PreferenceLossOutput` out.
 
     Attributes:

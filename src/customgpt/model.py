@@ -1,15 +1,33 @@
 """The GPT-2 network, block by block.
 
-Read top to bottom: LayerNorm and GELU, causal self-attention (with its KV cache), the MLP,
-the transformer block, then the full model. Module names mirror the keys of OpenAI's GPT-2
+Read top to bottom: LayerNorm and GELU, the KV cache, causal self-attention, the MLP, the
+transformer block, then the full model. Module names mirror the keys of OpenAI's GPT-2
 checkpoints as Hugging Face stores them (``transformer.wte``, ``transformer.h.0.attn.c_attn``,
 ...), so loading real weights is a short loop (see :mod:`customgpt.checkpoints`).
 
 Shapes in comments: B batch, T new tokens in this call, S cached + new tokens,
-H heads, D head width, C = H * D model width, V vocabulary.
+H heads, D head width, C = H * D model width, V vocabulary, L layers.
 
-There is one model. Features are options of it, not copies: the KV cache is a buffer each
-attention layer may hold; heads other than the LM head use :meth:`GPT.forward_hidden`.
+The KV cache is an object the caller owns and passes in, with the position to write at
+(litgpt's ``input_pos``, here the number of cache columns already filled); the model keeps
+no counter, so two generations on one model never share state::
+
+    cache = model.new_kv_cache(batch_size=2, max_len=64)
+    logits = model(prompt_ids, kv_cache=cache, input_pos=0)               # prefill, (2, T, V)
+    logits = model(next_ids, kv_cache=cache, input_pos=T)                 # one step, (2, 1, V)
+
+A batch of prompts of different lengths is left-padded to a common length T. Then pass
+``attention_mask`` (B, S): 1 for real tokens and 0 for padding, over every column of the
+cache so far (the new tokens included), growing by one column per decode step. Padded keys
+are never attended to, and each row's position ids count its real tokens only (or pass
+``position_ids`` (B, T) yourself), so every row computes exactly what it computes alone::
+
+    logits = model(padded_ids, attention_mask=mask, kv_cache=cache, input_pos=0)
+    mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], dim=1)
+    logits = model(next_ids, attention_mask=mask, kv_cache=cache, input_pos=T)
+
+Generation on the CPU may call :meth:`GPT.use_decode_layout` first: the same weights, stored
+in the memory layout that single-token steps read fastest. There is one copy of the math.
 """
 
 from __future__ import annotations
@@ -21,12 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from customgpt.config import GPTConfig
-from customgpt.errors import ConfigError, CustomGPTError
-from customgpt.token_ngrams import TokenNgramEmbedding
+from customgpt.errors import CustomGPTError
 
 
 class ContextLengthError(CustomGPTError, ValueError):
-    """An input reaches past the model's context window."""
+    """An input reaches past the model's context window (or past the KV cache)."""
 
 
 # --------------------------------------------------------------------------- primitives
@@ -65,33 +82,34 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
 
 
-# --------------------------------------------------------------------------- attention
+# --------------------------------------------------------------------------- KV cache
 
 
-class KVCache(nn.Module):
-    """Preallocated keys and values of one attention layer: (B, H, max_len, D) each.
+class KVCache:
+    """Keys and values of every layer for ``batch_size`` rows and ``max_len`` columns:
+    ``k`` and ``v`` of shape (L, B, H, max_len, D). Made by :meth:`GPT.new_kv_cache`.
 
-    The model tracks how many positions are filled (``GPT.cache_len``); this buffer only
-    stores. Positions past the filled length are never read, so nothing from an earlier
-    request can leak into a new one after :meth:`GPT.reset_kv_cache`.
+    It only stores: the caller says where each call writes (``input_pos``), and the model
+    reads columns ``[0, input_pos + T)`` only, so columns left from an earlier request are
+    never read; a cache can be reused by starting again at ``input_pos=0``.
     """
 
-    def __init__(self, batch_size: int, n_head: int, max_len: int, head_dim: int, *, device, dtype) -> None:
-        super().__init__()
-        shape = (batch_size, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int, *,
+                 device: torch.device | str, dtype: torch.dtype) -> None:
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write new keys/values at ``start`` and return all keys/values up to the end of them."""
-        end = start + k.shape[2]
-        if end > self.k.shape[2]:
-            raise ContextLengthError(f"KV cache holds {self.k.shape[2]} positions; {end} needed")
-        if k.shape[0] != self.k.shape[0]:
-            raise ValueError(f"KV cache was set up for batch size {self.k.shape[0]}, got {k.shape[0]}")
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+
+# --------------------------------------------------------------------------- attention
 
 
 class CausalSelfAttention(nn.Module):
@@ -106,26 +124,23 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(config.attn_pdrop)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.explicit = config.impl == "explicit"
-        self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, mask: Tensor | None, cache_start: int | None) -> Tensor:
-        """x: (B, T, C). ``mask``: None for plain causal attention, else a boolean (B|1, 1, T, S)
-        mask where True means "may attend". ``cache_start``: where the new keys go in the KV
-        cache, or None to run without the cache."""
+    def forward(self, x: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor] | None, input_pos: int) -> Tensor:
+        """x: (B, T, C). ``mask``: None for plain causal attention over these T tokens (or one
+        query against everything cached), else a boolean (B|1, 1, T, S) mask, True = "may
+        attend". ``cache``: this layer's (keys, values), each (B, H, max_len, D), or None;
+        the new keys and values go to columns ``[input_pos, input_pos + T)``."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        if cache_start is not None:
-            if self.kv_cache is None:
-                raise RuntimeError("use_cache=True needs GPT.setup_kv_cache() first")
-            k, v = self.kv_cache.update(cache_start, k, v)  # (B, H, S, D)
-        # With no mask and as many queries as keys the causal structure is the plain triangle.
-        # A single new query against the cache attends to everything cached: no mask needed.
-        is_causal = mask is None and k.shape[2] == T and T > 1
-        if mask is None and not is_causal and T > 1:
-            mask = causal_mask(T, k.shape[2], x.device)
+        if cache is not None:
+            end = input_pos + T
+            cache[0][:, :, input_pos:end] = k
+            cache[1][:, :, input_pos:end] = v
+            k, v = cache[0][:, :, :end], cache[1][:, :, :end]  # (B, H, S, D)
+        is_causal = mask is None and T > 1  # then S == T: the plain triangle
         if self.explicit:
             y = self._explicit_attention(q, k, v, mask, is_causal)
         else:
@@ -187,8 +202,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_eps, config.bias, explicit)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, cache_start: int | None = None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache_start)
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None,
+                input_pos: int = 0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache, input_pos)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -205,8 +221,7 @@ class GPT(nn.Module):
         explicit = config.impl == "explicit"
         self.transformer = nn.ModuleDict(
             dict(
-                wte=(TokenNgramEmbedding(config.vocab_size, config.n_embd, config.token_ngram_buckets)
-                     if config.token_ngram_buckets else nn.Embedding(config.vocab_size, config.n_embd)),
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.context_length, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
@@ -216,7 +231,6 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        self.cache_len = 0  # filled positions of the KV cache
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) at init.
         for name, p in self.named_parameters():
@@ -232,38 +246,6 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def add_token_ngrams(self, buckets: int) -> None:
-        """Give a model without them (pretrained GPT-2, say) ``buckets`` character n-gram
-        embeddings (:mod:`customgpt.token_ngrams`), initialised to zero: the model computes
-        exactly what it did until the buckets are trained. The token table (and the LM head
-        tied to it) is kept as it is."""
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-            raise ConfigError(f"model.token_ngram_buckets must be an integer >= 1, got {buckets!r}")
-        if self.config.token_ngram_buckets:
-            raise ConfigError(f"model.token_ngram_buckets: this model already has "
-                              f"{self.config.token_ngram_buckets} n-gram buckets")
-        config = self.config.replace(token_ngram_buckets=buckets)  # checks the value and the vocabulary
-        old = self.transformer.wte
-        with torch.device("meta"):  # the new module's own table is replaced by the existing one
-            new = TokenNgramEmbedding(old.num_embeddings, old.embedding_dim, buckets)
-        new.weight = old.weight
-        new.ngrams = nn.Embedding(buckets, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
-        nn.init.zeros_(new.ngrams.weight)
-        self.transformer.wte = new
-        self.config = config
-
-    @torch.no_grad()
-    def zero_token_embeddings(self) -> None:
-        """Set the token embedding table ``transformer.wte.weight`` to zero.
-
-        For training from scratch on little data: AdamW leaves a row whose gradient is always
-        zero exactly where it is, so a token the training data never shows stays a zero,
-        neutral input instead of the random vector N(0, 0.02) would give it. Character n-gram
-        buckets keep their random start (zeroing them too scored lower in cross-validation).
-        With a tied LM head the head starts at zero too (uniform next-token logits)."""
-        self.transformer.wte.weight.zero_()
-
-    # ------------------------------------------------------------------ bookkeeping
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameters counted once each (the tied head is not counted twice)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -272,33 +254,28 @@ class GPT(nn.Module):
     def device(self) -> torch.device:
         return self.transformer.wte.weight.device
 
-    # ------------------------------------------------------------------ KV cache
-    def setup_kv_cache(self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None) -> None:
-        """Allocate a KV cache in every attention layer for ``batch_size`` rows and
-        ``max_len`` positions (default: the context window); starts empty."""
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty :class:`KVCache` for ``batch_size`` rows and ``max_len`` columns (default:
+        the context window), on the model's device, in its dtype unless ``dtype`` is given.
+        Raises :class:`ContextLengthError` when ``max_len`` exceeds the context window."""
         max_len = max_len or self.config.context_length
         if max_len > self.config.context_length:
             raise ContextLengthError(f"max_len {max_len} exceeds the context window {self.config.context_length}")
-        dtype = dtype or self.transformer.wte.weight.dtype
-        for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(
-                batch_size, self.config.n_head, max_len, self.config.head_dim, device=self.device, dtype=dtype
-            )
-        self.cache_len = 0
+        cfg = self.config
+        return KVCache(cfg.n_layer, batch_size, cfg.n_head, max_len, cfg.head_dim, device=self.device,
+                       dtype=dtype or self.transformer.wte.weight.dtype)
 
-    def reset_kv_cache(self) -> None:
-        """Forget everything cached (the buffers stay allocated; nothing stale is ever read)."""
-        self.cache_len = 0
-
-    def clear_kv_cache(self) -> None:
-        """Free the cache buffers."""
-        for block in self.transformer.h:
-            block.attn.kv_cache = None
-        self.cache_len = 0
-
-    @property
-    def has_kv_cache(self) -> bool:
-        return self.transformer.h[0].attn.kv_cache is not None if len(self.transformer.h) else False
+    @torch.no_grad()
+    def use_decode_layout(self) -> None:
+        """Store the weight of every widening ``nn.Linear`` (out >= in: ``c_attn``,
+        ``attn.c_proj``, ``mlp.c_fc``) transposed in memory: the same values and shape, as
+        the transposed view of a contiguous (in, out) tensor, which is what a (1, in) x
+        (in, out) product reads fastest on x86 CPUs (1.2-1.6x the bandwidth of the (out, in)
+        layout; measured in ``docs/generation.md``). Nothing is copied beside the model;
+        the parameters stay the same objects. Idempotent; the LM head is left as it is."""
+        for module in self.transformer.h.modules():
+            if type(module) is nn.Linear and module.out_features >= module.in_features and module.weight.is_contiguous():
+                module.weight.data = module.weight.data.t().contiguous().t()
 
     # ------------------------------------------------------------------ forward
     def forward_hidden(
@@ -307,30 +284,43 @@ class GPT(nn.Module):
         *,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        use_cache: bool = False,
+        kv_cache: KVCache | None = None,
+        input_pos: int = 0,
     ) -> Tensor:
         """Token ids (B, T) → final hidden states (B, T, C), after ``ln_f``.
 
         Args:
             idx: token ids, (B, T).
-            attention_mask: optional (B, S) of 1 for real tokens and 0 for padding, covering
-                every position seen so far (cached ones included). Padded keys are never
-                attended to; position ids then count real tokens only (as Hugging Face does),
-                so a left-padded row computes exactly what it computes alone.
+            attention_mask: optional (B, S) of 1 for real tokens and 0 for padding, S =
+                ``input_pos + T``: every column seen so far (cached ones included). Padded keys
+                are never attended to; position ids then count real tokens only (as Hugging
+                Face does), so a left-padded row computes exactly what it computes alone.
             position_ids: optional (B, T) explicit positions.
-            use_cache: read and extend the KV cache (after :meth:`setup_kv_cache`).
+            kv_cache: a :class:`KVCache` to read columns ``[0, input_pos)`` from and to write
+                these T tokens' keys and values to, at ``[input_pos, input_pos + T)``.
+            input_pos: how many cache columns are already filled (0 without a cache).
+
+        Raises:
+            ContextLengthError: ``input_pos + T`` (or a position id) is past the context
+                window or the cache.
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (batch, time), got {tuple(idx.shape)}")
         B, T = idx.shape
-        start = self.cache_len if use_cache else 0
-        S = start + T
+        S = input_pos + T
         if S > self.config.context_length:
-            what = f"{start} cached + {T} new tokens" if use_cache else f"an input of {T} tokens"
+            what = f"{input_pos} cached + {T} new tokens" if input_pos else f"an input of {T} tokens"
             raise ContextLengthError(
                 f"{what} exceed the context window of {self.config.context_length} positions; "
                 "crop the input (generation crops from the left automatically)"
             )
+        if kv_cache is None and input_pos:
+            raise ValueError("input_pos > 0 needs the kv_cache that holds those positions")
+        if kv_cache is not None:
+            if S > kv_cache.max_len:
+                raise ContextLengthError(f"the KV cache holds {kv_cache.max_len} positions; {S} needed")
+            if B != kv_cache.batch_size:
+                raise ValueError(f"the KV cache was made for batch size {kv_cache.batch_size}, got {B}")
 
         mask = None
         if attention_mask is not None:
@@ -338,16 +328,14 @@ class GPT(nn.Module):
                 raise ValueError(f"attention_mask must have shape {(B, S)}, got {tuple(attention_mask.shape)}")
             am = attention_mask.to(torch.bool)
             if position_ids is None:
-                position_ids = (am.long().cumsum(-1) - 1).clamp_min(0)[:, start:]
+                position_ids = (am.long().cumsum(-1) - 1).clamp_min(0)[:, input_pos:]  # (B, T)
             # causal AND key is real; a padded query may still see itself so no row is empty
-            mask = causal_mask(T, S, idx.device) & am[:, None, None, :]
-            diag = torch.zeros(T, S, dtype=torch.bool, device=idx.device)
-            diag[torch.arange(T), torch.arange(start, S)] = True
-            mask = mask | diag[None, None]
-        elif use_cache and start > 0 and T > 1:
-            mask = causal_mask(T, S, idx.device)
+            mask = causal_mask(T, S, idx.device) & am[:, None, None, :]  # (B, 1, T, S)
+            mask[:, :, torch.arange(T), torch.arange(input_pos, S)] = True
+        elif input_pos > 0 and T > 1:
+            mask = causal_mask(T, S, idx.device)  # (1, 1, T, S)
         if position_ids is None:
-            position_ids = torch.arange(start, S, device=idx.device)[None, :]  # (1, T)
+            position_ids = torch.arange(input_pos, S, device=idx.device)[None, :]  # (1, T)
         elif int(position_ids.max()) >= self.config.context_length:
             raise ContextLengthError(
                 f"position id {int(position_ids.max())} is outside the context window of "
@@ -357,11 +345,9 @@ class GPT(nn.Module):
         tok = self.transformer.wte(idx)  # (B, T, C)
         pos = self.transformer.wpe(position_ids)  # (B|1, T, C)
         x = self.transformer.drop(tok + pos)
-        cache_start = start if use_cache else None
-        for block in self.transformer.h:
-            x = block(x, mask, cache_start)
-        if use_cache:
-            self.cache_len = S
+        for i, block in enumerate(self.transformer.h):
+            cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None  # (B, H, max_len, D) each
+            x = block(x, mask, cache, input_pos)
         return self.transformer.ln_f(x)
 
     def forward(
@@ -370,12 +356,15 @@ class GPT(nn.Module):
         *,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        use_cache: bool = False,
+        kv_cache: KVCache | None = None,
+        input_pos: int = 0,
         last_only: bool = False,
     ) -> Tensor:
         """Token ids (B, T) → next-token logits (B, T, V), or (B, 1, V) with ``last_only``
-        (generation needs only the last position; it skips most of the LM head's work)."""
-        x = self.forward_hidden(idx, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache)
+        (generation needs only the last position; it skips most of the LM head's work).
+        Arguments as in :meth:`forward_hidden`."""
+        x = self.forward_hidden(idx, attention_mask=attention_mask, position_ids=position_ids,
+                                kv_cache=kv_cache, input_pos=input_pos)
         if last_only:
             x = x[:, -1:, :]
         return self.lm_head(x)  # (B, T, V)

@@ -35,7 +35,6 @@ import hashlib
 import json
 import operator
 import os
-import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -49,7 +48,6 @@ import regex
 from customgpt.bpe import (
     GPT2_PAT_STR,
     bpe_merge,
-    bpe_merge_dropout,
     bytes_to_unicode,
     count_pretokens,
     to_hf_vocab_and_merges,
@@ -439,16 +437,6 @@ class BPETokenizer(Tokenizer):
         encode_piece = self._encode_piece
         for piece in self._pattern.findall(text):
             out.extend(encode_piece(piece))
-        return out
-
-    def encode_with_dropout(self, text: str, dropout: float, rng: random.Random) -> list[int]:
-        """Ids of ``text`` (no special tokens) under BPE-dropout: a random segmentation into
-        vocabulary tokens that decodes to the same text (see :func:`customgpt.bpe.bpe_merge_dropout`).
-        ``dropout = 0`` gives :meth:`encode_ordinary`'s ids."""
-        ranks = self.mergeable_ranks
-        out: list[int] = []
-        for piece in self._pattern.findall(text):
-            out.extend(ranks[part] for part in bpe_merge_dropout(piece.encode("utf-8"), ranks, dropout, rng))
         return out
 
     def _special_pattern(self, allowed: frozenset[str]) -> regex.Pattern[str]:

@@ -2,7 +2,9 @@
 
 Each command module defines ``build_parser(parser)`` and ``run(args) -> int`` and imports
 its heavy dependencies inside ``run``, so ``customgpt --help`` stays instant. User mistakes
-(:class:`~customgpt.errors.CustomGPTError`) print one line, ``error: ...``, and exit 2.
+(:class:`~customgpt.errors.CustomGPTError`), operating-system errors (``error: cannot write
+PATH: No space left on device``) and network failures print one line, ``error: ...``, and
+exit 2; a closed output pipe (``| head -1``) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -65,17 +68,101 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"customgpt {name}", description=COMMANDS[name][1])
     module.build_parser(parser)
     args = parser.parse_args(rest)
+    stdout = sys.stdout
+    sys.stdout = _NamedStdout(stdout)
     try:
-        return int(module.run(args) or 0)
+        status = int(module.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe or a full disk shows here, not at the interpreter's exit
+        return status
     except CustomGPTError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        return _closed_pipe()
+    except OSError as exc:
+        from customgpt.io import os_error_message
+
+        if exc.filename == "standard output":
+            _closed_pipe()  # the interpreter's exit must not fail on it again
+        if _is_network_error(exc):
+            print(f"error: {_network_message(exc)}", file=sys.stderr)
+        else:
+            print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _is_network_error(exc):
+            raise
+        print(f"error: {_network_message(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        sys.stdout = stdout
+
+
+#: Exit status after the reader of our output went away (as a program killed by SIGPIPE).
+CLOSED_PIPE_STATUS = 141
+
+
+def _closed_pipe() -> int:
+    """The reader of standard output closed it (``| head -1``): stop quietly. Standard
+    output is pointed at /dev/null so the interpreter's final flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return CLOSED_PIPE_STATUS
+
+
+class _NamedStdout:
+    """Standard output whose write errors name it (``cannot write standard output: No space
+    left on device`` for ``> /dev/full``); everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), "standard output") from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), "standard output") from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+_NETWORK_MODULES = ("httpx", "httpcore", "requests", "urllib3", "huggingface_hub", "aiohttp")
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """An error raised by an HTTP client library (a refused connection, a failed DNS
+    lookup, a timeout, an HTTP error status) rather than by our code."""
+    return any(cls.__module__.split(".")[0].rstrip("0123456789") in _NETWORK_MODULES for cls in type(exc).__mro__)
+
+
+def _network_message(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    try:  # httpx raises when an error without a request is asked for it
+        host = exc.request.url.host  # type: ignore[attr-defined]
+    except Exception:
+        host = None
+    where = f" {host}" if isinstance(host, str) and host else ""
+    return f"network error: cannot reach{where or ' the server'}: {reason} ({type(exc).__name__})"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,8 +7,9 @@ model's context window (the oldest turns are dropped first). Commands: ``/reset`
 history, ``/exit`` (or end of input, Ctrl-D) quits. Ctrl-C during a reply stops that reply
 and returns to the prompt; the part already shown stays in the history.
 
-Replies go to standard output, everything else (banner, notices) to standard error, so the
-chat can be scripted: ``printf 'Hi\\n/exit\\n' | customgpt chat --model M``.
+Messages are plain text: ``<|endoftext|>`` typed in one is text, never the control token; a
+line that is not UTF-8 is reported (with its byte offset) and skipped. Replies go to standard
+output, everything else (banner, notices) to standard error, so the chat can be scripted: ``printf 'Hi\\n/exit\\n' | customgpt chat --model M``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from customgpt.cli.generate import (
     load_for_generation,
     one_line_errors,
     sampling_params_from_args,
+    strict_text,
     write_stream,
 )
 
@@ -41,12 +43,15 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from customgpt.errors import DataError
     from customgpt.generate import ChatSession
 
     params = sampling_params_from_args(args)
     model, tokenizer = load_for_generation(args)
     session = ChatSession(model, tokenizer, args.prompt_style, params, system=args.system, use_cache=args.use_cache)
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # invalid UTF-8 is reported per line
     out, err = sys.stdout, sys.stderr
     if hasattr(out, "reconfigure"):
         out.reconfigure(errors="replace")
@@ -55,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     def context_full() -> None:
         print(f"\n[context full ({model.config.context_length} tokens): cropping from the left]", file=err, flush=True)
 
+    number = 0
     while True:
         try:
             line = input("> " if interactive else "")
@@ -62,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
             break
         except KeyboardInterrupt:
             print("\n(use /exit or Ctrl-D to quit)", file=err)
+            continue
+        number += 1
+        try:
+            line = strict_text(line, f"standard input, line {number}")
+        except DataError as exc:
+            print(f"error: {exc} (message skipped)", file=err, flush=True)
             continue
         text = line.strip()
         if not text:

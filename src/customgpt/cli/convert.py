@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     source = checkpoints.resolve_model_spec(args.src, config=args.config)
     if source.kind == "preset":
         raise CustomGPTError(f"{args.src!r} is a preset (random weights), not a model to convert")
+    if dst.is_dir() and any(p.parent.resolve() == dst.resolve() for p in source.weights):
+        raise CustomGPTError(f"{dst} holds the model being converted: choose another destination (an input is never overwritten)")
     model = checkpoints.build_model(source.config, checkpoints.load_state(source), dtype=args.dtype)
     provenance = checkpoints.provenance_of(source)
     if args.to == "hf":

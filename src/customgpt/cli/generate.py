@@ -87,6 +87,27 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
+def strict_text(text: str, where: str) -> str:
+    """``text`` as Python received it (``surrogateescape``: bytes that are not UTF-8 become
+    lone surrogates) checked to be UTF-8: :class:`DataError` naming the byte offset if not,
+    as the data readers do, instead of silently encoding U+FFFD."""
+    from customgpt.errors import DataError
+
+    raw = text.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
+
+
+def read_prompt(value: str) -> str:
+    """The ``--prompt`` value, or standard input for ``-``; invalid UTF-8 is an error."""
+    if value != "-":
+        return strict_text(value, "--prompt")
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+    return strict_text(data.decode("utf-8", "surrogateescape"), "standard input")
+
+
 def sampling_params_from_args(args: argparse.Namespace, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
     from customgpt.generate import SamplingParams
 
@@ -108,7 +129,7 @@ def sampling_params_from_args(args: argparse.Namespace, extra_stop: tuple[str, .
 def load_for_generation(args: argparse.Namespace) -> tuple[GPT, Tokenizer]:
     """Load the model (warning when its weights are random) and the GPT-2 tokenizer."""
     from customgpt.checkpoints import load_model, resolve_model_spec
-    from customgpt.cli._common import resolve_device, resolve_dtype
+    from customgpt.device import resolve_device, resolve_dtype
     from customgpt.tokenizer import get_tokenizer
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
@@ -127,7 +148,11 @@ def load_for_generation(args: argparse.Namespace) -> tuple[GPT, Tokenizer]:
 def build_parser(parser: argparse.ArgumentParser) -> None:
     one_line_errors(parser)
     add_model_arguments(parser)
-    parser.add_argument("--prompt", required=True, help="the prompt; '-' reads it from standard input")
+    parser.add_argument(
+        "--prompt", required=True,
+        help="the prompt (UTF-8); '-' reads it from standard input. Without --prompt-style the text "
+        "<|endoftext|> in it is GPT-2's document separator; with a style it is plain text",
+    )
     parser.add_argument(
         "--prompt-style", choices=STYLE_NAMES, default=None,
         help="wrap the prompt as an instruction in this template (and stop at its markers)",
@@ -164,13 +189,13 @@ def run(args: argparse.Namespace) -> int:
     from customgpt.generate import stream_text
     from customgpt.prompts import get_prompt_style
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     style = get_prompt_style(args.prompt_style) if args.prompt_style else None
     if args.input is not None and style is None:
         raise ConfigError("--input needs --prompt-style (it is the instruction's input section)")
+    params = sampling_params_from_args(args, style.stop_strings if style else ())  # before reading stdin
+    prompt = read_prompt(args.prompt)
     if style is not None:
-        prompt = style.format_instruction(prompt, args.input)
-    params = sampling_params_from_args(args, style.stop_strings if style else ())
+        prompt = style.format_instruction(prompt, strict_text(args.input, "--input") if args.input else args.input)
     model, tokenizer = load_for_generation(args)
 
     def context_full() -> None:
@@ -179,9 +204,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr, flush=True,
         )
 
+    # A user's text inside a prompt template is plain text; a raw prompt keeps GPT-2's
+    # convention that the <|endoftext|> marker separates documents.
     stream = stream_text(
         model, tokenizer, prompt, params, use_cache=args.use_cache,
         on_context_full=None if args.json else context_full,
+        allowed_special="none" if style is not None else {tokenizer.eot_text},
     )
     if args.json:
         result = stream.collect()

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from customgpt import checkpoints, lora
-    from customgpt.cli._common import resolve_dtype
+    from customgpt.device import resolve_dtype
     from customgpt.errors import CustomGPTError
 
     out = Path(args.out)
@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     base = args.base or base_info.get("spec")
     if not base:
         raise CustomGPTError(f"{args.adapter} does not record its base model; pass --base MODEL")
+    for given in (Path(args.adapter), Path(base).expanduser()):
+        if out.is_dir() and given.is_dir() and given.resolve() == out.resolve():
+            raise CustomGPTError(f"{out} is an input of the merge: choose another output (an input is never overwritten)")
     # A preset base means random weights: only the seed recorded with the adapter rebuilds them.
     seed = base_info.get("seed") if base == base_info.get("spec") else None
     model = checkpoints.load_model(base, seed=seed)

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import argparse
 
-from customgpt.train.config import add_config_arguments
+from customgpt.train.config import accept_override_args, add_config_arguments
+
+
+def _schema() -> type:
+    from customgpt.train.pretrain import PretrainConfig
+
+    return PretrainConfig
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
+    add_config_arguments(parser, _schema)
+    accept_override_args(parser)
     parser.add_argument(
         "--resume", nargs="?", const=True, default=None, metavar="PATH",
         help="continue the run in logging.out_dir from checkpoints/last, or from the checkpoint "
@@ -42,9 +49,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = pretrain(cfg, resume=args.resume)
     if env_dist_info().is_main:
-        print(
-            f"trained {summary['steps']} steps in {summary['seconds']:.1f}s: train loss "
-            f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}, best validation loss "
-            f"{summary['best_val_loss']:.3f}\nrun folder: {summary['run_dir']} (final model: {summary['run_dir']}/final)"
-        )
+        print(format_summary(summary))
     return 0
+
+
+def format_summary(summary: dict) -> str:
+    """The closing lines of a run (or of a resume that found the run already finished)."""
+    run_dir = summary["run_dir"]
+    if summary.get("finished"):
+        return (f"the run in {run_dir} is finished ({summary['steps']} of {summary['total_steps']} steps, "
+                f"best validation loss {summary['best_val_loss']:.3f}): nothing to resume\n"
+                f"final model: {run_dir}/final")
+    first = f"{summary['first_loss']:.3f}"
+    if summary.get("resumed_at") is not None:  # name the step the first loss is from
+        first += f" (step {summary.get('first_step')})"
+    return (
+        f"trained {summary['steps']} steps in {summary['seconds']:.1f}s"
+        + (f" (resumed at step {summary['resumed_at']})" if summary.get("resumed_at") is not None else "")
+        + f": train loss {first} -> {summary['last_loss']:.3f}, best validation loss "
+        f"{summary['best_val_loss']:.3f}\nrun folder: {run_dir} (final model: {run_dir}/final)"
+    )

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from customgpt.errors import CustomGPTError
+from customgpt.io import read_text_strict
 
 _EOT = "<|endoftext|>"
 
@@ -77,6 +79,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         "--hf-dir", default=None, help="also write Hugging Face vocab.json/merges.txt/... to this folder"
     )
     p_train.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p_train.add_argument(
+        "--force", action="store_true", help="replace an existing --out file (and --hf-dir files); never the input"
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -103,7 +108,7 @@ def _parse_ids(values: list[str]) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     if args.action == "encode":
         tok = _load(args)
-        text = sys.stdin.read() if args.text == "-" else args.text
+        text = read_text_strict("-") if args.text == "-" else args.text
         ids = tok.encode(text, allowed_special=args.allowed_special)
         if args.show:
             for i in ids:
@@ -126,15 +131,42 @@ def run(args: argparse.Namespace) -> int:
     return _train(args)
 
 
+#: The files ``--hf-dir`` receives (see :func:`customgpt.tokenizer.save_hf_tokenizer_files`).
+HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _check_outputs(source: Path, out: Path, hf_dir: Path | None, *, force: bool) -> None:
+    """Refuse, before training, to write over the input (even with ``--force``) or over an
+    existing output without ``--force``."""
+    outputs = [out] + ([hf_dir / name for name in HF_TOKENIZER_FILES] if hf_dir is not None else [])
+    for target in outputs:
+        if _same_file(target, source):
+            raise CustomGPTError(f"{target} is the training file: choose another output (the input is never overwritten)")
+    if out.is_dir():
+        raise CustomGPTError(f"--out {out} is a folder; give a file name such as {out / 'vocab.tiktoken'}")
+    if force:
+        return
+    existing = [p for p in outputs if p.exists()]
+    if existing:
+        raise CustomGPTError(f"{existing[0]} already exists; pass --force to overwrite it")
+
+
 def _train(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
 
     from customgpt.tokenizer import save_hf_tokenizer_files, train_bpe
 
     path = Path(args.file)
     if not path.is_file():
         raise CustomGPTError(f"training file not found: {path}")
+    _check_outputs(path, Path(args.out), None if args.hf_dir is None else Path(args.hf_dir), force=args.force)
     specials = args.special_token or [_EOT]
 
     bar = None
@@ -157,7 +189,7 @@ def _train(args: argparse.Namespace) -> int:
             bar.close()
     seconds = time.perf_counter() - start
     out = tok.save(args.out)
-    n_ids = len(tok.encode(path.read_text(encoding="utf-8"), allowed_special="all"))
+    n_ids = len(tok.encode(read_text_strict(path), allowed_special="all"))
     print(
         f"trained {tok.vocab_size} ids ({len(tok.mergeable_ranks) - 256} merges, "
         f"{len(specials)} special) in {seconds:.2f} s -> {out}"

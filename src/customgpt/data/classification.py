@@ -5,10 +5,13 @@ Two sources:
 * the **SMS Spam Collection** (registry name ``sms-spam``), read exactly as the reference
   literature reads it (``pandas.read_csv(path, sep="\\t", header=None)``: 5,572 rows from
   5,574 lines, because a field that starts with a quote runs to its closing quote, across
-  line ends), and split the reference way (:func:`reference_split`);
+  line ends), and split the reference way (:func:`reference_split`). This pandas-compatible
+  reading is confined to that one file, to reproduce the reference split;
 * any **CSV / TSV / JSONL** file with a text column and a label column (names configurable),
-  any number of classes. Every row is validated before any training starts; the error names
-  the file and the line number of every bad row (up to a limit).
+  any number of classes. A TSV is read literally: one line is one row, split at tabs, and a
+  double quote is an ordinary character. A CSV follows RFC 4180 quoting (fields of any size).
+  Every row is validated before any training starts; the error names the file and the line
+  number of every bad row (up to a limit).
 
 Batches are right-padded: the causal mask already keeps pad positions out of every real
 token's computation, so the classifier pools the last real token (or the mean over real
@@ -20,7 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
+import sys
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -34,8 +37,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID
-from customgpt.errors import DataError
-from customgpt.train.config import FieldError, Section
+from customgpt.errors import ConfigError, DataError
 
 #: Most bad rows listed in one error message (the total is always given).
 MAX_REPORTED_ERRORS = 20
@@ -291,12 +293,18 @@ def read_labelled_file(
 ) -> list[LabelledText]:
     """Read and validate a CSV/TSV (with a header row) or JSONL file of labelled texts.
 
-    Every problem is collected first: non-UTF-8 bytes, a missing column, an empty text or
-    label, a label not in ``labels`` (when declared), a malformed row. One DataError then
-    names the file and the line of each bad row.
+    A TSV is read literally: one line is one row, split at tabs (no quote processing). A CSV
+    follows RFC 4180 quoting; its fields may be of any size. Every problem is collected first:
+    non-UTF-8 bytes, a missing column, an empty text or label, a label not in ``labels``
+    (when declared), a malformed row, JSONL labels that mix integers and strings. One
+    DataError then names the file and the line of each bad row. A header that names a column
+    twice, or ``text_column`` equal to ``label_column``, is a DataError too.
     """
     path = Path(path)
     fmt = detect_format(path, fmt)
+    if text_column == label_column:
+        raise DataError(f"{path}: the text column and the label column are both {text_column!r}; "
+                        "set data.text_column and data.label_column to two different columns")
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -307,6 +315,7 @@ def read_labelled_file(
     problems = _Problems(path)
     declared = set(labels) if labels is not None else None
     rows: list[LabelledText] = []
+    label_types: dict[type, int] = {}  # JSONL: the first line of each type of label
 
     def check(line: int, raw_text: object, raw_label: object) -> None:
         if not isinstance(raw_text, str):
@@ -315,6 +324,7 @@ def read_labelled_file(
         if isinstance(raw_label, bool) or not isinstance(raw_label, (str, int)):
             problems.add(line, f"{label_column!r} must be a string or an integer, got {raw_label!r}")
             return
+        label_types.setdefault(type(raw_label), line)
         label = str(raw_label).strip()
         if not raw_text.strip():
             problems.add(line, f"empty text in column {text_column!r}")
@@ -342,40 +352,63 @@ def read_labelled_file(
                 problems.add(number, f"missing key(s) {', '.join(map(repr, missing))} (keys: {', '.join(obj)})")
                 continue
             check(number, obj[text_column], obj[label_column])
+        if len(label_types) > 1:
+            raise DataError(f"{path}: {label_column!r} mixes integers (first on line {label_types[int]}) and "
+                            f"strings (first on line {label_types[str]}); write every label the same way")
     else:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
-        try:
-            header = next(reader)
-        except csv.Error as exc:
-            raise DataError(f"{path}: line 1: {exc}") from None
-        missing = [c for c in (text_column, label_column) if c not in header]
-        if missing:
-            raise DataError(
-                f"{path}: line 1 (header): missing column(s) {', '.join(map(repr, missing))}; "
-                f"columns are {', '.join(map(repr, header))} (set data.text_column / data.label_column)"
-            )
+        records = iter(_tsv_records(text) if fmt == "tsv" else _csv_records(text, problems))
+        header_line, header = next(records, (1, []))
+        _check_header(path, header, text_column, label_column)
         t_idx, l_idx = header.index(text_column), header.index(label_column)
-        previous_end = reader.line_num
-        while True:
-            start = previous_end + 1
-            try:
-                record = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                problems.add(start, str(exc))
-                break
-            previous_end = reader.line_num
-            if not record:
+        for line, record in records:
+            if not record or record == [""]:
                 continue  # a blank line
             if len(record) != len(header):
-                problems.add(start, f"expected {len(header)} fields, got {len(record)}")
+                problems.add(line, f"expected {len(header)} fields, got {len(record)}")
                 continue
-            check(start, record[t_idx], record[l_idx])
+            check(line, record[t_idx], record[l_idx])
     if not rows and not problems.items:
         raise DataError(f"{path}: no rows after the header" if fmt != "jsonl" else f"{path}: the file is empty")
     problems.raise_if_any()
     return rows
+
+
+def _tsv_records(text: str):
+    """(line number, fields) of each line of a TSV, read literally: split at tabs, no quoting."""
+    for number, raw in enumerate(text.split("\n"), start=1):
+        yield number, raw.removesuffix("\r").split("\t")
+
+
+def _csv_records(text: str, problems: _Problems) -> list[tuple[int, list[str]]]:
+    """(first line number, fields) of each CSV record (quoted fields may span lines and be of
+    any size: the csv module's 128 KiB field limit is lifted while reading)."""
+    limit = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    records: list[tuple[int, list[str], int]] = []  # (first line, fields, last line)
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        for record in reader:
+            records.append((records[-1][2] + 1 if records else 1, record, reader.line_num))
+    except csv.Error as exc:
+        start = records[-1][2] + 1 if records else 1
+        if start == 1:
+            raise DataError(f"{problems.path}: line 1: {exc}") from None
+        problems.add(start, str(exc))
+    finally:
+        csv.field_size_limit(limit)
+    return [(line, fields) for line, fields, _ in records]
+
+
+def _check_header(path: Path, header: list[str], text_column: str, label_column: str) -> None:
+    missing = [c for c in (text_column, label_column) if c not in header]
+    if missing:
+        raise DataError(
+            f"{path}: line 1 (header): missing column(s) {', '.join(map(repr, missing))}; "
+            f"columns are {', '.join(map(repr, header))} (set data.text_column / data.label_column)"
+        )
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise DataError(f"{path}: line 1 (header): column(s) {', '.join(map(repr, twice))} appear more than "
+                        "once; every column needs its own name")
 
 
 def resolve_labels(splits: Splits, declared: Sequence[str] | None) -> list[str]:
@@ -387,7 +420,11 @@ def resolve_labels(splits: Splits, declared: Sequence[str] | None) -> list[str]:
     if len(set(names)) != len(names):
         raise DataError(f"data.labels has duplicates: {names}")
     if len(names) < 2:
-        raise DataError(f"classification needs at least 2 classes, found {names}")
+        if declared is not None:
+            raise DataError(f"data.labels: classification needs at least 2 classes, got {names}")
+        files = ", ".join(sorted({r.source for r in splits.train}))
+        raise DataError(f"{files}: classification needs at least 2 classes; the training rows have only "
+                        f"{', '.join(map(repr, names))}")
     known = set(names)
     bad = [r for part in (splits.train, splits.val, splits.test) for r in part if r.label not in known]
     if bad:
@@ -441,47 +478,6 @@ class ClassificationDataset(Dataset):
         return self.ids[i], self.labels[i]
 
 
-class SubwordRegularized(Dataset):
-    """A :class:`ClassificationDataset` whose texts are tokenized afresh every time an example
-    is drawn: with BPE-dropout (subword regularization: Provilkov et al., 2020) and/or, with
-    probability ``case_flip``, the whole text upper-cased or lower-cased (half each).
-
-    Each draw is a random segmentation of the (possibly re-cased) text into GPT-2 tokens that
-    decodes to that text, truncated to the dataset's ``max_length``. The random generator is
-    seeded, and a DataLoader without workers draws examples in a seeded order, so a run is
-    reproducible. ``ids`` keeps the ordinary tokens (length bucketing reads their lengths).
-    """
-
-    def __init__(self, data: ClassificationDataset, dropout: float, seed: int, tokenizer=None,
-                 case_flip: float = 0.0) -> None:
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if not 0.0 <= case_flip <= 1.0:
-            raise ValueError(f"case_flip must be in [0, 1], got {case_flip}")
-        from customgpt.tokenizer import get_tokenizer
-
-        self.data = data
-        self.dropout = dropout
-        self.case_flip = case_flip
-        self.tokenizer = tokenizer if tokenizer is not None else get_tokenizer("bpe")
-        self.rng = random.Random(seed)
-        self.ids, self.labels, self.pad_id = data.ids, data.labels, data.pad_id
-        self.max_length = data.max_length
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> tuple[list[int], int]:
-        text = self.data.rows[i].text
-        if self.case_flip and self.rng.random() < self.case_flip:
-            text = text.upper() if self.rng.random() < 0.5 else text.lower()
-        elif not self.dropout:
-            return self.data.ids[i], self.data.labels[i]  # unchanged: the ordinary tokens
-        ids = (self.tokenizer.encode_with_dropout(text, self.dropout, self.rng) if self.dropout
-               else self.tokenizer.encode(text))
-        return (ids or self.data.ids[i])[: self.max_length], self.data.labels[i]
-
-
 def collate_classification(batch: Sequence[tuple[list[int], int]], pad_id: int = EOT_ID) -> dict[str, Tensor]:
     """Right-pad a batch to its longest row: ``input_ids`` (B, T), ``attention_mask`` (B, T) with 1
     for real tokens, ``labels`` (B,)."""
@@ -499,82 +495,73 @@ def collate_classification(batch: Sequence[tuple[list[int], int]], pad_id: int =
 
 
 @dataclass
-class ClassifyDataConfig(Section):
-    """Where the labelled texts come from and how they are split.
+class ClassifyDataConfig:
+    """Where the labelled texts come from, how they are split and batched (the ``data`` section).
 
-    Attributes:
-        dataset: a registered dataset (``sms-spam``), fetched through the registry
-            (mirror ``data_dir`` / ``$CUSTOMGPT_DATA_DIR``, else cache, else download);
-            none when the data comes from ``path`` or ``train_file``.
-        path: one CSV / TSV / JSONL file, split by ``split``.
-        train_file, val_file, test_file: explicit splits (``val_file`` absent: a stratified
-            ``val_fraction`` of the training file; ``test_file`` absent: no test set).
-        format: ``auto`` (from the extension), ``csv``, ``tsv`` or ``jsonl``.
-        text_column, label_column: column (CSV/TSV header) or key (JSONL) names.
-        labels: class names in class-id order; declared labels make any other label an error.
-            None: the sorted labels of the training set (``sms-spam``: ham, spam).
-        split: ``reference`` (``sms-spam`` only: balanced 747 + 747, seed 123, 70/10/20 →
-            1,045 / 149 / 300) or ``stratified`` (class shares kept in every part).
-        val_fraction, test_fraction: sizes of the stratified parts.
-        split_seed: seed of the split (123: the reference split).
-        max_length: tokens per text; longer texts are truncated (and counted). None: the
-            longest training text, capped at the model's context length.
-        pad_token_id: the id used for right padding (never seen by the pooled token).
-        bucket_by_length: batch training texts of similar length together (less padding,
-            faster on the CPU; the batches are still random, see :func:`length_bucketed_batches`).
-        bpe_dropout: > 0: every time a training text is drawn it is tokenized afresh with
-            BPE-dropout of this probability (subword regularization, see
-            :class:`SubwordRegularized`); validation, test and inference use the ordinary tokens.
-        case_flip: > 0: every time a training text is drawn, with this probability it is
-            upper-cased or lower-cased as a whole (half each) before tokenizing (case
-            augmentation: the label of a message does not depend on its case).
-        data_dir, cache_dir: registry mirror and download folders.
+    Checked on construction: a bad value raises ConfigError naming the key (``data.KEY``).
     """
 
     dataset: str | None = "sms-spam"
+    """A registered dataset (sms-spam), fetched through the registry; none when the data comes from path or train_file."""
     path: str | None = None
+    """One CSV / TSV / JSONL file, split by data.split (stratified)."""
     train_file: str | None = None
+    """The training file of explicit splits."""
     val_file: str | None = None
+    """The validation file (none: a stratified data.val_fraction of the training file)."""
     test_file: str | None = None
+    """The test file (none: no test set)."""
     format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    """File format; auto: from the extension (.csv, .tsv/.tab, .jsonl/.ndjson)."""
     text_column: str = "text"
+    """Column (CSV/TSV header) or key (JSONL) of the texts."""
     label_column: str = "label"
+    """Column (CSV/TSV header) or key (JSONL) of the labels."""
     labels: list[str] | None = None
+    """Class names in class-id order; any other label is an error (none: the sorted training labels)."""
     split: Literal["reference", "stratified"] = "reference"
+    """reference (sms-spam only: balanced, seed 123, 1,045 / 149 / 300) or stratified (class shares kept)."""
     val_fraction: float = 0.1
+    """Share of the rows in the validation part of a stratified split."""
     test_fraction: float = 0.2
+    """Share of the rows in the test part of a stratified split."""
     split_seed: int = 123
+    """Seed of the split (123: the reference split)."""
     max_length: int | None = None
+    """Tokens per text, longer texts are truncated (none: the longest training text, capped at the context)."""
     pad_token_id: int = EOT_ID
+    """Id used for right padding (never seen by the pooled token)."""
     bucket_by_length: bool = False
-    bpe_dropout: float = 0.0
-    case_flip: float = 0.0
+    """Batch training texts of similar length together (less padding; batches stay random)."""
     data_dir: str | None = None
+    """Registry mirror folder (else $CUSTOMGPT_DATA_DIR, else the cache, else a download)."""
     cache_dir: str | None = None
+    """Registry download folder."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
         if len(sources) != 1:
-            raise FieldError(
-                "dataset",
-                "give exactly one data source: data.dataset (a registered name), data.path (one file "
-                f"to split) or data.train_file (explicit splits); got {', '.join(sources) or 'none'}",
-            )
+            raise ConfigError(
+                "data.dataset: give exactly one data source: data.dataset (a registered name), data.path "
+                f"(one file to split) or data.train_file (explicit splits); got {', '.join(sources) or 'none'}")
         if (self.val_file or self.test_file) and not self.train_file:
-            raise FieldError("val_file", "data.val_file / data.test_file need data.train_file")
+            raise ConfigError("data.val_file: data.val_file / data.test_file need data.train_file")
         if self.split == "reference" and not self.dataset and not self.train_file:
-            raise FieldError("split", "the reference split is defined for data.dataset: sms-spam; use stratified")
+            raise ConfigError("data.split: the reference split is defined for data.dataset: sms-spam; use stratified")
+        if self.split not in ("reference", "stratified"):
+            raise ConfigError(f"data.split: must be reference or stratified, got {self.split!r}")
+        if self.format not in ("auto", *FORMATS):
+            raise ConfigError(f"data.format: must be one of auto, {', '.join(FORMATS)}, got {self.format!r}")
         for key in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, key) < 1.0:
-                raise FieldError(key, f"must be in [0, 1), got {getattr(self, key)}")
+                raise ConfigError(f"data.{key}: must be in [0, 1), got {getattr(self, key)}")
         if self.max_length is not None and self.max_length < 1:
-            raise FieldError("max_length", f"must be >= 1 or none, got {self.max_length}")
+            raise ConfigError(f"data.max_length: must be >= 1 or none, got {self.max_length}")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
-            raise FieldError("labels", f"has duplicates: {self.labels}")
-        if not 0.0 <= self.bpe_dropout < 1.0:
-            raise FieldError("bpe_dropout", f"must be in [0, 1), got {self.bpe_dropout}")
-        if not 0.0 <= self.case_flip <= 1.0:
-            raise FieldError("case_flip", f"must be in [0, 1], got {self.case_flip}")
+            raise ConfigError(f"data.labels: has duplicates: {self.labels}")
+        if self.text_column == self.label_column:
+            raise ConfigError(f"data.text_column: equals data.label_column ({self.text_column!r}); "
+                              "the texts and the labels must be two different columns")
 
 
 def prepare_splits(cfg: ClassifyDataConfig) -> tuple[Splits, list[str]]:
@@ -596,7 +583,7 @@ def prepare_splits(cfg: ClassifyDataConfig) -> tuple[Splits, list[str]]:
                             "use data.path or data.train_file for your own files")
         from customgpt.data.registry import fetch
 
-        rows = read_sms_spam(fetch("sms-spam", cfg.data_dir, cfg.cache_dir))
+        rows = read_sms_spam(fetch("sms-spam", cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir"))
         declared = list(SPAM_LABELS) if declared is None else declared
         if cfg.split == "reference":
             splits = reference_split(rows, seed=cfg.split_seed)

@@ -28,9 +28,8 @@ import torch
 from torch import Tensor
 
 from customgpt.errors import ConfigError, DataError
-from customgpt.io import sha256_file
-from customgpt.train.config import FieldError, Section
-from customgpt.train.files import atomic_open, atomic_write_text
+from customgpt.io import atomic_open, atomic_write_text, sha256_file
+from customgpt.sections import FieldError, Section
 
 
 @dataclass
@@ -92,7 +91,8 @@ def resolve_sources(sources: Sequence[str], *, pattern: str = "*.txt", data_dir:
             from customgpt.data import registry
 
             if source in {info.name for info in registry.list_datasets()}:
-                files.append(registry.fetch(source, data_dir=data_dir, progress=False))
+                files.append(registry.fetch(source, data_dir=data_dir, progress=False,
+                                             data_dir_option="--data.data_dir"))
             else:
                 known = ", ".join(info.name for info in registry.list_datasets())
                 raise DataError(
@@ -126,6 +126,28 @@ def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = 
     return folder / f"{digest.hexdigest()}.memmap"
 
 
+#: a temporary cache file untouched for this long belongs to a run that was killed
+STALE_TEMP_SECONDS = 3600.0
+
+
+def clean_stale_temp_files(folder: Path, max_age: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete the temporary files (``.NAME.XXXX.tmp``) that a killed run left in the token
+    cache ``folder``, if untouched for ``max_age`` seconds (a live build writes as it goes);
+    returns the paths removed."""
+    import time
+
+    removed = []
+    now = time.time()
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime > max_age:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # another process removed it first, or it is not ours to remove
+            continue
+    return removed
+
+
 def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = None,
                 *, build: bool = True) -> np.memmap:
     """The token ids of ``files`` joined by ``<|endoftext|>``, from the cache (built if missing).
@@ -140,6 +162,7 @@ def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None =
     if not path.is_file():
         if not build:
             raise DataError(f"token cache {path} is missing")
+        clean_stale_temp_files(path.parent)
         if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
             raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} ids; the uint16 token cache holds 65,536")
         eot = np.array([tokenizer.eot_id], dtype=np.uint16)

@@ -185,6 +185,7 @@ def fetch(
     progress: bool = True,
     *,
     timeout: float = 60.0,
+    data_dir_option: str = "--data-dir",
 ) -> Path:
     """A local, checksum-verified copy of the dataset ``name``: mirror, else cache, else download.
 
@@ -194,6 +195,9 @@ def fetch(
         cache_dir: download folder; default ``$CUSTOMGPT_CACHE_DIR/datasets`` or the platform cache.
         progress: show a progress bar while downloading.
         timeout: seconds to wait for the server before giving up.
+        data_dir_option: how the calling command sets the mirror folder, for the offline
+            advice (``--data-dir`` for ``customgpt data fetch``, ``--data.data_dir`` for
+            the training commands).
 
     Raises:
         DataError: unknown name, a mirror file with the wrong checksum, a download that
@@ -223,19 +227,20 @@ def fetch(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create the dataset cache folder {folder}: {exc}") from exc
-    _download(info, target, progress=progress, timeout=timeout, mirror=mirror)
+    _download(info, target, progress=progress, timeout=timeout, mirror=mirror, option=data_dir_option)
     return target
 
 
-def _offline_hint(info: DatasetInfo, mirror: Path | None) -> str:
+def _offline_hint(info: DatasetInfo, mirror: Path | None, option: str) -> str:
     where = f"the mirror folder {mirror} has no {info.filename}; " if mirror is not None else ""
     return (
         f"{where}on an offline machine, download {info.url} elsewhere and put it in a mirror folder "
-        f"as {info.filename}, then set {DATA_DIR_ENV}=FOLDER (or pass --data-dir FOLDER)"
+        f"as {info.filename}, then set {DATA_DIR_ENV}=FOLDER (or pass {option} FOLDER)"
     )
 
 
-def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float, mirror: Path | None) -> None:
+def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float, mirror: Path | None,
+              option: str) -> None:
     """Stream ``info.url`` into a temp file beside ``target``, verify, then move into place."""
     # atomic_open removes the ``.part`` file on any error, a checksum mismatch included.
     with atomic_open(target, "wb", suffix=".part") as out:
@@ -259,12 +264,12 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
         except urllib.error.HTTPError as exc:
             raise DataError(
                 f"cannot download {info.filename} from {info.url}: HTTP {exc.code} {exc.reason}; "
-                + _offline_hint(info, mirror)
+                + _offline_hint(info, mirror, option)
             ) from exc
         except OSError as exc:  # URLError, timeouts, refused connections, resets
             reason = getattr(exc, "reason", exc)
             raise DataError(
-                f"cannot download {info.filename} from {info.url} ({reason}); " + _offline_hint(info, mirror)
+                f"cannot download {info.filename} from {info.url} ({reason}); " + _offline_hint(info, mirror, option)
             ) from exc
         actual = digest.hexdigest()
         if actual != info.sha256:

@@ -186,7 +186,52 @@ def find_checkpoint(path: str | Path, name: str = LAST) -> Path:
         for candidate in (root / name, root / f"{name}.prev"):
             if (candidate / MANIFEST_NAME).is_file():
                 return candidate
+    if (path / CHECKPOINTS_DIR).is_dir() and not has_checkpoint(path / CHECKPOINTS_DIR):
+        raise CheckpointError(f"nothing to resume in {path}: the run stopped before its first checkpoint "
+                              f"({CHECKPOINTS_DIR}/ is empty); start it again without --resume")
     raise CheckpointError(f"no checkpoint to resume from in {path} (looked for {CHECKPOINTS_DIR}/{name}/)")
+
+
+def has_checkpoint(root: str | Path) -> bool:
+    """Whether the checkpoints folder ``root`` holds any complete checkpoint (or a ``.prev`` copy)."""
+    root = Path(root)
+    return root.is_dir() and any((d / MANIFEST_NAME).is_file() for d in root.iterdir() if d.is_dir())
+
+
+def checkpoint_val_loss(folder: str | Path) -> float | None:
+    """The validation loss recorded in checkpoint ``folder``'s ``metadata.json`` (None if absent)."""
+    try:
+        value = json.loads((Path(folder) / "metadata.json").read_text(encoding="utf-8")).get("val_loss")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def reconcile_best(root: str | Path, claimed: float, *, repair: bool = True) -> float:
+    """Make ``root/best`` and the best validation loss a resumed run believes agree.
+
+    ``best`` is written before ``last`` (see :func:`customgpt.train.pretrain.pretrain`), so a
+    kill between the two leaves ``best`` ahead of the ``claimed`` value in ``last``: the
+    value of ``best`` is used. A ``best`` behind ``claimed`` (a run killed between the writes
+    when ``last`` was written first) is repaired from ``last`` when ``last`` is the
+    checkpoint that set the claim; otherwise ``best``'s own value is returned, so the next
+    improvement on it rewrites ``best``.
+
+    Every process of a distributed run calls it (they must agree on the value); only the
+    main one passes ``repair=True``.
+
+    Returns:
+        The best validation loss to continue with (``inf`` when there is no ``best``).
+    """
+    root = Path(root)
+    best = checkpoint_val_loss(root / BEST) if (root / BEST / MANIFEST_NAME).is_file() else None
+    if best is not None and best <= claimed:
+        return best
+    if claimed != float("inf") and checkpoint_val_loss(root / LAST) == claimed:
+        if repair:
+            copy_checkpoint(root, LAST, BEST)
+        return claimed
+    return best if best is not None else float("inf")
 
 
 def load_trainer_state(folder: str | Path, *, verify: bool = True) -> dict[str, Any]:

@@ -1,46 +1,44 @@
-"""The configuration framework: dataclasses as the schema, YAML presets, dotted overrides.
+"""Training configs: dataclass sections parsed by jsonargparse, YAML presets, dotted overrides.
 
-A training command's configuration is a tree of dataclasses (sections). Each section
-derives from :class:`Section`, which checks and converts every field against its type
-annotation when the object is constructed, then runs the section's own ``validate()``.
-So a config object that exists is a valid one, whether it came from YAML, the command
-line, or Python code.
+A command's configuration is a tree of dataclasses (sections, see :mod:`customgpt.sections`):
+each field has a type, a default and an attribute docstring (a string right after it),
+which ``--help`` lists. :func:`load_config` layers, later winning, the schema's defaults,
+a YAML file (a path, or a packaged preset's name: ``pretrain-verdict``) and command-line
+overrides by dotted key (``--train.lr 3e-4``, ``--train.lr=3e-4``, ``--optim.betas 0.9,0.95``,
+``--runtime.compile`` for true, ``--model.init none``). jsonargparse converts and checks the
+types; each section's ``validate()`` checks ranges. Every error is a
+:class:`~customgpt.errors.ConfigError` naming the dotted key and the file or flag that set it,
+raised before any training starts. A YAML file with a duplicate key is an error.
 
-Loading (:func:`load_config`) merges three layers, later winning:
-
-1. the schema's defaults,
-2. a YAML file (a path, or the name of a packaged preset: see :func:`resolve_config_path`),
-3. command-line overrides of any key by its dotted path: ``--train.lr 3e-4`` or
-   ``--train.lr=3e-4``; ``--optim.betas 0.9,0.95``; ``--model.init none``.
-
-Strings (from the command line, or YAML scalars such as ``3e-4`` that YAML reads as text)
-are parsed by the field's type: ``int``, ``float``, ``bool`` (true/false, yes/no, on/off,
-1/0; anything else is an error), ``str``, ``X | None`` ("none"/"null" give None),
-``tuple``/``list`` (comma-separated), ``Literal[...]`` (one of the choices) and nested
-sections. Unknown keys and bad values raise :class:`~customgpt.errors.ConfigError` naming
-the dotted key and where it was set, before any training starts.
-
-A command defines its own top-level schema from the shared sections here plus its own::
+A new objective declares its root section and hands it to the CLI::
 
     @dataclass
-    class FinetuneConfig(Section):
+    class DPOConfig(Section):
         model: ModelSection = field(default_factory=ModelSection)
+        data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
         train: TrainConfig = field(default_factory=TrainConfig)
         optim: OptimConfig = field(default_factory=OptimConfig)
         runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
         logging: LoggingConfig = field(default_factory=LoggingConfig)
-        data: MyDataSection = field(default_factory=MyDataSection)
 
-    cfg = load_config(FinetuneConfig, "configs/finetune.yaml", ["--train.lr", "5e-5"])
+    cfg = load_config(DPOConfig, "dpo-small", ["--train.lr", "5e-6"])  # a DPOConfig instance
+
+and one row in ``customgpt.cli.finetune.TASKS`` gives it ``customgpt finetune dpo``
+(``--help`` lists every key, ``--print-config`` prints the resolved YAML). A section may also
+be a plain ``@dataclass`` whose ``__post_init__`` raises ConfigError naming ``section.key``
+(no import of this module needed, as ``data/`` modules must not import ``train/``); deriving
+:class:`~customgpt.sections.Section` adds the finite-number and choice checks on construction
+and the file or flag that set a bad value to the message.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import functools
+import json
 import re
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -49,9 +47,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+import jsonargparse
 import yaml
 
 from customgpt.errors import ConfigError
+from customgpt.sections import FieldError, Section, to_dict
 from customgpt.train.files import atomic_write_text
 
 T = TypeVar("T")
@@ -59,15 +59,7 @@ T = TypeVar("T")
 _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
 _NONE = {"none", "null", "~"}
-
-
-class FieldError(ConfigError):
-    """A bad value for one field; the loader prefixes the section path to ``key``."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"{key}: {reason}")
-        self.key = key
-        self.reason = reason
+_NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity|\.nan|\.inf)$", re.IGNORECASE)
 
 
 class _Flag:
@@ -80,27 +72,38 @@ class _Flag:
 FLAG = _Flag()
 
 
-# --------------------------------------------------------------------------- type handling
+# --------------------------------------------------------------------------- the schema's keys
+
+
+def _unwrap_optional(tp: Any) -> tuple[bool, Any]:
+    """(True, X) for ``X | None``, else (False, tp)."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return True, args[0]
+    return False, tp
 
 
 @functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def schema_keys(schema: type) -> dict[str, Any]:
+    """Every dotted key of a root section and its type (sections included): ``{"train.lr": float, ...}``."""
+    out: dict[str, Any] = {}
 
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            key = f"{prefix}{f.name}"
+            out[key] = hints[f.name]
+            if is_dataclass(hints[f.name]):
+                walk(hints[f.name], key + ".")
 
-def _is_optional(tp: Any) -> tuple[bool, Any]:
-    """(True, X) for ``X | None`` / ``Optional[X]``, else (False, tp)."""
-    if get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) != len(get_args(tp)) and len(args) == 1:
-            return True, args[0]
-        raise TypeError(f"unsupported union type {tp!r} in a config schema (only X | None)")
-    return False, tp
+    walk(schema, "")
+    return out
 
 
 def describe_type(tp: Any) -> str:
     """A short human name for a field type, used in error messages."""
-    optional, inner = _is_optional(tp)
+    optional, inner = _unwrap_optional(tp)
     if optional:
         return f"{describe_type(inner)} or none"
     origin = get_origin(inner)
@@ -108,185 +111,170 @@ def describe_type(tp: Any) -> str:
         return "one of " + ", ".join(repr(c) for c in get_args(inner))
     if origin in (tuple, list):
         args = get_args(inner)
-        nouns = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
-        noun = nouns.get(args[0], "values") if args else "values"
+        noun = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(args[0] if args else None, "values")
         if origin is tuple and args and args[-1] is not Ellipsis:
             return f"{len(args)} comma-separated {noun}"
         return f"a comma-separated list of {noun}"
     if is_dataclass(inner):
         return f"a section ({inner.__name__})"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            dict: "a mapping"}.get(inner, getattr(inner, "__name__", str(inner)))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        inner, getattr(inner, "__name__", str(inner)))
 
 
-def coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against type ``tp``, parsing strings; raise FieldError naming ``key``."""
-    optional, inner = _is_optional(tp)
-    if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NONE):
-        if optional:
-            return None
-        raise FieldError(key, f"expected {describe_type(tp)}, got none")
-    return _coerce_inner(value, inner, key)
+def _is_float(tp: Any) -> bool:
+    inner = _unwrap_optional(tp)[1]
+    return inner is float or (get_origin(inner) in (tuple, list) and float in get_args(inner))
 
 
-def _bad(key: str, tp: Any, value: Any) -> FieldError:
-    return FieldError(key, f"expected {describe_type(tp)}, got {value!r}")
-
-
-def _coerce_inner(value: Any, tp: Any, key: str) -> Any:
-    origin = get_origin(tp)
+def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
+    """One value (a command-line string, FLAG, or a YAML object) as jsonargparse's text for ``--key``."""
+    optional, inner = _unwrap_optional(tp)
+    origin = get_origin(inner)
     if value is FLAG:
-        if tp is bool:
-            return True
-        raise FieldError(key, f"needs a value ({describe_type(tp)})")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise _bad(key, tp, value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                try:
-                    f = float(value)  # "1e3" is a whole number written as a float
-                except ValueError:
-                    raise _bad(key, tp, value) from None
-                if f.is_integer():
-                    return int(f)
-        raise _bad(key, tp, value)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise _bad(key, tp, value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _bad(key, tp, value)
-    if origin is Literal:
-        choices = get_args(tp)
-        if value in choices and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            for choice in choices:
-                if str(choice) == value.strip():
-                    return choice
-        raise _bad(key, tp, value)
-    if origin in (tuple, list):
-        args = get_args(tp)
-        if isinstance(value, str):
-            items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
-        elif isinstance(value, (list, tuple)):
-            items = list(value)
-        else:
-            raise _bad(key, tp, value)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(items) != len(args):
-                raise FieldError(key, f"expected {describe_type(tp)}, got {len(items)}: {value!r}")
-            return tuple(_coerce_inner(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
-        elem = args[0] if args else Any
-        out = [v if elem is Any else _coerce_inner(v, elem, f"{key}[{i}]") for i, v in enumerate(items)]
-        return tuple(out) if origin is tuple else out
-    if tp is dict or origin is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if isinstance(value, dict):
-            return dict(value)
-        raise _bad(key, tp, value)
-    if is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if isinstance(value, dict):
-            return build_section(tp, value, key)
-        raise _bad(key, tp, value)
-    if tp is Any:
+        if inner is bool:
+            return "true"
+        raise ConfigError(f"{key}: needs a value ({describe_type(tp)}){where}")
+    if _is_float(tp):
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            if (isinstance(item, float) and item != item or item in (float("inf"), float("-inf"))
+                    or isinstance(item, str) and _NONFINITE.match(item.strip())):
+                raise ConfigError(f"{key}: must be a finite number, got {item!r}{where}")
+    if isinstance(value, str):
+        text = value.strip()
+        if optional and text.lower() in _NONE:
+            return "null"
+        if inner is bool and text.lower() in _TRUE | _FALSE:
+            return "true" if text.lower() in _TRUE else "false"
+        if origin in (tuple, list) and not text.startswith("["):
+            elem = (get_args(inner) or (str,))[0]
+            items = [v.strip() for v in text.split(",") if v.strip()]
+            return json.dumps([v if elem is str else yaml.safe_load(v) for v in items])
         return value
-    raise TypeError(f"unsupported type {tp!r} for config field {key}")
+    if value is None:
+        return "null"
+    if origin in (tuple, list) and not isinstance(value, (list, tuple)):
+        value = [value]
+    return json.dumps(value, default=str)
 
 
-class Section:
-    """Base class of config dataclasses: typed and validated on construction.
-
-    Subclasses are ``@dataclass`` classes with annotated fields; they may override
-    :meth:`validate` for checks across fields (raise :class:`FieldError` naming the field).
-    """
-
-    def __post_init__(self) -> None:
-        hints = _type_hints(type(self))
-        for f in fields(self):  # type: ignore[arg-type]
-            setattr(self, f.name, coerce(getattr(self, f.name), hints[f.name], f.name))
-        self.validate()
-
-    def validate(self) -> None:
-        """Cross-field checks; raise :class:`FieldError` (key, reason)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    def replace(self: T, **changes: Any) -> T:
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-
-def build_section(cls: type[T], data: dict[str, Any], prefix: str = "", origins: dict[str, str] | None = None) -> T:
-    """Construct section ``cls`` from a mapping; unknown keys and bad values name the dotted key."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
-    hints = _type_hints(cls)
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    for name in data:
-        if name not in names:
-            full = f"{prefix}.{name}" if prefix else str(name)
-            hint = difflib.get_close_matches(str(name), names, n=1)
-            suggestion = f" (did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"unknown config key {full!r}{_where(full, origins)}{suggestion}")
-    kwargs: dict[str, Any] = {}
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
     for name, value in data.items():
-        full = f"{prefix}.{name}" if prefix else name
-        optional, inner = _is_optional(hints[name])
-        if is_dataclass(inner) and isinstance(value, dict):
-            kwargs[name] = build_section(inner, value, full, origins)
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            out.extend(_flatten(value, key + "."))
         else:
-            kwargs[name] = value
+            out.append((key, value))
+    return out
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@functools.cache
+def make_parser(schema: type) -> Any:
+    """The jsonargparse parser of a root section (cached): it checks types and renders ``--help``."""
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = jsonargparse.ArgumentParser(exit_on_error=False, prog="config", default_env=False)
+    parser.add_class_arguments(schema, nested_key=None, fail_untyped=True, instantiate=False)
+    return parser
+
+
+def keys_help(schema: type) -> str:
+    """``--help`` text listing every key of ``schema`` with its type, default and description."""
+    out = []
+    for block in make_parser(schema).format_help().split("\n\n"):  # usage, options, then one per section
+        lines = [x for x in block.splitlines() if not re.match(r"^\s+--[\w.]+ CONFIG\s", x)]  # "--train CONFIG"
+        option = next((re.match(r"^\s+--([\w.]+)\.\w+", x) for x in lines if x.lstrip().startswith("--")), None)
+        if block.startswith("usage:") or option is None:
+            continue
+        heading = lines[0] if lines[0].endswith(":") and not lines[0][0].isspace() else None
+        if heading and re.match(r"^\w+\(.*\):$", heading, re.DOTALL):  # no docstring: a class signature
+            heading = ":"
+        out.append("\n".join([f"{option.group(1)}: {heading}".replace(": :", ":"), *lines[1:]] if heading else lines))
+    return "config keys (override any with --section.key VALUE):\n\n" + "\n\n".join(out) + "\n"
+
+
+def load_config(
+    schema: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] | Sequence[tuple[str, Any]] | None = None,
+) -> T:
+    """Build a ``schema`` instance from its defaults, an optional YAML file and overrides.
+
+    Args:
+        schema: the root :class:`~customgpt.sections.Section` dataclass.
+        path: a YAML file or a packaged preset name; None for the schema's defaults.
+        overrides: command-line tokens (``["--train.lr", "3e-4"]``) or (key, value) pairs.
+
+    Raises:
+        ConfigError: unknown key, bad value or type, unreadable or invalid YAML, duplicate
+            YAML key; the message names the key and the file or flag that set it.
+    """
+    pairs: list[tuple[str, Any, str]] = []
+    if path is not None:
+        data = read_yaml(resolve_config_path(path))
+        pairs += [(k, v, str(path)) for k, v in _flatten(data)]
+    if overrides and isinstance(next(iter(overrides)), str):
+        tokens = parse_overrides(overrides)  # type: ignore[arg-type]
+    else:
+        tokens = list(overrides or [])  # type: ignore[arg-type]
+    pairs += [(k, v, f"--{k}") for k, v in tokens]
+
+    keys = schema_keys(schema)
+    origins: dict[str, str] = {}
+    raw: dict[str, Any] = {}
+    args: list[str] = []
+    for key, value, source in pairs:
+        where = f" (set in {source})"
+        if key not in keys:
+            hint = difflib.get_close_matches(key, list(keys), n=1)
+            raise ConfigError(f"unknown config key {key!r}{where}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        if is_dataclass(keys[key]):
+            if value is None:  # "train:" with nothing under it
+                continue
+            raise ConfigError(f"{key}: expected {describe_type(keys[key])}, got {value!r}{where}")
+        args.append(f"--{key}={_to_arg(key, keys[key], value, where)}")
+        origins[key], raw[key] = source, value
+
+    try:
+        ns = make_parser(schema).parse_args(args)
+    except jsonargparse.ArgumentError as exc:
+        found = re.search(r'(?:Parser key|key) "([\w.]+)"', str(exc))
+        key = found.group(1) if found else ""
+        if key in keys:
+            got = f", got {raw[key]!r}" if key in raw else ""
+            raise ConfigError(f"{key}: expected {describe_type(keys[key])}{got}{_where(key, origins)}") from None
+        raise ConfigError(f"config: {str(exc).splitlines()[0]}") from None
+    return _build(schema, ns.as_dict(), "", origins)
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str, origins: dict[str, str]) -> T:
+    """Construct section ``cls`` (its sub-sections first); a FieldError gains the dotted key and origin."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        value = data.get(f.name)
+        if is_dataclass(hints[f.name]) and isinstance(value, dict):
+            value = _build(hints[f.name], value, f"{prefix}{f.name}.", origins)
+        kwargs[f.name] = value
     try:
         return cls(**kwargs)
     except FieldError as exc:
-        full = f"{prefix}.{exc.key}" if prefix else exc.key
+        full = f"{prefix}{exc.key}"
         raise ConfigError(f"{full}: {exc.reason}{_where(full, origins)}") from None
+    except ConfigError as exc:  # a plain dataclass section naming its full key: "data.split: ..."
+        named = re.match(r"^([\w.]+)(\[\d+\])?:", str(exc))
+        where = _where(named.group(1), origins) if named else ""
+        if not where:
+            raise
+        raise ConfigError(f"{exc}{where}") from None
 
 
-def _where(key: str, origins: dict[str, str] | None) -> str:
-    if not origins:
-        return ""
+def _where(key: str, origins: dict[str, str]) -> str:
     base = key.split("[", 1)[0]
-    while base:
-        if base in origins:
-            return f" (set in {origins[base]})"
-        base = base.rpartition(".")[0]
-    return ""
-
-
-def to_dict(obj: Any) -> Any:
-    """A section as plain YAML-friendly data (tuples become lists)."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
+    return f" (set in {origins[base]})" if base in origins else ""
 
 
 def to_yaml(obj: Any) -> str:
@@ -333,23 +321,6 @@ def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[tuple[str, Any]], origins: dict[str, str]) -> None:
-    """Set each dotted key in the nested mapping ``data`` (in place)."""
-    for key, value in overrides:
-        parts = key.split(".")
-        node = data
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
-                raise ConfigError(f"cannot set --{key}: {where!r} is {child!r}, not a section")
-            node = child
-        node[parts[-1]] = value
-        origins[key] = f"--{key}"
-
-
 # --------------------------------------------------------------------------- files and presets
 
 
@@ -380,62 +351,40 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"config {name!r} is neither a file nor a packaged preset (presets: {presets})")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping with the same key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; syntax errors name the file and line."""
+    """Read a YAML mapping; syntax errors and duplicate keys name the file and line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+        where = f" line {mark.line + 1}:" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc
+        kind = "" if str(problem).startswith("duplicate key") else "invalid YAML: "
+        raise ConfigError(f"{path}:{where} {kind}{problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     return data
-
-
-def _record_origins(data: dict[str, Any], source: str, origins: dict[str, str], prefix: str = "") -> None:
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        origins[full] = source
-        if isinstance(value, dict):
-            _record_origins(value, source, origins, full)
-
-
-def load_config(
-    schema: type[T],
-    path: str | Path | None = None,
-    overrides: Sequence[str] | Sequence[tuple[str, Any]] | None = None,
-) -> T:
-    """Build a ``schema`` instance from defaults, an optional YAML file and overrides.
-
-    Args:
-        schema: the top-level :class:`Section` dataclass.
-        path: a YAML file or a packaged preset name; None for the schema's defaults.
-        overrides: command-line tokens (``["--train.lr", "3e-4"]``) or (key, value) pairs.
-
-    Raises:
-        ConfigError: unknown key, bad value or type, unreadable file; names key and source.
-    """
-    data: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    if path is not None:
-        resolved = resolve_config_path(path)
-        data = read_yaml(resolved)
-        _record_origins(data, str(path), origins)
-    pairs: list[tuple[str, Any]]
-    if overrides and isinstance(next(iter(overrides)), str):
-        pairs = parse_overrides(overrides)  # type: ignore[arg-type]
-    else:
-        pairs = list(overrides or [])  # type: ignore[arg-type]
-    apply_overrides(data, pairs, origins)
-    return build_section(schema, data, "", origins)
 
 
 # --------------------------------------------------------------------------- argparse glue
@@ -461,23 +410,27 @@ def split_override_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return own, overrides
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, default_config: str | None = None) -> None:
-    """Add ``--config`` and ``--print-config``, and accept ``--section.key VALUE`` overrides.
-
-    After ``parser.parse_args()``, ``args.overrides`` holds the override tokens (pass them to
-    :func:`load_config`). argparse itself rejects unknown options, so this parser's
-    ``parse_args`` first takes the dotted-key tokens out.
+def add_config_arguments(parser: argparse.ArgumentParser, schema: Any, *, default_config: str | None = None) -> None:
+    """Give a command ``--config``, ``--print-config`` and ``--section.key VALUE`` overrides of
+    ``schema`` (a root section, or a function returning it, so that the CLI imports it only
+    for ``--help``, which then lists every key). Call :func:`accept_override_args` on the
+    top-level parser; ``args.overrides`` then holds the override tokens for :func:`load_config`.
     """
     parser.allow_abbrev = False
+    default = f" (default: {default_config})" if default_config else ""
     parser.add_argument(
         "--config", "-c", default=default_config,
-        help="YAML config: a path, or a packaged preset name (e.g. pretrain-verdict)",
+        help=f"YAML config: a path, or a packaged preset name{default}",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.epilog = (parser.epilog or "") + (
-        "Any config key can be overridden by its dotted path: --train.lr 3e-4, --optim.betas=0.9,0.95."
-    )
-    accept_override_args(parser)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    original = parser.format_help
+
+    def format_help() -> str:
+        root = schema if isinstance(schema, type) else schema()
+        return original() + "\n" + keys_help(root)
+
+    parser.format_help = format_help  # type: ignore[method-assign]
 
 
 def accept_override_args(parser: argparse.ArgumentParser) -> None:
@@ -487,8 +440,6 @@ def accept_override_args(parser: argparse.ArgumentParser) -> None:
     original = parser.parse_args
 
     def parse_args(args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
-        import sys
-
         own, overrides = split_override_args(sys.argv[1:] if args is None else args)
         ns = original(own, namespace)
         ns.overrides = overrides
@@ -502,47 +453,40 @@ def accept_override_args(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class ModelSection(Section):
-    """Which model to train: a preset (from scratch), or weights to continue from.
-
-    Attributes:
-        preset: a :data:`customgpt.config.PRESETS` name (``cpu-small``, ``gpt2-124M`` ...).
-        init: a customgpt/Hugging Face folder or hub id to load weights from (then the shape
-            comes from those weights and ``preset`` is ignored).
-        context_length, n_layer, n_head, n_embd: change the preset's shape (from scratch only).
-        dropout, attn_dropout: dropout while training (also applied to loaded weights).
-        impl: ``fast`` or ``explicit`` kernels (same numbers).
-        token_ngram_buckets: > 0 adds hashed character n-gram embeddings to the token
-            embedding (:mod:`customgpt.token_ngrams`). With ``init``, they are added to the
-            loaded weights, initialised to zero (the model starts out computing what it did).
-        token_embedding_init: ``normal`` (GPT-2's N(0, 0.02)) or ``zero``: the token embedding
-            table starts at zero, so a token the training data never shows keeps a zero,
-            neutral embedding instead of random noise (from scratch only).
-    """
+    """Which model to train: a preset (from scratch), or weights to continue from."""
 
     preset: str | None = "cpu-small"
+    """A model preset (cpu-tiny, cpu-small, gpt2-124M ...) to train from scratch."""
     init: str | None = None
+    """A customgpt/Hugging Face folder or hub id to start from (its shape wins; preset is ignored)."""
     context_length: int | None = None
+    """Positions of the model; none: the preset's (from scratch only)."""
     n_layer: int | None = None
+    """Transformer blocks; none: the preset's (from scratch only)."""
     n_head: int | None = None
+    """Attention heads; none: the preset's (from scratch only)."""
     n_embd: int | None = None
+    """Embedding width; none: the preset's (from scratch only)."""
     dropout: float | None = None
+    """Dropout while training (also applied to loaded weights); none: the model's."""
     attn_dropout: float | None = None
+    """Dropout of the attention weights; none: the model's."""
     impl: Literal["fast", "explicit"] | None = None
-    token_ngram_buckets: int | None = None
-    token_embedding_init: Literal["normal", "zero"] = "normal"
+    """Attention kernels: fast or explicit (same numbers); none: the model's."""
 
-    _SHAPE = ("context_length", "n_layer", "n_head", "n_embd", "token_ngram_buckets")
+    _SHAPE = ("context_length", "n_layer", "n_head", "n_embd")
 
     def validate(self) -> None:
         if self.init is None and self.preset is None:
             raise FieldError("preset", "give a model preset, or weights to start from in model.init")
+        for key in ("dropout", "attn_dropout"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise FieldError(key, f"must be in [0, 1), got {value}")
         if self.init is not None:
             for key in self._SHAPE:
-                if key != "token_ngram_buckets" and getattr(self, key) is not None:
+                if getattr(self, key) is not None:
                     raise FieldError(key, "cannot change the shape of weights loaded from model.init")
-            if self.token_embedding_init != "normal":
-                raise FieldError("token_embedding_init", "initialises a model trained from scratch; "
-                                 "the weights in model.init are already trained")
         else:
             self.gpt_config()  # shape errors (e.g. n_embd % n_head) surface now, before training
 
@@ -567,32 +511,25 @@ class ModelSection(Section):
         from customgpt.model import GPT
 
         if self.init is None:
-            model = GPT(self.gpt_config()).train()
-            if self.token_embedding_init == "zero":  # after the random init: the rest is unchanged
-                model.zero_token_embeddings()
-            return model
+            return GPT(self.gpt_config()).train()
         from customgpt.checkpoints import load_model
 
         changes = {k: v for k, v in self._changes().items() if k in ("dropout", "attn_dropout", "impl")}
-        model = load_model(self.init, device="cpu", dtype="float32", overrides=changes or None)
-        have, want = model.config.token_ngram_buckets, self.token_ngram_buckets
-        if want and not have:
-            model.add_token_ngrams(want)
-        elif want is not None and want != have:
-            # raised after loading, outside the loader that prefixes section names: name the key in full
-            raise ConfigError(f"model.token_ngram_buckets: the weights in model.init ({self.init}) have "
-                              f"{have} n-gram buckets, not {want}")
-        return model.train()
+        return load_model(self.init, device="cpu", dtype="float32", overrides=changes or None).train()
 
 
 @dataclass
 class OptimConfig(Section):
-    """AdamW. Weight decay applies to matrices and embeddings only (see :mod:`customgpt.train.optim`)."""
+    """AdamW; weight decay applies to matrices and embeddings only."""
 
     weight_decay: float = 0.1
+    """Decoupled weight decay of matrices and embeddings (AdamW)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's (beta1, beta2)."""
     eps: float = 1e-8
-    fused: bool | None = None  # None: fused kernels on CUDA and CPU, foreach elsewhere
+    """AdamW's epsilon."""
+    fused: bool | None = None
+    """Fused AdamW kernels; none: fused on CUDA and CPU, foreach elsewhere."""
 
     def validate(self) -> None:
         if self.weight_decay < 0:
@@ -604,32 +541,52 @@ class OptimConfig(Section):
             raise FieldError("eps", f"must be > 0, got {self.eps}")
 
 
+#: the largest learning rate accepted: AdamW steps each weight by about lr, so more is never meant
+MAX_LR = 10.0
+#: seeds must fit torch.manual_seed (which also takes negatives down to -2**63)
+MAX_SEED = 2**64 - 1
+
+
 @dataclass
 class TrainConfig(Section):
     """The loop: how long, how big a batch, the LR schedule, clipping, evaluation, saving.
 
     Batch sizes count sequences. ``batch_size`` is the global batch of one optimizer step;
     each process runs ``micro_batch_size`` sequences per forward/backward and accumulates
-    ``batch_size / (micro_batch_size * world_size)`` of them (None: no accumulation).
-    The LR warms up linearly from ``initial_lr`` to ``lr`` over ``warmup_steps`` (or
-    ``warmup_fraction`` of all steps), then follows ``schedule`` down to ``min_lr``.
+    ``batch_size / (micro_batch_size * world_size)`` of them. The LR warms up linearly from
+    ``initial_lr`` to ``lr``, then follows ``schedule`` down to ``min_lr``.
     """
 
     epochs: int = 1
-    max_steps: int | None = None  # stop after this many optimizer steps (None: run all epochs)
+    """Passes over the training data."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps; none: run all epochs."""
     batch_size: int = 8
+    """Sequences per optimizer step (all processes together)."""
     micro_batch_size: int | None = None
+    """Sequences per forward/backward on one process; none: the whole per-process batch."""
     lr: float = 4e-4
+    """Peak learning rate (after warmup); at most 10."""
     initial_lr: float = 0.0
+    """Learning rate at the start of warmup (<= lr)."""
     min_lr: float = 0.0
+    """Learning rate at the end of the schedule (<= lr)."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup: cosine, linear or constant."""
     warmup_steps: int | None = None
+    """Optimizer steps of linear warmup (or give warmup_fraction)."""
     warmup_fraction: float | None = None
-    grad_clip: float | None = 1.0  # max global grad norm; 0 or none: no clipping
+    """Fraction of all steps spent warming up, in [0, 1)."""
+    grad_clip: float | None = 1.0
+    """Max global gradient norm; 0 or none: no clipping."""
     seed: int = 123
-    eval_every: int = 50  # optimizer steps between evaluations; 0: only at the end
-    eval_iters: int | None = 20  # validation batches (of batch_size windows) per evaluation; none: all
-    save_every: int | None = None  # steps between checkpoints; none: at every evaluation
+    """Seed of the initial weights, shuffling and dropout (0 to 2**64 - 1)."""
+    eval_every: int = 50
+    """Optimizer steps between evaluations; 0: only at the end."""
+    eval_iters: int | None = 20
+    """Validation batches per evaluation; none: all."""
+    save_every: int | None = None
+    """Steps between checkpoints; none: at every evaluation."""
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size"):
@@ -643,9 +600,17 @@ class TrainConfig(Section):
             raise FieldError("micro_batch_size", f"({self.micro_batch_size}) exceeds batch_size ({self.batch_size})")
         if self.lr <= 0:
             raise FieldError("lr", f"must be > 0, got {self.lr}")
+        if self.lr > MAX_LR:
+            raise FieldError("lr", f"must be <= {MAX_LR:g} (a learning rate this large only makes the weights nan), "
+                             f"got {self.lr:g}")
         for key in ("initial_lr", "min_lr"):
-            if getattr(self, key) < 0:
-                raise FieldError(key, f"must be >= 0, got {getattr(self, key)}")
+            value = getattr(self, key)
+            if value < 0:
+                raise FieldError(key, f"must be >= 0, got {value}")
+            if value > self.lr:
+                raise FieldError(key, f"must be <= train.lr ({self.lr:g}), got {value:g}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise FieldError("seed", f"must be between 0 and 2**64 - 1 ({MAX_SEED}), got {self.seed}")
         if self.warmup_steps is not None and self.warmup_fraction is not None:
             raise FieldError("warmup_steps", "give warmup_steps or warmup_fraction, not both")
         if self.warmup_steps is not None and self.warmup_steps < 0:
@@ -677,10 +642,14 @@ class TrainConfig(Section):
 class RuntimeConfig(Section):
     """Where and how the math runs."""
 
-    device: str = "auto"  # auto: cuda, then mps, then cpu; or e.g. "cpu", "cuda:1"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on capable CUDA, else fp32
-    compile: bool = False  # torch.compile the model
-    threads: int | None = None  # CPU threads for PyTorch's intra-op work; none: PyTorch's default
+    device: str = "auto"
+    """auto (cuda, then mps, then cpu), cpu, mps, cuda or cuda:N."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Training precision; auto: bf16 on capable CUDA, else fp32."""
+    compile: bool = False
+    """torch.compile the model."""
+    threads: int | None = None
+    """CPU threads for PyTorch's intra-op work; none: PyTorch's default."""
 
     def validate(self) -> None:
         if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", self.device):
@@ -693,11 +662,16 @@ class RuntimeConfig(Section):
 class LoggingConfig(Section):
     """Where the run goes and what it reports."""
 
-    out_dir: str = "runs/pretrain"  # the run folder: config, metrics, plots, checkpoints, final model
-    log_every: int = 1  # steps between metrics.jsonl lines
-    progress: bool = True  # tqdm progress bar
-    plots: bool = True  # loss.png and lr.png at the end
-    tensorboard: bool = False  # also write TensorBoard events (needs `pip install tensorboard`)
+    out_dir: str = "runs/pretrain"
+    """The run folder: config, metrics, plots, checkpoints, final model."""
+    log_every: int = 1
+    """Steps between metrics.jsonl lines."""
+    progress: bool = True
+    """Show a progress bar."""
+    plots: bool = True
+    """Draw loss.png and lr.png at the end."""
+    tensorboard: bool = False
+    """Also write TensorBoard events (needs `pip install tensorboard`)."""
 
     def validate(self) -> None:
         if self.log_every < 1:
@@ -708,7 +682,7 @@ class LoggingConfig(Section):
 
 __all__ = [
     "ConfigError", "FieldError", "Section", "ModelSection", "OptimConfig", "TrainConfig",
-    "RuntimeConfig", "LoggingConfig", "load_config", "build_section", "coerce", "parse_overrides",
-    "resolve_config_path", "list_config_presets", "save_config", "to_dict", "to_yaml", "read_yaml",
-    "accept_override_args", "add_config_arguments", "split_override_args",
+    "RuntimeConfig", "LoggingConfig", "load_config", "make_parser", "keys_help", "schema_keys",
+    "parse_overrides", "resolve_config_path", "list_config_presets", "save_config", "to_dict",
+    "to_yaml", "read_yaml", "accept_override_args", "add_config_arguments", "split_override_args",
 ]

@@ -43,15 +43,24 @@ from customgpt.train.logging import MetricsLogger, Progress, Throughput, plot_ru
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule
-from customgpt.train.step import count_targets, global_count, global_mean, micro_loss_weight, optimizer_step
+from customgpt.train.step import (
+    check_finite_loss,
+    count_targets,
+    global_count,
+    global_mean,
+    micro_loss_weight,
+    optimizer_step,
+)
 
 
 @dataclass
 class SampleConfig(Section):
     """A greedy continuation of a fixed prompt, printed and logged at each evaluation."""
 
-    prompt: str | None = "Every effort moves you"  # none or "": no samples
+    prompt: str | None = "Every effort moves you"
+    """Prompt of the greedy sample at each evaluation; none or "": no samples."""
     max_new_tokens: int = 30
+    """Tokens of the sample."""
 
     def validate(self) -> None:
         if self.max_new_tokens < 0:
@@ -163,7 +172,7 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"logging.out_dir: {run_dir} exists and is not a folder")
     resume_from = ckpt.find_checkpoint(run_dir if resume is True else resume) if resume else None
-    if not resume_from and (run_dir / ckpt.CHECKPOINTS_DIR).exists():
+    if not resume_from and ckpt.has_checkpoint(run_dir / ckpt.CHECKPOINTS_DIR):
         raise ConfigError(f"logging.out_dir: {run_dir} already holds a run; pass --resume, or choose another folder")
     rt = setup_runtime(cfg.runtime)
     info, tcfg = rt.dist, cfg.train
@@ -186,6 +195,14 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
             if state.get("steps_per_epoch") != steps_per_epoch:
                 raise ConfigError(f"{resume_from} was written with {state.get('steps_per_epoch')} steps per epoch, "
                                   f"this config gives {steps_per_epoch}: resume needs the same data and train.batch_size")
+            if int(state["step"]) >= total_steps:
+                return {"steps": int(state["step"]), "total_steps": total_steps, "finished": True,
+                        "first_loss": math.nan, "last_loss": math.nan, "best_val_loss": float(state["best_val_loss"]),
+                        "seconds": 0.0, "run_dir": str(run_dir), "checkpoint": str(resume_from)}
+            if resume_from.parent == run_dir / ckpt.CHECKPOINTS_DIR:  # every process: they must agree
+                state["best_val_loss"] = ckpt.reconcile_best(resume_from.parent, float(state["best_val_loss"]),
+                                                             repair=info.is_main)
+            dist.barrier()
         objective = rt.prepare_model(CausalLMObjective(model))  # to device (+ torch.compile)
         optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
         scaler = rt.grad_scaler()
@@ -224,7 +241,8 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
 
         if not resume_from and tcfg.eval_every:
             run_eval(0)  # the untrained model: about ln(vocab) = 10.8 for GPT-2's vocabulary
-        first_loss = last_loss = math.nan
+        # the run's first loss, kept in the checkpoints (older ones lack it: then the resumed part's)
+        first_loss, first_step, last_loss = float(state.get("first_loss", math.nan)), state.get("first_step"), math.nan
         clock, throughput = time.perf_counter(), Throughput()
         order_epoch, order = -1, []
         objective.train()
@@ -250,7 +268,10 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
             grad_norm, applied = optimizer_step(optimizer, scaler, model.parameters(), tcfg.grad_clip)
             step += 1
             last_loss = global_mean(float(loss_sum), n_global, rt.device)
-            first_loss = last_loss if math.isnan(first_loss) else first_loss
+            last_good = run_dir / ckpt.CHECKPOINTS_DIR / ckpt.LAST
+            check_finite_loss(last_loss, step, lr=lr, checkpoint=str(last_good) if (last_good / ckpt.MANIFEST_NAME).is_file() else None)
+            if math.isnan(first_loss):
+                first_loss, first_step = last_loss, step
             step_tokens = tcfg.batch_size * context_length
             tokens += step_tokens
             rate = throughput.rate(step_tokens)
@@ -273,16 +294,19 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                     "rng": dist.all_gather_object(ckpt.capture_rng_state()), "best_val_loss": best,
                     "tokens": tokens, "elapsed": elapsed, "world_size": info.world_size,
+                    "first_loss": first_loss, "first_step": first_step,
                 }
                 if info.is_main:
                     root, text = run_dir / ckpt.CHECKPOINTS_DIR, to_yaml(cfg)
                     meta = {"step": step, "val_loss": None if math.isnan(val) else val}
-                    if save_last:
-                        ckpt.save_checkpoint(root, ckpt.LAST, model, train_state, config_yaml=text, metadata=meta)
-                    if improved and save_last:
-                        ckpt.copy_checkpoint(root, ckpt.LAST, ckpt.BEST)
-                    elif improved:
+                    # best before last: a kill between the two never leaves last claiming a best
+                    # that checkpoints/best does not hold (resume reconciles the other way round)
+                    if improved:
                         ckpt.save_checkpoint(root, ckpt.BEST, model, train_state, config_yaml=text, metadata=meta)
+                    if improved and save_last:
+                        ckpt.copy_checkpoint(root, ckpt.BEST, ckpt.LAST)
+                    elif save_last:
+                        ckpt.save_checkpoint(root, ckpt.LAST, model, train_state, config_yaml=text, metadata=meta)
                 dist.barrier()
 
         bar.close()
@@ -294,7 +318,8 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
         if info.is_main and cfg.logging.plots:
             plot_run(run_dir)
         dist.barrier()
-        return {"steps": step, "total_steps": total_steps, "first_loss": first_loss, "last_loss": last_loss,
+        return {"steps": step, "total_steps": total_steps, "first_loss": first_loss, "first_step": first_step,
+                "resumed_at": int(state["step"]) if resume_from else None, "last_loss": last_loss,
                 "best_val_loss": best, "seconds": time.perf_counter() - clock, "run_dir": str(run_dir)}
     finally:
         dist.cleanup()

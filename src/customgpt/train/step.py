@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from customgpt.constants import IGNORE_INDEX
+from customgpt.errors import CustomGPTError
 from customgpt.train.distributed import all_reduce_sum
 
 
@@ -97,3 +98,33 @@ def optimizer_step(
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm, applied
+
+
+class NonFiniteLossError(CustomGPTError):
+    """The training loss became nan or infinite: the run stops without saving the bad weights."""
+
+
+def check_finite_loss(loss: float, step: int, *, lr: float, checkpoint: str | None) -> None:
+    """Stop a run whose training loss is no longer a finite number.
+
+    Call it with the step's loss (the same value on every process) before anything of the
+    step is saved, so the last checkpoint on disk stays the last good one.
+
+    Args:
+        loss: the step's mean training loss.
+        step: the optimizer step that produced it (1-based).
+        lr: the learning rate of that step, named in the message.
+        checkpoint: the last good checkpoint of the run, or None when there is none yet.
+
+    Raises:
+        NonFiniteLossError: ``loss`` is nan or infinite; the message says where the last good
+            checkpoint is and what to change.
+    """
+    if math.isfinite(loss):
+        return
+    kept = (f"the last good checkpoint is {checkpoint} (continue from it with --resume once changed)"
+            if checkpoint else "no checkpoint was written yet")
+    raise NonFiniteLossError(
+        f"the training loss became {loss} at step {step} (learning rate {lr:.3g}); the run stopped "
+        f"and saved nothing of this step: {kept}; lower train.lr or set train.grad_clip"
+    )

@@ -1,0 +1,308 @@
+"""The token loop: a prefill, then one KV-cache step per new token, for one prompt or a
+left-padded batch of them.
+
+The context window. GPT-2 has learned *absolute* positions, so a KV cache cannot simply slide:
+once prompt + output outgrow ``context_length``, every step re-runs the model on the last
+``context_length`` tokens (the window, cropped from the left) and rebuilds the cache from it.
+That keeps cached generation token-for-token identical to running the full model on the
+window each step (tested), at the price of a full forward per token past the limit. Steps
+past the limit are flagged (:attr:`TokenStep.context_cropped`) so a front end can say so.
+Nothing is allocated by the requested token count: the loop holds at most the prompt plus
+one window of tokens, however large ``max_new_tokens`` is.
+
+Each request makes its own KV cache (:meth:`GPT.new_kv_cache`), so generations on one model
+do not share state. On the CPU the model's weights are put in their decode layout first
+(:meth:`GPT.use_decode_layout`), single-token steps run through
+:class:`~customgpt.generate.cpu_decode.CPUDecodeStep` where it applies, and the LM head is
+read from a transposed copy (:func:`lm_head_for_generation`); see ``docs/generation.md``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+
+import customgpt.generate.cpu_decode as cpu_decode
+from customgpt.constants import EOT_ID
+from customgpt.errors import CustomGPTError
+from customgpt.generate.sampling import SamplingParams, TokenStats, make_generator, sample
+
+if TYPE_CHECKING:
+    from customgpt.model import GPT
+
+#: Why a generation ended: a stop string, the token budget, the end-of-text token, or the
+#: caller closing the stream early (Ctrl-C in the chat, a client that went away).
+FinishReason = Literal["stop", "length", "eot", "interrupted"]
+
+#: On the CPU, compute the LM head from a transposed copy of its weight (see
+#: :func:`lm_head_for_generation`). Set to False to save the memory of that copy.
+CPU_TRANSPOSED_HEAD = True
+_HEAD_ATTR = "_customgpt_transposed_head"
+
+
+class GenerationError(CustomGPTError, ValueError):
+    """A request that cannot be generated (an empty prompt, a token outside the vocabulary)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenStep:
+    """One generated token.
+
+    Attributes:
+        token_id: the token.
+        finish_reason: None while generation goes on; ``"eot"`` when this token is the
+            end-of-text token (which is then not part of the output text), ``"length"`` when
+            it is the last token the budget allows.
+        context_cropped: the prompt plus output no longer fit the context window, so this
+            token was predicted from the last ``context_length`` tokens only.
+    """
+
+    token_id: int
+    finish_reason: FinishReason | None = None
+    context_cropped: bool = False
+
+
+def check_prompt(prompt_ids: Sequence[int] | Tensor, vocab_size: int, what: str = "prompt") -> list[int]:
+    """The prompt's ids as a list; :class:`GenerationError` if it is empty or holds an id
+    outside ``[0, vocab_size)``."""
+    ids = prompt_ids.tolist() if isinstance(prompt_ids, Tensor) else list(prompt_ids)
+    if not ids:
+        raise GenerationError(f"{what} is empty: give at least one token")
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+            raise GenerationError(f"{what} holds token id {i!r}, outside the model's vocabulary of {vocab_size}")
+    return ids
+
+
+def sampled_vocab_size(model: GPT, tokenizer_vocab_size: int | None) -> int:
+    """How many ids may be sampled: the model's vocabulary, cut to the tokenizer's when the
+    model's is larger (a table padded to a multiple of 64, as nanoGPT trains GPT-2 with 50,304
+    rows: the ids past the tokenizer's cannot be decoded, so their logits are masked)."""
+    n = model.config.vocab_size
+    return n if tokenizer_vocab_size is None else min(n, tokenizer_vocab_size)
+
+
+def lm_head_for_generation(model: GPT) -> Callable[[Tensor], Tensor]:
+    """The LM head as generation runs it: last hidden states (B, C) -> logits (B, V).
+
+    Why not simply ``model.lm_head``: at batch 1 the head is a matrix-vector product that
+    reads the whole (V, C) weight (154 MB for GPT-2 124M, a third of the bytes of a decode
+    step). On x86 CPUs PyTorch's kernels read that (V, C) layout at about half the memory
+    bandwidth they reach on the (C, V) layout (measured in ``benchmarks/generate.py``), so on
+    the CPU generation keeps a contiguous transposed copy of the weight and multiplies by it.
+    (The tied weight is also the token embedding, whose rows training reads: it is not
+    re-laid out in place as the block weights are.) The copy is made on first use and made
+    again whenever the weight changes (training in between, ``.to()``); it costs one extra
+    copy of the head's weight in memory (:data:`CPU_TRANSPOSED_HEAD` turns it off). Anything
+    but a plain bias-free ``nn.Linear`` head (a LoRA-wrapped head, say) is called as it is.
+    """
+    head = model.lm_head
+    if (
+        not CPU_TRANSPOSED_HEAD
+        or type(head) is not torch.nn.Linear
+        or head.bias is not None
+        or head.weight.device.type != "cpu"
+    ):
+        return head
+    weight = head.weight
+    cached = model.__dict__.get(_HEAD_ATTR)
+    if cached is None or cached[0]() is not weight or cached[1] != weight._version or cached[2] != weight.data_ptr():
+        with torch.no_grad():
+            transposed = weight.detach().t().contiguous()  # (C, V)
+        cached = (weakref.ref(weight), weight._version, weight.data_ptr(), transposed)
+        model.__dict__[_HEAD_ATTR] = cached
+    transposed = cached[3]
+    return lambda hidden: hidden @ transposed
+
+
+def free_generation_memory(model: GPT) -> None:
+    """Drop what generation keeps on the model between requests: the transposed LM-head
+    copy (rebuilt by the next generation). KV caches belong to each request."""
+    model.__dict__.pop(_HEAD_ATTR, None)
+
+
+def token_loop(
+    model: GPT,
+    rows: list[list[int]],
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    *,
+    use_cache: bool = True,
+    fast_path: bool | None = None,
+    vocab_size: int | None = None,
+) -> Iterator[tuple[Tensor, list[int], bool]]:
+    """The engine. Yields, per step, the sampled ids of all rows (as a tensor and a list) and
+    whether the window was cropped. Rows are left-padded to a common length; the caller
+    decides when rows are finished and closes the generator when all are.
+
+    Args:
+        rows: checked prompts (:func:`check_prompt`), one per batch row.
+        use_cache: False runs the full window every step (the reference).
+        fast_path: on the CPU, put the weights in their decode layout and run single-token
+            steps through :class:`~customgpt.generate.cpu_decode.CPUDecodeStep` (None: as
+            :data:`~customgpt.generate.cpu_decode.CPU_DECODE_FAST_PATH` says).
+        vocab_size: ids at or past it are never sampled (the tokenizer's vocabulary, see
+            :func:`sampled_vocab_size`; None: the model's).
+    """
+    if params.max_new_tokens == 0:
+        return
+    device = model.device
+    B, ctx = len(rows), model.config.context_length
+    lengths = [len(r) for r in rows]
+    L = max(lengths)
+    vocab = sampled_vocab_size(model, vocab_size)
+    if generator is None and not params.greedy:
+        generator = make_generator(params.seed, device)
+    was_training = model.training
+    model.eval()
+    fast = (cpu_decode.CPU_DECODE_FAST_PATH if fast_path is None else fast_path) and device.type == "cpu"
+    if fast:
+        model.use_decode_layout()
+    fast = fast and use_cache and cpu_decode.cpu_decode_unsupported(model) is None
+    try:
+        with torch.inference_mode():
+            # The tokens so far, left-padded, in a buffer of at most the prompt plus one window:
+            # columns [0, n) are filled; past the window the oldest columns are dropped.
+            capacity = L + min(params.max_new_tokens, ctx)
+            seq = torch.zeros(B, capacity, dtype=torch.long, device=device)
+            for b, row in enumerate(rows):
+                seq[b, L - len(row) : L] = torch.as_tensor(row, dtype=torch.long)
+            mask = None  # (B, capacity) 1 = real token; only needed when rows differ in length
+            if any(n != L for n in lengths):
+                mask = torch.ones(B, capacity, dtype=torch.long, device=device)
+                for b, n_b in enumerate(lengths):
+                    mask[b, : L - n_b] = 0
+            stats = (
+                TokenStats(rows, model.config.vocab_size, params, device)
+                if params.uses_repetition_penalty or params.uses_output_penalties
+                else None
+            )
+            head = lm_head_for_generation(model)
+            cache = model.new_kv_cache(B, min(ctx, L + params.max_new_tokens)) if use_cache else None
+            decode_step = cpu_decode.CPUDecodeStep(model) if fast else None
+            step_positions = step_mask = None
+            if fast and mask is not None:
+                # What forward_hidden derives from the padding mask for one new token at n-1:
+                # its position counts the row's real tokens; it attends to the real keys.
+                step_positions = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, capacity)
+                step_mask = mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, capacity)
+
+            def forward_window(n: int) -> Tensor:
+                """Run the model on the last ``ctx`` columns (a prefill when caching)."""
+                start = max(0, n - ctx)
+                am = mask[:, start:n] if mask is not None else None
+                return head(model.forward_hidden(seq[:, start:n], attention_mask=am, kv_cache=cache)[:, -1])
+
+            n = total = L  # columns filled; tokens so far (they differ once columns are dropped)
+            logits = forward_window(n)  # (B, V)
+        for step in range(params.max_new_tokens):
+            with torch.inference_mode():
+                if vocab < logits.shape[-1]:
+                    logits[:, vocab:] = float("-inf")  # ids the tokenizer cannot decode
+                tokens = sample(
+                    logits,
+                    params,
+                    generator,
+                    seen=stats.seen if stats else None,
+                    output_counts=stats.counts if stats else None,
+                )
+            token_list = tokens.tolist()  # the one host-device sync per step
+            yield tokens, token_list, total > ctx
+            if step == params.max_new_tokens - 1:
+                break
+            with torch.inference_mode():
+                if n == capacity:  # keep the last ctx - 1 columns, then append
+                    keep = ctx - 1
+                    seq[:, :keep] = seq[:, n - keep : n].clone()
+                    if mask is not None:
+                        mask[:, :keep] = mask[:, n - keep : n].clone()
+                    n = keep
+                seq[:, n] = tokens
+                n += 1
+                total += 1
+                if stats is not None:
+                    stats.update(tokens)
+                if use_cache and total <= ctx:
+                    # The cache holds columns [0, n-1): append one and read the last logits.
+                    if fast:
+                        positions = step_positions[:, n - 1] if step_positions is not None else None
+                        am = step_mask[..., :n] if step_mask is not None else None
+                        hidden = decode_step(tokens, cache, n - 1, positions, am)
+                    else:
+                        am = mask[:, :n] if mask is not None else None
+                        hidden = model.forward_hidden(tokens[:, None], attention_mask=am, kv_cache=cache,
+                                                      input_pos=n - 1)[:, -1]
+                    logits = head(hidden)
+                else:
+                    # Past the window (absolute positions shift: rebuild the cache from the
+                    # cropped window), or no cache at all.
+                    logits = forward_window(n)
+    finally:
+        if was_training:
+            model.train()
+
+
+def generate_tokens(
+    model: GPT,
+    prompt_ids: Sequence[int] | Tensor,
+    params: SamplingParams | None = None,
+    *,
+    eot_id: int = EOT_ID,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    fast_path: bool | None = None,
+    vocab_size: int | None = None,
+) -> Iterator[TokenStep]:
+    """Generate for one prompt, yielding each token as soon as it is sampled.
+
+    Generation ends after ``params.max_new_tokens`` tokens (the last step has
+    ``finish_reason="length"``) or, with ``params.stop_at_eot``, at the end-of-text token
+    (yielded with ``finish_reason="eot"``). Stop strings are text: :func:`stream_text` handles
+    them. Close the iterator to stop early. Prompts longer than the context window are cropped
+    from the left.
+
+    Args:
+        model: a :class:`~customgpt.model.GPT` (put in eval mode while generating).
+        prompt_ids: the prompt's token ids (at least one).
+        params: sampling parameters (default: :class:`SamplingParams`).
+        eot_id: the end-of-text token id.
+        use_cache: use the KV cache (``False`` runs the full window every step: the reference).
+        generator: a random generator to use instead of one seeded from ``params.seed``.
+        fast_path: on the CPU, put the weights in their decode layout and run single-token
+            steps through :class:`~customgpt.generate.cpu_decode.CPUDecodeStep` (None: as
+            :data:`~customgpt.generate.cpu_decode.CPU_DECODE_FAST_PATH` says).
+        vocab_size: the tokenizer's vocabulary size: ids at or past it are never sampled
+            (None: every id of the model's vocabulary may be).
+
+    Raises:
+        GenerationError: the prompt is empty or holds an id outside the model's vocabulary.
+    """
+    params = params or SamplingParams()
+    ids = check_prompt(prompt_ids, model.config.vocab_size)
+    return _generate_tokens(model, ids, params, eot_id, use_cache, generator, fast_path, vocab_size)
+
+
+def _generate_tokens(
+    model: GPT,
+    ids: list[int],
+    params: SamplingParams,
+    eot_id: int,
+    use_cache: bool,
+    generator: torch.Generator | None,
+    fast_path: bool | None = None,
+    vocab_size: int | None = None,
+) -> Iterator[TokenStep]:
+    last = params.max_new_tokens - 1
+    loop = token_loop(model, [ids], params, generator, use_cache=use_cache, fast_path=fast_path, vocab_size=vocab_size)
+    with closing(loop):
+        for step, (_, (token,), cropped) in enumerate(loop):
+            if params.stop_at_eot and token == eot_id:
+                yield TokenStep(token, "eot", cropped)
+                return
+            yield TokenStep(token, "length" if step == last else None, cropped)

@@ -1,0 +1,262 @@
+"""Sampling: the request's knobs (:class:`SamplingParams`), the logits processors, and
+:func:`sample`, a pure function from next-token logits to token ids.
+
+The processors run in a fixed order (the order Hugging Face ``generate`` uses):
+
+1. repetition penalty (tokens seen in prompt or output: ``l / p`` if ``l > 0`` else ``l * p``)
+2. presence and frequency penalties (tokens of the output: ``l - presence*[c>0] - frequency*c``)
+3. temperature (0 means greedy: argmax of the penalised logits, the filters below are skipped)
+4. top-k, 5. top-p (nucleus), 6. min-p
+7. a draw from the softmax (``torch.multinomial`` with the request's own generator).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from customgpt.errors import ConfigError
+
+#: The largest seed a torch random generator accepts (seeds are 64-bit).
+MAX_SEED = 2**64 - 1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens and when to stop. Invalid values raise :class:`ConfigError`.
+
+    Attributes:
+        max_new_tokens: the most tokens to generate (the end-of-text token counts as one).
+        temperature: divides the logits; 0 means greedy decoding (always the most likely token).
+        top_k: keep only the k most likely tokens (0: off).
+        top_p: keep the smallest set of most likely tokens whose probability reaches p (1: off).
+        min_p: drop tokens less likely than ``min_p`` times the most likely one (0: off).
+        repetition_penalty: > 1 discourages every token already in the prompt or output:
+            its logit l becomes ``l / penalty`` if l > 0 else ``l * penalty`` (1: off).
+        presence_penalty: subtracted from the logit of every token the output already holds.
+        frequency_penalty: subtracted once per occurrence of a token in the output.
+        stop: strings that end the output; the output stops just before the first one.
+        stop_at_eot: stop when the model emits the end-of-text token.
+        seed: seeds this request's own random generator, 0 to 2**64 - 1 (None: a fresh
+            random seed).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    stop_at_eot: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            raise bad("max_new_tokens", "an integer >= 0")
+        if not _is_number(self.temperature) or self.temperature < 0:
+            raise bad("temperature", "a number >= 0 (0 = greedy)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad("top_k", "an integer >= 0 (0 = off)")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise bad("top_p", "a number in (0, 1] (1 = off)")
+        if not _is_number(self.min_p) or not 0 <= self.min_p < 1:
+            raise bad("min_p", "a number in [0, 1) (0 = off)")
+        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise bad("repetition_penalty", "a number > 0 (1 = off)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not _is_number(getattr(self, name)):
+                raise bad(name, "a finite number (0 = off)")
+        stop = self.stop
+        if isinstance(stop, str):
+            stop = (stop,)
+        if stop is None:
+            stop = ()
+        try:
+            stop = tuple(stop)
+        except TypeError:
+            raise bad("stop", "a string or a list of strings") from None
+        for s in stop:
+            if not isinstance(s, str) or not s:
+                raise ConfigError(f"every stop string must be a non-empty string, got {s!r}")
+        object.__setattr__(self, "stop", stop)
+        if not isinstance(self.stop_at_eot, bool):
+            raise bad("stop_at_eot", "true or false")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED
+        ):
+            raise bad("seed", f"an integer in [0, {MAX_SEED}] (a 64-bit seed, what torch accepts) or None")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def uses_repetition_penalty(self) -> bool:
+        return self.repetition_penalty != 1.0
+
+    @property
+    def uses_output_penalties(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        """A copy with some fields changed (validated again)."""
+        return SamplingParams(**{**asdict(self), **changes})
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A random generator for one request: seeded, or from fresh OS entropy."""
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """CTRL's rule: a seen token's logit l becomes l / penalty if l > 0 else l * penalty, so a
+    penalty > 1 lowers its probability whatever the sign. ``seen``: (B, V) bool."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def apply_presence_frequency(logits: Tensor, counts: Tensor, presence: float, frequency: float) -> Tensor:
+    """OpenAI's rule: l - presence * [count > 0] - frequency * count, ``counts``: (B, V)."""
+    out = logits
+    if frequency != 0.0:
+        out = out - frequency * counts
+    if presence != 0.0:
+        out = out - presence * (counts > 0).to(logits.dtype)
+    return out
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Set every logit below the k-th largest of its row to -inf (k = 0 or >= V: no change)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p.
+
+    A token is dropped when the tokens more likely than it already reach p on their own; the
+    most likely token is always kept.
+    """
+    if p >= 1.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def min_p_filter(logits: Tensor, min_p: float) -> Tensor:
+    """Drop tokens whose probability is below ``min_p`` times the row's highest probability."""
+    if min_p <= 0.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    threshold = min_p * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, float("-inf"))
+
+
+def process_logits(
+    logits: Tensor,
+    params: SamplingParams,
+    *,
+    seen: Tensor | None = None,
+    output_counts: Tensor | None = None,
+) -> Tensor:
+    """All processors in the documented order, on float32 logits of shape (B, V).
+
+    Returns the logits :func:`sample` draws from (-inf for filtered tokens). With
+    ``temperature == 0`` only the penalties apply (the filters cannot change the argmax).
+    """
+    logits = logits.float()
+    if params.uses_repetition_penalty and seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.uses_output_penalties and output_counts is not None:
+        logits = apply_presence_frequency(logits, output_counts, params.presence_penalty, params.frequency_penalty)
+    if params.greedy:
+        return logits
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
+    logits = top_k_filter(logits, params.top_k)
+    logits = top_p_filter(logits, params.top_p)
+    logits = min_p_filter(logits, params.min_p)
+    return logits
+
+
+def sample(
+    logits: Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    *,
+    seen: Tensor | None = None,
+    output_counts: Tensor | None = None,
+) -> Tensor:
+    """Pick the next token of each row.
+
+    Args:
+        logits: next-token logits, (B, V) or (V,).
+        params: the sampling parameters.
+        generator: the request's random generator (ignored when greedy).
+        seen: (B, V) bool, True for tokens in the prompt or output (repetition penalty).
+        output_counts: (B, V) how often each token occurs in the output so far
+            (presence and frequency penalties).
+
+    Returns:
+        Token ids, (B,) (or a 0-d tensor for 1-D logits).
+    """
+    squeeze = logits.dim() == 1
+    if squeeze:
+        logits = logits[None]
+    processed = process_logits(logits, params, seen=seen, output_counts=output_counts)
+    if params.greedy:
+        out = processed.argmax(dim=-1)
+    else:
+        probs = torch.softmax(processed, dim=-1)
+        out = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return out[0] if squeeze else out
+
+
+class TokenStats:
+    """What the penalties need, kept on the device: which tokens were seen (prompt + output)
+    and how often each occurs in the output. Only built when a penalty is on."""
+
+    def __init__(self, rows: Sequence[Sequence[int]], vocab_size: int, params: SamplingParams, device) -> None:
+        B = len(rows)
+        self.seen: Tensor | None = None
+        self.counts: Tensor | None = None
+        if params.uses_repetition_penalty:
+            self.seen = torch.zeros(B, vocab_size, dtype=torch.bool, device=device)
+            for b, row in enumerate(rows):
+                self.seen[b, torch.as_tensor(list(row), dtype=torch.long, device=device)] = True
+        if params.uses_output_penalties:
+            self.counts = torch.zeros(B, vocab_size, dtype=torch.float32, device=device)
+
+    def update(self, tokens: Tensor) -> None:
+        index = tokens[:, None]
+        if self.seen is not None:
+            self.seen.scatter_(1, index, True)
+        if self.counts is not None:
+            self.counts.scatter_add_(1, index, torch.ones_like(index, dtype=self.counts.dtype))

@@ -1,0 +1,99 @@
+"""Config sections: plain dataclasses that check themselves when constructed.
+
+A section is an ``@dataclass`` deriving from :class:`Section`. Each field is documented by
+a string literal right after it (an attribute docstring: the command's ``--help`` shows it).
+On construction every float field must be finite, a ``Literal`` field one of its choices, and the section's :meth:`Section.validate`
+runs its own range checks, raising :class:`FieldError` (the field, the reason); the config
+loader (:mod:`customgpt.train.config`) adds the section path and where the value was set.
+Types are converted by the loader (jsonargparse), not here.
+
+This module sits in the core so that both ``data/`` and ``train/`` can define sections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import typing
+from typing import Any, TypeVar
+
+from customgpt.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class FieldError(ConfigError):
+    """A bad value for one field; the loader prefixes the section path to ``key``."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def check_finite(key: str, value: Any) -> None:
+    """Raise :class:`FieldError` if ``value`` (a float, or a list/tuple of them) is nan or infinite."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for i, v in enumerate(values):
+        if isinstance(v, float) and not math.isfinite(v):
+            name = key if values is not value else f"{key}[{i}]"
+            raise FieldError(name, f"must be a finite number, got {v!r}")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _choices(tp: Any) -> tuple[Any, ...] | None:
+    """The allowed values of a ``Literal[...]`` (or ``Literal[...] | None``) type, else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Literal:
+        return args
+    literal = [a for a in args if typing.get_origin(a) is typing.Literal]
+    if literal and type(None) in args:
+        return (*typing.get_args(literal[0]), None)
+    return None
+
+
+@dataclasses.dataclass
+class Section:
+    """Base class of config dataclasses: checked on construction.
+
+    Subclasses may override :meth:`validate` for range and cross-field checks.
+    """
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            check_finite(f.name, value)
+            choices = _choices(hints[f.name])
+            if choices is not None and value not in choices:
+                raise FieldError(f.name, "expected one of " + ", ".join(repr(c) for c in choices if c is not None)
+                                 + f", got {value!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Range and cross-field checks; raise :class:`FieldError` (key, reason)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def to_dict(obj: Any) -> Any:
+    """A section as plain YAML-friendly data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+__all__ = ["FieldError", "Section", "check_finite", "to_dict"]
