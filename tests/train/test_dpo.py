@@ -96,7 +96,9 @@ def test_too_high_learning_rate_trips_the_collapse_guard(tmp_path, tiny_init, sh
     cfg.logging.plots = False
     summary = finetune_dpo(cfg)
     assert summary["stopped"].startswith("collapse at step")
-    assert summary["collapse_warnings"] and summary["after"]["probe/repeat4"] > 0.25
+    before, after = summary["before"], summary["after"]
+    assert summary["collapse_warnings"] and (after["probe/repeat4"] > before["probe/repeat4"] + 0.25
+                                             or after["probe/distinct2"] < before["probe/distinct2"] - 0.25)
     assert summary["model_step"] == 0  # the last healthy weights: the start
     kept, start = load_model(tmp_path / "run" / "model"), tiny_model(**TINY)
     for name, tensor in start.state_dict().items():
