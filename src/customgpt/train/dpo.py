@@ -108,6 +108,8 @@ REFERENCE_CACHE = "reference-logps"
 class DPOTrainConfig(TrainConfig):
     """The loop (as every task's) plus the preference loss, the reference and the collapse guard."""
 
+    eval_iters: int | None = 5
+    """Batches of the TRAINING split scored at each evaluation (the validation split is always scored whole); none: all."""
     trainable: Literal["all", "lora"] = "all"
     """all: every weight trains; lora: low-rank adapters only (the lora section), merged into the saved model."""
     loss: Literal["dpo", "ipo", "simpo", "orpo"] = "dpo"
@@ -199,8 +201,7 @@ class DPOConfig(Section):
     """The prompt style (the one the model was instruction-tuned with)."""
     lora: DPOLoRASection = field(default_factory=DPOLoRASection)
     """LoRA adapters (with train.trainable: lora)."""
-    train: DPOTrainConfig = field(default_factory=lambda: DPOTrainConfig(
-        lr=5e-6, schedule="constant", eval_every=20, eval_iters=5))
+    train: DPOTrainConfig = field(default_factory=lambda: DPOTrainConfig(lr=5e-6, schedule="constant", eval_every=20))
     """The loop, the loss, the reference and the collapse guard."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(weight_decay=0.01))
     """AdamW."""
