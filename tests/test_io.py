@@ -280,19 +280,32 @@ def test_lora_files_are_atomic(tmp_path, monkeypatch):
 
     from customgpt import lora
 
-    lora._write_tensors(tmp_path / "a.safetensors", {"w": torch.ones(2, 2)}, {"format": "pt"})
-    lora._write_json(tmp_path / "a.json", {"r": 4})
-    expected = _plain_mode(tmp_path)
-    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == expected
+    model = torch.nn.Module()
+    model.c_attn = torch.nn.Linear(4, 4)
+    lora.inject_lora(model, lora.LoRAConfig(r=2))
+    lora.save_adapter(model, tmp_path)
+    assert (tmp_path / lora.ADAPTER_WEIGHTS).stat().st_mode & 0o777 == _plain_mode(tmp_path)
     before = {n: (tmp_path / n).read_bytes() for n in _names(tmp_path)}
-    _fail_fsync(monkeypatch)
-    with pytest.raises(OSError, match="simulated"):
-        lora._write_tensors(tmp_path / "a.safetensors", {"w": torch.zeros(3)})
-    with pytest.raises(OSError, match="simulated"):
-        lora._write_json(tmp_path / "a.json", {"r": 8})
-    monkeypatch.undo()
-    assert {n: (tmp_path / n).read_bytes() for n in _names(tmp_path)} == before
-    assert torch.equal(load_file(tmp_path / "a.safetensors")["w"], torch.ones(2, 2))
+    with torch.no_grad():
+        model.c_attn.lora_B.fill_(1.0)
+    real_fsync = aio.os.fsync
+    for good in (0, 1):  # fsync fails in the weights file, then in the config written after it
+        calls = iter(range(good))
+
+        def fsync(fd, calls=calls):
+            if next(calls, None) is None:
+                raise OSError("disk full (simulated)")
+            real_fsync(fd)
+
+        monkeypatch.setattr(aio.os, "fsync", fsync)
+        with pytest.raises(OSError, match="simulated"):
+            lora.save_adapter(model, tmp_path)
+        monkeypatch.undo()
+        assert _names(tmp_path) == sorted(before)
+        assert (tmp_path / lora.ADAPTER_CONFIG).read_bytes() == before[lora.ADAPTER_CONFIG]
+        if good == 0:
+            assert (tmp_path / lora.ADAPTER_WEIGHTS).read_bytes() == before[lora.ADAPTER_WEIGHTS]
+            assert torch.equal(load_file(tmp_path / lora.ADAPTER_WEIGHTS)["c_attn.lora_B"], torch.zeros(4, 2))
 
 
 def test_checkpoint_weights_file_is_atomic(tmp_path, monkeypatch):

@@ -1,22 +1,11 @@
-"""Byte-level BPE from scratch: the algorithms behind the ``bpe`` tokenizer engine.
+"""Byte-level BPE from scratch (Sennrich et al. 2016; GPT-2, Radford et al. 2019): the
+algorithms behind the ``bpe`` tokenizer engine of :mod:`customgpt.tokenizer`.
 
-Everything here works on a *rank table*: a dict from a token's bytes to its rank, the
-format tiktoken uses. A token's rank is also its id, and a lower rank means the token was
-learned earlier. Single bytes have ranks 0..255 (in GPT-2's table they are listed in the
-order of :func:`bytes_to_unicode`, not by byte value).
-
-The pieces, in the order text flows through them:
-
-1. :func:`pretokenize` splits text into pre-tokens with GPT-2's regex (words with their
-   leading space, numbers, punctuation runs, whitespace). Merges never cross pre-tokens.
-2. :func:`bpe_merge` turns one pre-token's UTF-8 bytes into tokens: start from single bytes
-   and repeatedly merge the adjacent pair whose concatenation has the lowest rank.
-3. :func:`train_bpe_ranks` learns a rank table from text (byte-level, greedy: the most
-   frequent adjacent pair becomes the next token).
-4. :func:`to_hf_vocab_and_merges` rewrites a rank table as GPT-2's ``vocab.json`` +
-   ``merges.txt`` (the format Hugging Face's GPT-2 tokenizer reads).
-
-The tokenizer objects built on these live in :mod:`customgpt.tokenizer`.
+Everything works on a *rank table* (tiktoken's format): token bytes -> rank, which is also
+the id; a lower rank was learned earlier. :func:`pretokenize` splits text with GPT-2's regex
+(merges never cross pre-tokens), :func:`bpe_merge` merges one pre-token by rank,
+:func:`train_bpe_ranks` learns a table, :func:`to_hf_vocab_and_merges` writes it as GPT-2's
+``vocab.json`` + ``merges.txt``.
 """
 
 from __future__ import annotations
@@ -78,13 +67,10 @@ def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], max_rank: int | None = N
     merge the pair with the lowest rank (the leftmost one on ties). With ``max_rank`` only
     tokens of rank < ``max_rank`` may be formed (used to recover GPT-2's merge list).
 
-    O(n log n) in the piece's length n: the parts form a linked list, and every adjacent
-    pair sits in a heap as one integer, ``rank * (n + 1) + position of its left part``, so
-    the first pair popped is the lowest-ranked, leftmost one, exactly the pair the plain rule
-    picks. Entries are not removed when a merge changes a pair: a popped entry is used only
-    if the pair now at its position still has its rank (otherwise it is stale and skipped).
-    (The plain rule, rescanning every pair after each merge, is quadratic: seconds for one
-    32k-letter run without spaces.)
+    O(n log n) in the piece's length n (rescanning after each merge is quadratic): the parts
+    form a linked list and each adjacent pair sits in a heap as ``rank * (n + 1) + left
+    position``, so the first pair popped is the lowest-ranked, leftmost one. A popped entry
+    whose pair has changed since it was pushed is stale and skipped.
     """
     n = len(piece)
     parts: list[bytes] = [piece[i : i + 1] for i in range(n)]
@@ -130,9 +116,7 @@ def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], max_rank: int | None = N
     return out
 
 
-# --------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Training
 
 
 def count_pretokens(
@@ -187,13 +171,10 @@ def train_bpe_ranks(
     were learned earliest (smallest left rank, then smallest right rank), so training is
     deterministic.
 
-    Speed comes from never recounting from scratch: ``pair_counts`` holds the current count
-    of every pair, ``where`` the pre-tokens containing it, and a lazily updated heap finds
-    the best pair. A merge only revisits the pre-tokens it touches.
-
-    Single bytes get ranks equal to their byte value. If a merge produces bytes that are
-    already a token (two different pairs can spell the same bytes), the existing token is
-    reused and training goes on until ``n_ranks`` distinct tokens exist.
+    Pair counts are updated incrementally (a merge revisits only the pre-tokens holding the
+    pair) and a lazy heap finds the best pair. Single bytes get ranks equal to their value.
+    A merge that spells an existing token reuses it; training goes on until ``n_ranks``
+    distinct tokens exist.
 
     Raises:
         DataError: the text has too few distinct adjacent pairs to learn that many tokens.
@@ -278,9 +259,7 @@ def train_bpe_ranks(
     return {tok: i for i, tok in enumerate(vocab)}
 
 
-# --------------------------------------------------------------------------------------
-# GPT-2's vocab.json / merges.txt
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- GPT-2's vocab.json / merges.txt
 
 
 def to_hf_vocab_and_merges(

@@ -57,8 +57,7 @@ def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, pooling: str = "l
         lengths = attention_mask.long().sum(dim=1)  # (B,)
         if bool((lengths == 0).any()):
             raise ValueError("a row of the batch has no real tokens")
-        last = lengths - 1
-        return hidden[torch.arange(B, device=hidden.device), last]  # (B, C)
+        return hidden[torch.arange(B, device=hidden.device), lengths - 1]  # (B, C)
     if pooling == "mean":
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
@@ -152,35 +151,23 @@ def save_classifier(
     (:func:`customgpt.io.atomic_folder`), so an interrupted save never leaves a half-written
     folder behind. LoRA adapters, if any, are merged into the saved body, so the folder is a
     plain model. Raises ConfigError if ``labels`` does not have one name per class."""
-    from customgpt.io import atomic_folder
+    from customgpt.checkpoints import build_model, save_model, save_weights
+    from customgpt.io import atomic_folder, atomic_write_text
+    from customgpt.lora import lora_layers, merged_state_dict
 
     if len(labels) != model.num_classes:
         raise ConfigError(f"{len(labels)} label names for a {model.num_classes}-class head")
     head_info = {"format": FORMAT, "labels": list(labels), "pooling": model.pooling,
                  "max_length": int(max_length), **dict(extra or {})}
-    folder = Path(folder)
-    with atomic_folder(folder) as tmp:
-        _write_classifier(model, tmp, head_info)
-    return folder
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from customgpt.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def _write_classifier(model: GPTClassifier, folder: Path, head_info: dict[str, Any]) -> None:
-    """Body (a customgpt model folder, LoRA merged) + head weights + ``classifier.json``."""
-    from customgpt.checkpoints import build_model, save_model, save_weights
-    from customgpt.lora import lora_layers, merged_state_dict
-
     gpt = getattr(model.gpt, "_orig_mod", model.gpt)
     if lora_layers(gpt):
         gpt = build_model(gpt.config, merged_state_dict(gpt))
-    save_model(gpt, folder, metadata={"kind": "classifier", "labels": list(head_info["labels"])})
-    save_weights({k: v for k, v in model.score.state_dict().items()}, folder / HEAD_WEIGHTS)
-    _write_json(folder / HEAD_CONFIG, head_info)
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
+        save_model(gpt, tmp, metadata={"kind": "classifier", "labels": list(labels)})
+        save_weights(model.score.state_dict(), tmp / HEAD_WEIGHTS)
+        atomic_write_text(tmp / HEAD_CONFIG, json.dumps(head_info, indent=2, ensure_ascii=False) + "\n")
+    return folder
 
 
 #: Options of earlier versions that a saved classifier may name: (key, what it was).

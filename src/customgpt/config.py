@@ -64,10 +64,8 @@ class GPTConfig:
             raise ConfigError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
             )
-        for key in ("dropout", "attn_dropout"):
+        for key in ("dropout", "attn_dropout") if self.attn_dropout is not None else ("dropout",):
             value = getattr(self, key)
-            if value is None and key == "attn_dropout":
-                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ConfigError(f"model.{key} must be a number in [0, 1), got {value!r}")
         if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
@@ -111,7 +109,10 @@ class GPTConfig:
         """Build a config from a mapping; unknown keys are an error that names them."""
         if not isinstance(data, dict):
             raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
-        data = _without_removed_keys(data, where)
+        if data.get("token_ngram_buckets"):  # hashed token n-gram embeddings: a removed option
+            raise ConfigError(f"{where}: token_ngram_buckets {data['token_ngram_buckets']!r}: hashed token n-gram "
+                              "embeddings were removed; this model cannot be loaded by this version")
+        data = {k: v for k, v in data.items() if k != "token_ngram_buckets"}  # 0, as earlier versions saved
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -237,15 +238,3 @@ def list_presets() -> list[str]:
 
 def is_preset(name: str) -> bool:
     return name in PRESETS or name in _PRESET_ALIASES
-
-
-def _without_removed_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
-    """``data`` without ``token_ngram_buckets: 0``, which configs saved by earlier versions hold;
-    a non-zero value (hashed token n-gram embeddings, an option that was removed) is a
-    ConfigError naming ``where``."""
-    if "token_ngram_buckets" not in data:
-        return data
-    if data["token_ngram_buckets"]:
-        raise ConfigError(f"{where}: token_ngram_buckets {data['token_ngram_buckets']!r}: hashed token n-gram "
-                          "embeddings were removed; this model cannot be loaded by this version")
-    return {k: v for k, v in data.items() if k != "token_ngram_buckets"}

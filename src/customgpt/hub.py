@@ -13,6 +13,7 @@ from pathlib import Path
 
 from customgpt.config import HF_HUB_IDS
 from customgpt.errors import CustomGPTError
+from customgpt.io import read_json_object
 
 #: Short names that Hugging Face resolves to OpenAI's released GPT-2 checkpoints. They name
 #: *pretrained weights*; the preset names (``gpt2-124M`` ...) name a shape with random weights.
@@ -52,22 +53,19 @@ def offline_variable() -> str | None:
     return None
 
 
-def hub_is_offline() -> bool:
-    """True when :func:`offline_variable` finds the hub switched off."""
-    return offline_variable() is not None
-
-
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 
 
-def _is_http_client_error(exc: BaseException) -> bool:
-    """Raised by the hub client's HTTP library (httpx, or requests in older clients)."""
-    return any(
-        cls.__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib3")
-        for cls in type(exc).__mro__
-    )
+_HTTP_MODULES = ("httpx", "httpcore", "requests", "urllib3")
+
+
+def is_network_error(exc: BaseException, modules: tuple[str, ...] = _HTTP_MODULES) -> bool:
+    """Raised by an HTTP client library (a refused connection, a failed DNS lookup, a
+    timeout, an HTTP error status) rather than by our code; ``modules`` are their names."""
+    return any(cls.__module__.split(".")[0].rstrip("0123456789") in modules for cls in type(exc).__mro__)
 
 
 class HubUnavailableError(CustomGPTError):
@@ -91,16 +89,13 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
     folder. ``config_only`` fetches just ``config.json`` (the returned folder still holds
     the weights if they were downloaded before).
     """
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (
-            GatedRepoError,
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-    except ImportError as exc:  # pragma: no cover - it is a declared dependency
-        raise CustomGPTError("loading a model by hub id needs the huggingface_hub package") from exc
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     offline = offline_variable()
     try:
@@ -123,10 +118,10 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
     except RevisionNotFoundError as exc:
         raise CustomGPTError(f"{repo_id!r} has no revision {revision!r}") from exc
     except Exception as exc:  # connection errors (httpx's are not OSErrors), invalid ids
-        if not isinstance(exc, (OSError, ValueError)) and not _is_http_client_error(exc):
+        if not isinstance(exc, (OSError, ValueError)) and not is_network_error(exc):
             raise
         raise HubUnavailableError(
-            f"cannot download {repo_id!r} ({_first_line(exc)}); {_offline_advice(repo_id)}"
+            f"cannot download {repo_id!r} ({first_line(exc)}); {_offline_advice(repo_id)}"
         ) from exc
     return Path(folder)
 
@@ -157,13 +152,7 @@ def push_to_hub(
             f"{folder} is not an exported model folder (missing {', '.join(missing)}); "
             "create one with `customgpt convert SRC DST --to hf`"
         )
-    import json
-
-    try:
-        hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CustomGPTError(f"cannot read {folder / 'config.json'}: {exc}") from exc
-    if not isinstance(hf_config, dict) or "model_type" not in hf_config:
+    if "model_type" not in read_json_object(folder / "config.json"):
         raise CustomGPTError(
             f"{folder} holds a customgpt checkpoint, not a Hugging Face export; "
             "convert it first with `customgpt convert SRC DST --to hf`"
@@ -179,8 +168,8 @@ def push_to_hub(
             "pushing to the hub needs a Hugging Face token: run `hf auth login` "
             "(older versions: `huggingface-cli login`) or set HF_TOKEN"
         )
-    if offline_variable():
-        raise CustomGPTError(f"cannot push: the hub is switched off ({offline_variable()}=1 is set)")
+    if offline := offline_variable():
+        raise CustomGPTError(f"cannot push: the hub is switched off ({offline}=1 is set)")
     from huggingface_hub.errors import HfHubHTTPError
 
     api = huggingface_hub.HfApi(token=token)
@@ -190,11 +179,11 @@ def push_to_hub(
             folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=commit_message
         )
     except HfHubHTTPError as exc:
-        raise CustomGPTError(f"hub refused the upload to {repo_id!r}: {_first_line(exc)}") from exc
+        raise CustomGPTError(f"hub refused the upload to {repo_id!r}: {first_line(exc)}") from exc
     except Exception as exc:  # httpx's connection errors are not OSErrors
-        if not isinstance(exc, OSError) and not _is_http_client_error(exc):
+        if not isinstance(exc, OSError) and not is_network_error(exc):
             raise
         raise CustomGPTError(
-            f"cannot reach the Hugging Face hub to push {repo_id!r}: {_first_line(exc)} ({type(exc).__name__})"
+            f"cannot reach the Hugging Face hub to push {repo_id!r}: {first_line(exc)} ({type(exc).__name__})"
         ) from exc
     return str(url)

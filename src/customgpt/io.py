@@ -1,34 +1,19 @@
 """Atomic file writes: a file is either the complete new version or the old one, never half.
 
-Every file the project writes (checkpoints, LoRA adapters, tokenizer files, configs, metrics,
-token caches, dataset downloads) goes through this module. The recipe is always the same:
-
-1. write to a hidden temporary file in the **same folder** as the target (same file system, so
-   the rename below is atomic);
-2. flush and ``fsync`` it, so its bytes are on disk before its name is;
-3. give it the permissions a plain ``open()`` would give a new file (0o666 less the umask;
-   ``tempfile.mkstemp`` and some writers, safetensors among them, make private 0600 files);
-4. ``os.replace`` it over the target (atomic on POSIX and Windows).
-
-If anything fails before the rename, including ``KeyboardInterrupt``, the temporary file is
-removed and the target keeps its old content (or stays absent).
-
-Three entry points, by how the data is written:
-
-* :func:`atomic_open` yields an open file object (``atomic_write_text``/``atomic_write_bytes``
-  are one-line shortcuts);
-* :func:`atomic_path` yields the temporary *path*, for writers that take a file name
-  (``safetensors.torch.save_file``, ``torch.save``);
-* :func:`staged_files` writes several files of one folder and renames them only when all are
-  complete (a checkpoint's weights, config and metadata);
-* :func:`atomic_folder` builds a whole new folder beside the old one and swaps it in (a
-  training checkpoint, a saved classifier).
+Every file the project writes goes through here: write a hidden temporary sibling (same file
+system), ``fsync`` it, give it the permissions a plain ``open()`` would (0o666 less the umask;
+safetensors makes 0600 files), then ``os.replace`` it over the target. If anything fails before
+the rename, ``KeyboardInterrupt`` included, the temporary file is removed and the target is
+untouched. :func:`atomic_open` yields a file object, :func:`atomic_path` a path for writers
+that take a file name, :func:`staged_files` renames several files of a folder once all are
+complete, and :func:`atomic_folder` swaps a whole new folder in.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -39,23 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = [
-    "StagedFiles",
-    "atomic_folder",
-    "atomic_open",
-    "atomic_path",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "fsync_dir",
-    "os_error_message",
-    "read_json_object",
-    "read_text_strict",
-    "writer_error",
-    "sha256_file",
-    "staged_files",
-    "swap_folder_into_place",
-]
-
+from customgpt.errors import CheckpointError, DataError
 
 # --------------------------------------------------------------------------- building blocks
 
@@ -81,16 +50,8 @@ def _make_temp(path: Path, suffix: str) -> tuple[int, Path, int]:
         except FileExistsError:
             continue
         except OSError as exc:  # name the file asked for, not the hidden temporary one
-            if exc.errno is None:
-                raise
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        try:
-            mode = os.fstat(fd).st_mode & 0o777
-        except BaseException:
-            os.close(fd)
-            _discard(tmp)
-            raise
-        return fd, tmp, mode
+        return fd, tmp, os.fstat(fd).st_mode & 0o777
     raise FileExistsError(f"no free temporary name for {path} after {_TEMP_ATTEMPTS} tries")
 
 
@@ -148,7 +109,7 @@ def writer_error(exc: BaseException, target: str | os.PathLike[str], tmp: str | 
 
 
 @contextlib.contextmanager
-def _naming(target: Path, tmp: Path) -> Iterator[None]:
+def _naming(target: Path, tmp: Path | None) -> Iterator[None]:
     """Re-raise a writer's I/O failure as an ``OSError`` naming ``target``."""
     try:
         yield
@@ -298,16 +259,12 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[StagedFiles]:
         yield stage
         stage.commit()
     except BaseException as exc:
-        names = {str(tmp): final for tmp, final, _ in stage.staged}
-        last = stage.staged[-1][1] if stage.staged else folder  # the file being written
+        # Name the file that failed: the one its temporary name belongs to, else the last staged.
+        failed = [(tmp, final) for tmp, final, _ in stage.staged if str(tmp) == str(getattr(exc, "filename", ""))]
+        tmp, final = failed[0] if failed else (None, stage.staged[-1][1] if stage.staged else folder)
         stage.abort()
-        err = writer_error(exc, last)
-        if isinstance(exc, OSError) and exc.filename is not None:
-            final = names.get(str(exc.filename))
-            err = exc if final is None or exc.errno is None else OSError(exc.errno, exc.strerror, str(final))
-        if err is None or err is exc:
+        with _naming(final, tmp):
             raise
-        raise err from exc
 
 
 # --------------------------------------------------------------------------- whole folders
@@ -357,8 +314,6 @@ def swap_folder_into_place(tmp: str | os.PathLike[str], final: str | os.PathLike
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -369,8 +324,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def read_json_object(path: str | Path) -> dict[str, Any]:
     """The JSON object stored at ``path``; a missing, unreadable or non-object file is a
     :class:`~customgpt.errors.CheckpointError` that names it."""
-    from customgpt.errors import CheckpointError
-
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -399,8 +352,6 @@ def read_text_strict(source: str | os.PathLike[str], *, what: str | None = None)
             format of the dataset and tokenizer-training readers.
         OSError: the file cannot be read (the CLI prints ``error: cannot read PATH: reason``).
     """
-    from customgpt.errors import DataError
-
     if str(source) == "-":
         stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
         data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
@@ -408,12 +359,23 @@ def read_text_strict(source: str | os.PathLike[str], *, what: str | None = None)
     else:
         data = Path(source).read_bytes()
         name = what or str(source)
+    return decode_utf8_strict(data, name).removeprefix("\ufeff")
+
+
+def decode_utf8_strict(data: bytes | str, name: str) -> str:
+    """``data`` decoded as strict UTF-8; a ``str`` (an argument or a line Python decoded with
+    ``surrogateescape``, where bytes that are not UTF-8 became lone surrogates) is checked.
+
+    Raises:
+        DataError: ``<name>: not UTF-8 text (byte N, 0x..): reason``.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         bad = data[exc.start : exc.end]
         raise DataError(f"{name}: not UTF-8 text (byte {exc.start}, 0x{bad.hex()}): {exc.reason}") from None
-    return text.removeprefix("\ufeff")
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EEXIST, errno.ETXTBSY}

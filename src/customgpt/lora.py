@@ -1,31 +1,19 @@
 """LoRA: low-rank adapters on the GPT-2 linears, saved alone or exported for PEFT.
 
 A target linear ``y = W x + b`` becomes ``y = W x + b + (B A dropout(x)) * scaling`` with
-``A`` (r, in) and ``B`` (out, r): only ``A`` and ``B`` train, so the optimizer state and the
-weight gradients shrink from ``out * in`` to ``r * (in + out)`` numbers per layer. ``B`` starts
-at zero, so a freshly injected model computes exactly what the base model computes.
+``A`` (r, in) and ``B`` (out, r), ``B`` zero at first (Hu et al. 2021, arXiv:2106.09685).
+:class:`LoRALinear` keeps the original linear as ``base_layer`` (``attn.c_attn.base_layer.weight``,
+``attn.c_attn.lora_A``, ``attn.c_attn.lora_B``). Typical use::
 
-Layout. :class:`LoRALinear` keeps the original ``nn.Linear`` as ``base_layer``, so the
-parameters of a wrapped ``attn.c_attn`` are ``attn.c_attn.base_layer.weight``,
-``attn.c_attn.lora_A`` and ``attn.c_attn.lora_B``. The usual order is: build or load the base
-model, then :func:`inject_lora`. A base checkpoint can also be loaded into an already
-injected model with :func:`load_base_state_dict`, which maps the plain names onto
-``base_layer``.
-
-Typical use::
-
-    cfg = LoRAConfig(r=8, alpha=16, targets=("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"))
-    inject_lora(model, cfg)
+    inject_lora(model, LoRAConfig(r=8, alpha=16, targets=("c_attn", "c_fc")))
     mark_only_lora_trainable(model, extra_trainable=("score",))
     ...train...
     save_adapter(model, "runs/adapter", base_model_info="gpt2-124M")
-    with disable_adapters(model):      # the same network as the base model (DPO reference)
+    with disable_adapters(model):      # the base model (DPO reference)
         ref_logits = model(idx)
 
-The tensors are oriented exactly as PEFT orients them for GPT-2 (``lora_A.weight`` (r, in),
-``lora_B.weight`` (out, r); PEFT's ``fan_in_fan_out`` only transposes the merged delta for
-Hugging Face's ``Conv1D``), so :func:`export_peft` and :func:`import_peft` copy the tensors
-and only rename the keys.
+The tensors are oriented as PEFT orients them for GPT-2, so :func:`export_peft` and
+:func:`import_peft` only rename the keys.
 """
 
 from __future__ import annotations
@@ -90,15 +78,14 @@ class LoRAConfig:
     rslora: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+        def number(x: object) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        if not (number(self.r) and isinstance(self.r, int) and self.r > 0):
             raise ConfigError(f"lora.r must be a positive integer, got {self.r!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+        if not (number(self.alpha) and self.alpha > 0):
             raise ConfigError(f"lora.alpha must be a number > 0, got {self.alpha!r}")
-        if (
-            isinstance(self.dropout, bool)
-            or not isinstance(self.dropout, (int, float))
-            or not 0.0 <= self.dropout < 1.0
-        ):
+        if not (number(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"lora.dropout must be a number in [0, 1), got {self.dropout!r}")
         if not isinstance(self.rslora, bool):
             raise ConfigError(f"lora.rslora must be true or false, got {self.rslora!r}")
@@ -107,11 +94,12 @@ class LoRAConfig:
         if isinstance(targets, str) or not isinstance(targets, Iterable):
             raise ConfigError(f"lora.targets must be a list of module names, got {targets!r}")
         targets = tuple(targets)
+        known = ", ".join(KNOWN_TARGETS)
         if not targets:
-            raise ConfigError(f"lora.targets must name at least one module (known: {', '.join(KNOWN_TARGETS)})")
+            raise ConfigError(f"lora.targets must name at least one module (known: {known})")
         for t in targets:
             if t not in KNOWN_TARGETS:
-                raise ConfigError(f"lora.targets: unknown target {t!r} (known: {', '.join(KNOWN_TARGETS)})")
+                raise ConfigError(f"lora.targets: unknown target {t!r} (known: {known})")
         if len(set(targets)) != len(targets):
             raise ConfigError(f"lora.targets lists a module twice: {list(targets)}")
         object.__setattr__(self, "targets", targets)  # frozen: store the normalised tuple
@@ -121,9 +109,7 @@ class LoRAConfig:
         return self.alpha / math.sqrt(self.r) if self.rslora else self.alpha / self.r
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["targets"] = list(self.targets)
-        return data
+        return {**asdict(self), "targets": list(self.targets)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "lora") -> LoRAConfig:
@@ -183,12 +169,10 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
-        if self.disabled:
-            if self.merged:
-                raise RuntimeError("LoRA adapter is disabled but merged into the weight; unmerge it first")
+        if self.disabled and self.merged:
+            raise RuntimeError("LoRA adapter is disabled but merged into the weight; unmerge it first")
+        if self.disabled or self.merged:  # merged: the update is already inside base_layer.weight
             return out
-        if self.merged:
-            return out  # the update is already inside base_layer.weight
         # (…, in) → (…, r) → (…, out); never forms the (out, in) delta.
         return out + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
 
@@ -264,9 +248,8 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     # A weight shared with another module (the LM head tied to the token embedding) would
     # change both on merge; refuse rather than silently edit the embedding.
     owners: dict[int, list[str]] = {}
-    for mod_name, module in model.named_modules(remove_duplicate=False):
-        for p_name, p in module.named_parameters(recurse=False, remove_duplicate=False):
-            owners.setdefault(id(p), []).append(f"{mod_name}.{p_name}" if mod_name else p_name)
+    for p_name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(p_name)
     for name, linear in targets.items():
         shared = owners.get(id(linear.weight), [])
         if len(shared) > 1:
@@ -364,6 +347,15 @@ def _plain_name(key: str) -> str:
     return key.replace(".base_layer.", ".")
 
 
+def _plain_state(model: nn.Module, layers: Mapping[str, LoRALinear]) -> dict[str, Tensor]:
+    """The model's tensors under their plain names, without the adapters."""
+    return {
+        _plain_name(key): tensor.detach()
+        for key, tensor in model.state_dict().items()
+        if not (key.rpartition(".")[0] in layers and key.endswith((".lora_A", ".lora_B")))
+    }
+
+
 def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The plain model's state dict with the adapters folded in, leaving ``model`` unchanged.
 
@@ -371,18 +363,11 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     as they are, the others get ``scaling * B @ A`` added to a copy.
     """
     layers = lora_layers(model)
-    out: dict[str, Tensor] = {}
-    for key, tensor in model.state_dict().items():
-        module_name, _, leaf = key.rpartition(".")
-        if module_name in layers and leaf in ("lora_A", "lora_B"):
-            continue
-        tensor = tensor.detach()
-        owner = module_name.removesuffix(".base_layer")
-        if module_name.endswith(".base_layer") and leaf == "weight" and owner in layers:
-            layer = layers[owner]
-            if not layer.merged:
-                tensor = (tensor.float() + layer.delta_weight()).to(tensor.dtype)
-        out[_plain_name(key)] = tensor
+    out = _plain_state(model, layers)
+    for name, layer in layers.items():
+        if not layer.merged:
+            w = out[f"{name}.weight"]
+            out[f"{name}.weight"] = (w.float() + layer.delta_weight()).to(w.dtype)
     return out
 
 
@@ -416,11 +401,7 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
 
 def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The adapter tensors alone: ``{"transformer.h.0.attn.c_attn.lora_A": (r, in), ...}``."""
-    out: dict[str, Tensor] = {}
-    for name, layer in lora_layers(model).items():
-        out[f"{name}.lora_A"] = layer.lora_A.detach()
-        out[f"{name}.lora_B"] = layer.lora_B.detach()
-    return out
+    return {f"{n}.{leaf}": getattr(m, leaf).detach() for n, m in lora_layers(model).items() for leaf in ("lora_A", "lora_B")}
 
 
 def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -432,13 +413,7 @@ def base_state_dict(model: nn.Module) -> dict[str, Tensor]:
     merged = [name for name, layer in layers.items() if layer.merged]
     if merged:
         raise CheckpointError(f"LoRA adapters are merged into {merged[0]} (and others); call unmerge_lora first")
-    out: dict[str, Tensor] = {}
-    for key, tensor in model.state_dict().items():
-        module_name, _, leaf = key.rpartition(".")
-        if module_name in layers and leaf in ("lora_A", "lora_B"):
-            continue
-        out[_plain_name(key)] = tensor.detach()
-    return out
+    return _plain_state(model, layers)
 
 
 def load_base_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
@@ -487,20 +462,6 @@ def base_checksum(model: nn.Module, exclude_modules: Sequence[str] = ()) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def _write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-    save_weights(tensors, path, metadata)
-
-
-def _read_tensors(path: Path) -> dict[str, Tensor]:
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path}: adapters are stored as .safetensors")
-    return load_weights(path)
-
-
 def _config_of(model: nn.Module) -> LoRAConfig:
     cfg = getattr(model, "lora_config", None)
     if not isinstance(cfg, LoRAConfig) or not lora_layers(model):
@@ -532,13 +493,9 @@ def save_adapter(
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in saved_ids and not any(name.startswith(m + ".") for m in extras):
             raise ConfigError(f"extra_trainable: a saved module shares its weight with {name}; tied weights cannot be saved")
-    if isinstance(base_model_info, str):
-        info: dict[str, Any] = {"spec": base_model_info}
-    else:
-        info = dict(base_model_info or {})
-    model_config = getattr(model, "config", None)
-    if model_config is not None and hasattr(model_config, "to_dict"):
-        info["config"] = model_config.to_dict()
+    info = {"spec": base_model_info} if isinstance(base_model_info, str) else dict(base_model_info or {})
+    if hasattr(getattr(model, "config", None), "to_dict"):
+        info["config"] = model.config.to_dict()
     info["sha256"] = base_checksum(model, extras)
 
     tensors = lora_state_dict(model)
@@ -554,8 +511,8 @@ def save_adapter(
         "modules_to_save": extras,
         "layers": list(lora_layers(model)),
     }
-    _write_tensors(folder / ADAPTER_WEIGHTS, tensors, {"format": "pt"})
-    _write_json(folder / ADAPTER_CONFIG, meta)  # last: its presence marks a complete folder
+    save_weights(tensors, folder / ADAPTER_WEIGHTS)
+    atomic_write_text(folder / ADAPTER_CONFIG, json.dumps(meta, indent=2) + "\n")  # last: marks a complete folder
     return folder
 
 
@@ -571,64 +528,42 @@ def read_adapter_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def _check_fit(
-    model: nn.Module,
-    cfg: LoRAConfig,
-    tensors: Mapping[str, Tensor],
-    extra_tensors: Mapping[str, Tensor],
-    source: Path,
-) -> None:
-    """Check every adapter tensor against ``model`` without changing it; name the first misfit."""
+def _check_fit(model: nn.Module, cfg: LoRAConfig, tensors: Mapping[str, Tensor], extras: Mapping[str, Tensor], source: Path) -> None:
+    """Check every adapter and saved-module tensor against the plain ``model``; name the first misfit."""
     if lora_layers(model):
         raise CheckpointError(f"{source}: the model already has LoRA adapters; load onto a plain base model")
     try:
         targets = _target_linears(model, cfg)
     except ConfigError as exc:
         raise CheckpointError(f"{source}: {exc}") from exc
+    wanted = {f"{n}.lora_A": (cfg.r, m.in_features) for n, m in targets.items()}
+    wanted |= {f"{n}.lora_B": (m.out_features, cfg.r) for n, m in targets.items()}
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for what, given, shapes in (("adapter tensor", tensors, wanted), ("saved module tensor", extras, state)):
+        for key, tensor in given.items():
+            if key not in shapes:
+                raise CheckpointError(f"{source}: {what} {key!r} has no counterpart in this model")
+            if tuple(tensor.shape) != shapes[key]:
+                raise CheckpointError(
+                    f"{source}: shape mismatch for {what} {key!r}: the adapter has {tuple(tensor.shape)}, "
+                    f"this model needs {shapes[key]}"
+                )
+    missing = [key for key in wanted if key not in tensors]
+    if missing:
+        raise CheckpointError(f"{source}: the adapter has no tensor {missing[0]} for this model")
+
+
+@torch.no_grad()
+def _inject_and_copy(model: nn.Module, cfg: LoRAConfig, tensors: Mapping[str, Tensor], extras: Mapping[str, Tensor]) -> None:
+    """Copy the saved modules into the plain model, inject ``cfg``'s adapters, copy them in."""
+    state = model.state_dict(keep_vars=True)  # plain names: nothing is injected yet
+    for key, tensor in extras.items():
+        state[key].data.copy_(tensor)
+    inject_lora(model, cfg)
+    layers = lora_layers(model)
     for key, tensor in tensors.items():
         module_name, _, leaf = key.rpartition(".")
-        if leaf not in ("lora_A", "lora_B") or module_name not in targets:
-            raise CheckpointError(f"{source}: adapter tensor {key!r} has no matching target layer in this model")
-        linear = targets[module_name]
-        expected = (cfg.r, linear.in_features) if leaf == "lora_A" else (linear.out_features, cfg.r)
-        if tuple(tensor.shape) != expected:
-            raise CheckpointError(
-                f"{source}: shape mismatch for adapter tensor {key!r}: the adapter has {tuple(tensor.shape)}, "
-                f"this model's {module_name} needs {expected}"
-            )
-    for name in targets:
-        for leaf in ("lora_A", "lora_B"):
-            if f"{name}.{leaf}" not in tensors:
-                raise CheckpointError(f"{source}: the adapter has no tensor {name}.{leaf} for this model's {name}")
-    state = model.state_dict()
-    for key, tensor in extra_tensors.items():
-        if key not in state:
-            raise CheckpointError(f"{source}: saved module tensor {key!r} has no counterpart in this model")
-        if tuple(tensor.shape) != tuple(state[key].shape):
-            raise CheckpointError(
-                f"{source}: shape mismatch for saved module tensor {key!r}: the adapter has "
-                f"{tuple(tensor.shape)}, this model has {tuple(state[key].shape)}"
-            )
-
-
-def _inject_and_copy(
-    model: nn.Module, cfg: LoRAConfig, tensors: Mapping[str, Tensor], extra_tensors: Mapping[str, Tensor]
-) -> None:
-    """Copy the saved modules into the plain model, inject ``cfg``'s adapters, copy them in.
-
-    The tensors were checked by :func:`_check_fit`.
-    """
-    with torch.no_grad():
-        state = model.state_dict(keep_vars=True)  # plain names: nothing is injected yet
-        for key, tensor in extra_tensors.items():
-            target = state[key]
-            target.data.copy_(tensor.to(device=target.device, dtype=target.dtype))
-        inject_lora(model, cfg)
-        layers = lora_layers(model)
-        for key, tensor in tensors.items():
-            module_name, _, leaf = key.rpartition(".")
-            param = getattr(layers[module_name], leaf)
-            param.copy_(tensor.to(device=param.device, dtype=param.dtype))
+        getattr(layers[module_name], leaf).copy_(tensor)
 
 
 def load_adapter(model: nn.Module, folder: str | os.PathLike[str], *, verify_base: bool = True) -> LoRAConfig:
@@ -646,7 +581,7 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike[str], *, verify_bas
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     extras = list(meta.get("modules_to_save") or [])
-    everything = _read_tensors(folder / ADAPTER_WEIGHTS)
+    everything = load_weights(folder / ADAPTER_WEIGHTS)
     tensors = {k: v for k, v in everything.items() if k.rpartition(".")[2] in ("lora_A", "lora_B")}
     extra_tensors = {k: v for k, v in everything.items() if k not in tensors}
 
@@ -694,7 +629,6 @@ def export_peft(
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
-        "revision": None,
         "inference_mode": True,
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
@@ -703,16 +637,9 @@ def export_peft(
         "target_modules": list(cfg.targets),
         "fan_in_fan_out": True,
         "bias": "none",
-        "init_lora_weights": True,
-        "use_dora": False,
-        "modules_to_save": None,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
     }
-    _write_tensors(folder / PEFT_WEIGHTS, tensors, {"format": "pt"})
-    _write_json(folder / PEFT_CONFIG, config)
+    save_weights(tensors, folder / PEFT_WEIGHTS)
+    atomic_write_text(folder / PEFT_CONFIG, json.dumps(config, indent=2) + "\n")
     return folder
 
 
@@ -756,7 +683,7 @@ def import_peft(model: nn.Module, folder: str | os.PathLike[str]) -> LoRAConfig:
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     tensors: dict[str, Tensor] = {}
-    for key, tensor in _read_tensors(folder / PEFT_WEIGHTS).items():
+    for key, tensor in load_weights(folder / PEFT_WEIGHTS).items():
         if not (key.startswith(_PEFT_PREFIX) and key.endswith(".weight")):
             raise CheckpointError(f"{folder / PEFT_WEIGHTS}: unexpected tensor {key!r}")
         tensors[key[len(_PEFT_PREFIX) : -len(".weight")]] = tensor

@@ -45,35 +45,21 @@ def classification_report(
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
-    macro = {
-        key: sum(float(c[key]) for c in per_class.values()) / k if k else 0.0
-        for key in ("precision", "recall", "f1")
-    }
-    return {
-        "n": n,
-        "accuracy": correct / n if n else 0.0,
-        "macro_precision": macro["precision"],
-        "macro_recall": macro["recall"],
-        "macro_f1": macro["f1"],
-        "per_class": per_class,
-        "confusion_matrix": matrix,
-        "labels": list(labels),
-    }
+    macro = {f"macro_{key}": sum(float(c[key]) for c in per_class.values()) / k if k else 0.0
+             for key in ("precision", "recall", "f1")}
+    return {"n": n, "accuracy": correct / n if n else 0.0, **macro, "per_class": per_class,
+            "confusion_matrix": matrix, "labels": list(labels)}
 
 
 def format_report(report: dict[str, Any], title: str = "") -> str:
     """A small text table of a :func:`classification_report` (for the terminal)."""
     labels = report["labels"]
     width = max(9, *(len(name) for name in labels))
-    lines = []
-    if title:
-        lines.append(title)
+    lines = [title] if title else []
     lines.append(f"  accuracy {report['accuracy']:.4f} ({report['n']} examples), macro F1 {report['macro_f1']:.4f}")
     lines.append(f"  {'class'.ljust(width)}  precision  recall  f1      support")
     for name in labels:
         c = report["per_class"][name]
-        lines.append(
-            f"  {name.ljust(width)}  {c['precision']:.4f}     {c['recall']:.4f}  {c['f1']:.4f}  {c['support']}"
-        )
+        lines.append(f"  {name.ljust(width)}  {c['precision']:.4f}     {c['recall']:.4f}  {c['f1']:.4f}  {c['support']}")
     lines.append("  confusion matrix (rows: true, columns: predicted): " + str(report["confusion_matrix"]))
     return "\n".join(lines)

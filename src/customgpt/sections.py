@@ -16,11 +16,9 @@ import dataclasses
 import functools
 import math
 import typing
-from typing import Any, TypeVar
+from typing import Any
 
 from customgpt.errors import ConfigError
-
-T = TypeVar("T")
 
 
 class FieldError(ConfigError):
@@ -41,9 +39,7 @@ def check_finite(key: str, value: Any) -> None:
             raise FieldError(name, f"must be a finite number, got {v!r}")
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+_hints = functools.cache(typing.get_type_hints)
 
 
 def _choices(tp: Any) -> tuple[Any, ...] | None:
@@ -77,12 +73,6 @@ class Section:
 
     def validate(self) -> None:
         """Range and cross-field checks; raise :class:`FieldError` (key, reason)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    def replace(self: T, **changes: Any) -> T:
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
 def to_dict(obj: Any) -> Any:

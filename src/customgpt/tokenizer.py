@@ -45,37 +45,10 @@ from typing import Literal
 
 import regex
 
-from customgpt.bpe import (
-    GPT2_PAT_STR,
-    bpe_merge,
-    bytes_to_unicode,
-    count_pretokens,
-    to_hf_vocab_and_merges,
-    train_bpe_ranks,
-)
-from customgpt.constants import EOT_ID, EOT_TEXT, GPT2_VOCAB_SIZE
+from customgpt.bpe import GPT2_PAT_STR, bpe_merge, count_pretokens, to_hf_vocab_and_merges, train_bpe_ranks
+from customgpt.constants import EOT_ID, EOT_TEXT
 from customgpt.errors import ConfigError, DataError
-from customgpt.io import atomic_write_bytes
-
-__all__ = [
-    "ENGINES",
-    "GPT2_PAT_STR",
-    "GPT2_TIKTOKEN_SHA256",
-    "R50K_PAT_STR",
-    "BPETokenizer",
-    "IncrementalDecoder",
-    "TiktokenTokenizer",
-    "Tokenizer",
-    "bytes_to_unicode",
-    "get_tokenizer",
-    "gpt2_ranks",
-    "load_bpe",
-    "load_tiktoken_ranks",
-    "save_hf_tokenizer_files",
-    "save_tiktoken_ranks",
-    "to_hf_vocab_and_merges",
-    "train_bpe",
-]
+from customgpt.io import atomic_write_bytes, read_text_strict
 
 #: The engines :func:`get_tokenizer` accepts.
 ENGINES = ("tiktoken", "bpe")
@@ -91,9 +64,7 @@ AllowedSpecial = AbstractSet[str] | Literal["all", "none"]
 _DEFAULT_ALLOWED: AbstractSet[str] = frozenset({EOT_TEXT})
 
 
-# --------------------------------------------------------------------------------------
-# Rank files (tiktoken's text format)
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Rank files (tiktoken's text format)
 
 
 def load_tiktoken_ranks(path: str | os.PathLike[str], expected_sha256: str | None = None) -> dict[bytes, int]:
@@ -113,29 +84,20 @@ def load_tiktoken_ranks(path: str | os.PathLike[str], expected_sha256: str | Non
         if digest != expected_sha256:
             raise DataError(f"{path}: sha256 is {digest}, expected {expected_sha256} (corrupt or wrong file)")
     ranks: dict[bytes, int] = {}
-    seen_ranks: set[int] = set()
     for lineno, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
-        fields = line.split()
-        if len(fields) != 2:
-            raise DataError(f"{path}:{lineno}: expected 'base64-token rank', got {line[:80]!r}")
         try:
-            token = base64.b64decode(fields[0], validate=True)
-            rank = int(fields[1])
+            token_b64, rank_text = line.split()
+            token, rank = base64.b64decode(token_b64, validate=True), int(rank_text)
         except (binascii.Error, ValueError) as exc:
-            raise DataError(f"{path}:{lineno}: cannot parse {line[:80]!r}: {exc}") from None
-        if not token:
-            raise DataError(f"{path}:{lineno}: empty token")
-        if token in ranks:
-            raise DataError(f"{path}:{lineno}: token {token!r} repeated (first at rank {ranks[token]})")
-        if rank in seen_ranks or rank < 0:
-            raise DataError(f"{path}:{lineno}: rank {rank} is negative or repeated")
+            raise DataError(f"{path}:{lineno}: expected 'base64-token rank', got {line[:80]!r} ({exc})") from None
+        if not token or token in ranks:
+            raise DataError(f"{path}:{lineno}: token {token!r} is empty or repeated")
         ranks[token] = rank
-        seen_ranks.add(rank)
-    if seen_ranks != set(range(len(ranks))):
-        missing = min(set(range(len(ranks))) - seen_ranks)
-        raise DataError(f"{path}: ranks must be 0..{len(ranks) - 1} without gaps; {missing} is missing")
+    missing = set(range(len(ranks))) - set(ranks.values())
+    if missing:  # n distinct tokens need ranks 0..n-1: a missing one also means a repeat or a stray
+        raise DataError(f"{path}: ranks must be 0..{len(ranks) - 1} without gaps or repeats; {min(missing)} is missing")
     missing_bytes = [b for b in range(256) if bytes([b]) not in ranks]
     if missing_bytes:
         raise DataError(f"{path}: not a byte-level vocabulary: byte {missing_bytes[0]} has no token")
@@ -164,9 +126,7 @@ def gpt2_ranks() -> dict[bytes, int]:
         return load_tiktoken_ranks(path, expected_sha256=GPT2_TIKTOKEN_SHA256)
 
 
-# --------------------------------------------------------------------------------------
-# The tokenizer interface
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- The tokenizer interface
 
 
 class Tokenizer(ABC):
@@ -177,10 +137,6 @@ class Tokenizer(ABC):
         mergeable_ranks: token bytes -> id for the ordinary (BPE) tokens.
         special_tokens: special token text -> id; ids follow the ordinary ones.
     """
-
-    name: str
-    mergeable_ranks: dict[bytes, int]
-    special_tokens: dict[str, int]
 
     def __init__(self, name: str, mergeable_ranks: dict[bytes, int], special_tokens: Mapping[str, int]):
         self.name = name
@@ -194,19 +150,11 @@ class Tokenizer(ABC):
         self._id_to_bytes: dict[int, bytes] = {rank: token for token, rank in mergeable_ranks.items()}
         for text, token_id in self.special_tokens.items():
             self._id_to_bytes[token_id] = text.encode("utf-8")
-        self._vocab_size = max(self._id_to_bytes) + 1
+        #: Number of ids (GPT-2: 50,257): the model's embedding must have this many rows.
+        self.vocab_size = max(self._id_to_bytes) + 1
 
-    # -- sizes and special ids ---------------------------------------------------------
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids (GPT-2: 50,257): the model's embedding must have this many rows."""
-        return self._vocab_size
-
-    @property
-    def eot_text(self) -> str:
-        """The end-of-text marker, ``<|endoftext|>``."""
-        return EOT_TEXT
+    #: The end-of-text marker, ``<|endoftext|>``.
+    eot_text = EOT_TEXT
 
     @property
     def eot_id(self) -> int:
@@ -242,26 +190,13 @@ class Tokenizer(ABC):
 
     # -- decoding ----------------------------------------------------------------------
 
-    def _bad_id(self, token_id: object) -> DataError:
-        return DataError(f"token id {token_id!r} is not in the vocabulary (ids are 0..{self.vocab_size - 1})")
-
-    def _as_id(self, token_id: object) -> int:
-        """``token_id`` as a plain int (accepts numpy / 0-d torch integers via ``__index__``)."""
-        try:
-            return operator.index(token_id)  # type: ignore[arg-type]
-        except TypeError:
-            raise self._bad_id(token_id) from None
-
     def token_bytes(self, token_id: int) -> bytes:
-        """The bytes of one token (a special token's bytes are its UTF-8 text)."""
+        """The bytes of one token (a special token's bytes are its UTF-8 text); numpy and 0-d
+        torch integers are accepted (``__index__``)."""
         try:
-            return self._id_to_bytes[token_id]
+            return self._id_to_bytes[operator.index(token_id)]
         except (KeyError, TypeError):
-            pass
-        token_id = self._as_id(token_id)  # e.g. a 0-d tensor, which hashes by identity
-        if token_id not in self._id_to_bytes:
-            raise self._bad_id(token_id)
-        return self._id_to_bytes[token_id]
+            raise DataError(f"token id {token_id!r} is not in the vocabulary (ids are 0..{self.vocab_size - 1})") from None
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The concatenated bytes of ``ids`` (may end inside a multi-byte character)."""
@@ -334,9 +269,7 @@ class IncrementalDecoder:
         self._decoder.reset()
 
 
-# --------------------------------------------------------------------------------------
-# Engine 1: tiktoken
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Engine 1: tiktoken
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -367,9 +300,7 @@ class TiktokenTokenizer(Tokenizer):
         )
 
 
-# --------------------------------------------------------------------------------------
-# Engine 2: BPE written out in Python
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Engine 2: BPE written out in Python
 
 
 class BPETokenizer(Tokenizer):
@@ -407,23 +338,10 @@ class BPETokenizer(Tokenizer):
         # Words repeat a lot in real text, so the ids of each pre-token are cached
         # (functools' LRU cache: bounded, C-implemented and thread-safe).
         self._encode_piece = lru_cache(maxsize=cache_size)(self._bpe_piece)
-        self._special_patterns: dict[frozenset[str], regex.Pattern[str]] = {}
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        special_tokens: Sequence[str] = (EOT_TEXT,),
-        name: str | None = None,
-    ) -> BPETokenizer:
-        """Load ranks saved with :meth:`save`; ``special_tokens`` get the ids after them, in order."""
-        ranks = load_tiktoken_ranks(path)
-        specials = {text: len(ranks) + i for i, text in enumerate(special_tokens)}
-        return cls(ranks, specials, name=name or Path(path).stem)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save the ranks in tiktoken's text format (atomically); special tokens are not in the
-        file: pass the same ``special_tokens`` to :meth:`load`."""
+        file: pass the same ``special_tokens`` to :func:`load_bpe`."""
         return save_tiktoken_ranks(self.mergeable_ranks, path)
 
     def _bpe_piece(self, piece: str) -> tuple[int, ...]:
@@ -439,15 +357,6 @@ class BPETokenizer(Tokenizer):
             out.extend(encode_piece(piece))
         return out
 
-    def _special_pattern(self, allowed: frozenset[str]) -> regex.Pattern[str]:
-        pattern = self._special_patterns.get(allowed)
-        if pattern is None:
-            # Longest first, so a special token that extends another one wins.
-            names = sorted(allowed, key=len, reverse=True)
-            pattern = regex.compile("|".join(regex.escape(name) for name in names))
-            self._special_patterns[allowed] = pattern
-        return pattern
-
     def encode(self, text: str, allowed_special: AllowedSpecial = _DEFAULT_ALLOWED) -> list[int]:
         try:
             text.encode("utf-8")
@@ -460,7 +369,7 @@ class BPETokenizer(Tokenizer):
             return self.encode_ordinary(text)
         out: list[int] = []
         start = 0
-        for match in self._special_pattern(allowed).finditer(text):
+        for match in _special_pattern(allowed).finditer(text):
             out.extend(self.encode_ordinary(text[start : match.start()]))
             out.append(self.special_tokens[match.group()])
             start = match.end()
@@ -468,9 +377,13 @@ class BPETokenizer(Tokenizer):
         return out
 
 
-# --------------------------------------------------------------------------------------
-# Entry points
-# --------------------------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def _special_pattern(allowed: frozenset[str]) -> regex.Pattern[str]:
+    # Longest first, so a special token that extends another one wins.
+    return regex.compile("|".join(regex.escape(name) for name in sorted(allowed, key=len, reverse=True)))
+
+
+# --------------------------------------------------------------------------- Entry points
 
 
 def get_tokenizer(engine: str = "tiktoken") -> Tokenizer:
@@ -484,36 +397,17 @@ def get_tokenizer(engine: str = "tiktoken") -> Tokenizer:
     return _gpt2_tokenizer(engine)
 
 
-@cache
+@cache  # keyed on the engine alone: get_tokenizer() and get_tokenizer("tiktoken") share one
 def _gpt2_tokenizer(engine: str) -> Tokenizer:
-    ranks = gpt2_ranks()
-    specials = {EOT_TEXT: EOT_ID}
-    tokenizer: Tokenizer
-    if engine == "tiktoken":
-        tokenizer = TiktokenTokenizer(ranks, specials, name="gpt2")
-    else:
-        tokenizer = BPETokenizer(ranks, specials, name="gpt2")
-    assert tokenizer.vocab_size == GPT2_VOCAB_SIZE
-    return tokenizer
+    cls = TiktokenTokenizer if engine == "tiktoken" else BPETokenizer
+    return cls(gpt2_ranks(), {EOT_TEXT: EOT_ID}, name="gpt2")
 
 
 def load_bpe(path: str | os.PathLike[str], special_tokens: Sequence[str] = (EOT_TEXT,)) -> BPETokenizer:
-    """Load a vocabulary saved by :func:`train_bpe` / :meth:`BPETokenizer.save`."""
-    return BPETokenizer.load(path, special_tokens=special_tokens)
-
-
-def _read_training_texts(texts_or_file: str | os.PathLike[str] | Iterable[str]) -> list[str]:
-    if isinstance(texts_or_file, str):
-        raise ConfigError(
-            "train_bpe: pass a pathlib.Path for a file, or a list of texts (a bare str is ambiguous)"
-        )
-    if isinstance(texts_or_file, os.PathLike):
-        path = Path(texts_or_file)
-        try:
-            return [path.read_text(encoding="utf-8")]
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
-    return list(texts_or_file)
+    """Load a vocabulary saved by :func:`train_bpe` / :meth:`BPETokenizer.save`;
+    ``special_tokens`` get the ids after its ranks, in order."""
+    ranks = load_tiktoken_ranks(path)
+    return BPETokenizer(ranks, {text: len(ranks) + i for i, text in enumerate(special_tokens)}, name=Path(path).stem)
 
 
 def train_bpe(
@@ -547,16 +441,16 @@ def train_bpe(
             f"vocab_size must be at least {256 + len(special_tokens)} "
             f"(256 bytes + {len(special_tokens)} special tokens), got {vocab_size}"
         )
-    texts = _read_training_texts(texts_or_file)
+    if isinstance(texts_or_file, str):
+        raise ConfigError("train_bpe: pass a pathlib.Path for a file, or a list of texts (a bare str is ambiguous)")
+    texts = [read_text_strict(texts_or_file)] if isinstance(texts_or_file, os.PathLike) else texts_or_file
     counts = count_pretokens(texts, special_tokens)
     ranks = train_bpe_ranks(counts, n_ranks, progress=progress)
     specials = {text: n_ranks + i for i, text in enumerate(special_tokens)}
     return BPETokenizer(ranks, specials, name=f"bpe-{vocab_size}")
 
 
-# --------------------------------------------------------------------------------------
-# Hugging Face files
-# --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Hugging Face files
 
 
 def save_hf_tokenizer_files(
@@ -611,20 +505,15 @@ def save_hf_tokenizer_files(
         **roles,
     }
 
-    def dump(obj: object) -> bytes:
-        return (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
-
     files = {
-        "vocab.json": json.dumps(vocab, ensure_ascii=False).encode("utf-8"),
-        "merges.txt": ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8"),
-        "tokenizer_config.json": dump(config),
-        "special_tokens_map.json": dump(special_map),
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+        "tokenizer_config.json": json.dumps(config, ensure_ascii=False, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps(special_map, ensure_ascii=False, indent=2) + "\n",
     }
-    written = []
-    for name, data in files.items():
-        atomic_write_bytes(folder / name, data)
-        written.append(folder / name)
-    return written
+    for name, text in files.items():
+        atomic_write_bytes(folder / name, text.encode("utf-8"))
+    return [folder / name for name in files]
 
 
 def _hf_vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:

@@ -69,7 +69,7 @@ def test_a_line_that_is_not_utf8_is_reported_and_skipped():
                           timeout=300, env=env)
     err = proc.stderr.decode()
     assert proc.returncode == 0 and "Traceback" not in err
-    assert "error: standard input, line 1: not UTF-8 text (byte 3): invalid continuation byte (message skipped)" in err
+    assert "error: standard input, line 1: not UTF-8 text (byte 3, 0xe9): invalid continuation byte (message skipped)" in err
     session = ChatSession(load_model(MODEL, seed=0), get_tokenizer(), "alpaca", SamplingParams(temperature=0, max_new_tokens=3))
     assert proc.stdout.decode() == "".join(session.send("Hi")) + "\n"  # only "Hi" was answered
 

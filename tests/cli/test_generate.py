@@ -146,7 +146,7 @@ def test_invalid_utf8_on_stdin_is_an_error_naming_the_byte():
     proc = cli_process(["generate", "--model", MODEL, "--prompt", "-"], stdin=b"caf\xe9 \xff\xfe ok")
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "error: standard input: not UTF-8 text (byte 3): invalid continuation byte"
+    assert err.strip().splitlines()[-1] == "error: standard input: not UTF-8 text (byte 3, 0xe9): invalid continuation byte"
     assert proc.stdout == b""
 
 
@@ -156,9 +156,9 @@ def test_invalid_utf8_elsewhere_in_the_prompt(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("héllo ".encode() + b"\xff")))
     code, out, err = run_cli(capsys, "generate", "--model", MODEL, "--prompt", "-", "--json")
     assert (code, out) == (2, "")
-    assert err == "error: standard input: not UTF-8 text (byte 7): invalid start byte\n"
+    assert err == "error: standard input: not UTF-8 text (byte 7, 0xff): invalid start byte\n"
     code, out, err = run_cli(capsys, "generate", "--model", MODEL, "--prompt", "ok \udcff", "--json")
-    assert code == 2 and err == "error: --prompt: not UTF-8 text (byte 3): invalid start byte\n"
+    assert code == 2 and err == "error: --prompt: not UTF-8 text (byte 3, 0xff): invalid start byte\n"
 
 
 @pytest.mark.parametrize("seed", ["1180591620717411303424", "18446744073709551616", "-1"])

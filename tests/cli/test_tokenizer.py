@@ -91,7 +91,7 @@ def test_training_file_with_invalid_utf8_is_refused(tmp_path, capsys):
     corpus.write_bytes(b"plain text then caf" + b"\xe9\n" * 3)
     rc = cli_main(["tokenizer", "train", str(corpus), "--vocab-size", "260", "--out", str(tmp_path / "v.tiktoken")])
     err = capsys.readouterr().err
-    assert rc == 2 and err == f"error: {corpus}: not UTF-8 text (byte 19): invalid continuation byte\n"
+    assert rc == 2 and err == f"error: {corpus}: not UTF-8 text (byte 19, 0xe9): invalid continuation byte\n"
     assert not (tmp_path / "v.tiktoken").exists()
 
 

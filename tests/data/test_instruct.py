@@ -175,7 +175,7 @@ def test_bad_files_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match=r"broken.json: invalid JSON at line 2, column 18"):
         read_instruction_file(path)
     path.write_bytes(b'{"instruction": "caf\xe9", "output": "y"}\n')
-    with pytest.raises(DataError, match=r"invalid UTF-8 byte 0xe9 at byte offset 20 \(line 1\)"):
+    with pytest.raises(DataError, match=r"broken.json: not UTF-8 text \(byte 20, 0xe9\)"):
         read_instruction_file(path)
     path.write_text("  \n")
     with pytest.raises(DataError, match="the file is empty"):

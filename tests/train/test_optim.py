@@ -7,12 +7,13 @@ import torch
 
 from customgpt.config import GPTConfig
 from customgpt.constants import IGNORE_INDEX
-from customgpt.errors import ConfigError
+from customgpt.device import resolve_device
+from customgpt.errors import ConfigError, CustomGPTError
 from customgpt.losses import causal_lm_loss
 from customgpt.model import GPT
 from customgpt.train.config import OptimConfig, RuntimeConfig
 from customgpt.train.optim import build_optimizer, param_groups
-from customgpt.train.runtime import resolve_device, resolve_precision, setup_runtime
+from customgpt.train.runtime import resolve_precision, setup_runtime
 from customgpt.train.step import count_targets, micro_loss_weight
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -119,6 +120,6 @@ def test_runtime_on_cpu():
     rt = setup_runtime(RuntimeConfig(device="cpu"), distributed=False)
     assert rt.device.type == "cpu" and rt.precision == "fp32" and not rt.grad_scaler().is_enabled()
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="CUDA is not available"):
+        with pytest.raises(CustomGPTError, match="CUDA is not available"):
             resolve_device("cuda")
         assert resolve_device("auto").type in ("cpu", "mps")

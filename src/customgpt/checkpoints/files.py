@@ -9,9 +9,11 @@ Every other module that stores tensors (LoRA adapters, exports) writes through h
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,9 +28,6 @@ HF_BIN_NAME = "pytorch_model.bin"
 HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
 HF_BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-# =========================================================================== raw tensors
-
 
 def save_weights(tensors: Mapping[str, Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
     """Write ``tensors`` to one safetensors file, atomically (temp file + ``os.replace``).
@@ -67,13 +66,8 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {key: f.get_tensor(key) for key in f.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file ({exc})") from exc
+        with _safe_open(path) as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
     if path.suffix in (".bin", ".pt", ".pth"):
         try:
             # weights_only=True: a plain state dict loads, a pickle that runs code does not.
@@ -88,28 +82,34 @@ def load_weights(path: str | Path) -> dict[str, Tensor]:
     raise CheckpointError(f"unsupported weights file {path}: expected .safetensors, .bin, .pt or .pth")
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
-    """Names → (shape, dtype) and the metadata of a safetensors file, without reading tensors."""
+@contextlib.contextmanager
+def _safe_open(path: Path) -> Iterator[Any]:
+    """``safetensors.safe_open`` on the CPU; a bad file is a :class:`CheckpointError` naming it."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            info = {}
-            for key in f.keys():
-                sl = f.get_slice(key)
-                info[key] = (tuple(sl.get_shape()), str(sl.get_dtype()))
-            return info, dict(f.metadata() or {})
+            yield f
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file ({exc})") from exc
 
 
-def load_shards(index: Path) -> dict[str, Tensor]:
-    """Read a sharded Hugging Face checkpoint through its ``*.index.json``."""
+def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
+    """Names → (shape, dtype) and the metadata of a safetensors file, without reading tensors."""
+    with _safe_open(path) as f:
+        info = {key: (tuple(f.get_slice(key).get_shape()), str(f.get_slice(key).get_dtype())) for key in f.keys()}
+        return info, dict(f.metadata() or {})
+
+
+def shard_files(index: Path) -> list[Path]:
+    """The shard files that a sharded Hugging Face checkpoint's ``*.index.json`` lists."""
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"cannot read shard index {index}: {exc}") from exc
-    tensors: dict[str, Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        tensors.update(load_weights(index.parent / shard))
-    return tensors
+    return [index.parent / shard for shard in sorted(set(weight_map.values()))]
+
+
+def load_shards(index: Path) -> dict[str, Tensor]:
+    """Read a sharded Hugging Face checkpoint through its ``*.index.json``."""
+    return {k: v for shard in shard_files(index) for k, v in load_weights(shard).items()}

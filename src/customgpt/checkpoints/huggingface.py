@@ -44,13 +44,10 @@ def detect_layout(tensors: Mapping[str, Any], config: GPTConfig) -> str:
     other, so the answer never depends on file names. ``tensors`` may map names to tensors
     or to shapes. Defaults to ``"hf"`` when no such weight is present.
     """
-    C = config.n_embd
     for key, value in tensors.items():
         if key.endswith("attn.c_attn.weight"):
             shape = tuple(value.shape) if isinstance(value, Tensor) else tuple(value)
-            if shape == (3 * C, C):
-                return "customgpt"
-            return "hf"
+            return "customgpt" if shape == (3 * config.n_embd, config.n_embd) else "hf"
     return "hf"
 
 
@@ -126,28 +123,21 @@ def customgpt_to_hf_state(state: Mapping[str, Tensor], config: GPTConfig) -> dic
 def _model_card(config: GPTConfig, name: str, dtype: str, provenance: Mapping[str, Any], tokenizer: bool) -> str:
     from customgpt import __version__
 
-    license_ = str(provenance.get("license", "mit"))
-    total = config.num_parameters()
-    emb = embedding_parameters(config)
-    rows = [
-        ("vocab_size", config.vocab_size),
-        ("context_length (n_positions)", config.context_length),
-        ("n_embd", config.n_embd),
-        ("n_layer", config.n_layer),
-        ("n_head", config.n_head),
-        ("n_inner", config.n_inner),
-        ("layer_norm_epsilon", config.layer_norm_eps),
-        ("dtype", dtype),
-    ]
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    prov_lines = [f"- **{k}**: {v}" for k, v in provenance.items() if k != "license"]
-    prov = "\n".join(prov_lines) if prov_lines else "- not recorded"
-    tok_note = (
-        "The GPT-2 tokenizer files are included."
-        if tokenizer
-        else f"No tokenizer files: the vocabulary ({config.vocab_size}) is smaller than GPT-2's ({GPT2_VOCAB_SIZE})."
-    )
+    total, emb = config.num_parameters(), embedding_parameters(config)
+    rows = {
+        "vocab_size": config.vocab_size,
+        "context_length (n_positions)": config.context_length,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": config.n_inner,
+        "layer_norm_epsilon": config.layer_norm_eps,
+        "dtype": dtype,
+    }
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
+    prov = "\n".join(f"- **{k}**: {v}" for k, v in provenance.items() if k != "license") or "- not recorded"
     if tokenizer:
+        tok_note = "The GPT-2 tokenizer files are included."
         hf_usage = f"""from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tokenizer = AutoTokenizer.from_pretrained("path/to/{name}")
@@ -155,6 +145,7 @@ model = AutoModelForCausalLM.from_pretrained("path/to/{name}")
 inputs = tokenizer("Every effort moves you", return_tensors="pt")
 print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))"""
     else:
+        tok_note = f"No tokenizer files: the vocabulary ({config.vocab_size}) is smaller than GPT-2's ({GPT2_VOCAB_SIZE})."
         hf_usage = f"""import torch
 from transformers import AutoModelForCausalLM
 
@@ -163,7 +154,7 @@ logits = model(torch.tensor([[1, 2, 3]])).logits  # token ids below {config.voca
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
-license: {license_}
+license: {provenance.get("license", "mit")}
 tags:
 - gpt2
 - text-generation

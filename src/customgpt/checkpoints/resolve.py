@@ -29,6 +29,7 @@ from customgpt.checkpoints.files import (
     load_shards,
     load_weights,
     read_safetensors_header,
+    shard_files,
 )
 from customgpt.checkpoints.huggingface import detect_layout, hf_to_customgpt_state
 from customgpt.checkpoints.state import (
@@ -216,11 +217,13 @@ def load_state(source: ModelSource) -> dict[str, Tensor]:
     if source.kind == "preset":
         raise CheckpointError(f"{source.spec} is a preset: it has no weights to read")
     (path,) = source.weights
-    tensors = load_shards(path) if path.name.endswith(".index.json") else load_weights(path)
-    layout = source.layout or detect_layout(tensors, source.config)
-    if layout == "hf":
-        return hf_to_customgpt_state(tensors, source.config, source=str(path))
-    return check_customgpt_state(tensors, source.config, source=str(path))
+    return _our_layout(source, load_shards(path) if path.name.endswith(".index.json") else load_weights(path))
+
+
+def _our_layout(source: ModelSource, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors`` of ``source`` checked against its config and mapped to our layout."""
+    check = hf_to_customgpt_state if (source.layout or detect_layout(tensors, source.config)) == "hf" else check_customgpt_state
+    return check(tensors, source.config, source=str(source.weights[0]))
 
 
 def load_model(
@@ -288,35 +291,14 @@ class ModelInfo:
         return self.parameters - self.embedding_parameters
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec,
-            "kind": self.kind,
-            "source": self.source,
-            "hub_id": self.hub_id,
-            "weights": self.weights,
-            "dtype": self.dtype,
-            "config": self.config.to_dict(),
-            "parameters": {
-                "total": self.parameters,
-                "embedding": self.embedding_parameters,
-                "non_embedding": self.non_embedding_parameters,
-            },
-            "metadata": self.metadata,
+        out = {k: getattr(self, k) for k in ("spec", "kind", "source", "hub_id", "weights", "dtype")}
+        out["config"] = self.config.to_dict()
+        out["parameters"] = {
+            "total": self.parameters,
+            "embedding": self.embedding_parameters,
+            "non_embedding": self.non_embedding_parameters,
         }
-
-
-def _header_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Names → (shape, dtype) of a safetensors file or of every shard of its index."""
-    if not path.name.endswith(".index.json"):
-        return read_safetensors_header(path)[0]
-    try:
-        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"cannot read shard index {path}: {exc}") from exc
-    header: dict[str, tuple[tuple[int, ...], str]] = {}
-    for shard in sorted(set(weight_map.values())):
-        header.update(read_safetensors_header(path.parent / shard)[0])
-    return header
+        return out | {"metadata": self.metadata}
 
 
 def check_shapes(source: ModelSource, shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -332,12 +314,7 @@ def check_shapes(source: ModelSource, shapes: Mapping[str, tuple[int, ...]]) -> 
         wte = tensors.get("transformer.wte.weight", tensors.get("wte.weight"))
         if wte is not None and wte.shape == tensors["lm_head.weight"].shape:
             del tensors["lm_head.weight"]  # its values are compared when the tensors are read
-    where = str(source.weights[0])
-    layout = source.layout or detect_layout(tensors, source.config)
-    if layout == "hf":
-        hf_to_customgpt_state(tensors, source.config, source=where)
-    else:
-        check_customgpt_state(tensors, source.config, source=where)
+    _our_layout(source, tensors)
 
 
 def describe_model_spec(spec: str | Path, *, config: GPTConfig | str | None = None) -> ModelInfo:
@@ -367,7 +344,9 @@ def describe_model_spec(spec: str | Path, *, config: GPTConfig | str | None = No
     if source.kind == "preset":
         dtype = "float32"
     elif source.weights and source.weights[0].name.endswith((".safetensors", ".safetensors.index.json")):
-        header = _header_shapes(source.weights[0])
+        path = source.weights[0]
+        shards = shard_files(path) if path.name.endswith(".index.json") else [path]
+        header = {k: v for shard in shards for k, v in read_safetensors_header(shard)[0].items()}
         check_shapes(source, {k: shape for k, (shape, _) in header.items()})
         dtypes = sorted({d for _, d in header.values()})
         dtype = ",".join(dtypes) if dtypes else None

@@ -21,7 +21,7 @@ from customgpt.checkpoints.files import CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME
 from customgpt.config import GPTConfig
 from customgpt.device import resolve_device, resolve_dtype
 from customgpt.errors import CheckpointError, CustomGPTError
-from customgpt.io import staged_files
+from customgpt.io import read_json_object, staged_files
 from customgpt.model import GPT
 
 
@@ -97,8 +97,6 @@ def state_for_saving(model: GPT) -> dict[str, Tensor]:
 
 
 # =========================================================================== building models
-
-
 
 
 def build_model(
@@ -179,13 +177,7 @@ def save_model(model: GPT, folder: str | Path, metadata: Mapping[str, Any] | Non
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     """The ``metadata.json`` of a checkpoint folder ({} when there is none)."""
     path = Path(folder) / METADATA_NAME
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
-    return data if isinstance(data, dict) else {}
+    return read_json_object(path) if path.is_file() else {}
 
 
 def embedding_parameters(config: GPTConfig) -> int:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("customgpt.cli.push", "upload an exported Hugging Face folder to the hub"),
     "generate": ("customgpt.cli.generate", "generate text from a prompt (streams to the terminal)"),
     "chat": ("customgpt.cli.chat", "interactive chat with an instruction-tuned model"),
+    "serve": ("customgpt.cli.serve", "OpenAI-compatible HTTP server with batched decoding"),
     "pretrain": ("customgpt.cli.pretrain", "next-token pretraining on text files"),
     "finetune": ("customgpt.cli.finetune", "fine-tune a model (classify, instruct, dpo)"),
     "eval": ("customgpt.cli.eval", "evaluate instruction responses: responses, perplexity, rouge, judge"),
@@ -126,16 +127,15 @@ class _NamedStdout:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror or str(exc), "standard output") from exc
+        return self._named(self._stream.write, text)
 
     def flush(self) -> None:
+        self._named(self._stream.flush)
+
+    @staticmethod
+    def _named(call: Any, *args: Any) -> Any:
         try:
-            self._stream.flush()
+            return call(*args)
         except BrokenPipeError:
             raise
         except OSError as exc:
@@ -145,18 +145,16 @@ class _NamedStdout:
         return getattr(self._stream, name)
 
 
-_NETWORK_MODULES = ("httpx", "httpcore", "requests", "urllib3", "huggingface_hub", "aiohttp")
-
-
 def _is_network_error(exc: BaseException) -> bool:
-    """An error raised by an HTTP client library (a refused connection, a failed DNS
-    lookup, a timeout, an HTTP error status) rather than by our code."""
-    return any(cls.__module__.split(".")[0].rstrip("0123456789") in _NETWORK_MODULES for cls in type(exc).__mro__)
+    from customgpt.hub import is_network_error
+
+    return is_network_error(exc, ("httpx", "httpcore", "requests", "urllib3", "huggingface_hub", "aiohttp"))
 
 
 def _network_message(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    reason = lines[0] if lines else type(exc).__name__
+    from customgpt.hub import first_line
+
+    reason = first_line(exc)
     try:  # httpx raises when an error without a request is asked for it
         host = exc.request.url.host  # type: ignore[attr-defined]
     except Exception:

@@ -1,12 +1,13 @@
-"""Argparse glue shared by the CLI commands: the ``--device`` and ``--dtype`` options.
-
-The names they take are resolved by :mod:`customgpt.device` (the library's one resolver).
-Imported by every command's ``build_parser``, so nothing heavy is imported here.
-"""
+"""Glue shared by the CLI commands: the ``--device`` and ``--dtype`` options (resolved by
+:mod:`customgpt.device`) and the output-folder check. Nothing heavy is imported here."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from pathlib import Path
+
+from customgpt.errors import CustomGPTError
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
@@ -26,3 +27,14 @@ def add_dtype_argument(parser: argparse.ArgumentParser, default: str = "auto") -
         default=default,
         help="weight dtype: auto (as stored), float32, bfloat16 or float16 (default: %(default)s)",
     )
+
+
+def check_output_folder(out: Path, inputs: Iterable[Path], *, force: bool, what: str = "model") -> None:
+    """Refuse an output that is a file, already holds a model (``config.json``) without
+    ``--force``, or is the folder of one of ``inputs`` (never overwritten, even with ``--force``)."""
+    if out.exists() and not out.is_dir():
+        raise CustomGPTError(f"{out} exists and is not a folder")
+    if (out / "config.json").exists() and not force:
+        raise CustomGPTError(f"{out} already holds a model; pass --force to overwrite it")
+    if out.is_dir() and any(p.is_dir() and p.resolve() == out.resolve() for p in inputs):
+        raise CustomGPTError(f"{out} holds the {what}: choose another destination (an input is never overwritten)")

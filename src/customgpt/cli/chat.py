@@ -24,9 +24,9 @@ from customgpt.cli.generate import (
     load_for_generation,
     one_line_errors,
     sampling_params_from_args,
-    strict_text,
     write_stream,
 )
+from customgpt.io import decode_utf8_strict
 
 HELP = "commands: /reset clears the history, /exit quits (or Ctrl-D); Ctrl-C stops a reply"
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         number += 1
         try:
-            line = strict_text(line, f"standard input, line {number}")
+            line = decode_utf8_strict(line, f"standard input, line {number}")
         except DataError as exc:
             print(f"error: {exc} (message skipped)", file=err, flush=True)
             continue

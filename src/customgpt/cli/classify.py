@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     from customgpt.classifier import load_classifier, predict_texts
     from customgpt.data.classification import decode_utf8
+    from customgpt.device import resolve_device
     from customgpt.errors import CustomGPTError
     from customgpt.tokenizer import get_tokenizer
-    from customgpt.train.runtime import resolve_device
 
     texts = list(args.texts)
     if args.file:

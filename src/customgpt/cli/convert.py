@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from customgpt.cli._common import add_dtype_argument
+from customgpt.cli._common import add_dtype_argument, check_output_folder
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -31,15 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from customgpt.errors import CustomGPTError
 
     dst = Path(args.dst)
-    if dst.exists() and not dst.is_dir():
-        raise CustomGPTError(f"destination {dst} exists and is not a folder")
-    if (dst / checkpoints.CONFIG_NAME).exists() and not args.force:
-        raise CustomGPTError(f"{dst} already holds a model; pass --force to overwrite it")
+    check_output_folder(dst, [], force=args.force)
     source = checkpoints.resolve_model_spec(args.src, config=args.config)
     if source.kind == "preset":
         raise CustomGPTError(f"{args.src!r} is a preset (random weights), not a model to convert")
-    if dst.is_dir() and any(p.parent.resolve() == dst.resolve() for p in source.weights):
-        raise CustomGPTError(f"{dst} holds the model being converted: choose another destination (an input is never overwritten)")
+    check_output_folder(dst, [p.parent for p in source.weights], force=True, what="model being converted")
     model = checkpoints.build_model(source.config, checkpoints.load_state(source), dtype=args.dtype)
     provenance = checkpoints.provenance_of(source)
     if args.to == "hf":

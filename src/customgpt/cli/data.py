@@ -34,12 +34,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+    if n < 1024:
+        return f"{n} B"
+    exponent = min(3, (n.bit_length() - 1) // 10)
+    return f"{n / 1024**exponent:.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
 
 
 def run(args: argparse.Namespace) -> int:

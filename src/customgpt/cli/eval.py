@@ -118,7 +118,7 @@ def _records(args: argparse.Namespace):
 
 def _model_and_style(args: argparse.Namespace):
     from customgpt.checkpoints import load_model, read_metadata
-    from customgpt.cli._common import resolve_device
+    from customgpt.device import resolve_device
     from customgpt.prompts import get_prompt_style, prompt_style_from_dict
 
     model = load_model(args.model, device=resolve_device(args.device))

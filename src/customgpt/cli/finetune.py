@@ -42,7 +42,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _schema(module: str, name: str) -> type:
-    return getattr(importlib.import_module(module), name)  # argparse would reject the dotted overrides: taken out first
+    return getattr(importlib.import_module(module), name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,9 +68,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     test = summary.get("test")
     result = f"test accuracy {test['accuracy']:.4f}, " if test else ""
-    members = summary.get("ensemble")
-    best = (f"an ensemble of {len(members)}, best epochs " + "/".join(str(m["best_epoch"]) for m in members)
-            if members else f"best epoch {summary['best_epoch']}")
-    print(f"{result}training {summary['train_seconds']:.1f}s; {best}\n"
+    print(f"{result}training {summary['train_seconds']:.1f}s; best epoch {summary['best_epoch']}\n"
           f"run folder: {summary['run_dir']} (classifier: {summary['run_dir']}/best)")
     return 0

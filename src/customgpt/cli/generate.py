@@ -18,6 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from customgpt.cli._common import add_device_argument, add_dtype_argument
+from customgpt.io import decode_utf8_strict, read_text_strict
 
 if TYPE_CHECKING:
     from customgpt.generate import SamplingParams
@@ -87,25 +88,9 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
-def strict_text(text: str, where: str) -> str:
-    """``text`` as Python received it (``surrogateescape``: bytes that are not UTF-8 become
-    lone surrogates) checked to be UTF-8: :class:`DataError` naming the byte offset if not,
-    as the data readers do, instead of silently encoding U+FFFD."""
-    from customgpt.errors import DataError
-
-    raw = text.encode("utf-8", "surrogateescape")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{where}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
-
-
 def read_prompt(value: str) -> str:
     """The ``--prompt`` value, or standard input for ``-``; invalid UTF-8 is an error."""
-    if value != "-":
-        return strict_text(value, "--prompt")
-    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
-    return strict_text(data.decode("utf-8", "surrogateescape"), "standard input")
+    return read_text_strict("-") if value == "-" else decode_utf8_strict(value, "--prompt")
 
 
 def sampling_params_from_args(args: argparse.Namespace, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
@@ -195,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     params = sampling_params_from_args(args, style.stop_strings if style else ())  # before reading stdin
     prompt = read_prompt(args.prompt)
     if style is not None:
-        prompt = style.format_instruction(prompt, strict_text(args.input, "--input") if args.input else args.input)
+        prompt = style.format_instruction(prompt, decode_utf8_strict(args.input, "--input") if args.input else args.input)
     model, tokenizer = load_for_generation(args)
 
     def context_full() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from customgpt.cli._common import add_dtype_argument
+from customgpt.cli._common import add_dtype_argument, check_output_folder
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -37,18 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from customgpt.errors import CustomGPTError
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CustomGPTError(f"output {out} exists and is not a folder")
-    if (out / checkpoints.CONFIG_NAME).exists() and not args.force:
-        raise CustomGPTError(f"{out} already holds a model; pass --force to overwrite it")
+    check_output_folder(out, [], force=args.force)
     meta = lora.read_adapter_config(args.adapter)
     base_info = meta.get("base_model") or {}
     base = args.base or base_info.get("spec")
     if not base:
         raise CustomGPTError(f"{args.adapter} does not record its base model; pass --base MODEL")
-    for given in (Path(args.adapter), Path(base).expanduser()):
-        if out.is_dir() and given.is_dir() and given.resolve() == out.resolve():
-            raise CustomGPTError(f"{out} is an input of the merge: choose another output (an input is never overwritten)")
+    check_output_folder(out, [Path(args.adapter), Path(base).expanduser()], force=True, what="adapter or base model")
     # A preset base means random weights: only the seed recorded with the adapter rebuilds them.
     seed = base_info.get("seed") if base == base_info.get("spec") else None
     model = checkpoints.load_model(base, seed=seed)

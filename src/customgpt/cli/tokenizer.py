@@ -21,6 +21,10 @@ from customgpt.io import read_text_strict
 _EOT = "<|endoftext|>"
 
 
+def _add_special_token(parser: argparse.ArgumentParser, help_: str) -> None:
+    parser.add_argument("--special-token", action="append", default=None, metavar="TEXT", help=f"{help_} (default: {_EOT})")
+
+
 def _add_vocab_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--engine",
@@ -34,13 +38,7 @@ def _add_vocab_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="use a vocabulary trained with 'customgpt tokenizer train' instead of GPT-2's",
     )
-    parser.add_argument(
-        "--special-token",
-        action="append",
-        default=None,
-        metavar="TEXT",
-        help=f"with --vocab: the special tokens it was trained with, in order (default: {_EOT})",
-    )
+    _add_special_token(parser, "with --vocab: the special tokens it was trained with, in order")
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -68,13 +66,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         "--vocab-size", type=int, required=True, help="total ids, special tokens included (>= 257)"
     )
     p_train.add_argument("--out", required=True, help="where to write the vocabulary (tiktoken text format)")
-    p_train.add_argument(
-        "--special-token",
-        action="append",
-        default=None,
-        metavar="TEXT",
-        help=f"special token(s) given the last ids; repeat for several (default: {_EOT})",
-    )
+    _add_special_token(p_train, "special token(s) given the last ids; repeat for several")
     p_train.add_argument(
         "--hf-dir", default=None, help="also write Hugging Face vocab.json/merges.txt/... to this folder"
     )

@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID, IGNORE_INDEX
 from customgpt.errors import ConfigError, DataError
+from customgpt.io import decode_utf8_strict
 from customgpt.prompts import PromptStyle
 
 #: At most this many bad records are listed in one error (the count says how many in all).
@@ -85,17 +86,13 @@ class Fields:
 
 
 def decode_text(data: bytes, path: str | Path) -> str:
-    """UTF-8 text of a file's bytes (a leading BOM dropped).
+    """UTF-8 text of a file's bytes (a leading BOM dropped), through the package's one strict
+    decoder (:func:`customgpt.io.decode_utf8_strict`).
 
     Raises:
-        DataError: invalid UTF-8, naming the file, the byte offset and the line.
+        DataError: invalid UTF-8, naming the file and the byte offset.
     """
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}: invalid UTF-8 byte {data[exc.start]:#04x} at byte offset {exc.start} "
-                        f"(line {line})") from None
+    return decode_utf8_strict(data, str(path)).removeprefix("\ufeff")
 
 
 def parse_records(text: str, source: str | Path) -> list[tuple[int, Any, str]]:
@@ -283,15 +280,17 @@ class InstructDataConfig:
         return Fields(self.instruction_field, self.input_field, self.output_field)
 
 
-def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | None = None) -> Path:
-    """A file path, or a registered dataset name fetched through the registry."""
+def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | None = None, *,
+                   data_dir_option: str = "--data-dir") -> Path:
+    """A file path, or a registered dataset name fetched through the registry
+    (``data_dir_option``: how the calling command sets the mirror folder, for the offline advice)."""
     path = Path(source).expanduser()
     if path.is_file():
         return path
     from customgpt.data.registry import DATASETS, fetch
 
     if source in DATASETS:
-        return fetch(source, data_dir, cache_dir)
+        return fetch(source, data_dir, cache_dir, data_dir_option=data_dir_option)
     raise DataError(f"{source}: no such file, and not a registered dataset ({', '.join(DATASETS)})")
 
 
@@ -310,7 +309,8 @@ def prepare_splits(cfg: InstructDataConfig) -> InstructionSplits:
     else:
         source = cfg.path or cfg.dataset
         assert source is not None
-        records = read_instruction_file(resolve_source(source, cfg.data_dir, cfg.cache_dir), fields_)
+        path = resolve_source(source, cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir")
+        records = read_instruction_file(path, fields_)
         splits = split_records(records, method=cfg.split, train_fraction=cfg.train_fraction,
                                test_fraction=cfg.test_fraction, seed=cfg.split_seed)
     if not splits.train:

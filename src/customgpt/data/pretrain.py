@@ -110,19 +110,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
-def default_cache_dir() -> Path:
-    from customgpt.data.registry import cache_root
-
-    return cache_root() / "tokens"
-
-
 def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = None) -> Path:
     """The token cache file for ``files`` under ``tokenizer`` (it may not exist yet)."""
     digest = hashlib.sha256(b"customgpt-pretrain-tokens-v1\n")
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     for path in files:
         digest.update(b"\n" + sha256_file(path).encode())
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    from customgpt.data.registry import cache_root
+
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "tokens"
     return folder / f"{digest.hexdigest()}.memmap"
 
 
@@ -215,8 +211,8 @@ class TokenWindows(torch.utils.data.Dataset):
 
     def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         """Stacked (inputs, targets) of shape (len(indices), T)."""
-        pairs = [self[i] for i in indices]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        inputs, targets = zip(*(self[i] for i in indices))
+        return torch.stack(inputs), torch.stack(targets)
 
 
 def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> list[int]:
@@ -227,11 +223,4 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> list[int]:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
 
-
-def describe(train: TokenWindows, val: TokenWindows, n_tokens: int) -> str:
-    return (
-        f"{n_tokens:,} tokens: {len(train.tokens):,} train ({len(train):,} windows), "
-        f"{len(val.tokens):,} validation ({len(val):,} windows) of {train.context_length} tokens, "
-        f"stride {train.stride}"
-    )
 

@@ -149,13 +149,10 @@ def dataset_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 def verify(path: str | os.PathLike[str], info: DatasetInfo) -> bool:
     """True if ``path`` is exactly the registered file (size, then sha256)."""
-    path = Path(path)
     try:
-        if path.stat().st_size != info.size:
-            return False
+        return Path(path).stat().st_size == info.size and sha256_file(path) == info.sha256
     except OSError:
         return False
-    return sha256_file(path) == info.sha256
 
 
 def local_status(
@@ -242,6 +239,8 @@ def _offline_hint(info: DatasetInfo, mirror: Path | None, option: str) -> str:
 def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float, mirror: Path | None,
               option: str) -> None:
     """Stream ``info.url`` into a temp file beside ``target``, verify, then move into place."""
+    from tqdm.auto import tqdm
+
     # atomic_open removes the ``.part`` file on any error, a checksum mismatch included.
     with atomic_open(target, "wb", suffix=".part") as out:
         digest = hashlib.sha256()
@@ -250,17 +249,13 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
             request = urllib.request.Request(info.url, headers={"User-Agent": "customgpt"})
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 total = int(response.headers.get("Content-Length") or info.size)
-                bar = _progress_bar(total, info.filename) if progress else None
-                try:
+                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=info.filename,
+                          leave=False, disable=not progress) as bar:
                     for chunk in iter(lambda: response.read(_CHUNK), b""):
                         out.write(chunk)
                         digest.update(chunk)
                         n_bytes += len(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-                finally:
-                    if bar is not None:
-                        bar.close()
+                        bar.update(len(chunk))
         except urllib.error.HTTPError as exc:
             raise DataError(
                 f"cannot download {info.filename} from {info.url}: HTTP {exc.code} {exc.reason}; "
@@ -277,10 +272,4 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
                 f"checksum mismatch for {info.filename} downloaded from {info.url}: got sha256 {actual} "
                 f"({n_bytes} bytes), expected {info.sha256} ({info.size} bytes); the file was deleted"
             )
-
-
-def _progress_bar(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False)
 

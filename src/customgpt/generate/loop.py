@@ -19,7 +19,6 @@ read from a transposed copy (:func:`lm_head_for_generation`); see ``docs/generat
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ FinishReason = Literal["stop", "length", "eot", "interrupted"]
 #: On the CPU, compute the LM head from a transposed copy of its weight (see
 #: :func:`lm_head_for_generation`). Set to False to save the memory of that copy.
 CPU_TRANSPOSED_HEAD = True
-_HEAD_ATTR = "_customgpt_transposed_head"
 
 
 class GenerationError(CustomGPTError, ValueError):
@@ -97,9 +95,10 @@ def lm_head_for_generation(model: GPT) -> Callable[[Tensor], Tensor]:
     bandwidth they reach on the (C, V) layout (measured in ``benchmarks/generate.py``), so on
     the CPU generation keeps a contiguous transposed copy of the weight and multiplies by it.
     (The tied weight is also the token embedding, whose rows training reads: it is not
-    re-laid out in place as the block weights are.) The copy is made on first use and made
-    again whenever the weight changes (training in between, ``.to()``); it costs one extra
-    copy of the head's weight in memory (:data:`CPU_TRANSPOSED_HEAD` turns it off). Anything
+    re-laid out in place as the block weights are.) The copy belongs to the caller (one per
+    request: nothing cached on the model can go stale when training changes the weights in
+    place, as a fused AdamW step does without bumping version counters); it costs one extra
+    copy of the head's weight in memory while it lives (:data:`CPU_TRANSPOSED_HEAD` turns it off). Anything
     but a plain bias-free ``nn.Linear`` head (a LoRA-wrapped head, say) is called as it is.
     """
     head = model.lm_head
@@ -110,21 +109,9 @@ def lm_head_for_generation(model: GPT) -> Callable[[Tensor], Tensor]:
         or head.weight.device.type != "cpu"
     ):
         return head
-    weight = head.weight
-    cached = model.__dict__.get(_HEAD_ATTR)
-    if cached is None or cached[0]() is not weight or cached[1] != weight._version or cached[2] != weight.data_ptr():
-        with torch.no_grad():
-            transposed = weight.detach().t().contiguous()  # (C, V)
-        cached = (weakref.ref(weight), weight._version, weight.data_ptr(), transposed)
-        model.__dict__[_HEAD_ATTR] = cached
-    transposed = cached[3]
+    with torch.no_grad():
+        transposed = head.weight.detach().t().contiguous()  # (C, V)
     return lambda hidden: hidden @ transposed
-
-
-def free_generation_memory(model: GPT) -> None:
-    """Drop what generation keeps on the model between requests: the transposed LM-head
-    copy (rebuilt by the next generation). KV caches belong to each request."""
-    model.__dict__.pop(_HEAD_ATTR, None)
 
 
 def token_loop(

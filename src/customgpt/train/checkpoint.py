@@ -249,20 +249,15 @@ def load_trainer_state(folder: str | Path, *, verify: bool = True) -> dict[str, 
     return state
 
 
-def load_model_weights(folder: str | Path, model: nn.Module) -> None:
-    """Copy the checkpoint's weights into ``model`` (unwrapped, any device), shapes checked."""
+def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Verify ``folder``, copy its weights into ``model`` (unwrapped, any device, shapes
+    checked) and return its trainer state."""
     from customgpt.checkpoints import load_model
 
-    plain = unwrap(model)
+    state = load_trainer_state(folder, verify=True)
     loaded = load_model(Path(folder), device="cpu", dtype=torch.float32)
     try:
-        plain.load_state_dict(loaded.state_dict(), strict=True)
+        unwrap(model).load_state_dict(loaded.state_dict(), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {folder} does not match the model: {exc}") from exc
-
-
-def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
-    """Verify ``folder``, load its weights into ``model`` and return its trainer state."""
-    state = load_trainer_state(folder, verify=True)
-    load_model_weights(folder, model)
     return state

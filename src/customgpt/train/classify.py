@@ -49,8 +49,8 @@ from customgpt.train.config import (
     TrainConfig,
     save_config,
 )
-from customgpt.train.files import atomic_write_bytes, atomic_write_text
-from customgpt.train.logging import MetricsLogger, Progress
+from customgpt.train.files import atomic_write_text
+from customgpt.train.logging import MetricsLogger, Progress, save_figure
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule
@@ -427,10 +427,5 @@ def plot_epochs(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        plt.close(fig)
-        atomic_write_bytes(run_dir / f"{key}.png", buffer.getvalue())
-        written.append(run_dir / f"{key}.png")
+        written.append(save_figure(fig, run_dir / f"{key}.png", dpi=100))
     return written

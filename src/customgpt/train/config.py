@@ -1,34 +1,14 @@
 """Training configs: dataclass sections parsed by jsonargparse, YAML presets, dotted overrides.
 
-A command's configuration is a tree of dataclasses (sections, see :mod:`customgpt.sections`):
-each field has a type, a default and an attribute docstring (a string right after it),
-which ``--help`` lists. :func:`load_config` layers, later winning, the schema's defaults,
-a YAML file (a path, or a packaged preset's name: ``pretrain-verdict``) and command-line
-overrides by dotted key (``--train.lr 3e-4``, ``--train.lr=3e-4``, ``--optim.betas 0.9,0.95``,
-``--runtime.compile`` for true, ``--model.init none``). jsonargparse converts and checks the
-types; each section's ``validate()`` checks ranges. Every error is a
-:class:`~customgpt.errors.ConfigError` naming the dotted key and the file or flag that set it,
-raised before any training starts. A YAML file with a duplicate key is an error.
-
-A new objective declares its root section and hands it to the CLI::
-
-    @dataclass
-    class DPOConfig(Section):
-        model: ModelSection = field(default_factory=ModelSection)
-        data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
-        train: TrainConfig = field(default_factory=TrainConfig)
-        optim: OptimConfig = field(default_factory=OptimConfig)
-        runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-        logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-    cfg = load_config(DPOConfig, "dpo-small", ["--train.lr", "5e-6"])  # a DPOConfig instance
-
-and one row in ``customgpt.cli.finetune.TASKS`` gives it ``customgpt finetune dpo``
-(``--help`` lists every key, ``--print-config`` prints the resolved YAML). A section may also
-be a plain ``@dataclass`` whose ``__post_init__`` raises ConfigError naming ``section.key``
-(no import of this module needed, as ``data/`` modules must not import ``train/``); deriving
-:class:`~customgpt.sections.Section` adds the finite-number and choice checks on construction
-and the file or flag that set a bad value to the message.
+A command's config is a tree of sections (:mod:`customgpt.sections`) whose attribute
+docstrings ``--help`` lists. :func:`load_config` layers the schema's defaults, a YAML file
+(a path or a packaged preset name) and ``--section.key VALUE`` overrides; jsonargparse
+checks the types, each section's ``validate()`` the ranges. Every error is a ConfigError
+naming the dotted key and the file or flag that set it, raised before training starts; a
+YAML file with a duplicate key is an error. A new objective declares a root section (as
+``ClassifyConfig``) and adds one row to ``customgpt.cli.finetune.TASKS``. A ``data/``
+section may be a plain ``@dataclass`` whose ``__post_init__`` raises ConfigError naming
+``section.key`` (``data/`` never imports ``train/``).
 """
 
 from __future__ import annotations
@@ -37,6 +17,7 @@ import argparse
 import difflib
 import functools
 import json
+import math
 import re
 import sys
 import types
@@ -62,14 +43,7 @@ _NONE = {"none", "null", "~"}
 _NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity|\.nan|\.inf)$", re.IGNORECASE)
 
 
-class _Flag:
-    """A command-line key given without a value (``--runtime.compile``): true for bools."""
-
-    def __repr__(self) -> str:
-        return "<flag without a value>"
-
-
-FLAG = _Flag()
+FLAG = object()  # a command-line key given without a value (``--runtime.compile``): true for bools
 
 
 # --------------------------------------------------------------------------- the schema's keys
@@ -121,11 +95,6 @@ def describe_type(tp: Any) -> str:
         inner, getattr(inner, "__name__", str(inner)))
 
 
-def _is_float(tp: Any) -> bool:
-    inner = _unwrap_optional(tp)[1]
-    return inner is float or (get_origin(inner) in (tuple, list) and float in get_args(inner))
-
-
 def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
     """One value (a command-line string, FLAG, or a YAML object) as jsonargparse's text for ``--key``."""
     optional, inner = _unwrap_optional(tp)
@@ -134,10 +103,10 @@ def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
         if inner is bool:
             return "true"
         raise ConfigError(f"{key}: needs a value ({describe_type(tp)}){where}")
-    if _is_float(tp):
+    if inner is float or (origin in (tuple, list) and float in get_args(inner)):
         items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
         for item in items:
-            if (isinstance(item, float) and item != item or item in (float("inf"), float("-inf"))
+            if (isinstance(item, float) and not math.isfinite(item)
                     or isinstance(item, str) and _NONFINITE.match(item.strip())):
                 raise ConfigError(f"{key}: must be a finite number, got {item!r}{where}")
     if isinstance(value, str):
@@ -161,11 +130,7 @@ def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for name, value in data.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, dict):
-            out.extend(_flatten(value, key + "."))
-        else:
-            out.append((key, value))
+        out += _flatten(value, f"{prefix}{name}.") if isinstance(value, dict) else [(f"{prefix}{name}", value)]
     return out
 
 
@@ -216,10 +181,8 @@ def load_config(
     if path is not None:
         data = read_yaml(resolve_config_path(path))
         pairs += [(k, v, str(path)) for k, v in _flatten(data)]
-    if overrides and isinstance(next(iter(overrides)), str):
-        tokens = parse_overrides(overrides)  # type: ignore[arg-type]
-    else:
-        tokens = list(overrides or [])  # type: ignore[arg-type]
+    is_tokens = overrides and isinstance(next(iter(overrides)), str)
+    tokens = parse_overrides(overrides) if is_tokens else list(overrides or [])  # type: ignore[arg-type]
     pairs += [(k, v, f"--{k}") for k, v in tokens]
 
     keys = schema_keys(schema)
@@ -330,8 +293,7 @@ def _packaged_configs() -> Path:
 
 def list_config_presets() -> list[str]:
     """Names of the packaged YAML presets (``customgpt/configs/*.yaml``)."""
-    folder = _packaged_configs()
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return sorted(p.stem for p in _packaged_configs().glob("*.yaml"))
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -483,12 +445,11 @@ class ModelSection(Section):
             value = getattr(self, key)
             if value is not None and not 0.0 <= value < 1.0:
                 raise FieldError(key, f"must be in [0, 1), got {value}")
-        if self.init is not None:
-            for key in self._SHAPE:
-                if getattr(self, key) is not None:
-                    raise FieldError(key, "cannot change the shape of weights loaded from model.init")
-        else:
+        shaped = [key for key in self._SHAPE if getattr(self, key) is not None]
+        if self.init is None:
             self.gpt_config()  # shape errors (e.g. n_embd % n_head) surface now, before training
+        elif shaped:
+            raise FieldError(shaped[0], "cannot change the shape of weights loaded from model.init")
 
     def _changes(self) -> dict[str, Any]:
         keys = (*self._SHAPE, "dropout", "attn_dropout", "impl")
@@ -592,10 +553,11 @@ class TrainConfig(Section):
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise FieldError(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("max_steps", "micro_batch_size", "eval_iters"):
+        for key, low in (("max_steps", 1), ("micro_batch_size", 1), ("eval_iters", 1), ("warmup_steps", 0),
+                         ("grad_clip", 0), ("eval_every", 0), ("save_every", 0)):
             value = getattr(self, key)
-            if value is not None and value < 1:
-                raise FieldError(key, f"must be >= 1 or none, got {value}")
+            if value is not None and value < low:
+                raise FieldError(key, f"must be >= {low}, got {value}")
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             raise FieldError("micro_batch_size", f"({self.micro_batch_size}) exceeds batch_size ({self.batch_size})")
         if self.lr <= 0:
@@ -613,16 +575,8 @@ class TrainConfig(Section):
             raise FieldError("seed", f"must be between 0 and 2**64 - 1 ({MAX_SEED}), got {self.seed}")
         if self.warmup_steps is not None and self.warmup_fraction is not None:
             raise FieldError("warmup_steps", "give warmup_steps or warmup_fraction, not both")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise FieldError("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
             raise FieldError("warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
-        if self.grad_clip is not None and self.grad_clip < 0:
-            raise FieldError("grad_clip", f"must be >= 0 (0 or none: off), got {self.grad_clip}")
-        if self.eval_every < 0:
-            raise FieldError("eval_every", f"must be >= 0, got {self.eval_every}")
-        if self.save_every is not None and self.save_every < 0:
-            raise FieldError("save_every", f"must be >= 0, got {self.save_every}")
 
     def accumulation(self, world_size: int = 1) -> tuple[int, int]:
         """(micro_batch_size, accumulation steps) per process; the global batch must divide evenly."""
@@ -678,11 +632,3 @@ class LoggingConfig(Section):
             raise FieldError("log_every", f"must be >= 1, got {self.log_every}")
         if not self.out_dir:
             raise FieldError("out_dir", "must not be empty")
-
-
-__all__ = [
-    "ConfigError", "FieldError", "Section", "ModelSection", "OptimConfig", "TrainConfig",
-    "RuntimeConfig", "LoggingConfig", "load_config", "make_parser", "keys_help", "schema_keys",
-    "parse_overrides", "resolve_config_path", "list_config_presets", "save_config", "to_dict",
-    "to_yaml", "read_yaml", "accept_override_args", "add_config_arguments", "split_override_args",
-]

@@ -63,10 +63,9 @@ def init_distributed(device_type: str) -> DistInfo:
         return info
     if not dist.is_available():
         raise RuntimeError("this PyTorch build has no torch.distributed; run with one process")
-    backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
     return info
 
 
@@ -93,12 +92,6 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
-    if is_initialized():
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return value
-
-
 def all_gather_object(obj: Any) -> list[Any]:
     """Every process's ``obj``, in rank order (``[obj]`` with one process)."""
     if not is_initialized():
@@ -106,15 +99,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every process."""
-    if not is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
@@ -126,8 +110,7 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Mod
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    device_ids = [device.index] if device.type == "cuda" else None
-    return DDP(model, device_ids=device_ids)
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

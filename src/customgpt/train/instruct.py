@@ -36,6 +36,7 @@ from customgpt.evaluate.perplexity import perplexity_of, response_perplexity, su
 from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 from customgpt.losses import causal_lm_loss
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
+from customgpt.sections import Section
 from customgpt.train.config import (
     LoggingConfig,
     ModelSection,
@@ -50,9 +51,10 @@ from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule
 from customgpt.train.step import count_targets, micro_loss_weight, optimizer_step
 
-#: The file names a run writes beside ``metrics.jsonl`` and the ``best`` / ``final`` models.
-RESPONSES_NAME = "test_responses.json"
-TEST_METRICS_NAME = "test_metrics.json"
+#: The files a run writes beside ``metrics.jsonl`` and the ``best`` / ``final`` models
+#: (``{split}``: ``instruct.responses_split``, ``test`` by default).
+RESPONSES_NAME = "{split}_responses.json"
+METRICS_NAME = "{split}_metrics.json"
 
 
 @dataclass
@@ -64,7 +66,7 @@ class InstructSection:
     sample_max_new_tokens: int = 35
     """Tokens of the greedy response to the first validation instruction printed after each epoch (0: none)."""
     responses_split: Literal["test", "val", "train", "none"] = "test"
-    """The split answered greedily after training (written to test_responses.json); none: skip."""
+    """The split answered greedily after training (written to SPLIT_responses.json and scored in SPLIT_metrics.json); none: skip."""
     responses_model: Literal["final", "best"] = "final"
     """The model that answers and is scored after training: the last weights (as the reference) or the best by validation loss."""
     max_new_tokens: int = 256
@@ -102,7 +104,7 @@ class InstructLoRASection:
 
 
 @dataclass
-class InstructConfig:
+class InstructConfig(Section):
     """The whole ``customgpt finetune instruct`` configuration (see docs/instruct.md)."""
 
     model: ModelSection = field(default_factory=ModelSection)
@@ -335,14 +337,15 @@ def _answer_and_score(model: nn.Module, tokenizer, style: PromptStyle, records, 
                                              use_stop_strings=icfg.use_stop_strings, progress=cfg.logging.progress)
     settings = {**settings, "model": str(run_dir / icfg.responses_model)}
     rows = with_responses(records, responses, settings)
-    write_json(run_dir / RESPONSES_NAME, rows)
+    responses_path = run_dir / RESPONSES_NAME.format(split=icfg.responses_split)
+    write_json(responses_path, rows)
     per_record, overlap = score_responses(rows)
     result = {"split": icfg.responses_split, "records": len(records), "loss": ppl.loss,
               "perplexity": ppl.perplexity, "response_tokens": ppl.tokens, "rouge_l": overlap["rouge_l"],
               "exact_match": overlap["exact_match"], "generation_seconds": time.perf_counter() - clock,
               "truncated": data.n_truncated, "generation": settings}
-    write_json(run_dir / TEST_METRICS_NAME, {**result, "per_record": per_record})
+    write_json(run_dir / METRICS_NAME.format(split=icfg.responses_split), {**result, "per_record": per_record})
     print(f"{icfg.responses_split}: perplexity {ppl.perplexity:.2f} (loss {ppl.loss:.3f}) on {ppl.tokens} response "
           f"tokens; ROUGE-L {overlap['rouge_l']:.1f}, exact match {overlap['exact_match']:.1f}% "
-          f"({len(records)} records, responses in {run_dir / RESPONSES_NAME})", flush=True)
+          f"({len(records)} records, responses in {responses_path})", flush=True)
     return result

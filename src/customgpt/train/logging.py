@@ -13,6 +13,8 @@ display needed) and TensorBoard are imported only when used.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from customgpt.errors import ConfigError, CustomGPTError
-from customgpt.train.files import atomic_write_text
+from customgpt.train.files import atomic_write_bytes, atomic_write_text
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -32,13 +34,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
+    for line in filter(str.strip, path.read_text(encoding="utf-8").splitlines()):
+        with contextlib.suppress(json.JSONDecodeError):
             records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
     return records
 
 
@@ -80,7 +78,7 @@ class MetricsLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         """Write one record (must include ``step``)."""
-        if not self.enabled or self._fh is None:
+        if self._fh is None:  # disabled, or closed
             return
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
@@ -129,14 +127,8 @@ class Progress:
                n: int = 1) -> None:
         if self._bar is None:
             return
-        postfix = {}
-        if loss is not None:
-            postfix["loss"] = f"{loss:.3f}"
-        if lr is not None:
-            postfix["lr"] = f"{lr:.2e}"
-        if tokens_per_s is not None:
-            postfix["tok/s"] = f"{tokens_per_s:,.0f}"
-        self._bar.set_postfix(postfix, refresh=False)
+        values = {"loss": (loss, ".3f"), "lr": (lr, ".2e"), "tok/s": (tokens_per_s, ",.0f")}
+        self._bar.set_postfix({k: format(v, f) for k, (v, f) in values.items() if v is not None}, refresh=False)
         self._bar.update(n)
 
     def write(self, text: str) -> None:
@@ -206,9 +198,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     ax.set_title(f"loss: {run_dir.name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    written.append(_save_figure(fig, out / "loss.png"))
-    plt.close(fig)
+    written.append(save_figure(fig, out / "loss.png"))
 
     xs, ys = _series(records, "lr")
     if xs:
@@ -218,18 +208,20 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         ax.set_ylabel("learning rate")
         ax.set_title(f"learning rate: {run_dir.name}")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        written.append(_save_figure(fig, out / "lr.png"))
-        plt.close(fig)
+        written.append(save_figure(fig, out / "lr.png"))
     return written
 
 
-def _save_figure(fig: Any, path: Path) -> Path:
-    import io
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it as a PNG atomically, close it; returns ``path``."""
+    import matplotlib.pyplot as plt
 
-    from customgpt.train.files import atomic_write_bytes
-
+    fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+_save_figure = save_figure  # the name train/dpo.py imports

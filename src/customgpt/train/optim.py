@@ -20,26 +20,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ``named_parameters`` yields a tied weight (the LM head sharing ``wte``) once, so it is
     optimised once. Frozen parameters (``requires_grad=False``, e.g. outside LoRA) are left out.
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    decay_names: list[str] = []
-    no_decay_names: list[str] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.dim() >= 2:
-            decay.append(p)
-            decay_names.append(name)
-        else:
-            no_decay.append(p)
-            no_decay_names.append(name)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay, "names": decay_names})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "names": no_decay_names})
-    if not groups:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("the model has no trainable parameters")
+    groups = []
+    for decays, decay in ((True, weight_decay), (False, 0.0)):
+        part = [(n, p) for n, p in named if (p.dim() >= 2) == decays]
+        if part:
+            groups.append({"params": [p for _, p in part], "weight_decay": decay, "names": [n for n, _ in part]})
     return groups
 
 
@@ -51,16 +39,13 @@ def build_optimizer(
     ``cfg.fused`` None picks the fused kernel on CUDA and on the CPU (one kernel for all
     parameters; on the CPU about 3x faster than ``foreach`` for a 9M-parameter model, the
     same numbers up to rounding) and the multi-tensor ``foreach`` path elsewhere;
-    True/False force it. The LR is set again
-    each step from the schedule, ``lr`` is just the starting value.
+    True/False force it. The LR is set again each step from the schedule, ``lr`` is just the start.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     fused = cfg.fused if cfg.fused is not None else device.type in ("cuda", "cpu")
     kwargs: dict = {"fused": True} if fused else {"foreach": True}
-    groups = param_groups(model, cfg.weight_decay)
     # "names" is informational; keep it out of the optimizer (its state_dict must stay plain).
-    for g in groups:
-        g.pop("names")
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay)]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
 
 

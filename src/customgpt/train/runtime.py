@@ -19,30 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from customgpt.device import resolve_device
 from customgpt.errors import ConfigError
 from customgpt.train.config import RuntimeConfig
 from customgpt.train.distributed import DistInfo, env_dist_info, init_distributed
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:<local_rank>`` / ``mps`` / ``cpu``; explicit names are checked."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"runtime.device: {name!r} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("runtime.device: 'mps' requested but MPS is not available")
-    return device
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:

@@ -16,6 +16,7 @@ at step ``s`` gives the same LR as the uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -58,21 +59,11 @@ class LRSchedule:
     kind: str = "cosine"
 
     def __call__(self, step: int) -> float:
-        return lr_at(
-            step, peak_lr=self.peak_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
-            initial_lr=self.initial_lr, min_lr=self.min_lr, kind=self.kind,
-        )
+        return lr_at(step, **dataclasses.asdict(self))
 
 
 def build_schedule(cfg: TrainConfig, total_steps: int) -> LRSchedule:
     """The schedule described by ``cfg`` for a run of ``total_steps`` optimizer steps."""
-    if cfg.warmup_steps is not None:
-        warmup = cfg.warmup_steps
-    elif cfg.warmup_fraction is not None:
-        warmup = int(cfg.warmup_fraction * total_steps)
-    else:
-        warmup = 0
-    return LRSchedule(
-        peak_lr=cfg.lr, total_steps=total_steps, warmup_steps=warmup,
-        initial_lr=cfg.initial_lr, min_lr=cfg.min_lr, kind=cfg.schedule,
-    )
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int((cfg.warmup_fraction or 0) * total_steps)
+    return LRSchedule(peak_lr=cfg.lr, total_steps=total_steps, warmup_steps=warmup,
+                      initial_lr=cfg.initial_lr, min_lr=cfg.min_lr, kind=cfg.schedule)

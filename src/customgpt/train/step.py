@@ -40,22 +40,18 @@ def count_targets(targets: Tensor, ignore_index: int = IGNORE_INDEX) -> int:
 
 def global_count(local: int | float, device: torch.device | str = "cpu") -> int:
     """Sum a per-process count over all processes (the count itself with one process)."""
-    t = torch.tensor([float(local)], dtype=torch.float64, device=device)
-    return int(all_reduce_sum(t).item())
+    return int(all_reduce_sum(torch.tensor([float(local)], dtype=torch.float64, device=device)).item())
 
 
 def micro_loss_weight(n_micro: int, n_global: int, world_size: int = 1) -> float:
     """Factor for a micro-batch's *mean* loss so the accumulated gradient is that of
     ``sum of all token losses / n_global`` (the global batch's mean)."""
-    if n_global <= 0:
-        return 0.0
-    return n_micro * world_size / n_global
+    return n_micro * world_size / n_global if n_global > 0 else 0.0
 
 
 def global_mean(local_sum: float, n_global: int, device: torch.device | str = "cpu") -> float:
     """The global batch's mean loss from each process's sum of token losses."""
-    t = torch.tensor([float(local_sum)], dtype=torch.float64, device=device)
-    total = all_reduce_sum(t).item()
+    total = all_reduce_sum(torch.tensor([float(local_sum)], dtype=torch.float64, device=device)).item()
     return total / n_global if n_global > 0 else math.nan
 
 
@@ -69,9 +65,7 @@ def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float | None) -> floa
     params = [p for p in parameters if p.grad is not None]
     if not params:
         return 0.0
-    limit = float(max_norm) if max_norm else math.inf
-    norm = torch.nn.utils.clip_grad_norm_(params, limit)
-    return float(norm)
+    return float(torch.nn.utils.clip_grad_norm_(params, float(max_norm) if max_norm else math.inf))
 
 
 def optimizer_step(
