@@ -225,7 +225,8 @@ def prepare_preference_splits(cfg: PreferenceDataConfig) -> InstructionSplits:
     else:
         source = cfg.path or cfg.dataset
         assert source is not None
-        records = read_preference_file(resolve_source(source, cfg.data_dir, cfg.cache_dir), fields_)
+        path = resolve_source(source, cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir")
+        records = read_preference_file(path, fields_)
         if cfg.limit is not None:
             records = records[:cfg.limit]
         splits = split_records(records, method=cfg.split, train_fraction=cfg.train_fraction,  # type: ignore[arg-type]
