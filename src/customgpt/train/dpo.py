@@ -457,7 +457,7 @@ def _plots(run_dir: Path) -> list[Path]:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from customgpt.train.logging import _save_figure
+    from customgpt.train.logging import save_figure
 
     records = [r for r in read_metrics(run_dir) if r.get("kind") == "eval"]
     written = []
@@ -474,7 +474,7 @@ def _plots(run_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        written.append(_save_figure(fig, run_dir / name))
+        written.append(save_figure(fig, run_dir / name))
         plt.close(fig)
     return written
 
