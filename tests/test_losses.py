@@ -358,3 +358,192 @@ def test_focal_loss_by_hand():
     assert FocalLoss(2.0, w)(logits, mixed).item() == pytest.approx(by_hand, rel=1e-6)
     with pytest.raises(ValueError, match="gamma"):
         FocalLoss(-1.0)
+
+
+# =========================================================================== preference losses
+# Hand-worked values for fixed log-probs, sequence log-probs against a direct per-token
+# computation, and parity with TRL's DPOTrainer (sigmoid and IPO) on a tiny GPT-2.
+
+from customgpt.losses import (  # noqa: E402
+    PREFERENCE_LOSSES,
+    DPOLoss,
+    IPOLoss,
+    ORPOLoss,
+    SimPOLoss,
+    model_sequence_logprobs,
+    preference_metrics,
+    sequence_logprobs,
+)
+
+
+def _t(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_dpo_loss_by_hand():
+    # policy chosen -1, rejected -3; reference -2 for both; beta 0.1
+    # log-ratios r_c = -1 - (-2) = 1, r_r = -3 - (-2) = -1; z = 0.1 * (1 - (-1)) = 0.2
+    # loss = -log sigmoid(0.2) = log(1 + e^-0.2) = log(1.8187307531) = 0.5981388693
+    out = DPOLoss(beta=0.1)(_t(-1.0), _t(-3.0), _t(-2.0), _t(-2.0))
+    assert out.losses.item() == pytest.approx(0.5981388693, abs=1e-9)
+    assert out.chosen_rewards.item() == pytest.approx(0.1)  # beta * r_c
+    assert out.rejected_rewards.item() == pytest.approx(-0.1)  # beta * r_r
+
+
+def test_dpo_label_smoothing_by_hand():
+    # eps 0.1: 0.9 * -log sigmoid(0.2) + 0.1 * -log sigmoid(-0.2)
+    # -log sigmoid(-0.2) = log(1 + e^0.2) = 0.2 + log(1 + e^-0.2) = 0.7981388693
+    # = 0.9 * 0.5981388693 + 0.1 * 0.7981388693 = 0.5383249824 + 0.0798138869 = 0.6181388693
+    out = DPOLoss(beta=0.1, label_smoothing=0.1)(_t(-1.0), _t(-3.0), _t(-2.0), _t(-2.0))
+    assert out.losses.item() == pytest.approx(0.6181388693, abs=1e-9)
+
+
+def test_ipo_loss_by_hand():
+    # summed log-ratios r_c = 1 over 2 tokens, r_r = -1 over 4 tokens; beta (tau) 0.1
+    # h = 1/2 - (-1/4) = 0.75; 1 / (2 * 0.1) = 5; loss = (0.75 - 5)^2 = 18.0625
+    out = IPOLoss(beta=0.1)(_t(-1.0), _t(-3.0), _t(-2.0), _t(-2.0), _t(2), _t(4))
+    assert out.losses.item() == pytest.approx(18.0625)
+    assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == pytest.approx((0.1, -0.1))
+    # the same pairs as per-token averages (reduction "mean"): r_c = 0.5, r_r = -0.25 -> same loss
+    out = IPOLoss(beta=0.1, reduction="mean")(_t(-0.5), _t(-0.75), _t(-1.0), _t(-0.5))
+    assert out.losses.item() == pytest.approx(18.0625)
+
+
+def test_simpo_loss_by_hand():
+    # chosen: sum -2 over 4 tokens -> average -0.5; rejected: sum -6 over 3 tokens -> -2
+    # beta 2, gamma 1: 2 * (-0.5 - (-2)) - 1 = 2; loss = log(1 + e^-2) = 0.1269280110
+    out = SimPOLoss(beta=2.0, gamma=1.0)(_t(-2.0), _t(-6.0), chosen_lengths=_t(4), rejected_lengths=_t(3))
+    assert out.losses.item() == pytest.approx(0.1269280110, abs=1e-9)
+    assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == pytest.approx((-1.0, -4.0))  # beta * average
+
+
+def test_orpo_loss_by_hand():
+    # average log-probs: chosen log 0.5, rejected log 0.25 (reduction "mean")
+    # odds(chosen) = 0.5 / 0.5 = 1 -> log 0; odds(rejected) = 0.25 / 0.75 = 1/3 -> -log 3
+    # log sigmoid(log 3) = log(3/4) = -0.2876820725
+    # loss = NLL + lam * 0.2876820725 = 0.6931471806 + 0.0287682072 = 0.7219153878
+    out = ORPOLoss(lam=0.1, reduction="mean")(_t(math.log(0.5)), _t(math.log(0.25)))
+    assert out.losses.item() == pytest.approx(0.7219153878, abs=1e-9)
+    assert out.chosen_rewards.item() == pytest.approx(0.1 * math.log(0.5))
+    assert out.rejected_rewards.item() == pytest.approx(0.1 * math.log(0.25))
+
+
+def test_preference_losses_need_what_they_need():
+    with pytest.raises(ValueError, match="reference"):
+        DPOLoss()(_t(-1.0), _t(-2.0))
+    with pytest.raises(ValueError, match="lengths"):
+        SimPOLoss()(_t(-1.0), _t(-2.0))
+    with pytest.raises(ValueError, match="reduction"):
+        DPOLoss(reduction="avg")
+    assert {name for name, cls in PREFERENCE_LOSSES.items() if not cls.needs_reference} == {"simpo", "orpo"}
+
+
+def test_preference_metrics_names_and_values():
+    out = DPOLoss(beta=0.5)(_t(-1.0, -4.0), _t(-3.0, -1.0), _t(-2.0, -2.0), _t(-2.0, -2.0))
+    m = preference_metrics(out, _t(-1.0, -4.0), _t(-3.0, -1.0))
+    # rewards chosen 0.5*(1, -2) = (0.5, -1); rejected 0.5*(-1, 1) = (-0.5, 0.5)
+    assert m["rewards/chosen"] == pytest.approx(-0.25) and m["rewards/rejected"] == pytest.approx(0.0)
+    assert m["rewards/margins"] == pytest.approx(((0.5 + 0.5) + (-1 - 0.5)) / 2)
+    assert m["rewards/accuracies"] == 0.5
+    assert m["logps/chosen"] == -2.5 and m["logps/rejected"] == -2.0
+    assert set(m) == {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                      "logps/chosen", "logps/rejected"}
+
+
+def _right_padded_batch():
+    """Three rows of 4 + 3, 2 + 5 and 3 + 1 prompt + response tokens, right-padded to 9
+    with id 7. Returns input ids, next-token targets and the response mask over targets."""
+    rows = [([5, 9, 11, 3], [40, 41, 42]), ([8, 2], [60, 61, 62, 63, 64]), ([1, 2, 3], [99])]
+    T = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((3, T + 1), 7)
+    mask = torch.zeros(3, T + 1, dtype=torch.bool)
+    for b, (p, r) in enumerate(rows):
+        ids[b, :len(p) + len(r)] = torch.tensor(p + r)
+        mask[b, len(p):len(p) + len(r)] = True
+    return ids[:, :-1], ids[:, 1:], mask[:, 1:], rows
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_sequence_logprobs_equal_direct_per_token_computation(reduction):
+    model = tiny_model(seed=3)
+    inputs, targets, mask, rows = _right_padded_batch()
+    with torch.no_grad():
+        logits = model(inputs)
+        got = sequence_logprobs(logits, targets, mask, reduction=reduction)
+        fast = model_sequence_logprobs(model, inputs, targets, mask, reduction=reduction)
+        for b, (p, r) in enumerate(rows):
+            alone = model(torch.tensor([p + r]))[0]  # the row without padding
+            # the response token r[k] sits at position len(p) + k and is predicted at len(p) + k - 1
+            terms = [torch.log_softmax(alone[len(p) + k - 1].double(), dim=-1)[tok] for k, tok in enumerate(r)]
+            direct = sum(terms) / (len(r) if reduction == "mean" else 1)
+            assert got[b].item() == pytest.approx(direct.item(), abs=1e-5)
+    torch.testing.assert_close(fast, got, atol=1e-5, rtol=0)
+
+
+def test_model_sequence_logprobs_gradient_matches_reference():
+    model = tiny_model(seed=4)
+    inputs, targets, mask, _ = _right_padded_batch()
+    sequence_logprobs(model(inputs), targets, mask).sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model_sequence_logprobs(model, inputs, targets, mask).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+PAIRS = [
+    {"prompt": "Q: what is 2+2?\nA:", "chosen": " 4, of course.", "rejected": " five"},
+    {"prompt": "Say hi.", "chosen": " Hello there! Nice to meet you.", "rejected": " no"},
+    {"prompt": "Name a color:", "chosen": " blue", "rejected": " the colour is, well, red I guess"},
+]
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_and_ipo_match_trl(tmp_path, loss_type):
+    """TRL's DPOTrainer (in fp32: its configs default to bf16 autocast) evaluates a tiny GPT-2 policy against a different reference on three
+    pairs (one batch); our loss modules on our model's sequence log-probs of the same token
+    ids give the same loss and rewards/* and logps/* metrics."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from helpers import copy_customgpt_to_hf
+    from transformers import GPT2TokenizerFast
+    from trl import DPOConfig, DPOTrainer
+
+    from customgpt.tokenizer import save_hf_tokenizer_files
+
+    save_hf_tokenizer_files(tmp_path / "tok")
+    tokenizer = GPT2TokenizerFast.from_pretrained(tmp_path / "tok")
+    policy = tiny_model(seed=1, vocab_size=50257, n_embd=32, n_head=2)
+    reference = tiny_model(seed=2, vocab_size=50257, n_embd=32, n_head=2)
+    data = Dataset.from_list(PAIRS)
+    args = DPOConfig(output_dir=str(tmp_path / "out"), beta=0.1, loss_type=[loss_type], report_to=[],
+                     per_device_eval_batch_size=len(PAIRS), use_cpu=True, bf16=False, disable_dropout=True,
+                     logging_strategy="no", save_strategy="no", disable_tqdm=True)
+    trainer = DPOTrainer(model=copy_customgpt_to_hf(policy), ref_model=copy_customgpt_to_hf(reference), args=args,
+                         train_dataset=data, eval_dataset=data, processing_class=tokenizer)
+    theirs = trainer.evaluate()
+
+    # The same token ids TRL trained on (prompt + response + end-of-text), right-padded.
+    rows = trainer.eval_dataset
+    seqs = {}
+    for side in ("chosen", "rejected"):
+        full = [r["prompt_ids"] + r[f"{side}_ids"] for r in rows]
+        T = max(map(len, full))
+        ids = torch.full((len(full), T), tokenizer.eos_token_id)
+        mask = torch.zeros(len(full), T, dtype=torch.bool)
+        for b, r in enumerate(rows):
+            ids[b, :len(full[b])] = torch.tensor(full[b])
+            mask[b, len(r["prompt_ids"]):len(full[b])] = True
+        seqs[side] = (ids[:, :-1], ids[:, 1:], mask[:, 1:])
+    with torch.no_grad():
+        logps = {(who, side): model_sequence_logprobs(model, *seqs[side])
+                 for who, model in (("policy", policy), ("reference", reference)) for side in seqs}
+    lengths = {side: seqs[side][2].sum(-1) for side in seqs}
+    loss = DPOLoss(beta=0.1) if loss_type == "sigmoid" else IPOLoss(beta=0.1)
+    out = loss(logps["policy", "chosen"], logps["policy", "rejected"], logps["reference", "chosen"],
+               logps["reference", "rejected"], lengths["chosen"], lengths["rejected"])
+    ours = preference_metrics(out, logps["policy", "chosen"], logps["policy", "rejected"])
+    assert 0 < ours["rewards/accuracies"] < 1 and abs(ours["rewards/margins"]) > 1e-3  # not a trivial case
+    for key, value in ours.items():
+        tol = 1e-5 * max(1.0, abs(value)) if key.startswith("logps/") else 1e-5
+        assert theirs[f"eval_{key}"] == pytest.approx(value, abs=tol), key

@@ -31,6 +31,8 @@ Conventions shared by every LM loss here:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -418,3 +420,311 @@ class FocalLoss(ClassificationLoss):
         log_p = F.log_softmax(logits, dim=-1).gather(1, targets[:, None]).squeeze(1)  # (B,) log p_t
         losses = -((1.0 - log_p.exp()) ** self.gamma) * log_p
         return losses if self.class_weights is None else losses * self._weights(logits.dtype)[targets]
+
+
+# =========================================================================== preference losses
+#
+# Preference tuning (DPO and its relatives) scores whole responses. Its inputs are the
+# *sequence log-probs* of a chosen and a rejected response under the policy (and, for the
+# losses that need one, under a frozen reference model); each loss module below turns them
+# into per-example losses and per-example "rewards" (the quantities TRL logs as
+# ``rewards/chosen`` and ``rewards/rejected``). The modules know nothing about models or
+# batches: log-probs in, losses out, so each is checked against hand-worked numbers and the
+# same module serves every reference mode of the training loop.
+
+LOGPS_REDUCTIONS = ("sum", "mean")
+
+
+def _check_logps_reduction(reduction: str) -> None:
+    if reduction not in LOGPS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(LOGPS_REDUCTIONS)}, got {reduction!r}")
+
+
+def _reduce_token_logps(token_logps: Tensor, mask: Tensor, reduction: str) -> Tensor:
+    """(B, T) per-token log-probs and a (B, T) mask → (B,) sum or mean over the masked tokens."""
+    mask = mask.to(token_logps.dtype)
+    total = (token_logps * mask).sum(dim=-1)
+    if reduction == "sum":
+        return total
+    return total / mask.sum(dim=-1).clamp_min(1)
+
+
+def sequence_logprobs(logits: Tensor, targets: Tensor, mask: Tensor, *, reduction: str = "sum") -> Tensor:
+    """Log-probability of each row's response: log-softmax over the vocabulary, gathered at
+    the targets, summed (or averaged) over the positions where ``mask`` is true.
+
+    This is ``log pi(y | x)`` of the DPO paper (Rafailov et al. 2023, eq. 7): the sum over
+    the response tokens of ``log p(y_t | x, y_<t)``. ``reduction="sum"`` is TRL's
+    ``DPOTrainer``; ``"mean"`` divides by the number of response tokens, as the DPO notebook
+    of *LLMs from scratch* (ch. 7) does. The softmax is over the vocabulary (dim -1), never
+    over positions. Computed in fp32 (fp64 for fp64 logits).
+
+    Args:
+        logits: (B, T, V) next-token logits (position t predicts ``targets[:, t]``).
+        targets: (B, T) token ids; any id where ``mask`` is false (padding, prompt).
+        mask: (B, T) bool or 0/1: true at response tokens. A row without one scores 0.
+        reduction: ``"sum"`` or ``"mean"`` over the response tokens.
+
+    Returns:
+        (B,) log-probs (nats, <= 0).
+
+    Raises:
+        ValueError: shapes that do not match, an unknown reduction.
+    """
+    _check_logps_reduction(reduction)
+    if targets.shape != logits.shape[:-1] or mask.shape != targets.shape:
+        raise ValueError(
+            f"logits (B, T, V), targets and mask (B, T) must match, got {tuple(logits.shape)}, "
+            f"{tuple(targets.shape)} and {tuple(mask.shape)}"
+        )
+    mask = mask.bool()
+    safe = targets.masked_fill(~mask, 0).long()
+    logp = torch.log_softmax(logits.to(_loss_dtype(logits.dtype)), dim=-1)
+    token_logps = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return _reduce_token_logps(token_logps, mask, reduction)
+
+
+def model_sequence_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    *,
+    reduction: str = "sum",
+    attention_mask: Tensor | None = None,
+) -> Tensor:
+    """:func:`sequence_logprobs` of a :class:`~customgpt.model.GPT` on ``input_ids`` without the
+    full (B, T, V) logits: the LM head runs only at the response positions (prompt and padding
+    rows cost nothing), then the same log-softmax and gather. Same numbers as
+    ``sequence_logprobs(model(input_ids), targets, mask)``.
+
+    Args:
+        model: a GPT (anything with ``forward_hidden`` and ``lm_head``).
+        input_ids: (B, T) token ids.
+        targets: (B, T) next-token ids (``input_ids`` shifted left by one).
+        mask: (B, T) true where ``targets`` is a response token.
+        reduction: ``"sum"`` or ``"mean"``.
+        attention_mask: optional (B, T), 1 for real tokens (right padding needs none: no
+            real token attends to a later padding token).
+
+    Returns:
+        (B,) log-probs.
+    """
+    _check_logps_reduction(reduction)
+    if targets.shape != input_ids.shape or mask.shape != input_ids.shape:
+        raise ValueError(
+            f"input_ids, targets and mask must have the same shape (B, T), got {tuple(input_ids.shape)}, "
+            f"{tuple(targets.shape)} and {tuple(mask.shape)}"
+        )
+    hidden = model.forward_hidden(input_ids, attention_mask=attention_mask)  # (B, T, C)
+    mask = mask.bool()
+    rows = mask.reshape(-1).nonzero().squeeze(1)
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (N, C), response positions only
+    logits = model.lm_head(h)  # (N, V)
+    logp = torch.log_softmax(logits.to(_loss_dtype(logits.dtype)), dim=-1)
+    picked = logp.gather(-1, targets.reshape(-1).index_select(0, rows).long().unsqueeze(-1)).squeeze(-1)
+    token_logps = torch.zeros(mask.numel(), dtype=picked.dtype, device=picked.device).index_put((rows,), picked)
+    return _reduce_token_logps(token_logps.view(mask.shape), mask, reduction)
+
+
+class PreferenceLossOutput(NamedTuple):
+    """What every preference loss returns, all (B,)."""
+
+    losses: Tensor
+    """Per-example losses; the batch loss is their mean."""
+    chosen_rewards: Tensor
+    """Implicit reward of each chosen response (detached); its mean is ``rewards/chosen``."""
+    rejected_rewards: Tensor
+    """Implicit reward of each rejected response (detached); its mean is ``rewards/rejected``."""
+
+
+class PreferenceLoss(nn.Module):
+    """Base of the preference losses: sequence log-probs in, :class:`PreferenceLossOutput` out.
+
+    Attributes:
+        needs_reference: whether the loss uses a reference model's log-probs.
+        reduction: how the incoming log-probs were reduced over the response tokens
+            (``"sum"`` or ``"mean"``, :func:`sequence_logprobs`); a loss defined on averages
+            divides summed log-probs by the lengths.
+    """
+
+    needs_reference: bool = True
+
+    def __init__(self, reduction: str = "sum") -> None:
+        super().__init__()
+        _check_logps_reduction(reduction)
+        self.reduction = reduction
+
+    def _average(self, logps: Tensor, lengths: Tensor | None) -> Tensor:
+        """Per-token average log-probs from what came in."""
+        if self.reduction == "mean":
+            return logps
+        if lengths is None:
+            raise ValueError(f"{type(self).__name__} needs the response lengths to average summed log-probs")
+        return logps / lengths.to(logps.dtype).clamp_min(1)
+
+    def _reference(self, ref_chosen: Tensor | None, ref_rejected: Tensor | None) -> tuple[Tensor, Tensor]:
+        if ref_chosen is None or ref_rejected is None:
+            raise ValueError(f"{type(self).__name__} needs the reference model's log-probs")
+        return ref_chosen, ref_rejected
+
+    def forward(
+        self,
+        policy_chosen_logps: Tensor,
+        policy_rejected_logps: Tensor,
+        reference_chosen_logps: Tensor | None = None,
+        reference_rejected_logps: Tensor | None = None,
+        chosen_lengths: Tensor | None = None,
+        rejected_lengths: Tensor | None = None,
+    ) -> PreferenceLossOutput:
+        """Args: (B,) sequence log-probs of the policy (and reference) for the chosen and
+        rejected responses, reduced as :attr:`reduction` says; (B,) response token counts
+        (needed by the losses that average summed log-probs)."""
+        raise NotImplementedError
+
+
+class DPOLoss(PreferenceLoss):
+    """DPO, the sigmoid loss (Rafailov et al. 2023, "Direct Preference Optimization", eq. 7).
+
+    With log-ratios ``r_c = log pi(y_c|x) - log pi_ref(y_c|x)`` and ``r_r`` likewise::
+
+        loss = -(1 - eps) * log sigmoid(beta * (r_c - r_r)) - eps * log sigmoid(-beta * (r_c - r_r))
+        rewards: beta * r_c, beta * r_r
+
+    ``eps`` (``label_smoothing``) > 0 is conservative DPO (Mitchell 2023, "A note on DPO with
+    noisy preferences"): the preference labels are assumed flipped with probability eps.
+
+    Defaults: ``beta=0.1`` (the DPO paper's main setting, TRL's ``DPOConfig.beta``, the
+    book's), ``label_smoothing=0`` (TRL's ``loss_type="sigmoid"``).
+    """
+
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, reduction: str = "sum") -> None:
+        super().__init__(reduction)
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if not 0.0 <= label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+        self.beta, self.label_smoothing = float(beta), float(label_smoothing)
+
+    def forward(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=None,
+                reference_rejected_logps=None, chosen_lengths=None, rejected_lengths=None) -> PreferenceLossOutput:
+        ref_c, ref_r = self._reference(reference_chosen_logps, reference_rejected_logps)
+        r_c, r_r = policy_chosen_logps - ref_c, policy_rejected_logps - ref_r
+        z = self.beta * (r_c - r_r)
+        eps = self.label_smoothing
+        losses = -F.logsigmoid(z) * (1 - eps) - F.logsigmoid(-z) * eps if eps else -F.logsigmoid(z)
+        return PreferenceLossOutput(losses, (self.beta * r_c).detach(), (self.beta * r_r).detach())
+
+
+class IPOLoss(PreferenceLoss):
+    """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", eq. 17), as TRL computes it: the log-ratios are averaged per response token
+    (TRL divides its summed log-ratios by the response lengths; the IPO authors confirmed this
+    is the form behind the paper's results)::
+
+        h = r_c / n_c - r_r / n_r            (r: summed log-ratio, n: response tokens)
+        loss = (h - 1 / (2 * beta)) ** 2
+        rewards: beta * r_c, beta * r_r      (with the incoming reduction, as TRL logs them)
+
+    Default ``beta`` (the paper's tau) 0.1, TRL's default.
+    """
+
+    def __init__(self, beta: float = 0.1, reduction: str = "sum") -> None:
+        super().__init__(reduction)
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.beta = float(beta)
+
+    def forward(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=None,
+                reference_rejected_logps=None, chosen_lengths=None, rejected_lengths=None) -> PreferenceLossOutput:
+        ref_c, ref_r = self._reference(reference_chosen_logps, reference_rejected_logps)
+        r_c, r_r = policy_chosen_logps - ref_c, policy_rejected_logps - ref_r
+        h = self._average(r_c, chosen_lengths) - self._average(r_r, rejected_lengths)
+        losses = (h - 1 / (2 * self.beta)) ** 2
+        return PreferenceLossOutput(losses, (self.beta * r_c).detach(), (self.beta * r_r).detach())
+
+
+class SimPOLoss(PreferenceLoss):
+    """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free
+    Reward", eq. 6): no reference model; the reward is the length-normalised log-prob::
+
+        a = log pi(y|x) / |y|                 (average log-prob per response token)
+        loss = -log sigmoid(beta * (a_c - a_r) - gamma)
+        rewards: beta * a_c, beta * a_r
+
+    Defaults from the paper's recommended setting (its repository's ``beta=2.0``,
+    ``gamma_beta_ratio=0.5``): ``beta=2.0``, ``gamma=1.0``.
+    """
+
+    needs_reference = False
+
+    def __init__(self, beta: float = 2.0, gamma: float = 1.0, reduction: str = "sum") -> None:
+        super().__init__(reduction)
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.beta, self.gamma = float(beta), float(gamma)
+
+    def forward(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=None,
+                reference_rejected_logps=None, chosen_lengths=None, rejected_lengths=None) -> PreferenceLossOutput:
+        a_c = self._average(policy_chosen_logps, chosen_lengths)
+        a_r = self._average(policy_rejected_logps, rejected_lengths)
+        losses = -F.logsigmoid(self.beta * (a_c - a_r) - self.gamma)
+        return PreferenceLossOutput(losses, (self.beta * a_c).detach(), (self.beta * a_r).detach())
+
+
+class ORPOLoss(PreferenceLoss):
+    """ORPO (Hong et al. 2024, "ORPO: Monolithic Preference Optimization without Reference
+    Model", eqs. 6-7): no reference model; supervised NLL on the chosen response plus an odds
+    ratio term, both on average per-token log-probs ``a``::
+
+        log odds(y) = a - log(1 - exp(a))
+        loss = -a_c - lam * log sigmoid(log odds(y_c) - log odds(y_r))
+        rewards: lam * a_c, lam * a_r          (TRL's ORPOTrainer logs these)
+
+    The NLL here is per example (each chosen response's mean token loss); the paper and TRL
+    average the chosen tokens over the whole batch, which weighs long responses more.
+    Default ``lam=0.1`` (the paper's lambda; TRL's ``ORPOConfig.beta``).
+    """
+
+    needs_reference = False
+
+    def __init__(self, lam: float = 0.1, reduction: str = "sum") -> None:
+        super().__init__(reduction)
+        if not lam >= 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        self.lam = float(lam)
+
+    @staticmethod
+    def log_odds(avg_logps: Tensor) -> Tensor:
+        """``log(p / (1 - p))`` for ``p = exp(avg_logps)``, stable near p = 1."""
+        return avg_logps - torch.log1p(-torch.exp(avg_logps.clamp_max(-1e-6)))
+
+    def forward(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=None,
+                reference_rejected_logps=None, chosen_lengths=None, rejected_lengths=None) -> PreferenceLossOutput:
+        a_c = self._average(policy_chosen_logps, chosen_lengths)
+        a_r = self._average(policy_rejected_logps, rejected_lengths)
+        ratio = F.logsigmoid(self.log_odds(a_c) - self.log_odds(a_r))
+        losses = -a_c - self.lam * ratio
+        return PreferenceLossOutput(losses, (self.lam * a_c).detach(), (self.lam * a_r).detach())
+
+
+#: ``train.loss`` name → loss module class.
+PREFERENCE_LOSSES: dict[str, type[PreferenceLoss]] = {
+    "dpo": DPOLoss, "ipo": IPOLoss, "simpo": SimPOLoss, "orpo": ORPOLoss,
+}
+
+
+def preference_metrics(out: PreferenceLossOutput, chosen_logps: Tensor, rejected_logps: Tensor) -> dict[str, float]:
+    """The batch's metrics under TRL's names: ``loss``, ``rewards/chosen``, ``rewards/rejected``,
+    ``rewards/margins`` (mean of chosen - rejected), ``rewards/accuracies`` (share of pairs with
+    chosen > rejected, strictly), ``logps/chosen``, ``logps/rejected`` (the policy's)."""
+    c, r = out.chosen_rewards.detach().float(), out.rejected_rewards.detach().float()
+    return {
+        "loss": float(out.losses.detach().float().mean()),
+        "rewards/chosen": float(c.mean()),
+        "rewards/rejected": float(r.mean()),
+        "rewards/margins": float((c - r).mean()),
+        "rewards/accuracies": float((c > r).float().mean()),
+        "logps/chosen": float(chosen_logps.detach().float().mean()),
+        "logps/rejected": float(rejected_logps.detach().float().mean()),
+    }

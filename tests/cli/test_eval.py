@@ -105,7 +105,8 @@ def _number(text, name):
 def test_perplexity_on_response_tokens_and_on_text(model_dir, shared_datasets, tmp_path, capsys):
     from customgpt.checkpoints import load_model
 
-    assert main(["eval", "perplexity", "--model", str(model_dir), "--split", "val", "--device", "cpu"]) == 0
+    assert main(["eval", "perplexity", "--model", str(model_dir), "--split", "val", "--device", "cpu",
+                 "--data-dir", str(shared_datasets)]) == 0
     out = capsys.readouterr().out
     records = read_instruction_file(shared_datasets / "instruction-data.json")[1045:]
     model = load_model(model_dir)
@@ -123,9 +124,10 @@ def test_perplexity_on_response_tokens_and_on_text(model_dir, shared_datasets, t
     assert "t.txt: not UTF-8 text (byte 3, 0xe9)" in capsys.readouterr().err
 
 
-def test_responses_for_a_split_of_the_registry_dataset(model_dir, tmp_path, capsys):
+def test_responses_for_a_split_of_the_registry_dataset(model_dir, shared_datasets, tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["eval", "responses", "--model", str(model_dir), "--split", "test", "--limit", "3",
+                 "--data-dir", str(shared_datasets),
                  "--max-new-tokens", "5", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     rows = json.loads(out.read_text())
     assert len(rows) == 3 and all(isinstance(r["model_response"], str) for r in rows)

@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("customgpt.cli.chat", "interactive chat with an instruction-tuned model"),
     "serve": ("customgpt.cli.serve", "OpenAI-compatible HTTP server with batched decoding"),
     "pretrain": ("customgpt.cli.pretrain", "next-token pretraining on text files"),
-    "finetune": ("customgpt.cli.finetune", "fine-tune a model (classify, instruct, ...)"),
+    "finetune": ("customgpt.cli.finetune", "fine-tune a model (classify, instruct, dpo)"),
     "eval": ("customgpt.cli.eval", "evaluate instruction responses: responses, perplexity, rouge, judge"),
     "classify": ("customgpt.cli.classify", "classify text with a fine-tuned classifier"),
     "ui": ("customgpt.cli.ui", "web app: chat, compare two models, classify (Chainlit)"),

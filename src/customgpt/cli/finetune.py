@@ -24,6 +24,10 @@ TASKS: dict[str, tuple[str, str, str, str, str]] = {
         "customgpt.train.instruct", "InstructConfig", "finetune_instruct", "instruct-small",
         "instruction fine-tuning (Alpaca-style records), then greedy test responses and their scores",
     ),
+    "dpo": (
+        "customgpt.train.dpo", "DPOConfig", "finetune_dpo", "dpo-small",
+        "preference tuning on chosen/rejected pairs (DPO, IPO, SimPO, ORPO) from an instruction-tuned model",
+    ),
 }
 
 
@@ -58,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{scores}training {summary['train_seconds']:.1f}s, {summary['steps']} steps, train loss "
               f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}, best validation loss "
               f"{summary['best_val_loss']:.3f}\nrun folder: {summary['run_dir']} (models: final/, best/)")
+        return 0
+    if args.task == "dpo":
+        print(summary["message"])
         return 0
     test = summary.get("test")
     result = f"test accuracy {test['accuracy']:.4f}, " if test else ""

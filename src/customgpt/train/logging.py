@@ -224,4 +224,3 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
     return path
 
 
-_save_figure = save_figure  # the name train/dpo.py imports

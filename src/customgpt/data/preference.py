@@ -1,0 +1,378 @@
+"""Preference data: records with a prompt and a chosen and a rejected response, split and tokenized.
+
+A record is an object with an instruction, an optional input, and two responses, the
+preferred ``chosen`` and the dispreferred ``rejected`` (the layout of
+``instruction-data-with-preference.json``; field names configurable). Files are a JSON list
+or JSON Lines, read by :mod:`customgpt.data.instruct`'s reader. Every record is checked
+before training: a record that is not an object, a missing or non-string field, an empty
+instruction, chosen or rejected response is reported by its index with the file name, all
+at once. The splits are instruction tuning's (:func:`~customgpt.data.instruct.split_records`):
+in file order by default, 85% train, 10% test, the rest validation.
+
+The prompt is written by the run's prompt style (:mod:`customgpt.prompts`), exactly as for
+instruction tuning, so the model is tuned on the text it was instruction-tuned on. An
+example is ``prompt ids``, ``chosen ids`` and ``rejected ids``, each encoded as plain text
+(``<|endoftext|>`` in a record is ordinary characters); each response ends with the
+end-of-text id (as TRL's ``DPOTrainer`` appends the EOS token), which is a response token:
+preference tuning then also scores where each response stops.
+
+:func:`collate_preference` stacks the chosen sequences and then the rejected ones into one
+right-padded batch of ``2B`` rows (one forward pass scores both), with next-token targets and
+a **response mask** over the targets: true exactly at the targets that are response tokens
+(prompt and padding excluded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from customgpt.constants import EOT_ID
+from customgpt.data.instruct import (
+    MAX_REPORTED,
+    InstructionSplits,
+    decode_text,
+    parse_records,
+    resolve_source,
+    split_records,
+)
+from customgpt.errors import ConfigError, DataError
+from customgpt.prompts import PromptStyle
+
+#: The registry's preference dataset, the default source.
+DEFAULT_DATASET = "instruction-data-with-preference"
+
+
+@dataclass(frozen=True)
+class PreferenceRecord:
+    """One validated record.
+
+    Attributes:
+        instruction, input: the prompt's texts (``input`` is ``""`` when absent).
+        chosen, rejected: the preferred and the dispreferred response.
+        source: the file it came from.
+        index: its 0-based position in the file.
+        raw: the record as read (every key, in file order): test responses are written from it.
+    """
+
+    instruction: str
+    input: str
+    chosen: str
+    rejected: str
+    source: str = ""
+    index: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def output(self) -> str:
+        """The reference answer of the response files and their ROUGE-L: the chosen response."""
+        return self.chosen
+
+
+@dataclass(frozen=True)
+class PreferenceFields:
+    """The record keys of the four texts."""
+
+    instruction: str = "instruction"
+    input: str = "input"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+
+def check_preference_records(raw: list[tuple[int, Any, str]], source: str | Path,
+                             fields: PreferenceFields = PreferenceFields()) -> list[PreferenceRecord]:
+    """Validate raw records (from :func:`~customgpt.data.instruct.parse_records`): each must be
+    an object whose instruction, chosen and rejected are non-empty strings and whose input,
+    when present, is a string.
+
+    Raises:
+        DataError: naming the file and every bad record by index (the first
+            :data:`~customgpt.data.instruct.MAX_REPORTED`, then the count).
+    """
+    required = (fields.instruction, fields.chosen, fields.rejected)
+    problems: list[str] = []
+    records: list[PreferenceRecord] = []
+    for index, value, where in raw:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected an object, got {type(value).__name__}")
+            continue
+        missing = [k for k in required if k not in value]
+        if missing:
+            problems.append(f"{where}: missing {', '.join(map(repr, missing))} (keys: {', '.join(map(repr, value))})")
+            continue
+        bad = [k for k in (*required, fields.input) if k in value and not isinstance(value[k], str)]
+        if bad:
+            problems.append(f"{where}: " + ", ".join(f"{k!r} must be a string, got {type(value[k]).__name__}"
+                                                     for k in bad))
+            continue
+        empty = [k for k in required if not value[k].strip()]
+        if empty:
+            problems.append(f"{where}: empty {' and '.join(map(repr, empty))}")
+            continue
+        records.append(PreferenceRecord(value[fields.instruction], value.get(fields.input, ""), value[fields.chosen],
+                                        value[fields.rejected], str(source), index, value))
+    if problems:
+        shown = problems[:MAX_REPORTED]
+        more = f"; ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        raise DataError(f"{source}: {len(problems)} malformed record(s): " + "; ".join(shown) + more)
+    if not records:
+        raise DataError(f"{source}: no records")
+    return records
+
+
+def read_preference_file(path: str | Path, fields: PreferenceFields = PreferenceFields()) -> list[PreferenceRecord]:
+    """Read and validate a JSON list or JSON Lines file of preference records.
+
+    Raises:
+        DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return check_preference_records(parse_records(decode_text(data, path), path), path, fields)
+
+
+@dataclass
+class PreferenceDataConfig:
+    """Where the preference records come from and how they are split and tokenized."""
+
+    dataset: str | None = DEFAULT_DATASET
+    """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
+    path: str | None = None
+    """One JSON list or JSONL file of records, split by split (instead of dataset)."""
+    train_file: str | None = None
+    """Explicit splits: the training file (with val_file; instead of dataset or path)."""
+    val_file: str | None = None
+    """Explicit splits: the validation file."""
+    test_file: str | None = None
+    """Explicit splits: the test file (optional)."""
+    instruction_field: str = "instruction"
+    """The record key of the instruction."""
+    input_field: str = "input"
+    """The record key of the optional input."""
+    chosen_field: str = "chosen"
+    """The record key of the preferred response."""
+    rejected_field: str = "rejected"
+    """The record key of the dispreferred response."""
+    split: Literal["order", "random"] = "order"
+    """order: the reference split in file order (train, then test, then validation); random: after a seeded shuffle."""
+    train_fraction: float = 0.85
+    """Share of the records that train."""
+    test_fraction: float = 0.10
+    """Share of the records that test (the rest validate)."""
+    split_seed: int = 123
+    """Seed of the random split."""
+    limit: int | None = None
+    """Use only the first N records of the file (before splitting): quick runs and tests."""
+    max_length: int | None = None
+    """Tokens per sequence (prompt + response); longer ones are truncated and counted. None: the model's context length."""
+    data_dir: str | None = None
+    """Registry mirror folder (default $CUSTOMGPT_DATA_DIR)."""
+    cache_dir: str | None = None
+    """Registry download folder."""
+
+    def __post_init__(self) -> None:
+        sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
+        if len(sources) != 1:
+            raise ConfigError("data.dataset: give exactly one data source: data.dataset (a registered name), "
+                              "data.path (one file to split) or data.train_file with data.val_file (explicit "
+                              f"splits); got {', '.join('data.' + s for s in sources) or 'none'}")
+        if self.train_file and not self.val_file:
+            raise ConfigError("data.val_file: explicit splits need a validation file beside data.train_file")
+        if (self.val_file or self.test_file) and not self.train_file:
+            raise ConfigError("data.val_file: data.val_file / data.test_file go with data.train_file")
+        for key in ("train_fraction", "test_fraction"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0 or value != value:
+                raise ConfigError(f"data.{key}: must be in [0, 1], got {value}")
+        if self.train_fraction <= 0 or self.train_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(f"data.train_fraction: train ({self.train_fraction}) and test ({self.test_fraction}) "
+                              "fractions must leave records for validation")
+        if self.limit is not None and self.limit < 2:
+            raise ConfigError(f"data.limit: must be >= 2 or none, got {self.limit}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"data.max_length: must be >= 2 or none, got {self.max_length}")
+        names = [self.instruction_field, self.input_field, self.chosen_field, self.rejected_field]
+        if len(set(names)) != 4 or not all(names):
+            raise ConfigError(f"data.instruction_field / input_field / chosen_field / rejected_field must be four "
+                              f"different keys, got {names}")
+
+    @property
+    def fields(self) -> PreferenceFields:
+        return PreferenceFields(self.instruction_field, self.input_field, self.chosen_field, self.rejected_field)
+
+
+def prepare_preference_splits(cfg: PreferenceDataConfig) -> InstructionSplits:
+    """Read, validate and split the records of ``cfg`` (every file checked before training);
+    the splits hold :class:`PreferenceRecord` objects.
+
+    Raises:
+        DataError: a bad file or record, an empty training or validation split.
+    """
+    fields_ = cfg.fields
+    if cfg.train_file:
+        assert cfg.val_file is not None
+        splits = InstructionSplits(read_preference_file(cfg.train_file, fields_),  # type: ignore[arg-type]
+                                   read_preference_file(cfg.val_file, fields_),  # type: ignore[arg-type]
+                                   read_preference_file(cfg.test_file, fields_) if cfg.test_file else [])  # type: ignore[arg-type]
+    else:
+        source = cfg.path or cfg.dataset
+        assert source is not None
+        path = resolve_source(source, cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir")
+        records = read_preference_file(path, fields_)
+        if cfg.limit is not None:
+            records = records[:cfg.limit]
+        splits = split_records(records, method=cfg.split, train_fraction=cfg.train_fraction,  # type: ignore[arg-type]
+                               test_fraction=cfg.test_fraction, seed=cfg.split_seed)
+    if not splits.train:
+        raise DataError("the training split is empty: use more records or a larger data.train_fraction")
+    if not splits.val:
+        raise DataError("the validation split is empty: use more records or smaller data.train_fraction / test_fraction")
+    return splits
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """A tokenized pair: the shared prompt and the two responses (each ending with end-of-text)."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+def encode_preference(tokenizer, style: PromptStyle, record: PreferenceRecord, *, eot_id: int = EOT_ID) -> PreferenceExample:
+    """A record as token ids: the style's prompt, and each response (with the style's response
+    end, then the end-of-text id), all encoded as plain text."""
+    prompt, chosen = style.format_example(record.instruction, record.input, record.chosen)
+    _, rejected = style.format_example(record.instruction, record.input, record.rejected)
+
+    def enc(text: str) -> list[int]:
+        return tokenizer.encode(text, allowed_special="none")
+
+    return PreferenceExample(enc(prompt), enc(chosen) + [eot_id], enc(rejected) + [eot_id])
+
+
+class PreferenceDataset(torch.utils.data.Dataset):
+    """Tokenized pairs of a list of records; item ``i`` is ``(i, PreferenceExample)``.
+
+    Attributes:
+        n_truncated: pairs with a sequence longer than ``max_length`` tokens (its end is cut off).
+        reference_logps: after :meth:`set_reference_logps`, a (N, 2) tensor of the reference
+            model's (chosen, rejected) sequence log-probs, else None.
+    """
+
+    def __init__(self, records: Sequence[PreferenceRecord], tokenizer, style: PromptStyle,
+                 max_length: int | None = None, *, eot_id: int = EOT_ID) -> None:
+        self.records = list(records)
+        self.examples = [encode_preference(tokenizer, style, r, eot_id=eot_id) for r in self.records]
+        self.max_length = max_length
+        self.eot_id = eot_id
+        self.reference_logps: Tensor | None = None
+        if max_length is not None:
+            self.n_truncated = sum(len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) > max_length
+                                   for e in self.examples)
+            no_room = [r.index for r, e in zip(self.records, self.examples) if len(e.prompt_ids) >= max_length]
+            if no_room:
+                raise DataError(f"{len(no_room)} record(s) have prompts of {max_length} tokens or more, leaving no "
+                                f"response token within data.max_length (records {no_room[:MAX_REPORTED]}); raise "
+                                "data.max_length or shorten them")
+        else:
+            self.n_truncated = 0
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> tuple[int, PreferenceExample]:
+        return i, self.examples[i]
+
+    def set_reference_logps(self, logps: Tensor) -> None:
+        """Store the reference model's (N, 2) (chosen, rejected) log-probs with the examples."""
+        if logps.shape != (len(self), 2):
+            raise ValueError(f"reference log-probs must have shape ({len(self)}, 2), got {tuple(logps.shape)}")
+        self.reference_logps = logps.detach().to("cpu", torch.float64)
+
+
+@dataclass
+class PreferenceBatch:
+    """A collated batch of B pairs as 2B sequences: rows ``0..B-1`` chosen, ``B..2B-1`` rejected.
+
+    Attributes:
+        input_ids: (2B, T) token ids, right-padded with the end-of-text id.
+        targets: (2B, T) next-token ids (``input_ids`` shifted left by one).
+        response_mask: (2B, T) bool, true where the target is a response token.
+        indices: (B,) the pairs' positions in their dataset.
+        reference_logps: (B, 2) precomputed reference (chosen, rejected) log-probs, or None.
+    """
+
+    input_ids: Tensor
+    targets: Tensor
+    response_mask: Tensor
+    indices: Tensor
+    reference_logps: Tensor | None = None
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.indices.numel())
+
+    def lengths(self) -> tuple[Tensor, Tensor]:
+        """(B,) response token counts of the chosen and the rejected sequences."""
+        n = self.response_mask.sum(-1)
+        return n[: self.n_pairs], n[self.n_pairs:]
+
+    def to(self, device: torch.device | str) -> PreferenceBatch:
+        return PreferenceBatch(self.input_ids.to(device), self.targets.to(device), self.response_mask.to(device),
+                               self.indices, None if self.reference_logps is None else self.reference_logps.to(device))
+
+
+def collate_preference(batch: Sequence[tuple[int, PreferenceExample]], *, eot_id: int = EOT_ID,
+                       max_length: int | None = None, reference_logps: Tensor | None = None) -> PreferenceBatch:
+    """Stack B pairs into 2B right-padded sequences (chosen rows first) with targets and masks.
+
+    Sequence ``prompt + response`` (the response ends with end-of-text) of length ``n`` gives
+    inputs ``seq[:-1]`` and targets ``seq[1:]``; the response mask is true at the targets
+    ``seq[len(prompt):]``, i.e. at positions ``len(prompt)-1 .. n-2``. Every row is padded
+    with ``eot_id`` to the longest (``T = max(n) - 1``, at most ``max_length - 1`` after
+    truncating each sequence to ``max_length`` tokens); padding is never in the mask.
+
+    Args:
+        batch: ``(dataset index, example)`` items, as :class:`PreferenceDataset` yields.
+        reference_logps: the dataset's (N, 2) precomputed reference log-probs, if any; the
+            batch takes the rows of its pairs.
+    """
+    if not batch:
+        raise ValueError("an empty batch")
+    seqs: list[tuple[list[int], int]] = []
+    for side in ("chosen_ids", "rejected_ids"):
+        for _, ex in batch:
+            seq = ex.prompt_ids + getattr(ex, side)
+            if max_length is not None:
+                seq = seq[:max_length]
+            seqs.append((seq, len(ex.prompt_ids)))
+    T = max(len(s) for s, _ in seqs) - 1
+    ids = torch.full((len(seqs), T + 1), eot_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T + 1, dtype=torch.bool)
+    for row, (seq, n_prompt) in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, n_prompt: len(seq)] = True  # response tokens as they sit in the sequence
+    indices = torch.tensor([i for i, _ in batch], dtype=torch.long)
+    ref = reference_logps[indices] if reference_logps is not None else None
+    return PreferenceBatch(ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), mask[:, 1:].contiguous(), indices, ref)
+
+
+def collate_fn(dataset: PreferenceDataset):
+    """A ``DataLoader`` collate function for ``dataset`` (its max length, end-of-text id and
+    precomputed reference log-probs)."""
+    def collate(batch: Sequence[tuple[int, PreferenceExample]]) -> PreferenceBatch:
+        return collate_preference(batch, eot_id=dataset.eot_id, max_length=dataset.max_length,
+                                  reference_logps=dataset.reference_logps)
+    return collate
