@@ -42,6 +42,7 @@ from customgpt.losses import ClassificationLoss, FocalLoss, causal_lm_loss
 from customgpt.metrics import classification_report, format_report
 from customgpt.train.config import (
     LoggingConfig,
+    LoRASection,
     ModelSection,
     OptimConfig,
     RuntimeConfig,
@@ -107,28 +108,6 @@ class ClassifierSection:
 
 
 @dataclass
-class LoRASection:
-    """Low-rank adapters (the ``lora`` section, used when classifier.trainable is lora)."""
-
-    r: int = 8
-    """Rank of the adapters."""
-    alpha: float = 16.0
-    """Scale numerator: the update is (alpha / r) B A (alpha / sqrt(r) with rslora)."""
-    dropout: float = 0.0
-    """Dropout on the adapters' input."""
-    targets: list[str] = field(default_factory=lambda: ["c_attn"])
-    """Names of the linear layers that get adapters."""
-    rslora: bool = False
-    """Rank-stabilised scaling alpha / sqrt(r)."""
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ConfigError(f"lora.r: must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
-
-
-@dataclass
 class ClassifyConfig(Section):
     """The whole ``customgpt finetune classify`` configuration."""
 
@@ -150,10 +129,7 @@ def build_classifier(cfg: ClassifyConfig, num_classes: int, device: torch.device
     ccfg = cfg.classifier
     model = GPTClassifier(cfg.model.build(), num_classes, ccfg.pooling, ccfg.head_dropout)
     if ccfg.trainable == "lora":
-        from customgpt.lora import LoRAConfig, inject_lora
-
-        lcfg = cfg.lora
-        inject_lora(model.gpt, LoRAConfig(lcfg.r, lcfg.alpha, lcfg.dropout, tuple(lcfg.targets), lcfg.rslora))
+        cfg.lora.apply(model.gpt)
     model.set_trainable(ccfg.trainable, ccfg.last_blocks)
     return model.to(device).train()
 

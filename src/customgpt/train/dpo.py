@@ -79,6 +79,7 @@ from customgpt.prompts import PromptConfig, PromptStyle
 from customgpt.train.config import (
     FieldError,
     LoggingConfig,
+    LoRASection,
     ModelSection,
     OptimConfig,
     RuntimeConfig,
@@ -174,22 +175,6 @@ class DPOTrainConfig(TrainConfig):
 
 
 @dataclass
-class DPOLoRASection(Section):
-    """Low-rank adapters (used when train.trainable is lora); the same keys as the other tasks."""
-
-    r: int = 8
-    """Rank of each update."""
-    alpha: float = 16.0
-    """The update is scaled by alpha / r."""
-    dropout: float = 0.0
-    """Dropout on the adapters' input."""
-    targets: list[str] = field(default_factory=lambda: ["c_attn"])
-    """Module names to adapt (c_attn, c_proj, c_fc, ...)."""
-    rslora: bool = False
-    """Rank-stabilised scaling alpha / sqrt(r)."""
-
-
-@dataclass
 class DPOConfig(Section):
     """The whole ``customgpt finetune dpo`` configuration."""
 
@@ -199,7 +184,7 @@ class DPOConfig(Section):
     """The preference records and their splits."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
     """The prompt style (the one the model was instruction-tuned with)."""
-    lora: DPOLoRASection = field(default_factory=DPOLoRASection)
+    lora: LoRASection = field(default_factory=LoRASection)
     """LoRA adapters (with train.trainable: lora)."""
     train: DPOTrainConfig = field(default_factory=lambda: DPOTrainConfig(lr=5e-6, schedule="constant", eval_every=20))
     """The loop, the loss, the reference and the collapse guard."""
@@ -432,11 +417,7 @@ def build_policy(cfg: DPOConfig) -> nn.Module:
     """The starting model, with LoRA adapters (only they train) when ``train.trainable`` is lora."""
     model = cfg.model.build()
     if cfg.train.trainable == "lora":
-        from customgpt.lora import LoRAConfig, inject_lora, mark_only_lora_trainable
-
-        inject_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                                      targets=tuple(cfg.lora.targets), rslora=cfg.lora.rslora))
-        mark_only_lora_trainable(model)
+        cfg.lora.apply(model)
     return model
 
 
@@ -668,7 +649,7 @@ def write_test_responses(run_dir: Path, cfg: DPOConfig, style: PromptStyle, toke
 
 
 __all__ = [
-    "DPOConfig", "DPOTrainConfig", "DPOLoRASection", "METRIC_NAMES", "Reference", "attach_reference_logps",
+    "DPOConfig", "DPOTrainConfig", "METRIC_NAMES", "Reference", "attach_reference_logps",
     "batch_logps", "collapse_probe", "collapsed", "degeneration", "evaluate", "finetune_dpo", "pair_loss",
     "precompute_reference_logps", "reference_cache_dir", "write_test_responses",
 ]

@@ -39,6 +39,7 @@ from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
 from customgpt.sections import Section
 from customgpt.train.config import (
     LoggingConfig,
+    LoRASection,
     ModelSection,
     OptimConfig,
     RuntimeConfig,
@@ -88,22 +89,6 @@ class InstructSection:
 
 
 @dataclass
-class InstructLoRASection:
-    """Low-rank adapters (used when instruct.trainable is lora); the same keys as the other tasks."""
-
-    r: int = 8
-    """Rank of each update."""
-    alpha: float = 16.0
-    """The update is scaled by alpha / r (alpha / sqrt(r) with rslora)."""
-    dropout: float = 0.0
-    """Dropout on the input of the adapter path while training."""
-    targets: list[str] = field(default_factory=lambda: ["c_attn"])
-    """Module names to adapt (c_attn, attn.c_proj, c_fc, mlp.c_proj, c_proj)."""
-    rslora: bool = False
-    """Rank-stabilised scaling alpha / sqrt(r)."""
-
-
-@dataclass
 class InstructConfig(Section):
     """The whole ``customgpt finetune instruct`` configuration (see docs/instruct.md)."""
 
@@ -115,7 +100,7 @@ class InstructConfig(Section):
     """The prompt style (a registered one or a template)."""
     instruct: InstructSection = field(default_factory=InstructSection)
     """What trains and what is generated."""
-    lora: InstructLoRASection = field(default_factory=InstructLoRASection)
+    lora: LoRASection = field(default_factory=LoRASection)
     """Adapters, with instruct.trainable lora."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=2, batch_size=8, lr=5e-5, schedule="constant", grad_clip=None, eval_every=5, eval_iters=5))
@@ -214,11 +199,7 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
           f"{val.n_truncated} validation", flush=True)
 
     if icfg.trainable == "lora":
-        from customgpt.lora import LoRAConfig, inject_lora, mark_only_lora_trainable
-
-        lcfg = cfg.lora
-        inject_lora(model, LoRAConfig(lcfg.r, lcfg.alpha, lcfg.dropout, tuple(lcfg.targets), lcfg.rslora))
-        mark_only_lora_trainable(model)
+        cfg.lora.apply(model)
     model = model.to(rt.device).train()
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
