@@ -238,35 +238,10 @@ def split_records(records: Sequence[InstructionRecord], *, method: Literal["orde
     return InstructionSplits(items[:n_train], items[n_train + n_test:], items[n_train:n_train + n_test])
 
 
-def check_source_and_split(cfg: Any) -> None:
-    """The source and split checks of a records config (``InstructDataConfig`` and
-    ``PreferenceDataConfig``): exactly one of ``dataset``, ``path`` or ``train_file`` (with
-    ``val_file``), and train / test fractions in [0, 1] that leave records to validate.
-
-    Raises:
-        ConfigError: naming the ``data.`` key.
-    """
-    sources = [k for k in ("dataset", "path", "train_file") if getattr(cfg, k)]
-    if len(sources) != 1:
-        raise ConfigError("data.dataset: give exactly one data source: data.dataset (a registered name), "
-                          "data.path (one file to split) or data.train_file with data.val_file (explicit "
-                          f"splits); got {', '.join('data.' + s for s in sources) or 'none'}")
-    if cfg.train_file and not cfg.val_file:
-        raise ConfigError("data.val_file: explicit splits need a validation file beside data.train_file")
-    if (cfg.val_file or cfg.test_file) and not cfg.train_file:
-        raise ConfigError("data.val_file: data.val_file / data.test_file go with data.train_file")
-    for key in ("train_fraction", "test_fraction"):
-        value = getattr(cfg, key)
-        if not 0.0 <= value <= 1.0 or value != value:
-            raise ConfigError(f"data.{key}: must be in [0, 1], got {value}")
-    if cfg.train_fraction <= 0 or cfg.train_fraction + cfg.test_fraction >= 1.0:
-        raise ConfigError(f"data.train_fraction: train ({cfg.train_fraction}) and test ({cfg.test_fraction}) "
-                          "fractions must leave records for validation")
-
-
 @dataclass
-class InstructDataConfig:
-    """Where the instruction records come from and how they are split and tokenized."""
+class RecordsDataConfig:
+    """Where records come from and how they are split: the keys that instruction and
+    preference data share (each task's section adds its own record keys and lengths)."""
 
     dataset: str | None = DEFAULT_DATASET
     """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
@@ -282,8 +257,6 @@ class InstructDataConfig:
     """The record key of the instruction."""
     input_field: str = "input"
     """The record key of the optional input."""
-    output_field: str = "output"
-    """The record key of the reference output."""
     split: Literal["order", "random"] = "order"
     """order: the reference split in file order (train, then test, then validation); random: after a seeded shuffle."""
     train_fraction: float = 0.85
@@ -292,17 +265,45 @@ class InstructDataConfig:
     """Share of the records that test (the rest validate)."""
     split_seed: int = 123
     """Seed of the random split."""
-    max_length: int | None = None
-    """Tokens per example (inputs); longer ones are truncated and counted. None: the model's context length."""
-    mask_instructions: bool = False
-    """Loss on the response tokens only (the prompt's targets are ignored)."""
     data_dir: str | None = None
     """Registry mirror folder (default $CUSTOMGPT_DATA_DIR)."""
     cache_dir: str | None = None
     """Registry download folder."""
 
     def __post_init__(self) -> None:
-        check_source_and_split(self)
+        """Exactly one of dataset, path or train_file (with val_file); train / test fractions
+        in [0, 1] that leave records to validate. Raises ConfigError naming the ``data.`` key."""
+        sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
+        if len(sources) != 1:
+            raise ConfigError("data.dataset: give exactly one data source: data.dataset (a registered name), "
+                              "data.path (one file to split) or data.train_file with data.val_file (explicit "
+                              f"splits); got {', '.join('data.' + s for s in sources) or 'none'}")
+        if self.train_file and not self.val_file:
+            raise ConfigError("data.val_file: explicit splits need a validation file beside data.train_file")
+        if (self.val_file or self.test_file) and not self.train_file:
+            raise ConfigError("data.val_file: data.val_file / data.test_file go with data.train_file")
+        for key in ("train_fraction", "test_fraction"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0 or value != value:
+                raise ConfigError(f"data.{key}: must be in [0, 1], got {value}")
+        if self.train_fraction <= 0 or self.train_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(f"data.train_fraction: train ({self.train_fraction}) and test ({self.test_fraction}) "
+                              "fractions must leave records for validation")
+
+
+@dataclass
+class InstructDataConfig(RecordsDataConfig):
+    """Where the instruction records come from and how they are split and tokenized."""
+
+    output_field: str = "output"
+    """The record key of the reference output."""
+    max_length: int | None = None
+    """Tokens per example (inputs); longer ones are truncated and counted. None: the model's context length."""
+    mask_instructions: bool = False
+    """Loss on the response tokens only (the prompt's targets are ignored)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_length is not None and self.max_length < 1:
             raise ConfigError(f"data.max_length: must be >= 1 or none, got {self.max_length}")
         names = [self.instruction_field, self.input_field, self.output_field]
@@ -328,8 +329,8 @@ def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | No
     raise DataError(f"{source}: no such file, and not a registered dataset ({', '.join(DATASETS)})")
 
 
-def split_sources(cfg: Any, read: Callable[[str | Path], list[Any]], limit: int | None = None) -> InstructionSplits:
-    """Read the files of a records config (explicit splits, or one file or registered
+def split_sources(cfg: RecordsDataConfig, read: Callable[[str | Path], list[Any]], limit: int | None = None) -> InstructionSplits:
+    """Read the files of ``cfg`` (explicit splits, or one file or registered
     dataset to split by ``cfg.split``) with ``read``; ``limit``: only the first records of
     the one file. Every file is read and checked before anything else happens.
 

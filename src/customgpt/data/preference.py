@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,8 +36,8 @@ from customgpt.constants import EOT_ID
 from customgpt.data.instruct import (
     MAX_REPORTED,
     InstructionSplits,
+    RecordsDataConfig,
     check_objects,
-    check_source_and_split,
     read_raw_records,
     split_sources,
 )
@@ -111,46 +111,22 @@ def read_preference_file(path: str | Path, fields: PreferenceFields = Preference
 
 
 @dataclass
-class PreferenceDataConfig:
+class PreferenceDataConfig(RecordsDataConfig):
     """Where the preference records come from and how they are split and tokenized."""
 
     dataset: str | None = DEFAULT_DATASET
     """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
-    path: str | None = None
-    """One JSON list or JSONL file of records, split by split (instead of dataset)."""
-    train_file: str | None = None
-    """Explicit splits: the training file (with val_file; instead of dataset or path)."""
-    val_file: str | None = None
-    """Explicit splits: the validation file."""
-    test_file: str | None = None
-    """Explicit splits: the test file (optional)."""
-    instruction_field: str = "instruction"
-    """The record key of the instruction."""
-    input_field: str = "input"
-    """The record key of the optional input."""
     chosen_field: str = "chosen"
     """The record key of the preferred response."""
     rejected_field: str = "rejected"
     """The record key of the dispreferred response."""
-    split: Literal["order", "random"] = "order"
-    """order: the reference split in file order (train, then test, then validation); random: after a seeded shuffle."""
-    train_fraction: float = 0.85
-    """Share of the records that train."""
-    test_fraction: float = 0.10
-    """Share of the records that test (the rest validate)."""
-    split_seed: int = 123
-    """Seed of the random split."""
     limit: int | None = None
     """Use only the first N records of the file (before splitting): quick runs and tests."""
     max_length: int | None = None
     """Tokens per sequence (prompt + response); longer ones are truncated and counted. None: the model's context length."""
-    data_dir: str | None = None
-    """Registry mirror folder (default $CUSTOMGPT_DATA_DIR)."""
-    cache_dir: str | None = None
-    """Registry download folder."""
 
     def __post_init__(self) -> None:
-        check_source_and_split(self)
+        super().__post_init__()
         if self.limit is not None and self.limit < 2:
             raise ConfigError(f"data.limit: must be >= 2 or none, got {self.limit}")
         if self.max_length is not None and self.max_length < 2:
