@@ -76,6 +76,7 @@ from customgpt.losses import (
     preference_metrics,
 )
 from customgpt.prompts import PromptConfig, PromptStyle
+from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     FieldError,
     LoggingConfig,
@@ -421,16 +422,6 @@ def build_policy(cfg: DPOConfig) -> nn.Module:
     return model
 
 
-def save_policy(model: nn.Module, folder: Path, metadata: dict[str, Any]) -> Path:
-    """Save the policy as a plain customgpt model folder (LoRA adapters merged in)."""
-    from customgpt.checkpoints import build_model, save_model
-    from customgpt.lora import lora_layers, merged_state_dict
-
-    if lora_layers(model):
-        model = build_model(model.config, merged_state_dict(model))
-    return save_model(model, folder, metadata)
-
-
 def _plots(run_dir: Path) -> list[Path]:
     """loss.png, margins.png and accuracy.png (train part and validation, by step)."""
     import matplotlib
@@ -604,7 +595,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if stop_reason and healthy_state is not None:  # a collapse, or a diverged loss
         policy.load_state_dict(healthy_state)
         final_step = healthy_step
-    save_policy(policy, run_dir / "model", {"step": final_step, "task": "dpo", "loss": tcfg.loss})
+    save_merged_model(policy, run_dir / "model", {"step": final_step, "task": "dpo", "loss": tcfg.loss})
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "loss": tcfg.loss, "reference": mode, "reduction": loss_fn.reduction,
         "steps": step, "model_step": final_step, "train_seconds": train_seconds,

@@ -37,6 +37,7 @@ from customgpt.evaluate.responses import generate_responses, with_responses, wri
 from customgpt.losses import causal_lm_loss
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
 from customgpt.sections import Section
+from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     LoggingConfig,
     LoRASection,
@@ -116,24 +117,9 @@ class InstructConfig(Section):
 # --------------------------------------------------------------------------- helpers
 
 
-def plain_model(model: nn.Module) -> nn.Module:
-    """The model to save: with LoRA, a copy with the adapters merged into the weights."""
-    from customgpt.lora import lora_layers, merged_state_dict
-
-    if not lora_layers(model):
-        return model
-    from customgpt.checkpoints import build_model
-
-    state = {k: v.detach().clone() for k, v in merged_state_dict(model).items()}
-    return build_model(model.config, state)
-
-
 def save_run_model(model: nn.Module, folder: Path, style: PromptStyle, **metadata: Any) -> None:
     """Save ``model`` (adapters merged) with the prompt style it was trained with."""
-    from customgpt.checkpoints import save_model
-
-    save_model(plain_model(model), folder,
-               metadata={"kind": "instruction-tuned", "prompt_style": prompt_style_to_dict(style), **metadata})
+    save_merged_model(model, folder, {"kind": "instruction-tuned", "prompt_style": prompt_style_to_dict(style), **metadata})
 
 
 def _epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
