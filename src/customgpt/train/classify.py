@@ -51,7 +51,7 @@ from customgpt.train.config import (
     save_config,
 )
 from customgpt.train.files import atomic_write_text
-from customgpt.train.logging import MetricsLogger, Progress, save_figure
+from customgpt.train.logging import MetricsLogger, Progress, line_figure
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule
@@ -263,9 +263,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     Raises DataError / ConfigError (naming the file, line or key) before anything is created."""
     clock = time.perf_counter()
     splits, labels = prepare_splits(cfg.data)  # every row validated before anything is created
-    run_dir = Path(cfg.logging.out_dir)
-    if (run_dir / "best").exists() or (run_dir / "metrics.json").exists():
-        raise ConfigError(f"logging.out_dir: {run_dir} already holds a classification run; choose another folder")
+    run_dir = cfg.logging.run_folder("best", "metrics.json", what="a classification run")
     tcfg, ccfg = cfg.train, cfg.classifier
     loss_fn = build_loss(ccfg, labels, class_counts(splits.train, labels))
     micro, _ = tcfg.accumulation(1)
@@ -388,20 +386,8 @@ def write_predictions(path: Path, rows, labels: list[str], probs: Tensor) -> Non
 
 def plot_epochs(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
     """``loss.png`` and ``accuracy.png``: train and validation values per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    written = []
     epochs = [r["epoch"] for r in history]
-    for key, title in (("loss", "loss"), ("accuracy", "accuracy")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        line, = ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train (running, dropout on)")
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], "o--", color=line.get_color(), label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        written.append(save_figure(fig, run_dir / f"{key}.png", dpi=100))
-    return written
+    return [line_figure(run_dir / f"{key}.png", [("train (running, dropout on)", epochs, [r[f"train_{key}"] for r in history], "o-"),
+                                                ("validation", epochs, [r[f"val_{key}"] for r in history], "o--")],
+                        xlabel="epoch", ylabel=key, figsize=(6, 4), dpi=100)
+            for key in ("loss", "accuracy")]

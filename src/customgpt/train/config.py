@@ -669,3 +669,17 @@ class LoggingConfig(Section):
             raise FieldError("log_every", f"must be >= 1, got {self.log_every}")
         if not self.out_dir:
             raise FieldError("out_dir", "must not be empty")
+
+    def run_folder(self, *markers: str, what: str = "a run") -> Path:
+        """``out_dir`` as a path, checked: not a file, and holding none of ``markers`` (the files
+        or folders an earlier run of the task leaves there).
+
+        Raises:
+            ConfigError: naming ``logging.out_dir`` (and ``what`` it already holds).
+        """
+        run_dir = Path(self.out_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"logging.out_dir: {run_dir} exists and is not a folder")
+        if any((run_dir / marker).exists() for marker in markers):
+            raise ConfigError(f"logging.out_dir: {run_dir} already holds {what}; choose another folder")
+        return run_dir

@@ -89,7 +89,7 @@ from customgpt.train.config import (
     save_config,
 )
 from customgpt.train.files import atomic_write_text
-from customgpt.train.logging import MetricsLogger, Progress, Throughput, read_metrics
+from customgpt.train.logging import MetricsLogger, Progress, Throughput, line_figure, read_metrics
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule
@@ -424,31 +424,16 @@ def build_policy(cfg: DPOConfig) -> nn.Module:
 
 def _plots(run_dir: Path) -> list[Path]:
     """loss.png, margins.png and accuracy.png (train part and validation, by step)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from customgpt.train.logging import save_figure
-
     records = [r for r in read_metrics(run_dir) if r.get("kind") == "eval"]
-    written = []
-    for key, name, label in (("loss", "loss.png", "preference loss"), ("rewards/margins", "margins.png",
-                             "reward margin (chosen - rejected)"), ("rewards/accuracies", "accuracy.png",
-                             "reward accuracy (chosen > rejected)")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for prefix, what in (("", "train"), ("eval_", "validation")):
-            xs = [r["step"] for r in records if prefix + key in r]
-            ax.plot(xs, [r[prefix + key] for r in records if prefix + key in r], "o-", label=what, markersize=3)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label}: {run_dir.name}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        written.append(save_figure(fig, run_dir / name))
-        plt.close(fig)
-    return written
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        return [r["step"] for r in records if key in r], [r[key] for r in records if key in r]
+
+    return [line_figure(run_dir / name, [("train", *series(key), "o-"), ("validation", *series("eval_" + key), "o-")],
+                        xlabel="optimizer step", ylabel=label, title=f"{label}: {run_dir.name}")
+            for key, name, label in (("loss", "loss.png", "preference loss"),
+                                     ("rewards/margins", "margins.png", "reward margin (chosen - rejected)"),
+                                     ("rewards/accuracies", "accuracy.png", "reward accuracy (chosen > rejected)"))]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -464,9 +449,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     clock = time.perf_counter()
     cfg.validate()
     splits = prepare_preference_splits(cfg.data)  # every record checked before anything is built
-    run_dir = Path(cfg.logging.out_dir)
-    if (run_dir / "metrics.json").exists() or (run_dir / "model").exists():
-        raise ConfigError(f"logging.out_dir: {run_dir} already holds a preference run; choose another folder")
+    run_dir = cfg.logging.run_folder("metrics.json", "model", what="a preference run")
     tcfg = cfg.train
     rt = setup_runtime(cfg.runtime, distributed=False)
     seed_everything(tcfg.seed)

@@ -157,11 +157,7 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     """
     from customgpt.tokenizer import get_tokenizer
 
-    run_dir = Path(cfg.logging.out_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"logging.out_dir: {run_dir} exists and is not a folder")
-    if (run_dir / "metrics.jsonl").exists() or (run_dir / "final").exists():
-        raise ConfigError(f"logging.out_dir: {run_dir} already holds a run; choose another folder")
+    run_dir = cfg.logging.run_folder("metrics.jsonl", "final")
     style = cfg.prompt.build()
     splits = prepare_splits(cfg.data)
     tcfg, icfg = cfg.train, cfg.instruct
