@@ -17,7 +17,6 @@ from customgpt.classifier import (
 from customgpt.config import GPTConfig
 from customgpt.data.classification import collate_classification
 from customgpt.errors import CheckpointError, ConfigError
-from customgpt.metrics import classification_report, confusion_matrix, format_report
 from customgpt.model import GPT
 
 PAD = 7
@@ -187,23 +186,3 @@ def test_constructor_checks():
         GPTClassifier(_gpt(), 2, pooling="median")
     with pytest.raises(ConfigError, match="at least 2 classes"):
         GPTClassifier(_gpt(), 1)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def test_metrics_by_hand():
-    targets = [0, 0, 0, 1, 1, 2]
-    preds = [0, 1, 0, 1, 1, 1]
-    assert confusion_matrix(targets, preds, 3) == [[2, 1, 0], [0, 2, 0], [0, 1, 0]]
-    r = classification_report(targets, preds, ["a", "b", "c"])
-    assert r["accuracy"] == pytest.approx(4 / 6)
-    assert r["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
-    assert r["per_class"]["b"]["precision"] == pytest.approx(0.5) and r["per_class"]["b"]["recall"] == 1.0
-    assert r["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}  # never predicted
-    assert r["macro_f1"] == pytest.approx((0.8 + 2 / 3 + 0.0) / 3)
-    assert r["macro_precision"] == pytest.approx(0.5) and r["macro_recall"] == pytest.approx((2 / 3 + 1) / 3)
-    text = format_report(r, "test:")
-    assert "accuracy 0.6667 (6 examples)" in text and "[[2, 1, 0], [0, 2, 0], [0, 1, 0]]" in text
-    with pytest.raises(ValueError):
-        confusion_matrix([0], [0, 1], 2)

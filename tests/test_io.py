@@ -247,13 +247,6 @@ def test_fsync_dir_tolerates_anything(tmp_path):
 # --------------------------------------------------------------------------- former call sites
 
 
-def test_train_files_reexports_the_same_helpers():
-    from customgpt.train import files
-
-    assert files.atomic_open is atomic_open and files.atomic_write_text is atomic_write_text
-    assert files.atomic_write_bytes is atomic_write_bytes and files.fsync_dir is fsync_dir
-
-
 def _fail_fsync(monkeypatch):
     def broken(fd):
         raise OSError("disk full (simulated)")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from customgpt.cli import main
 from customgpt.data import registry
 from customgpt.errors import DataError
 
@@ -162,31 +161,6 @@ def test_offline_error_mentions_an_empty_mirror(monkeypatch, tmp_path):
 def test_unknown_name():
     with pytest.raises(DataError, match="unknown dataset 'spam'.*sms-spam"):
         registry.fetch("spam")
-
-
-def test_cli_list_and_fetch(shared_datasets, capsys, tmp_path):
-    assert main(["data", "list", "--data-dir", str(shared_datasets)]) == 0
-    out = capsys.readouterr().out
-    for info in registry.list_datasets():
-        assert info.name in out
-    assert out.count("mirrored") == 4 and "CC BY 4.0" in out
-
-    assert main(["data", "fetch", "sms-spam", "the-verdict", "--data-dir", str(shared_datasets)]) == 0
-    out = capsys.readouterr().out
-    assert f"sms-spam\t{shared_datasets / 'sms_spam_collection.zip'}" in out
-    assert "the-verdict\t" in out
-
-    assert main(["data", "list", "--cache-dir", str(tmp_path / "none")]) == 0
-    assert "mirrored" not in capsys.readouterr().out
-
-
-def test_cli_fetch_errors_are_one_line(capsys, monkeypatch, tmp_path):
-    assert main(["data", "fetch", "nope"]) == 2
-    assert capsys.readouterr().err.startswith("error: unknown dataset 'nope'")
-    _point(monkeypatch, "the-verdict", url="http://127.0.0.1:9/v.txt")
-    assert main(["data", "fetch", "the-verdict", "--cache-dir", str(tmp_path / "c"), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "http://127.0.0.1:9/v.txt" in err
 
 
 def test_fetched_paths_are_files(shared_datasets):

@@ -1,15 +1,13 @@
-"""LR schedule values worked out by hand, and gradient clipping."""
+"""LR schedule values worked out by hand."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-import torch
 
 from customgpt.train.config import TrainConfig
 from customgpt.train.schedule import LRSchedule, build_schedule, lr_at
-from customgpt.train.step import clip_grad_norm, optimizer_step
 
 # peak 1e-3 from 1e-4 over 10 warmup steps, then down to 1e-5 at step 110 (100 decay steps)
 KW = dict(peak_lr=1e-3, total_steps=110, warmup_steps=10, initial_lr=1e-4, min_lr=1e-5)
@@ -51,50 +49,3 @@ def test_build_schedule_from_config():
     assert s(10) == pytest.approx(1e-3)  # halfway up from initial_lr = 0
     assert s(110) == pytest.approx(2e-3 + (1e-4 - 2e-3) * 0.5)
     assert build_schedule(TrainConfig(warmup_steps=7), 50).warmup_steps == 7
-
-
-def _params_with_grads(seed: int = 0, scale: float = 10.0) -> list[torch.nn.Parameter]:
-    g = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(5, 7), (7,), (3, 2, 2)]]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=g) * scale
-    return params
-
-
-def _total_norm(params) -> float:
-    return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params))
-
-
-def test_clipping_bounds_the_global_norm_and_reports_the_pre_clip_norm():
-    params = _params_with_grads()
-    before = _total_norm(params)
-    assert before > 1.0
-    reported = clip_grad_norm(params, 1.0)
-    assert reported == pytest.approx(before, rel=1e-5)
-    assert _total_norm(params) <= 1.0 + 1e-6
-
-
-@pytest.mark.parametrize("max_norm", [None, 0.0])
-def test_no_clipping_leaves_gradients_alone(max_norm):
-    params = _params_with_grads()
-    grads = [p.grad.clone() for p in params]
-    assert clip_grad_norm(params, max_norm) == pytest.approx(_total_norm(params), rel=1e-5)
-    for p, g in zip(params, grads):
-        assert torch.equal(p.grad, g)
-
-
-def test_optimizer_step_clips_steps_and_skips_non_finite():
-    params = _params_with_grads()
-    opt = torch.optim.SGD(params, lr=1.0)
-    start = [p.detach().clone() for p in params]
-    norm, applied = optimizer_step(opt, None, params, max_norm=0.5)
-    assert applied and norm > 0.5
-    moved = math.sqrt(sum(float((p.detach() - s).pow(2).sum()) for p, s in zip(params, start)))
-    assert moved == pytest.approx(0.5, rel=1e-5)  # SGD lr 1: the step is the clipped gradient
-    assert all(p.grad is None for p in params)  # zeroed for the next step
-
-    params[0].grad = torch.full_like(params[0], float("nan"))
-    before = [p.detach().clone() for p in params]
-    norm, applied = optimizer_step(opt, None, params, max_norm=1.0)
-    assert not applied and math.isnan(norm)
-    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))

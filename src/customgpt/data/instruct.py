@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -52,6 +52,8 @@ MAX_REPORTED = 20
 
 #: The registry's instruction dataset, the default source.
 DEFAULT_DATASET = "instruction-data"
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -126,36 +128,37 @@ def parse_records(text: str, source: str | Path) -> list[tuple[int, Any, str]]:
     return out
 
 
-def check_records(raw: list[tuple[int, Any, str]], source: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
-    """Validate raw records: each must be an object whose instruction and output are
-    non-empty strings and whose input, when present, is a string.
+def check_objects(raw: list[tuple[int, Any, str]], source: str | Path, keys: Sequence[str], optional: Sequence[str],
+                  build: Callable[[int, dict[str, Any]], R]) -> list[R]:
+    """Validate raw records (from :func:`parse_records`): each must be an object whose ``keys``
+    are strings, all present and non-empty except the ``optional`` ones (absent or any string);
+    ``build(index, value)`` makes the record of each good one.
 
     Raises:
         DataError: naming the file and every bad record by index (the first
-            :data:`MAX_REPORTED` of them, then the count).
+            :data:`MAX_REPORTED` of them, then the count), or no records at all.
     """
+    required = [k for k in keys if k not in optional]
     problems: list[str] = []
-    records: list[InstructionRecord] = []
+    records: list[R] = []
     for index, value, where in raw:
         if not isinstance(value, dict):
             problems.append(f"{where}: expected an object, got {type(value).__name__}")
             continue
-        missing = [k for k in (fields.instruction, fields.output) if k not in value]
+        missing = [k for k in required if k not in value]
         if missing:
             problems.append(f"{where}: missing {', '.join(map(repr, missing))} (keys: {', '.join(map(repr, value))})")
             continue
-        bad = [k for k in (fields.instruction, fields.input, fields.output)
-               if k in value and not isinstance(value[k], str)]
+        bad = [k for k in keys if k in value and not isinstance(value[k], str)]
         if bad:
             problems.append(f"{where}: " + ", ".join(f"{k!r} must be a string, got {type(value[k]).__name__}"
                                                      for k in bad))
             continue
-        empty = [k for k in (fields.instruction, fields.output) if not value[k].strip()]
+        empty = [k for k in required if not value[k].strip()]
         if empty:
             problems.append(f"{where}: empty {' and '.join(map(repr, empty))}")
             continue
-        records.append(InstructionRecord(value[fields.instruction], value.get(fields.input, ""),
-                                         value[fields.output], str(source), index, value))
+        records.append(build(index, value))
     if problems:
         shown = problems[:MAX_REPORTED]
         more = f"; ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
@@ -165,18 +168,38 @@ def check_records(raw: list[tuple[int, Any, str]], source: str | Path, fields: F
     return records
 
 
+def check_records(raw: list[tuple[int, Any, str]], source: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
+    """Validate raw records (:func:`check_objects`): instruction and output non-empty
+    strings, input a string when present.
+
+    Raises:
+        DataError: naming the file and every bad record by index.
+    """
+    return check_objects(raw, source, (fields.instruction, fields.input, fields.output), (fields.input,),
+                         lambda index, value: InstructionRecord(value[fields.instruction], value.get(fields.input, ""),
+                                                                value[fields.output], str(source), index, value))
+
+
+def read_raw_records(path: str | Path) -> list[tuple[int, Any, str]]:
+    """The raw records (:func:`parse_records`) of a JSON list or JSON Lines file.
+
+    Raises:
+        DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_records(decode_text(data, path), path)
+
+
 def read_instruction_file(path: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
     """Read and validate a JSON list or JSON Lines file of instruction records.
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return check_records(parse_records(decode_text(data, path), path), path, fields)
+    return check_records(read_raw_records(path), path, fields)
 
 
 # --------------------------------------------------------------------------- splits
@@ -216,8 +239,9 @@ def split_records(records: Sequence[InstructionRecord], *, method: Literal["orde
 
 
 @dataclass
-class InstructDataConfig:
-    """Where the instruction records come from and how they are split and tokenized."""
+class RecordsDataConfig:
+    """Where records come from and how they are split: the keys that instruction and
+    preference data share (each task's section adds its own record keys and lengths)."""
 
     dataset: str | None = DEFAULT_DATASET
     """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
@@ -233,8 +257,6 @@ class InstructDataConfig:
     """The record key of the instruction."""
     input_field: str = "input"
     """The record key of the optional input."""
-    output_field: str = "output"
-    """The record key of the reference output."""
     split: Literal["order", "random"] = "order"
     """order: the reference split in file order (train, then test, then validation); random: after a seeded shuffle."""
     train_fraction: float = 0.85
@@ -243,16 +265,14 @@ class InstructDataConfig:
     """Share of the records that test (the rest validate)."""
     split_seed: int = 123
     """Seed of the random split."""
-    max_length: int | None = None
-    """Tokens per example (inputs); longer ones are truncated and counted. None: the model's context length."""
-    mask_instructions: bool = False
-    """Loss on the response tokens only (the prompt's targets are ignored)."""
     data_dir: str | None = None
     """Registry mirror folder (default $CUSTOMGPT_DATA_DIR)."""
     cache_dir: str | None = None
     """Registry download folder."""
 
     def __post_init__(self) -> None:
+        """Exactly one of dataset, path or train_file (with val_file); train / test fractions
+        in [0, 1] that leave records to validate. Raises ConfigError naming the ``data.`` key."""
         sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
         if len(sources) != 1:
             raise ConfigError("data.dataset: give exactly one data source: data.dataset (a registered name), "
@@ -269,6 +289,21 @@ class InstructDataConfig:
         if self.train_fraction <= 0 or self.train_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"data.train_fraction: train ({self.train_fraction}) and test ({self.test_fraction}) "
                               "fractions must leave records for validation")
+
+
+@dataclass
+class InstructDataConfig(RecordsDataConfig):
+    """Where the instruction records come from and how they are split and tokenized."""
+
+    output_field: str = "output"
+    """The record key of the reference output."""
+    max_length: int | None = None
+    """Tokens per example (inputs); longer ones are truncated and counted. None: the model's context length."""
+    mask_instructions: bool = False
+    """Loss on the response tokens only (the prompt's targets are ignored)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_length is not None and self.max_length < 1:
             raise ConfigError(f"data.max_length: must be >= 1 or none, got {self.max_length}")
         names = [self.instruction_field, self.input_field, self.output_field]
@@ -294,23 +329,19 @@ def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | No
     raise DataError(f"{source}: no such file, and not a registered dataset ({', '.join(DATASETS)})")
 
 
-def prepare_splits(cfg: InstructDataConfig) -> InstructionSplits:
-    """Read, validate and split the records of ``cfg`` (all files checked before training).
+def split_sources(cfg: RecordsDataConfig, read: Callable[[str | Path], list[Any]], limit: int | None = None) -> InstructionSplits:
+    """Read the files of ``cfg`` (explicit splits, or one file or registered
+    dataset to split by ``cfg.split``) with ``read``; ``limit``: only the first records of
+    the one file. Every file is read and checked before anything else happens.
 
     Raises:
         DataError: a bad file or record, an empty training or validation split.
     """
-    fields_ = cfg.fields
     if cfg.train_file:
-        assert cfg.val_file is not None
-        splits = InstructionSplits(read_instruction_file(cfg.train_file, fields_),
-                                   read_instruction_file(cfg.val_file, fields_),
-                                   read_instruction_file(cfg.test_file, fields_) if cfg.test_file else [])
+        splits = InstructionSplits(read(cfg.train_file), read(cfg.val_file), read(cfg.test_file) if cfg.test_file else [])
     else:
-        source = cfg.path or cfg.dataset
-        assert source is not None
-        path = resolve_source(source, cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir")
-        records = read_instruction_file(path, fields_)
+        path = resolve_source(cfg.path or cfg.dataset, cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir")
+        records = read(path)[:limit]
         splits = split_records(records, method=cfg.split, train_fraction=cfg.train_fraction,
                                test_fraction=cfg.test_fraction, seed=cfg.split_seed)
     if not splits.train:
@@ -318,6 +349,15 @@ def prepare_splits(cfg: InstructDataConfig) -> InstructionSplits:
     if not splits.val:
         raise DataError("the validation split is empty: use more records or smaller data.train_fraction / test_fraction")
     return splits
+
+
+def prepare_splits(cfg: InstructDataConfig) -> InstructionSplits:
+    """Read, validate and split the records of ``cfg`` (:func:`split_sources`).
+
+    Raises:
+        DataError: a bad file or record, an empty training or validation split.
+    """
+    return split_sources(cfg, lambda path: read_instruction_file(path, cfg.fields))
 
 
 # --------------------------------------------------------------------------- tokens

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,10 +36,10 @@ from customgpt.constants import EOT_ID
 from customgpt.data.instruct import (
     MAX_REPORTED,
     InstructionSplits,
-    decode_text,
-    parse_records,
-    resolve_source,
-    split_records,
+    RecordsDataConfig,
+    check_objects,
+    read_raw_records,
+    split_sources,
 )
 from customgpt.errors import ConfigError, DataError
 from customgpt.prompts import PromptStyle
@@ -94,35 +94,11 @@ def check_preference_records(raw: list[tuple[int, Any, str]], source: str | Path
         DataError: naming the file and every bad record by index (the first
             :data:`~customgpt.data.instruct.MAX_REPORTED`, then the count).
     """
-    required = (fields.instruction, fields.chosen, fields.rejected)
-    problems: list[str] = []
-    records: list[PreferenceRecord] = []
-    for index, value, where in raw:
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected an object, got {type(value).__name__}")
-            continue
-        missing = [k for k in required if k not in value]
-        if missing:
-            problems.append(f"{where}: missing {', '.join(map(repr, missing))} (keys: {', '.join(map(repr, value))})")
-            continue
-        bad = [k for k in (*required, fields.input) if k in value and not isinstance(value[k], str)]
-        if bad:
-            problems.append(f"{where}: " + ", ".join(f"{k!r} must be a string, got {type(value[k]).__name__}"
-                                                     for k in bad))
-            continue
-        empty = [k for k in required if not value[k].strip()]
-        if empty:
-            problems.append(f"{where}: empty {' and '.join(map(repr, empty))}")
-            continue
-        records.append(PreferenceRecord(value[fields.instruction], value.get(fields.input, ""), value[fields.chosen],
-                                        value[fields.rejected], str(source), index, value))
-    if problems:
-        shown = problems[:MAX_REPORTED]
-        more = f"; ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        raise DataError(f"{source}: {len(problems)} malformed record(s): " + "; ".join(shown) + more)
-    if not records:
-        raise DataError(f"{source}: no records")
-    return records
+    return check_objects(raw, source, (fields.instruction, fields.chosen, fields.rejected, fields.input),
+                         (fields.input,),
+                         lambda index, value: PreferenceRecord(value[fields.instruction], value.get(fields.input, ""),
+                                                               value[fields.chosen], value[fields.rejected],
+                                                               str(source), index, value))
 
 
 def read_preference_file(path: str | Path, fields: PreferenceFields = PreferenceFields()) -> list[PreferenceRecord]:
@@ -131,70 +107,26 @@ def read_preference_file(path: str | Path, fields: PreferenceFields = Preference
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return check_preference_records(parse_records(decode_text(data, path), path), path, fields)
+    return check_preference_records(read_raw_records(path), path, fields)
 
 
 @dataclass
-class PreferenceDataConfig:
+class PreferenceDataConfig(RecordsDataConfig):
     """Where the preference records come from and how they are split and tokenized."""
 
     dataset: str | None = DEFAULT_DATASET
     """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
-    path: str | None = None
-    """One JSON list or JSONL file of records, split by split (instead of dataset)."""
-    train_file: str | None = None
-    """Explicit splits: the training file (with val_file; instead of dataset or path)."""
-    val_file: str | None = None
-    """Explicit splits: the validation file."""
-    test_file: str | None = None
-    """Explicit splits: the test file (optional)."""
-    instruction_field: str = "instruction"
-    """The record key of the instruction."""
-    input_field: str = "input"
-    """The record key of the optional input."""
     chosen_field: str = "chosen"
     """The record key of the preferred response."""
     rejected_field: str = "rejected"
     """The record key of the dispreferred response."""
-    split: Literal["order", "random"] = "order"
-    """order: the reference split in file order (train, then test, then validation); random: after a seeded shuffle."""
-    train_fraction: float = 0.85
-    """Share of the records that train."""
-    test_fraction: float = 0.10
-    """Share of the records that test (the rest validate)."""
-    split_seed: int = 123
-    """Seed of the random split."""
     limit: int | None = None
     """Use only the first N records of the file (before splitting): quick runs and tests."""
     max_length: int | None = None
     """Tokens per sequence (prompt + response); longer ones are truncated and counted. None: the model's context length."""
-    data_dir: str | None = None
-    """Registry mirror folder (default $CUSTOMGPT_DATA_DIR)."""
-    cache_dir: str | None = None
-    """Registry download folder."""
 
     def __post_init__(self) -> None:
-        sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
-        if len(sources) != 1:
-            raise ConfigError("data.dataset: give exactly one data source: data.dataset (a registered name), "
-                              "data.path (one file to split) or data.train_file with data.val_file (explicit "
-                              f"splits); got {', '.join('data.' + s for s in sources) or 'none'}")
-        if self.train_file and not self.val_file:
-            raise ConfigError("data.val_file: explicit splits need a validation file beside data.train_file")
-        if (self.val_file or self.test_file) and not self.train_file:
-            raise ConfigError("data.val_file: data.val_file / data.test_file go with data.train_file")
-        for key in ("train_fraction", "test_fraction"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0 or value != value:
-                raise ConfigError(f"data.{key}: must be in [0, 1], got {value}")
-        if self.train_fraction <= 0 or self.train_fraction + self.test_fraction >= 1.0:
-            raise ConfigError(f"data.train_fraction: train ({self.train_fraction}) and test ({self.test_fraction}) "
-                              "fractions must leave records for validation")
+        super().__post_init__()
         if self.limit is not None and self.limit < 2:
             raise ConfigError(f"data.limit: must be >= 2 or none, got {self.limit}")
         if self.max_length is not None and self.max_length < 2:
@@ -216,26 +148,7 @@ def prepare_preference_splits(cfg: PreferenceDataConfig) -> InstructionSplits:
     Raises:
         DataError: a bad file or record, an empty training or validation split.
     """
-    fields_ = cfg.fields
-    if cfg.train_file:
-        assert cfg.val_file is not None
-        splits = InstructionSplits(read_preference_file(cfg.train_file, fields_),  # type: ignore[arg-type]
-                                   read_preference_file(cfg.val_file, fields_),  # type: ignore[arg-type]
-                                   read_preference_file(cfg.test_file, fields_) if cfg.test_file else [])  # type: ignore[arg-type]
-    else:
-        source = cfg.path or cfg.dataset
-        assert source is not None
-        path = resolve_source(source, cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir")
-        records = read_preference_file(path, fields_)
-        if cfg.limit is not None:
-            records = records[:cfg.limit]
-        splits = split_records(records, method=cfg.split, train_fraction=cfg.train_fraction,  # type: ignore[arg-type]
-                               test_fraction=cfg.test_fraction, seed=cfg.split_seed)
-    if not splits.train:
-        raise DataError("the training split is empty: use more records or a larger data.train_fraction")
-    if not splits.val:
-        raise DataError("the validation split is empty: use more records or smaller data.train_fraction / test_fraction")
-    return splits
+    return split_sources(cfg, lambda path: read_preference_file(path, cfg.fields), cfg.limit)
 
 
 # --------------------------------------------------------------------------- tokens

@@ -131,6 +131,20 @@ def verify_checkpoint(folder: str | Path) -> None:
 # --------------------------------------------------------------------------- save
 
 
+def save_merged_model(model: nn.Module, folder: str | Path, metadata: Mapping[str, Any]) -> Path:
+    """Save ``model`` as a plain customgpt model folder (``customgpt.checkpoints.save_model``);
+    LoRA adapters, if any, are merged into a copy of the weights (``model`` keeps training
+    unmerged). Returns the folder."""
+    from customgpt.checkpoints import build_model, save_model
+    from customgpt.lora import lora_layers, merged_state_dict
+
+    model = unwrap(model)
+    if lora_layers(model):
+        state = {k: v.detach().clone() for k, v in merged_state_dict(model).items()}
+        model = build_model(model.config, state)
+    return save_model(model, folder, metadata=dict(metadata))
+
+
 def save_checkpoint(
     root: str | Path,
     name: str,

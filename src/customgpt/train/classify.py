@@ -42,6 +42,7 @@ from customgpt.losses import ClassificationLoss, FocalLoss, causal_lm_loss
 from customgpt.metrics import classification_report, format_report
 from customgpt.train.config import (
     LoggingConfig,
+    LoRASection,
     ModelSection,
     OptimConfig,
     RuntimeConfig,
@@ -50,7 +51,7 @@ from customgpt.train.config import (
     save_config,
 )
 from customgpt.train.files import atomic_write_text
-from customgpt.train.logging import MetricsLogger, Progress, save_figure
+from customgpt.train.logging import MetricsLogger, Progress, line_figure
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule
@@ -107,28 +108,6 @@ class ClassifierSection:
 
 
 @dataclass
-class LoRASection:
-    """Low-rank adapters (the ``lora`` section, used when classifier.trainable is lora)."""
-
-    r: int = 8
-    """Rank of the adapters."""
-    alpha: float = 16.0
-    """Scale numerator: the update is (alpha / r) B A (alpha / sqrt(r) with rslora)."""
-    dropout: float = 0.0
-    """Dropout on the adapters' input."""
-    targets: list[str] = field(default_factory=lambda: ["c_attn"])
-    """Names of the linear layers that get adapters."""
-    rslora: bool = False
-    """Rank-stabilised scaling alpha / sqrt(r)."""
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ConfigError(f"lora.r: must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
-
-
-@dataclass
 class ClassifyConfig(Section):
     """The whole ``customgpt finetune classify`` configuration."""
 
@@ -150,10 +129,7 @@ def build_classifier(cfg: ClassifyConfig, num_classes: int, device: torch.device
     ccfg = cfg.classifier
     model = GPTClassifier(cfg.model.build(), num_classes, ccfg.pooling, ccfg.head_dropout)
     if ccfg.trainable == "lora":
-        from customgpt.lora import LoRAConfig, inject_lora
-
-        lcfg = cfg.lora
-        inject_lora(model.gpt, LoRAConfig(lcfg.r, lcfg.alpha, lcfg.dropout, tuple(lcfg.targets), lcfg.rslora))
+        cfg.lora.apply(model.gpt)
     model.set_trainable(ccfg.trainable, ccfg.last_blocks)
     return model.to(device).train()
 
@@ -287,9 +263,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     Raises DataError / ConfigError (naming the file, line or key) before anything is created."""
     clock = time.perf_counter()
     splits, labels = prepare_splits(cfg.data)  # every row validated before anything is created
-    run_dir = Path(cfg.logging.out_dir)
-    if (run_dir / "best").exists() or (run_dir / "metrics.json").exists():
-        raise ConfigError(f"logging.out_dir: {run_dir} already holds a classification run; choose another folder")
+    run_dir = cfg.logging.run_folder("best", "metrics.json", what="a classification run")
     tcfg, ccfg = cfg.train, cfg.classifier
     loss_fn = build_loss(ccfg, labels, class_counts(splits.train, labels))
     micro, _ = tcfg.accumulation(1)
@@ -412,20 +386,8 @@ def write_predictions(path: Path, rows, labels: list[str], probs: Tensor) -> Non
 
 def plot_epochs(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
     """``loss.png`` and ``accuracy.png``: train and validation values per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    written = []
     epochs = [r["epoch"] for r in history]
-    for key, title in (("loss", "loss"), ("accuracy", "accuracy")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        line, = ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train (running, dropout on)")
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], "o--", color=line.get_color(), label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        written.append(save_figure(fig, run_dir / f"{key}.png", dpi=100))
-    return written
+    return [line_figure(run_dir / f"{key}.png", [("train (running, dropout on)", epochs, [r[f"train_{key}"] for r in history], "o-"),
+                                                ("validation", epochs, [r[f"val_{key}"] for r in history], "o--")],
+                        xlabel="epoch", ylabel=key, figsize=(6, 4), dpi=100)
+            for key in ("loss", "accuracy")]

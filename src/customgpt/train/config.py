@@ -23,7 +23,7 @@ import sys
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -480,6 +480,43 @@ class ModelSection(Section):
 
 
 @dataclass
+class LoRASection(Section):
+    """Low-rank adapters (the ``lora`` section, used when the task's ``trainable`` is lora)."""
+
+    r: int = 8
+    """Rank of each update (A is r x in, B is out x r)."""
+    alpha: float = 16.0
+    """Scale numerator: the update is (alpha / r) B A (alpha / sqrt(r) with rslora)."""
+    dropout: float = 0.0
+    """Dropout on the input of the adapter path while training."""
+    targets: list[str] = field(default_factory=lambda: ["c_attn"])
+    """Module names to adapt (c_attn, attn.c_proj, c_fc, mlp.c_proj, c_proj)."""
+    rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r)."""
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise FieldError("r", f"must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise FieldError("dropout", f"must be in [0, 1), got {self.dropout}")
+
+    def apply(self, model):  # -> list[str]
+        """Wrap ``model``'s target linears in adapters and freeze everything but them, in place.
+
+        Returns the names of the adapted modules. A caller that trains more than the
+        adapters (a classification head) unfreezes it afterwards.
+
+        Raises:
+            ConfigError: a target the model lacks, a tied weight, or adapters already there.
+        """
+        from customgpt.lora import LoRAConfig, inject_lora, mark_only_lora_trainable
+
+        names = inject_lora(model, LoRAConfig(self.r, self.alpha, self.dropout, tuple(self.targets), self.rslora))
+        mark_only_lora_trainable(model)
+        return names
+
+
+@dataclass
 class OptimConfig(Section):
     """AdamW; weight decay applies to matrices and embeddings only."""
 
@@ -632,3 +669,17 @@ class LoggingConfig(Section):
             raise FieldError("log_every", f"must be >= 1, got {self.log_every}")
         if not self.out_dir:
             raise FieldError("out_dir", "must not be empty")
+
+    def run_folder(self, *markers: str, what: str = "a run") -> Path:
+        """``out_dir`` as a path, checked: not a file, and holding none of ``markers`` (the files
+        or folders an earlier run of the task leaves there).
+
+        Raises:
+            ConfigError: naming ``logging.out_dir`` (and ``what`` it already holds).
+        """
+        run_dir = Path(self.out_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"logging.out_dir: {run_dir} exists and is not a folder")
+        if any((run_dir / marker).exists() for marker in markers):
+            raise ConfigError(f"logging.out_dir: {run_dir} already holds {what}; choose another folder")
+        return run_dir

@@ -76,9 +76,11 @@ from customgpt.losses import (
     preference_metrics,
 )
 from customgpt.prompts import PromptConfig, PromptStyle
+from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     FieldError,
     LoggingConfig,
+    LoRASection,
     ModelSection,
     OptimConfig,
     RuntimeConfig,
@@ -87,7 +89,7 @@ from customgpt.train.config import (
     save_config,
 )
 from customgpt.train.files import atomic_write_text
-from customgpt.train.logging import MetricsLogger, Progress, Throughput, read_metrics
+from customgpt.train.logging import MetricsLogger, Progress, Throughput, line_figure, read_metrics
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule
@@ -174,22 +176,6 @@ class DPOTrainConfig(TrainConfig):
 
 
 @dataclass
-class DPOLoRASection(Section):
-    """Low-rank adapters (used when train.trainable is lora); the same keys as the other tasks."""
-
-    r: int = 8
-    """Rank of each update."""
-    alpha: float = 16.0
-    """The update is scaled by alpha / r."""
-    dropout: float = 0.0
-    """Dropout on the adapters' input."""
-    targets: list[str] = field(default_factory=lambda: ["c_attn"])
-    """Module names to adapt (c_attn, c_proj, c_fc, ...)."""
-    rslora: bool = False
-    """Rank-stabilised scaling alpha / sqrt(r)."""
-
-
-@dataclass
 class DPOConfig(Section):
     """The whole ``customgpt finetune dpo`` configuration."""
 
@@ -199,7 +185,7 @@ class DPOConfig(Section):
     """The preference records and their splits."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
     """The prompt style (the one the model was instruction-tuned with)."""
-    lora: DPOLoRASection = field(default_factory=DPOLoRASection)
+    lora: LoRASection = field(default_factory=LoRASection)
     """LoRA adapters (with train.trainable: lora)."""
     train: DPOTrainConfig = field(default_factory=lambda: DPOTrainConfig(lr=5e-6, schedule="constant", eval_every=20))
     """The loop, the loss, the reference and the collapse guard."""
@@ -432,51 +418,22 @@ def build_policy(cfg: DPOConfig) -> nn.Module:
     """The starting model, with LoRA adapters (only they train) when ``train.trainable`` is lora."""
     model = cfg.model.build()
     if cfg.train.trainable == "lora":
-        from customgpt.lora import LoRAConfig, inject_lora, mark_only_lora_trainable
-
-        inject_lora(model, LoRAConfig(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                                      targets=tuple(cfg.lora.targets), rslora=cfg.lora.rslora))
-        mark_only_lora_trainable(model)
+        cfg.lora.apply(model)
     return model
-
-
-def save_policy(model: nn.Module, folder: Path, metadata: dict[str, Any]) -> Path:
-    """Save the policy as a plain customgpt model folder (LoRA adapters merged in)."""
-    from customgpt.checkpoints import build_model, save_model
-    from customgpt.lora import lora_layers, merged_state_dict
-
-    if lora_layers(model):
-        model = build_model(model.config, merged_state_dict(model))
-    return save_model(model, folder, metadata)
 
 
 def _plots(run_dir: Path) -> list[Path]:
     """loss.png, margins.png and accuracy.png (train part and validation, by step)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from customgpt.train.logging import save_figure
-
     records = [r for r in read_metrics(run_dir) if r.get("kind") == "eval"]
-    written = []
-    for key, name, label in (("loss", "loss.png", "preference loss"), ("rewards/margins", "margins.png",
-                             "reward margin (chosen - rejected)"), ("rewards/accuracies", "accuracy.png",
-                             "reward accuracy (chosen > rejected)")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for prefix, what in (("", "train"), ("eval_", "validation")):
-            xs = [r["step"] for r in records if prefix + key in r]
-            ax.plot(xs, [r[prefix + key] for r in records if prefix + key in r], "o-", label=what, markersize=3)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label}: {run_dir.name}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        written.append(save_figure(fig, run_dir / name))
-        plt.close(fig)
-    return written
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        return [r["step"] for r in records if key in r], [r[key] for r in records if key in r]
+
+    return [line_figure(run_dir / name, [("train", *series(key), "o-"), ("validation", *series("eval_" + key), "o-")],
+                        xlabel="optimizer step", ylabel=label, title=f"{label}: {run_dir.name}")
+            for key, name, label in (("loss", "loss.png", "preference loss"),
+                                     ("rewards/margins", "margins.png", "reward margin (chosen - rejected)"),
+                                     ("rewards/accuracies", "accuracy.png", "reward accuracy (chosen > rejected)"))]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -492,9 +449,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     clock = time.perf_counter()
     cfg.validate()
     splits = prepare_preference_splits(cfg.data)  # every record checked before anything is built
-    run_dir = Path(cfg.logging.out_dir)
-    if (run_dir / "metrics.json").exists() or (run_dir / "model").exists():
-        raise ConfigError(f"logging.out_dir: {run_dir} already holds a preference run; choose another folder")
+    run_dir = cfg.logging.run_folder("metrics.json", "model", what="a preference run")
     tcfg = cfg.train
     rt = setup_runtime(cfg.runtime, distributed=False)
     seed_everything(tcfg.seed)
@@ -623,7 +578,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if stop_reason and healthy_state is not None:  # a collapse, or a diverged loss
         policy.load_state_dict(healthy_state)
         final_step = healthy_step
-    save_policy(policy, run_dir / "model", {"step": final_step, "task": "dpo", "loss": tcfg.loss})
+    save_merged_model(policy, run_dir / "model", {"step": final_step, "task": "dpo", "loss": tcfg.loss})
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "loss": tcfg.loss, "reference": mode, "reduction": loss_fn.reduction,
         "steps": step, "model_step": final_step, "train_seconds": train_seconds,
@@ -668,7 +623,7 @@ def write_test_responses(run_dir: Path, cfg: DPOConfig, style: PromptStyle, toke
 
 
 __all__ = [
-    "DPOConfig", "DPOTrainConfig", "DPOLoRASection", "METRIC_NAMES", "Reference", "attach_reference_logps",
+    "DPOConfig", "DPOTrainConfig", "METRIC_NAMES", "Reference", "attach_reference_logps",
     "batch_logps", "collapse_probe", "collapsed", "degeneration", "evaluate", "finetune_dpo", "pair_loss",
     "precompute_reference_logps", "reference_cache_dir", "write_test_responses",
 ]

@@ -37,8 +37,10 @@ from customgpt.evaluate.responses import generate_responses, with_responses, wri
 from customgpt.losses import causal_lm_loss
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
 from customgpt.sections import Section
+from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     LoggingConfig,
+    LoRASection,
     ModelSection,
     OptimConfig,
     RuntimeConfig,
@@ -88,22 +90,6 @@ class InstructSection:
 
 
 @dataclass
-class InstructLoRASection:
-    """Low-rank adapters (used when instruct.trainable is lora); the same keys as the other tasks."""
-
-    r: int = 8
-    """Rank of each update."""
-    alpha: float = 16.0
-    """The update is scaled by alpha / r (alpha / sqrt(r) with rslora)."""
-    dropout: float = 0.0
-    """Dropout on the input of the adapter path while training."""
-    targets: list[str] = field(default_factory=lambda: ["c_attn"])
-    """Module names to adapt (c_attn, attn.c_proj, c_fc, mlp.c_proj, c_proj)."""
-    rslora: bool = False
-    """Rank-stabilised scaling alpha / sqrt(r)."""
-
-
-@dataclass
 class InstructConfig(Section):
     """The whole ``customgpt finetune instruct`` configuration (see docs/instruct.md)."""
 
@@ -115,7 +101,7 @@ class InstructConfig(Section):
     """The prompt style (a registered one or a template)."""
     instruct: InstructSection = field(default_factory=InstructSection)
     """What trains and what is generated."""
-    lora: InstructLoRASection = field(default_factory=InstructLoRASection)
+    lora: LoRASection = field(default_factory=LoRASection)
     """Adapters, with instruct.trainable lora."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=2, batch_size=8, lr=5e-5, schedule="constant", grad_clip=None, eval_every=5, eval_iters=5))
@@ -131,24 +117,9 @@ class InstructConfig(Section):
 # --------------------------------------------------------------------------- helpers
 
 
-def plain_model(model: nn.Module) -> nn.Module:
-    """The model to save: with LoRA, a copy with the adapters merged into the weights."""
-    from customgpt.lora import lora_layers, merged_state_dict
-
-    if not lora_layers(model):
-        return model
-    from customgpt.checkpoints import build_model
-
-    state = {k: v.detach().clone() for k, v in merged_state_dict(model).items()}
-    return build_model(model.config, state)
-
-
 def save_run_model(model: nn.Module, folder: Path, style: PromptStyle, **metadata: Any) -> None:
     """Save ``model`` (adapters merged) with the prompt style it was trained with."""
-    from customgpt.checkpoints import save_model
-
-    save_model(plain_model(model), folder,
-               metadata={"kind": "instruction-tuned", "prompt_style": prompt_style_to_dict(style), **metadata})
+    save_merged_model(model, folder, {"kind": "instruction-tuned", "prompt_style": prompt_style_to_dict(style), **metadata})
 
 
 def _epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -186,11 +157,7 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     """
     from customgpt.tokenizer import get_tokenizer
 
-    run_dir = Path(cfg.logging.out_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"logging.out_dir: {run_dir} exists and is not a folder")
-    if (run_dir / "metrics.jsonl").exists() or (run_dir / "final").exists():
-        raise ConfigError(f"logging.out_dir: {run_dir} already holds a run; choose another folder")
+    run_dir = cfg.logging.run_folder("metrics.jsonl", "final")
     style = cfg.prompt.build()
     splits = prepare_splits(cfg.data)
     tcfg, icfg = cfg.train, cfg.instruct
@@ -214,11 +181,7 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
           f"{val.n_truncated} validation", flush=True)
 
     if icfg.trainable == "lora":
-        from customgpt.lora import LoRAConfig, inject_lora, mark_only_lora_trainable
-
-        lcfg = cfg.lora
-        inject_lora(model, LoRAConfig(lcfg.r, lcfg.alpha, lcfg.dropout, tuple(lcfg.targets), lcfg.rslora))
-        mark_only_lora_trainable(model)
+        cfg.lora.apply(model)
     model = model.to(rt.device).train()
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

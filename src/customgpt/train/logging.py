@@ -18,7 +18,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,29 @@ def _series(records: Iterable[dict[str, Any]], key: str) -> tuple[list[float], l
     return xs, ys
 
 
+def line_figure(path: Path, lines: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *, xlabel: str,
+                ylabel: str, title: str | None = None, figsize: tuple[float, float] = (7, 4.5), dpi: int = 110) -> Path:
+    """Draw ``lines`` (label, xs, ys, matplotlib style such as ``"o-"``; empty ones skipped) on one
+    set of axes and write it as a PNG (:func:`save_figure`); the legend appears with two or more lines."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only; works without a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize)
+    drawn = [(label, xs, ys, style) for label, xs, ys, style in lines if len(xs)]
+    for label, xs, ys, style in drawn:
+        ax.plot(xs, ys, style, label=label, markersize=3, linewidth=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(drawn) > 1:
+        ax.legend()
+    return save_figure(fig, path, dpi=dpi)
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Draw ``loss.png`` (train and validation loss by step) and ``lr.png`` from ``metrics.jsonl``.
 
@@ -179,36 +202,15 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     records = read_metrics(run_dir)
     if not records:
         raise CustomGPTError(f"no metrics to plot: {run_dir / METRICS_NAME} is missing or empty")
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)  # files only; works without a display
-    import matplotlib.pyplot as plt
-
     out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, label, style in (("loss", "train", "-"), ("val_loss", "validation", "o-")):
-        xs, ys = _series(records, key)
-        if xs:
-            ax.plot(xs, ys, style, label=label, markersize=3, linewidth=1.2)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy loss")
-    ax.set_title(f"loss: {run_dir.name}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    written.append(save_figure(fig, out / "loss.png"))
-
+    written = [line_figure(out / "loss.png", [("train", *_series(records, "loss"), "-"),
+                                              ("validation", *_series(records, "val_loss"), "o-")],
+                           xlabel="optimizer step", ylabel="cross-entropy loss", title=f"loss: {run_dir.name}")]
     xs, ys = _series(records, "lr")
     if xs:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.plot(xs, ys, linewidth=1.2)
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("learning rate")
-        ax.set_title(f"learning rate: {run_dir.name}")
-        ax.grid(alpha=0.3)
-        written.append(save_figure(fig, out / "lr.png"))
+        written.append(line_figure(out / "lr.png", [("learning rate", xs, ys, "-")], xlabel="optimizer step",
+                                   ylabel="learning rate", title=f"learning rate: {run_dir.name}", figsize=(7, 3.5)))
     return written
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -168,9 +167,7 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
     Returns:
         A summary: steps, first/last train loss, last/best validation loss, seconds.
     """
-    run_dir = Path(cfg.logging.out_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"logging.out_dir: {run_dir} exists and is not a folder")
+    run_dir = cfg.logging.run_folder()
     resume_from = ckpt.find_checkpoint(run_dir if resume is True else resume) if resume else None
     if not resume_from and ckpt.has_checkpoint(run_dir / ckpt.CHECKPOINTS_DIR):
         raise ConfigError(f"logging.out_dir: {run_dir} already holds a run; pass --resume, or choose another folder")
