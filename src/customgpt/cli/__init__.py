@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("customgpt.cli.finetune", "fine-tune a model (classify, instruct, dpo)"),
     "eval": ("customgpt.cli.eval", "evaluate instruction responses: responses, perplexity, rouge, judge"),
     "classify": ("customgpt.cli.classify", "classify text with a fine-tuned classifier"),
+    "ui": ("customgpt.cli.ui", "web app: chat, compare two models, classify (Chainlit)"),
     "merge": ("customgpt.cli.merge", "merge LoRA adapters into a full model"),
     "data": ("customgpt.cli.data", "list and fetch the public datasets"),
     "tokenizer": ("customgpt.cli.tokenizer", "encode, decode, or train a BPE vocabulary"),

@@ -1,0 +1,96 @@
+"""``customgpt ui``: the web app (Chainlit) for chatting, comparing two models and classifying.
+
+    customgpt ui --chat runs/alpaca/final
+    customgpt ui --chat runs/alpaca/final --compare runs/dpo/final --classifier runs/sms/best
+    customgpt ui --chat gpt2 --prompt-style plain --host 0.0.0.0 --port 8080
+
+Then open http://HOST:PORT in a browser. MODEL is anything ``customgpt generate`` accepts; the
+device is chosen automatically (``--device`` to choose). The app's Chainlit folder (its
+``config.toml`` and readme) is written to a temporary folder that is removed when the
+server stops. Needs
+the ``ui`` extra: ``pip install customgpt[ui]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from customgpt.cli._common import add_device_argument
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    from customgpt.cli.generate import STYLE_NAMES, one_line_errors
+
+    one_line_errors(parser)
+    parser.add_argument("--chat", metavar="MODEL", default=None,
+                        help="the chat model: preset, checkpoint or Hugging Face folder, weights file or hub id")
+    parser.add_argument("--compare", metavar="MODEL", default=None,
+                        help="a second chat model answering every message beside the first (the Compare profile)")
+    parser.add_argument("--classifier", metavar="MODEL", default=None,
+                        help="a classifier folder (from `customgpt finetune classify`) for the Classification profile")
+    parser.add_argument("--prompt-style", choices=STYLE_NAMES, default="alpaca",
+                        help="the chat template the chat models were fine-tuned with (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    add_device_argument(parser)
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Fail now, in one line, if the address is taken or invalid (not after loading the models)."""
+    import socket
+
+    from customgpt.errors import CustomGPTError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+            sock.bind(infos[0][4])
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CustomGPTError(f"cannot listen on {host}:{port}: {reason} (choose another --port or --host)") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import importlib.util
+    import tempfile
+
+    from customgpt.errors import ConfigError
+    from customgpt.ui.config import (
+        APP_FILE,
+        APP_FOLDER_ENV,
+        APP_FOLDER_PREFIX,
+        AppConfig,
+        remove_app_folder,
+        write_app_folder,
+    )
+
+    config = AppConfig(chat=args.chat, compare=args.compare, classifier=args.classifier,
+                       prompt_style=args.prompt_style, device=args.device).check()
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    _check_can_listen(args.host, args.port)
+    # Only look for Chainlit here: importing it reads (and writes) its app folder.
+    if importlib.util.find_spec("chainlit") is None:
+        raise ConfigError("the web app needs Chainlit: pip install 'customgpt[ui]'")
+    folder = tempfile.mkdtemp(prefix=APP_FOLDER_PREFIX)
+    try:
+        write_app_folder(folder, config)
+        # Chainlit reads its folder and our app its models from the environment, when imported.
+        # Chainlit ends the process with os._exit at shutdown, so the app removes the folder then.
+        os.environ.update(config.to_env())
+        os.environ["CHAINLIT_APP_ROOT"] = os.environ[APP_FOLDER_ENV] = folder
+        print(f"customgpt ui: loading the models, then serving on http://{args.host}:{args.port} (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+        from chainlit.cli import cli
+
+        try:
+            cli.main(["run", str(APP_FILE), "--headless", "--host", args.host, "--port", str(args.port)],
+                     prog_name="chainlit", standalone_mode=False)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        remove_app_folder(folder)
+    return 0

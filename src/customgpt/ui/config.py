@@ -1,0 +1,203 @@
+"""The app's settings (from ``customgpt ui``'s options or the environment) and its Chainlit folder.
+
+The Chainlit app (:mod:`customgpt.ui.app`) reads its models from environment variables, so the
+same file runs from ``customgpt ui`` and from ``chainlit run``:
+
+=============================  ===================================================  =========
+variable                       meaning                                              default
+=============================  ===================================================  =========
+``CUSTOMGPT_UI_CHAT``          the chat model (anything ``customgpt generate`` takes)  none
+``CUSTOMGPT_UI_COMPARE``       a second chat model, for the Compare profile          none
+``CUSTOMGPT_UI_CLASSIFIER``    a classifier folder, for the Classification profile   none
+``CUSTOMGPT_UI_PROMPT_STYLE``  the chat's prompt style (``alpaca``, ``phi3``, ...)   alpaca
+``CUSTOMGPT_UI_DEVICE``        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``     auto
+=============================  ===================================================  =========
+
+Chainlit reads its own configuration from ``.chainlit/config.toml`` in its app folder (the
+``CHAINLIT_APP_ROOT`` variable, else the current folder) and writes a default one there if it
+is missing. ``customgpt ui`` writes the app's own config into a temporary folder instead
+(:func:`write_app_folder`), so nothing is left in the user's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from customgpt.errors import ConfigError
+
+ENV_PREFIX = "CUSTOMGPT_UI_"
+#: The Chainlit app file (what ``chainlit run`` takes).
+APP_FILE = Path(__file__).with_name("app.py")
+#: ``customgpt ui``'s temporary app folder: its name starts so, and the variable names it
+#: (the app removes it when the server stops: Chainlit ends the process without returning).
+APP_FOLDER_PREFIX = "customgpt-ui-"
+APP_FOLDER_ENV = "CUSTOMGPT_UI_APP_FOLDER"
+_TOML_HEADER = "# Written by `customgpt ui` for this run; Chainlit reads it at start."
+PROFILE_CHAT = "Chat"
+PROFILE_COMPARE = "Compare"
+PROFILE_CLASSIFY = "Classification"
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Which models the app serves.
+
+    Attributes:
+        chat: the chat model spec (a preset, a checkpoint or Hugging Face folder, a weights
+            file or a hub id), or None.
+        compare: a second chat model answering beside the first (the Compare profile).
+        classifier: a classifier folder written by ``customgpt finetune classify``.
+        prompt_style: the prompt style of the chat models.
+        device: where to run the models (``auto`` picks CUDA, then MPS, then the CPU).
+    """
+
+    chat: str | None = None
+    compare: str | None = None
+    classifier: str | None = None
+    prompt_style: str = "alpaca"
+    device: str = "auto"
+
+    def check(self) -> AppConfig:
+        """Raise :class:`ConfigError` when the combination cannot make an app."""
+        if not self.chat and not self.classifier:
+            raise ConfigError("give a chat model (--chat MODEL) or a classifier (--classifier MODEL), or both")
+        if self.compare and not self.chat:
+            raise ConfigError("--compare needs --chat: the two chat models answer side by side")
+        from customgpt.prompts import get_prompt_style
+
+        get_prompt_style(self.prompt_style)  # an unknown style names the known ones
+        return self
+
+    @property
+    def profiles(self) -> list[str]:
+        """The profiles these models make, the default first."""
+        out = []
+        if self.chat:
+            out.append(PROFILE_CHAT)
+        if self.chat and self.compare:
+            out.append(PROFILE_COMPARE)
+        if self.classifier:
+            out.append(PROFILE_CLASSIFY)
+        return out
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that :meth:`from_env` reads back."""
+        env = {f"{ENV_PREFIX}PROMPT_STYLE": self.prompt_style, f"{ENV_PREFIX}DEVICE": self.device}
+        for name in ("chat", "compare", "classifier"):
+            value = getattr(self, name)
+            if value:
+                env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AppConfig:
+        """Read ``CUSTOMGPT_UI_*`` (empty values count as unset)."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            return (env.get(f"{ENV_PREFIX}{name}") or "").strip() or None
+
+        return cls(
+            chat=get("CHAT"),
+            compare=get("COMPARE"),
+            classifier=get("CLASSIFIER"),
+            prompt_style=get("PROMPT_STYLE") or "alpaca",
+            device=get("DEVICE") or "auto",
+        )
+
+
+def chainlit_config_toml(name: str = "customgpt") -> str:
+    """The app's ``.chainlit/config.toml``: only what differs from Chainlit's defaults, plus
+    the version stamp Chainlit checks. No file upload (nothing reads files), no message
+    editing (a chat's history is the model's context), HTML never rendered, and the user's
+    messages shown as typed (not as Markdown)."""
+    from importlib.metadata import version
+
+    return f"""{_TOML_HEADER}
+[project]
+session_timeout = 3600
+allow_origins = ["*"]
+
+[features]
+unsafe_allow_html = false
+latex = false
+user_message_markdown = false
+edit_message = false
+auto_tag_thread = false
+
+[features.spontaneous_file_upload]
+enabled = false
+
+[UI]
+name = "{name}"
+cot = "hidden"
+default_sidebar_state = "closed"
+
+[meta]
+generated_by = "{version('chainlit')}"
+"""
+
+
+def write_app_folder(folder: str | Path, config: AppConfig) -> Path:
+    """Write the Chainlit app folder: ``.chainlit/config.toml`` and ``chainlit.md`` (the
+    readme Chainlit shows), into ``folder`` (created). Returns the folder."""
+    from customgpt.io import atomic_write_text
+
+    folder = Path(folder)
+    (folder / ".chainlit").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / ".chainlit" / "config.toml", chainlit_config_toml())
+    atomic_write_text(folder / "chainlit.md", readme_markdown(config))
+    return folder
+
+
+def remove_app_folder(folder: str | Path | None) -> bool:
+    """Remove a folder :func:`write_app_folder` wrote for ``customgpt ui`` (its name starts
+    with :data:`APP_FOLDER_PREFIX` and its config is ours); anything else is left alone.
+    Returns True when it was removed."""
+    if not folder:
+        return False
+    import shutil
+
+    folder = Path(folder)
+    toml = folder / ".chainlit" / "config.toml"
+    try:
+        ours = folder.name.startswith(APP_FOLDER_PREFIX) and toml.read_text(encoding="utf-8").startswith(_TOML_HEADER)
+    except OSError:
+        return False
+    if ours:
+        shutil.rmtree(folder, ignore_errors=True)
+    return ours
+
+
+def readme_markdown(config: AppConfig) -> str:
+    """What the profiles do and which model each uses (the app's readme)."""
+    lines = ["# customgpt", "", "GPT-2 written from scratch in PyTorch, in a web page.", ""]
+    lines += profile_help(config)
+    return "\n".join(lines) + "\n"
+
+
+def profile_help(config: AppConfig) -> list[str]:
+    """One markdown bullet per profile the config makes."""
+    out = []
+    if config.chat:
+        out.append(
+            f"- **{PROFILE_CHAT}**: talk with `{config.chat}` (prompt style `{config.prompt_style}`). "
+            "The reply streams in as it is generated; the settings button beside the message box sets "
+            "temperature, top-k, top-p, repetition penalty, max new tokens and the seed; the stop button "
+            "ends a reply. The conversation is kept while it fits in the model's context window (the "
+            "oldest turns are dropped first, and you are told)."
+        )
+    if config.chat and config.compare:
+        out.append(
+            f"- **{PROFILE_COMPARE}**: every message is answered by `{config.chat}` and by "
+            f"`{config.compare}`, with the same settings and seed, so you see what changed between them."
+        )
+    if config.classifier:
+        out.append(
+            f"- **{PROFILE_CLASSIFY}**: `{config.classifier}` labels each line of your message and "
+            "shows every class's probability."
+        )
+    return out
