@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         from customgpt.serve import ServerConfig, create_app
     except ImportError as exc:
         raise CustomGPTError(f"customgpt serve needs the 'serve' extra ({exc.name} is missing): "
-                             "pip install 'customgpt[serve]'") from None
+                             "pip install -e '.[serve]' from the repository root (the serve extra)") from None
     from customgpt.checkpoints import load_model, resolve_model_spec
     from customgpt.device import resolve_device, resolve_dtype
     from customgpt.tokenizer import get_tokenizer

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     _check_can_listen(args.host, args.port)
     # Only look for Chainlit here: importing it reads (and writes) its app folder.
     if importlib.util.find_spec("chainlit") is None:
-        raise ConfigError("the web app needs Chainlit: pip install 'customgpt[ui]'")
+        raise ConfigError("the web app needs Chainlit: pip install -e '.[ui]' from the repository root (the ui extra)")
     folder = tempfile.mkdtemp(prefix=APP_FOLDER_PREFIX)
     try:
         write_app_folder(folder, config)
