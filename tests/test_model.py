@@ -333,6 +333,8 @@ def test_decode_layout_keeps_values_shapes_and_parameters(tmp_path):
     c_attn = model.transformer.h[0].attn.c_attn.weight
     assert c_attn.shape == (3 * model.config.n_embd, model.config.n_embd) and c_attn.t().is_contiguous()
     assert model.transformer.h[0].mlp.c_proj.weight.is_contiguous()  # narrowing: left as it is
+    head = model.lm_head.weight  # the LM head too (tied: the token embedding is the same tensor)
+    assert head.shape == (model.config.vocab_size, model.config.n_embd) and head.t().is_contiguous()
     save_model(model, tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "m")(idx), after)

@@ -9,7 +9,7 @@ import torch
 
 from customgpt.checkpoints import build_model, hf_to_customgpt_state
 from customgpt.config import GPTConfig
-from customgpt.generate import SamplingParams, generate_batch, generate_tokens
+from customgpt.generate import SamplingParams, generate_batch, generate_tokens, lm_head_for_generation
 from generate.common import CTX, GREEDY, prompt_of, randomize, reference_greedy, tiny_model, tokens
 
 # --------------------------------------------------------------------------- KV cache exactness
@@ -212,3 +212,19 @@ def test_a_huge_budget_in_a_batch_also_stays_inside_the_window(model):
     stop_at = free.index(eot)
     results = generate_batch(model, [prompts[0]], params, eot_id=eot)
     assert results[0].token_ids == free[:stop_at] and results[0].finish_reason == "eot"
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lm_head_reads_the_decode_layout_in_place_and_copies_otherwise(tied):
+    model = tiny_model(5, tie_embeddings=tied)
+    hidden = torch.randn(3, model.config.n_embd, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = model.lm_head(hidden)
+        plain = lm_head_for_generation(model)  # (V, C) layout: a transposed copy, its own memory
+        assert torch.allclose(plain(hidden), ref, atol=1e-6)
+        model.use_decode_layout()
+        head = lm_head_for_generation(model)
+        assert torch.allclose(head(hidden), ref, atol=1e-6)
+        model.lm_head.weight.mul_(2)  # in place, as an optimizer step: the head reads it, no copy
+        assert torch.allclose(head(hidden), 2 * ref, atol=1e-5)
+        assert torch.allclose(plain(hidden), ref, atol=1e-6)
