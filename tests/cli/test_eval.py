@@ -135,3 +135,16 @@ def test_responses_for_a_split_of_the_registry_dataset(model_dir, shared_dataset
         get_prompt_style("alpaca").stop_strings)
     assert main(["eval", "responses", "--model", str(model_dir), "--limit", "0", "--out", str(tmp_path / "x.json")]) == 2
     assert "--limit must be >= 1" in capsys.readouterr().err
+
+
+def test_perplexity_of_text_on_standard_input(model_dir, monkeypatch, capsys):
+    import io
+    import sys
+
+    from customgpt.checkpoints import load_model
+
+    text = "Every effort moves you. " * 5
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    assert main(["eval", "perplexity", "--model", str(model_dir), "--text", "-", "--device", "cpu"]) == 0
+    want = text_perplexity(load_model(model_dir), get_tokenizer().encode(text)).perplexity
+    assert _number(capsys.readouterr().out, "perplexity") == pytest.approx(want, abs=1e-3)

@@ -68,7 +68,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                        "records, or on the whole of a plain text file (--text).")
     _add_model_arguments(p)
     _add_data_arguments(p)
-    p.add_argument("--text", help="a UTF-8 text file: perplexity over all its tokens instead of records")
+    p.add_argument("--text", help="a UTF-8 text file ('-': standard input): perplexity over all its tokens instead of records")
     p.add_argument("--max-length", type=int, help="tokens per example or window (default: the model's context)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per batch (default: %(default)s)")
 
@@ -172,7 +172,7 @@ def _responses(args: argparse.Namespace) -> int:
 
 
 def _perplexity(args: argparse.Namespace) -> int:
-    from customgpt.data.instruct import InstructionDataset, decode_text
+    from customgpt.data.instruct import InstructionDataset
     from customgpt.errors import CustomGPTError
     from customgpt.evaluate.perplexity import response_perplexity, text_perplexity
     from customgpt.tokenizer import get_tokenizer
@@ -184,11 +184,9 @@ def _perplexity(args: argparse.Namespace) -> int:
         raise CustomGPTError(f"--max-length {args.max_length} exceeds the model's context length ({context})")
     tokenizer = get_tokenizer()
     if args.text:
-        try:
-            data = Path(args.text).read_bytes()
-        except OSError as exc:
-            raise CustomGPTError(f"cannot read {args.text}: {exc.strerror or exc}") from None
-        ids = tokenizer.encode(decode_text(data, args.text), allowed_special="none")
+        from customgpt.io import read_text_strict
+
+        ids = tokenizer.encode(read_text_strict(args.text), allowed_special="none")  # "-": standard input
         if len(ids) < 2:
             raise CustomGPTError(f"{args.text}: fewer than 2 tokens, nothing to score")
         result = text_perplexity(model, ids, context_length=args.max_length, batch_size=args.batch_size)
