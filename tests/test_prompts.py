@@ -229,3 +229,19 @@ def test_custom_style_can_be_registered():
         assert get_prompt_style("bracket-test").format_chat([Message("user", "x")]) == "[x] "
     finally:
         PROMPT_STYLES.pop("bracket-test", None)
+
+
+def test_front_ends_use_the_style_a_model_folder_records(tmp_path):
+    import json
+
+    from customgpt.prompts import saved_prompt_style, style_for_model
+
+    assert saved_prompt_style(tmp_path) is None and saved_prompt_style(tmp_path / "missing") is None
+    assert style_for_model(None, str(tmp_path), "plain").name == "plain"
+    (tmp_path / "metadata.json").write_text(json.dumps({"prompt_style": {"name": "phi3"}}))
+    assert style_for_model(None, str(tmp_path), "alpaca").name == "phi3"
+    assert style_for_model("alpaca", str(tmp_path), "plain").name == "alpaca"  # asked for wins
+    template = {"name": "qa", "instruction": "Q: {instruction}", "response": "\nA: {output}"}
+    (tmp_path / "metadata.json").write_text(json.dumps({"prompt_style": template}))
+    style = style_for_model(None, str(tmp_path), "alpaca")
+    assert style.format_instruction("Why?") == "Q: Why?\nA: "

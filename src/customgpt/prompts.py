@@ -22,8 +22,10 @@ as in OpenAI's API) with roles ``system``, ``user`` and ``assistant``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from customgpt.errors import ConfigError
@@ -411,3 +413,28 @@ def trim_chat_history(
         while len(rest) > 1 and rest[0].role == "assistant":
             rest = rest[1:]
     return system + rest
+
+
+def saved_prompt_style(folder: str | os.PathLike[str]) -> PromptStyle | None:
+    """The prompt style a model folder records in its ``metadata.json`` (instruction and
+    preference tuning write it), or None when the path is no folder or records none.
+
+    Raises:
+        ConfigError: a recorded style that cannot be rebuilt (see :func:`prompt_style_from_dict`).
+        CheckpointError: a ``metadata.json`` that is not a JSON object.
+    """
+    from customgpt.io import read_json_object
+
+    path = Path(folder).expanduser() / "metadata.json"
+    if not path.is_file():
+        return None
+    data = read_json_object(path).get("prompt_style")
+    return prompt_style_from_dict(data, f"{path}: prompt_style") if data else None
+
+
+def style_for_model(requested: str | None, model: str, default: str) -> PromptStyle:
+    """The style a front end uses for ``model``: the one asked for, else the one the model
+    folder records, else ``default``."""
+    if requested:
+        return get_prompt_style(requested)
+    return saved_prompt_style(model) or get_prompt_style(default)

@@ -78,3 +78,20 @@ def test_a_seed_torch_cannot_take_is_one_line():
     proc = chat_process("Hi\n", "--seed", "1180591620717411303424")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: seed must be an integer in [0, 18446744073709551615]")
+
+
+def test_chat_uses_the_prompt_style_the_model_folder_records(tmp_path):
+    import json
+
+    from customgpt.checkpoints import save_model
+
+    folder = tmp_path / "tuned"
+    save_model(load_model(MODEL, seed=0), folder, metadata={"prompt_style": {"name": "phi3"}})
+    assert json.loads((folder / "metadata.json").read_text())["prompt_style"] == {"name": "phi3"}
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "customgpt", "chat", "--model", str(folder), "--device", "cpu", "--max-new-tokens", "2"]
+    proc = subprocess.run(base, input="Hi\n", capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "(prompt style phi3)" in proc.stderr, proc.stderr
+    proc = subprocess.run(base + ["--prompt-style", "alpaca"], input="Hi\n", capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0 and "(prompt style alpaca)" in proc.stderr, proc.stderr

@@ -35,8 +35,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     one_line_errors(parser)
     add_model_arguments(parser)
     parser.add_argument(
-        "--prompt-style", choices=STYLE_NAMES, default="alpaca",
-        help="the chat template the model was fine-tuned with (default: %(default)s)",
+        "--prompt-style", choices=STYLE_NAMES, default=None,
+        help="the chat template the model was fine-tuned with (default: the one its folder records, else alpaca)",
     )
     parser.add_argument("--system", default=None, help="a system message put before the conversation")
     add_sampling_arguments(parser, max_new_tokens=256)
@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     params = sampling_params_from_args(args)
     model, tokenizer = load_for_generation(args)
-    session = ChatSession(model, tokenizer, args.prompt_style, params, system=args.system, use_cache=args.use_cache)
+    from customgpt.prompts import style_for_model
+
+    style = style_for_model(args.prompt_style, args.model, "alpaca")
+    session = ChatSession(model, tokenizer, style, params, system=args.system, use_cache=args.use_cache)
     interactive = sys.stdin.isatty()
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # invalid UTF-8 is reported per line

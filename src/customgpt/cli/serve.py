@@ -62,8 +62,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="requests that may wait for a batch row; more are answered 429 (default: %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=512,
                         help="the most tokens one request may generate (default: %(default)s)")
-    parser.add_argument("--prompt-style", default="plain",
-                        help="prompt style that renders chat messages: alpaca, phi3 or plain (default: %(default)s)")
+    parser.add_argument("--prompt-style", default=None,
+                        help="prompt style that renders chat messages: alpaca, phi3 or plain "
+                             "(default: the one the model folder records, else plain)")
     parser.add_argument("--crop-prompt", action="store_true",
                         help="crop prompts longer than the context window from the left instead of answering 400")
     parser.add_argument("--embedding-pooling", choices=("mean", "last"), default="mean",
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                              "pip install -e '.[serve]' from the repository root (the serve extra)") from None
     from customgpt.checkpoints import load_model, resolve_model_spec
     from customgpt.device import resolve_device, resolve_dtype
+    from customgpt.prompts import style_for_model
     from customgpt.tokenizer import get_tokenizer
 
     if not 0 <= args.port <= 65535:
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(
         model_name=args.model_name or args.model,
         max_tokens=args.max_tokens,
-        prompt_style=args.prompt_style,
+        prompt_style=style_for_model(args.prompt_style, args.model, "plain"),
         api_key=args.api_key,
         crop_prompt=args.crop_prompt,
         max_batch=args.max_batch,

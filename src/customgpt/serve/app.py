@@ -44,7 +44,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from customgpt.errors import ConfigError
 from customgpt.generate import PLAIN_TEXT, SamplingParams
-from customgpt.prompts import Message, get_prompt_style
+from customgpt.prompts import Message, PromptStyle, get_prompt_style
 from customgpt.serve.engine import (
     BatchEngine,
     EngineStoppedError,
@@ -92,7 +92,7 @@ class ServerConfig:
     model_name: str
     max_tokens: int = 512
     completion_default_max_tokens: int = 16
-    prompt_style: str = "plain"
+    prompt_style: str | PromptStyle = "plain"
     api_key: str | None = None
     crop_prompt: bool = False
     max_batch: int = 16
@@ -407,7 +407,7 @@ def create_app(
     def model_card() -> dict[str, Any]:
         return {"id": config.model_name, "object": "model", "created": server.created, "owned_by": "customgpt",
                 "context_length": server.ctx, "embedding_pooling": config.embedding_pooling,
-                "prompt_style": config.prompt_style}
+                "prompt_style": server.style.name}
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
