@@ -86,6 +86,9 @@ def test_dpo_through_the_cli_raises_margin_and_accuracy(tmp_path, tiny_init, sha
     responses = json.loads((run / "test_responses.json").read_text())
     assert len(responses) == 4 and all("model_response" in r and r["output"] for r in responses)
     assert load_model(run / "model").config.n_embd == 32
+    from customgpt.prompts import saved_prompt_style
+
+    assert saved_prompt_style(run / "model").name == "alpaca"  # chat, the web app and the server read it
     assert "reward margin 0.000 -> " in capsys.readouterr().out
 
 

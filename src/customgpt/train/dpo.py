@@ -75,7 +75,7 @@ from customgpt.losses import (
     model_sequence_logprobs,
     preference_metrics,
 )
-from customgpt.prompts import PromptConfig, PromptStyle
+from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
 from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     FieldError,
@@ -578,7 +578,8 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if stop_reason and healthy_state is not None:  # a collapse, or a diverged loss
         policy.load_state_dict(healthy_state)
         final_step = healthy_step
-    save_merged_model(policy, run_dir / "model", {"step": final_step, "task": "dpo", "loss": tcfg.loss})
+    save_merged_model(policy, run_dir / "model", {"step": final_step, "task": "dpo", "loss": tcfg.loss,
+                                                    "prompt_style": prompt_style_to_dict(style)})
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "loss": tcfg.loss, "reference": mode, "reduction": loss_fn.reduction,
         "steps": step, "model_step": final_step, "train_seconds": train_seconds,
