@@ -33,7 +33,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -297,6 +297,38 @@ class _Server:
         ]}
 
 
+async def _stream_events(handle: RequestHandle, piece: Callable[..., str], usage_chunk: dict[str, Any],
+                         include_usage: bool, first: list[str]) -> AsyncIterator[str]:
+    """The server-sent events of one streamed request, for chat and completions alike:
+    ``first`` (already formatted), then ``piece(text, entries=...)`` for every decoded text,
+    ``piece("", finish_reason, entries=...)`` once at the end, the usage chunk when asked,
+    and ``data: [DONE]``. A client that leaves cancels the request (its row is freed)."""
+    try:
+        for event_text in first:
+            yield event_text
+        pending: list[TokenLogprob] = []
+        while True:
+            event = await handle.events.get()
+            if isinstance(event, TokenEvent):
+                if event.logprob is not None:
+                    pending.append(event.logprob)
+                if event.text:
+                    yield piece(event.text, entries=pending)
+                    pending = []
+            elif isinstance(event, FinishEvent):
+                yield piece("", event.finish_reason, entries=pending)
+                if include_usage:
+                    yield _sse({**usage_chunk, "usage": _usage(event.prompt_tokens, event.completion_tokens)})
+                break
+            else:
+                yield _sse(APIError(500, event.message, type="server_error").body())
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        if not handle.done.is_set():
+            handle.cancel()
+
+
 async def _finish_of(handle: RequestHandle, request: Request) -> tuple[list[TokenEvent], FinishEvent]:
     """Wait for a whole result; a client that goes away cancels its row."""
     tokens: list[TokenEvent] = []
@@ -473,33 +505,12 @@ def create_app(
                 body["usage"] = None
             return _sse(body)
 
-        async def events() -> AsyncIterator[str]:
-            try:
-                yield make({"role": "assistant", "content": ""})
-                pending: list[TokenLogprob] = []
-                while True:
-                    event = await handle.events.get()
-                    if isinstance(event, TokenEvent):
-                        if event.logprob is not None:
-                            pending.append(event.logprob)
-                        if event.text:
-                            yield make({"content": event.text}, entries=pending)
-                            pending = []
-                    elif isinstance(event, FinishEvent):
-                        yield make({}, event.finish_reason, entries=pending)
-                        if include_usage:
-                            yield _sse({**chunk, "choices": [],
-                                        "usage": _usage(event.prompt_tokens, event.completion_tokens)})
-                        break
-                    else:
-                        yield _sse(APIError(500, event.message, type="server_error").body())
-                        break
-                yield "data: [DONE]\n\n"
-            finally:
-                if not handle.done.is_set():
-                    handle.cancel()
+        def piece(text: str, finish_reason: str | None = None, entries=None) -> str:
+            return make({"content": text} if text else {}, finish_reason, entries)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        first = [make({"role": "assistant", "content": ""})]
+        events = _stream_events(handle, piece, {**chunk, "choices": []}, include_usage, first)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     # ------------------------------------------------------------------ completions
     @app.post("/v1/completions")
@@ -576,34 +587,9 @@ def create_app(
                 body["usage"] = None
             return _sse(body)
 
-        async def events() -> AsyncIterator[str]:
-            try:
-                if texts[0]:
-                    yield make(texts[0])
-                pending: list[TokenLogprob] = []
-                while True:
-                    event = await handle.events.get()
-                    if isinstance(event, TokenEvent):
-                        if event.logprob is not None:
-                            pending.append(event.logprob)
-                        if event.text:
-                            yield make(event.text, entries=pending)
-                            pending = []
-                    elif isinstance(event, FinishEvent):
-                        yield make("", event.finish_reason, entries=pending)
-                        if include_usage:
-                            yield _sse({**base, "choices": [],
-                                        "usage": _usage(event.prompt_tokens, event.completion_tokens)})
-                        break
-                    else:
-                        yield _sse(APIError(500, event.message, type="server_error").body())
-                        break
-                yield "data: [DONE]\n\n"
-            finally:
-                if not handle.done.is_set():
-                    handle.cancel()
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        events = _stream_events(handle, make, {**base, "choices": []}, include_usage,
+                                [make(texts[0])] if texts[0] else [])
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     # ------------------------------------------------------------------ embeddings
     @app.post("/v1/embeddings")
