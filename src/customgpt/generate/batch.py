@@ -1,6 +1,5 @@
-"""Batched generation: several prompts at once, left-padded with an attention mask, each row
-stopping on its own (the model's KV cache takes a padded batch with per-row positions, see
-:mod:`customgpt.model`)."""
+"""Batched generation (:func:`generate_batch`): several prompts at once, each row stopping
+on its own."""
 
 from __future__ import annotations
 
@@ -42,13 +41,14 @@ def generate_batch(
         prompts: token id lists, or strings (then ``tokenizer`` is required).
         tokenizer: decodes the outputs into ``text`` and enables stop strings.
         eot_id: the end-of-text id (default: the tokenizer's, else GPT-2's).
-        fast_path: as in :func:`~customgpt.generate.loop.generate_tokens`.
+        use_cache, fast_path: as in :func:`~customgpt.generate.loop.token_loop`.
         vocab_size: ids at or past it are never sampled (default: the tokenizer's vocabulary
             when a tokenizer is given, else the model's).
         allowed_special: how text prompts are encoded (:func:`encode_prompt`: plain text).
 
     Raises:
         GenerationError: a prompt is empty or holds an id outside the model's vocabulary.
+        ConfigError: text prompts or stop strings without a tokenizer.
     """
     params = params or SamplingParams()
     if not prompts:

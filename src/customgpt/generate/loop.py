@@ -26,9 +26,8 @@ if TYPE_CHECKING:
 #: caller closing the stream early (Ctrl-C in the chat, a client that went away).
 FinishReason = Literal["stop", "length", "eot", "interrupted"]
 
-#: On the CPU, compute the LM head from the (C, V) layout of its weight, making a transposed
-#: copy per request when the weight is not in its decode layout (see
-#: :func:`lm_head_for_generation`). Set to False to save the memory of that copy.
+#: False: on the CPU too, run the LM head as it is (no transposed copy; see
+#: :func:`lm_head_for_generation`).
 CPU_TRANSPOSED_HEAD = True
 
 
@@ -95,8 +94,7 @@ def lm_head_for_generation(model: GPT) -> Callable[[Tensor], Tensor]:
         return head
     weight_t = head.weight.detach().t()  # (C, V)
     if not weight_t.is_contiguous():  # not in the decode layout (GPT.use_decode_layout)
-        with torch.no_grad():
-            weight_t = weight_t.contiguous()
+        weight_t = weight_t.contiguous()
     return lambda hidden: hidden @ weight_t
 
 
@@ -130,8 +128,7 @@ def token_loop(
         return
     device = model.device
     B, ctx = len(rows), model.config.context_length
-    lengths = [len(r) for r in rows]
-    L = max(lengths)
+    L = max(len(row) for row in rows)
     vocab = sampled_vocab_size(model, vocab_size)
     generator = None if params.greedy else make_generator(params.seed, device)
     was_training = model.training
@@ -148,11 +145,10 @@ def token_loop(
             seq = torch.zeros(B, capacity, dtype=torch.long, device=device)
             for b, row in enumerate(rows):
                 seq[b, L - len(row) : L] = torch.as_tensor(row, dtype=torch.long)
+            padding = torch.tensor([L - len(row) for row in rows], device=device)
             mask = None  # (B, capacity) 1 = real token; only needed when rows differ in length
-            if any(n != L for n in lengths):
-                mask = torch.ones(B, capacity, dtype=torch.long, device=device)
-                for b, n_b in enumerate(lengths):
-                    mask[b, : L - n_b] = 0
+            if padding.any():
+                mask = (torch.arange(capacity, device=device) >= padding[:, None]).long()
             stats = TokenStats(rows, model.config.vocab_size, params, device)
             head = lm_head_for_generation(model)
             cache = model.new_kv_cache(B, min(ctx, L + params.max_new_tokens)) if use_cache else None

@@ -176,17 +176,9 @@ def sample(
     seen: Tensor | None = None,
     output_counts: Tensor | None = None,
 ) -> Tensor:
-    """Pick the next token of each row.
-
-    Args:
-        logits: next-token logits, (B, V) or (V,).
-        params: the sampling parameters.
-        generator: the request's random generator (ignored when greedy).
-        seen, output_counts: what the penalties need, as in :func:`process_logits`.
-
-    Returns:
-        Token ids, (B,) (or a 0-d tensor for 1-D logits).
-    """
+    """Pick the next token of each row: token ids (B,) from next-token ``logits`` (B, V), or
+    a 0-d tensor from (V,). ``generator``: the request's (ignored when greedy); ``seen`` and
+    ``output_counts``: what the penalties need (see :func:`process_logits`)."""
     squeeze = logits.dim() == 1
     if squeeze:
         logits = logits[None]
