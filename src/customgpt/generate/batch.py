@@ -3,7 +3,6 @@ on its own."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -69,11 +68,8 @@ def generate_batch(
     if vocab_size is None and tokenizer is not None:
         vocab_size = tokenizer.vocab_size
     outputs = [_Row(len(row), params, eot, tokenizer, model.config.context_length) for row in rows]
-    t_start = time.perf_counter()
-    t_first: float | None = None
     for _ in _run_rows(model, rows, outputs, params, use_cache=use_cache, fast_path=fast_path, vocab_size=vocab_size):
-        if t_first is None:
-            t_first = time.perf_counter()
+        pass
     for out in outputs:
         out.flush()
-    return [out.result(t_start, t_first) for out in outputs]
+    return [out.result() for out in outputs]

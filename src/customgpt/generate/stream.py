@@ -131,9 +131,13 @@ class _Row:
         self.sampled = 0
         self.context_cropped = False
         self.reason: FinishReason | None = None
+        self.t_start: float | None = None  # when the token loop started
+        self.t_first: float | None = None
 
     def add(self, token: int) -> str:
         """Take the next sampled token; returns the text it releases."""
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
         # It was predicted from the prompt and the tokens before it; past the window, cropped.
         self.context_cropped |= self.prompt_tokens + self.sampled > self.context_length
         self.sampled += 1
@@ -159,16 +163,17 @@ class _Row:
         self.text.append(piece)
         return piece
 
-    def result(self, t_start: float, t_first: float | None, reason: FinishReason | None = None) -> GenerationResult:
+    def result(self) -> GenerationResult:
         now = time.perf_counter()
+        start = self.t_start if self.t_start is not None else now
         return GenerationResult(
             text="".join(self.text),
             token_ids=list(self.token_ids),
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.sampled,
-            finish_reason=reason or self.reason or "length",
-            seconds=now - t_start,
-            time_to_first_token=None if t_first is None else t_first - t_start,
+            finish_reason=self.reason or "length",
+            seconds=now - start,
+            time_to_first_token=None if self.t_first is None else self.t_first - start,
             context_cropped=self.context_cropped,
         )
 
@@ -177,6 +182,9 @@ def _run_rows(model: GPT, rows: list[list[int]], outputs: list[_Row], params: Sa
               **loop_options: Any) -> Iterator[list[str]]:
     """The token loop, each row's tokens fed to its :class:`_Row` until it finishes; yields
     each step's new text per row and ends when every row has finished."""
+    t_start = time.perf_counter()
+    for out in outputs:
+        out.t_start = t_start
     loop = token_loop(model, rows, params, **loop_options)
     with closing(loop):
         for tokens in loop:
@@ -223,8 +231,6 @@ class TextStream:
         self._row = _Row(len(self.prompt_ids), self.params, tokenizer.eot_id, tokenizer, model.config.context_length)
         self._steps = _run_rows(model, [self.prompt_ids], [self._row], self.params, use_cache=use_cache,
                                 vocab_size=tokenizer.vocab_size)
-        self._t_start: float | None = None
-        self._t_first: float | None = None
         self._pieces = self._run()
 
     def __iter__(self) -> TextStream:
@@ -234,11 +240,8 @@ class TextStream:
         return next(self._pieces)
 
     def _run(self) -> Iterator[str]:
-        self._t_start = time.perf_counter()
         notify = self.on_context_full
         for (piece,) in self._steps:
-            if self._t_first is None:
-                self._t_first = time.perf_counter()
             if notify is not None and self._row.context_cropped:
                 notify()
                 notify = None
@@ -249,9 +252,8 @@ class TextStream:
             yield piece
         self._finish()
 
-    def _finish(self, reason: FinishReason | None = None) -> None:
-        start = self._t_start if self._t_start is not None else time.perf_counter()
-        self.result = self._row.result(start, self._t_first, reason)
+    def _finish(self) -> None:
+        self.result = self._row.result()
         if self.on_finish is not None:
             self.on_finish(self.result)
 
@@ -260,7 +262,8 @@ class TextStream:
         self._pieces.close()
         self._steps.close()
         if self.result is None:
-            self._finish("interrupted")
+            self._row.reason = "interrupted"
+            self._finish()
 
     def collect(self) -> GenerationResult:
         """Run to the end and return the result."""
