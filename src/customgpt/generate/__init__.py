@@ -1,15 +1,14 @@
 """Text generation: one engine that the CLI, the web app and the HTTP server all stream from.
 
-Everything is importable from ``customgpt.generate``; ``docs/generation.md`` says which module
-holds what (sampling, the token loop, the CPU decode step, text streams, batches, chat) and
-the rules every request follows.
+Everything is importable from ``customgpt.generate`` except the CPU switches, which are set on
+their modules (``cpu_decode.CPU_DECODE_FAST_PATH``, ``loop.CPU_TRANSPOSED_HEAD``);
+``docs/generation.md`` says which module holds what and the rules every request follows.
 """
 
 from customgpt.generate.batch import generate_batch
 from customgpt.generate.chat import ChatSession
-from customgpt.generate.cpu_decode import CPU_DECODE_FAST_PATH, CPUDecodeStep, cpu_decode_unsupported
+from customgpt.generate.cpu_decode import CPUDecodeStep, cpu_decode_unsupported
 from customgpt.generate.loop import (
-    CPU_TRANSPOSED_HEAD,
     FinishReason,
     GenerationError,
     TokenStep,
@@ -37,8 +36,6 @@ from customgpt.generate.stream import (
 )
 
 __all__ = [
-    "CPU_DECODE_FAST_PATH",
-    "CPU_TRANSPOSED_HEAD",
     "CPUDecodeStep",
     "MAX_SEED",
     "PLAIN_TEXT",
