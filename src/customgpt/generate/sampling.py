@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -104,7 +105,7 @@ class SamplingParams:
 
     def replace(self, **changes: Any) -> SamplingParams:
         """A copy with some fields changed (validated again)."""
-        return SamplingParams(**{**asdict(self), **changes})
+        return dataclasses.replace(self, **changes)
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
