@@ -68,8 +68,9 @@ def generate_batch(
     if vocab_size is None and tokenizer is not None:
         vocab_size = tokenizer.vocab_size
     outputs = [_Row(len(row), params, eot, tokenizer, model.config.context_length) for row in rows]
-    for _ in _run_rows(model, rows, outputs, params, use_cache=use_cache, fast_path=fast_path, vocab_size=vocab_size):
-        pass
+    for _ in _run_rows(model, rows, outputs, params, use_cache=use_cache, fast_path=fast_path,
+                       vocab_size=vocab_size):
+        pass  # each row collects its own output
     for out in outputs:
         out.flush()
     return [out.result() for out in outputs]

@@ -228,7 +228,8 @@ class TextStream:
         ids = encode_prompt(tokenizer, prompt, allowed_special=allowed_special)
         self.prompt_ids = check_prompt(ids, model.config.vocab_size)
         self.result: GenerationResult | None = None
-        self._row = _Row(len(self.prompt_ids), self.params, tokenizer.eot_id, tokenizer, model.config.context_length)
+        ctx = model.config.context_length
+        self._row = _Row(len(self.prompt_ids), self.params, tokenizer.eot_id, tokenizer, ctx)
         self._steps = _run_rows(model, [self.prompt_ids], [self._row], self.params, use_cache=use_cache,
                                 vocab_size=tokenizer.vocab_size)
         self._pieces = self._run()
@@ -287,4 +288,5 @@ def generate_text(
     allowed_special: AllowedSpecial = PLAIN_TEXT,
 ) -> GenerationResult:
     """Generate to the end and return the :class:`GenerationResult` (no streaming)."""
-    return TextStream(model, tokenizer, prompt, params, use_cache=use_cache, allowed_special=allowed_special).collect()
+    return TextStream(model, tokenizer, prompt, params, use_cache=use_cache,
+                      allowed_special=allowed_special).collect()
