@@ -177,19 +177,14 @@ def sample(
     seen: Tensor | None = None,
     output_counts: Tensor | None = None,
 ) -> Tensor:
-    """Pick the next token of each row: token ids (B,) from next-token ``logits`` (B, V), or
-    a 0-d tensor from (V,). ``generator``: the request's (ignored when greedy); ``seen`` and
-    ``output_counts``: what the penalties need (see :func:`process_logits`)."""
-    squeeze = logits.dim() == 1
-    if squeeze:
-        logits = logits[None]
+    """Pick the next token of each row: token ids (B,) from next-token ``logits`` (B, V).
+    ``generator``: the request's (ignored when greedy); ``seen`` and ``output_counts``: what
+    the penalties need (see :func:`process_logits`)."""
     processed = process_logits(logits, params, seen=seen, output_counts=output_counts)
     if params.greedy:
-        out = processed.argmax(dim=-1)
-    else:
-        probs = torch.softmax(processed, dim=-1)
-        out = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return out[0] if squeeze else out
+        return processed.argmax(dim=-1)
+    probs = torch.softmax(processed, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 class TokenStats:
