@@ -24,9 +24,6 @@ HUB_ALIASES: dict[str, str] = {
     "gpt2-xl": HF_HUB_IDS["gpt2-1558M"],
 }
 
-#: The files a GPT-2 model needs: the config and the weights (single file or shards).
-DOWNLOAD_PATTERNS = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
-
 # owner/name, as the hub spells repository ids (letters, digits, '-', '_', '.').
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -80,8 +77,9 @@ def _offline_advice(repo_id: str) -> str:
     )
 
 
-def download_model(repo_id: str, *, revision: str | None = None, config_only: bool = False) -> Path:
-    """Fetch ``config.json`` and the safetensors weights of ``repo_id``; return the local folder.
+def download_model(repo_id: str, *, config_only: bool = False) -> Path:
+    """Fetch ``config.json`` and the safetensors weights (one file or shards) of ``repo_id``;
+    return the local folder.
 
     Uses the hub's cache, so a second call costs nothing. Offline (``HF_HUB_OFFLINE=1``) only
     the cache is consulted; a model that is not in it fails at once
@@ -90,19 +88,14 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
     the weights if they were downloaded before).
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     offline = offline_variable()
+    weights = ["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
     try:
         folder = snapshot_download(
             repo_id,
-            revision=revision,
-            allow_patterns=["config.json"] if config_only else DOWNLOAD_PATTERNS,
+            allow_patterns=["config.json"] + ([] if config_only else weights),
             local_files_only=offline is not None,
             etag_timeout=10,
         )
@@ -115,8 +108,6 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
         raise CustomGPTError(f"{repo_id!r} is gated on the hub: accept its terms and log in (`hf auth login`)") from exc
     except RepositoryNotFoundError as exc:
         raise CustomGPTError(f"no model {repo_id!r} on the Hugging Face hub (or it is private)") from exc
-    except RevisionNotFoundError as exc:
-        raise CustomGPTError(f"{repo_id!r} has no revision {revision!r}") from exc
     except Exception as exc:  # connection errors (httpx's are not OSErrors), invalid ids
         if not isinstance(exc, (OSError, ValueError)) and not is_network_error(exc):
             raise

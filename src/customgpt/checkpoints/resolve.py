@@ -146,9 +146,9 @@ def resolve_model_spec(
     an existing weights file (config from a ``config.json`` beside it or from ``config``),
     a preset name such as ``gpt2-124M`` or ``cpu-tiny`` (random weights), then a hub id
     (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl`` or ``owner/name``), downloaded
-    into the hub cache. ``config`` (a :class:`GPTConfig` or preset name) overrides the
-    config found (an unknown preset name is a :class:`ConfigError`). ``download_weights=False`` fetches only a hub model's ``config.json``
-    (its ``weights`` are then empty unless already cached).
+    into the hub cache. ``config`` (a :class:`GPTConfig` or preset name; an unknown name is
+    a :class:`ConfigError`) overrides the config found. ``download_weights=False`` fetches
+    only a hub model's ``config.json`` (its ``weights`` are then None unless already cached).
     """
     text = str(spec)
     cfg = GPTConfig.from_preset(config) if isinstance(config, str) else config
