@@ -153,7 +153,7 @@ def push_to_hub(
 
     import huggingface_hub
 
-    token = token or os.environ.get("HF_TOKEN") or huggingface_hub.get_token()
+    token = token or huggingface_hub.get_token()  # get_token reads HF_TOKEN too
     if not token:
         raise CustomGPTError(
             "pushing to the hub needs a Hugging Face token: run `hf auth login` "

@@ -36,8 +36,6 @@ from customgpt.errors import CheckpointError, ConfigError, CustomGPTError
 from customgpt.io import read_json_object
 from customgpt.model import GPT
 
-# =========================================================================== the resolver
-
 
 @dataclass
 class ModelSource:
