@@ -15,14 +15,10 @@ from customgpt.config import HF_HUB_IDS
 from customgpt.errors import CustomGPTError
 from customgpt.io import read_json_object
 
-#: Short names that Hugging Face resolves to OpenAI's released GPT-2 checkpoints. They name
-#: *pretrained weights*; the preset names (``gpt2-124M`` ...) name a shape with random weights.
-HUB_ALIASES: dict[str, str] = {
-    "gpt2": HF_HUB_IDS["gpt2-124M"],
-    "gpt2-medium": HF_HUB_IDS["gpt2-355M"],
-    "gpt2-large": HF_HUB_IDS["gpt2-774M"],
-    "gpt2-xl": HF_HUB_IDS["gpt2-1558M"],
-}
+#: Short names that Hugging Face resolves to OpenAI's released GPT-2 checkpoints (``gpt2``,
+#: ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``). They name *pretrained weights*; the preset
+#: names (``gpt2-124M`` ...) name a shape with random weights.
+HUB_ALIASES: dict[str, str] = {repo.split("/")[1]: repo for repo in HF_HUB_IDS.values()}
 
 # owner/name, as the hub spells repository ids (letters, digits, '-', '_', '.').
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -23,7 +23,6 @@ from customgpt.checkpoints.state import (
     read_metadata,
     save_model,
     state_for_saving,
-    unwrap,
 )
 
 __all__ = [
@@ -46,5 +45,4 @@ __all__ = [
     "save_model",
     "save_weights",
     "state_for_saving",
-    "unwrap",
 ]
