@@ -23,6 +23,7 @@ HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
 HF_BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
+
 def save_weights(tensors: Mapping[str, Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
     """Write ``tensors`` to one safetensors file, atomically (temp file + ``os.replace``).
 
