@@ -201,12 +201,6 @@ class TemplateStyle(PromptStyle):
             previous = m.role
         return "".join(parts) + self.response_prefix
 
-    def to_dict(self) -> dict[str, Any]:
-        """The parts as plain data (:func:`prompt_style_from_dict` rebuilds the style)."""
-        return {"name": self.name, "preamble": self.preamble, "instruction": self.instruction, "input": self.input,
-                "response": self.response, "system": self.system, "turn_separator": self.turn_separator,
-                "stop_strings": list(self.stop_strings)}
-
 
 class AlpacaStyle(TemplateStyle):
     """Stanford Alpaca's template, as the reference recipe (LLMs-from-scratch, chapter 7) writes it::
@@ -334,7 +328,7 @@ class PromptConfig:
         return TemplateStyle(self.style, **{k: getattr(self, k) for k in _TEMPLATE_KEYS})
 
 
-_TEMPLATE_KEYS = ("preamble", "instruction", "input", "response", "system", "turn_separator", "stop_strings")
+_TEMPLATE_KEYS = (*PARTS, "stop_strings")
 
 
 def prompt_style_to_dict(style: PromptStyle) -> dict[str, Any]:
@@ -343,7 +337,8 @@ def prompt_style_to_dict(style: PromptStyle) -> dict[str, Any]:
     if PROMPT_STYLES.get(style.name) is style:
         return {"name": style.name}
     if isinstance(style, TemplateStyle):
-        return style.to_dict()
+        data = {key: getattr(style, key) for key in ("name", *_TEMPLATE_KEYS)}
+        return {**data, "stop_strings": list(style.stop_strings)}
     raise ConfigError(f"prompt style {style.name!r} is neither registered nor a template: it cannot be saved")
 
 

@@ -211,9 +211,9 @@ class Tokenizer(ABC):
         :func:`customgpt.bpe.to_hf_vocab_and_merges`), derived once: GPT-2's take a second."""
         return to_hf_vocab_and_merges(self.mergeable_ranks, self.special_tokens)
 
-    def incremental_decoder(self, errors: str = "replace") -> IncrementalDecoder:
+    def incremental_decoder(self) -> IncrementalDecoder:
         """A fresh :class:`IncrementalDecoder` over this tokenizer."""
-        return IncrementalDecoder(self, errors=errors)
+        return IncrementalDecoder(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"
@@ -232,12 +232,11 @@ class IncrementalDecoder:
         ['h', 'é', 'llo', ' ', '', '🎉', '']
     """
 
-    def __init__(self, tokenizer: Tokenizer, errors: str = "replace"):
+    def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.errors = errors
         # Python's incremental UTF-8 decoder keeps an incomplete trailing sequence buffered
         # and, with errors="replace", replaces bad bytes exactly as a one-shot decode would.
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, token_id: int) -> str:
         """Add one token; return the text it completes (possibly ``""``)."""
