@@ -100,12 +100,14 @@ def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], max_rank: int | None = N
             rank = get(parts[p] + merged)
             if rank is not None and rank < limit:
                 push(heap, rank * stride + p)
-    out = []
-    i = 0
-    while i < n:
-        out.append(parts[i])
-        i = nxt[i]
-    return out
+    return [part for part in parts if part]  # merged-away parts are empty
+
+
+@lru_cache(maxsize=64)
+def special_pattern(specials: frozenset[str]) -> regex.Pattern[str]:
+    """A pattern matching any of ``specials`` (not empty), longest first, so a special token
+    that extends another one wins."""
+    return regex.compile("|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True)))
 
 
 # --------------------------------------------------------------------------- Training
@@ -117,12 +119,10 @@ def count_pretokens(texts: Iterable[str], special_tokens: Iterable[str] = ()) ->
     Special-token strings are cut out first, so they neither become part of a pre-token
     nor teach the vocabulary merges (they get their own ids after training).
     """
-    specials = sorted(set(special_tokens), key=len, reverse=True)
-    splitter = regex.compile("|".join(regex.escape(s) for s in specials)) if specials else None
+    specials = frozenset(special_tokens)
     counts: Counter[str] = Counter()
     for text in texts:
-        chunks = splitter.split(text) if splitter is not None else [text]
-        for chunk in chunks:
+        for chunk in special_pattern(specials).split(text) if specials else [text]:
             counts.update(GPT2_PATTERN.findall(chunk))
     # Lone surrogates cannot be UTF-8 encoded; "replace" keeps training from crashing on
     # text that came from a lossy decode.
@@ -167,8 +167,6 @@ def train_bpe_ranks(
     Raises:
         DataError: the text has too few distinct adjacent pairs to learn that many tokens.
     """
-    if n_ranks < 256:
-        raise DataError(f"a byte-level vocabulary needs at least 256 tokens, asked for {n_ranks}")
     vocab: list[bytes] = [bytes([b]) for b in range(256)]  # id -> bytes
     ids: dict[bytes, int] = {tok: i for i, tok in enumerate(vocab)}  # bytes -> id
 

@@ -43,9 +43,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import regex
-
-from customgpt.bpe import GPT2_PATTERN, bpe_merge, count_pretokens, to_hf_vocab_and_merges, train_bpe_ranks
+from customgpt import bpe
 from customgpt.constants import EOT_ID, EOT_TEXT
 from customgpt.errors import ConfigError, DataError
 from customgpt.io import atomic_write_bytes, read_text_strict
@@ -209,7 +207,7 @@ class Tokenizer(ABC):
     def hf_vocab_and_merges(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
         """This vocabulary as GPT-2's ``vocab.json`` dict and ``merges.txt`` pairs (see
         :func:`customgpt.bpe.to_hf_vocab_and_merges`), derived once: GPT-2's take a second."""
-        return to_hf_vocab_and_merges(self.mergeable_ranks, self.special_tokens)
+        return bpe.to_hf_vocab_and_merges(self.mergeable_ranks, self.special_tokens)
 
     def incremental_decoder(self) -> IncrementalDecoder:
         """A fresh :class:`IncrementalDecoder` over this tokenizer."""
@@ -307,13 +305,13 @@ class BPETokenizer(Tokenizer):
     def _bpe_piece(self, piece: str) -> tuple[int, ...]:
         """Ids of one pre-token (uncached; :attr:`_encode_piece` is the cached version)."""
         ranks = self.mergeable_ranks
-        return tuple(ranks[part] for part in bpe_merge(piece.encode("utf-8"), ranks))
+        return tuple(ranks[part] for part in bpe.bpe_merge(piece.encode("utf-8"), ranks))
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of ``text`` with no special-token handling at all."""
         out: list[int] = []
         encode_piece = self._encode_piece
-        for piece in GPT2_PATTERN.findall(text):
+        for piece in bpe.GPT2_PATTERN.findall(text):
             out.extend(encode_piece(piece))
         return out
 
@@ -329,18 +327,12 @@ class BPETokenizer(Tokenizer):
             return self.encode_ordinary(text)
         out: list[int] = []
         start = 0
-        for match in _special_pattern(allowed).finditer(text):
+        for match in bpe.special_pattern(allowed).finditer(text):
             out.extend(self.encode_ordinary(text[start : match.start()]))
             out.append(self.special_tokens[match.group()])
             start = match.end()
         out.extend(self.encode_ordinary(text[start:]))
         return out
-
-
-@lru_cache(maxsize=64)
-def _special_pattern(allowed: frozenset[str]) -> regex.Pattern[str]:
-    # Longest first, so a special token that extends another one wins.
-    return regex.compile("|".join(regex.escape(name) for name in sorted(allowed, key=len, reverse=True)))
 
 
 # --------------------------------------------------------------------------- Entry points
@@ -404,8 +396,8 @@ def train_bpe(
     if isinstance(texts_or_file, str):
         raise ConfigError("train_bpe: pass a pathlib.Path for a file, or a list of texts (a bare str is ambiguous)")
     texts = [read_text_strict(texts_or_file)] if isinstance(texts_or_file, os.PathLike) else texts_or_file
-    counts = count_pretokens(texts, special_tokens)
-    ranks = train_bpe_ranks(counts, n_ranks, progress=progress)
+    counts = bpe.count_pretokens(texts, special_tokens)
+    ranks = bpe.train_bpe_ranks(counts, n_ranks, progress=progress)
     specials = {text: n_ranks + i for i, text in enumerate(special_tokens)}
     return BPETokenizer(ranks, specials, name=f"bpe-{vocab_size}")
 
