@@ -290,7 +290,10 @@ class BPETokenizer(Tokenizer):
     """
 
     def __init__(
-        self, mergeable_ranks: dict[bytes, int], special_tokens: Mapping[str, int], name: str = "bpe",
+        self,
+        mergeable_ranks: dict[bytes, int],
+        special_tokens: Mapping[str, int],
+        name: str = "bpe",
         cache_size: int = 1 << 16,
     ):
         super().__init__(mergeable_ranks, special_tokens, name)
