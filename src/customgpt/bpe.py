@@ -122,7 +122,8 @@ def count_pretokens(texts: Iterable[str], special_tokens: Iterable[str] = ()) ->
     specials = frozenset(special_tokens)
     counts: Counter[str] = Counter()
     for text in texts:
-        for chunk in special_pattern(specials).split(text) if specials else [text]:
+        chunks = special_pattern(specials).split(text) if specials else [text]
+        for chunk in chunks:
             counts.update(GPT2_PATTERN.findall(chunk))
     # Lone surrogates cannot be UTF-8 encoded; "replace" keeps training from crashing on
     # text that came from a lossy decode.

@@ -101,7 +101,8 @@ def _closed_pipe() -> int:
     """The reader of standard output closed it (``| head -1``): stop quietly. Standard
     output is pointed at /dev/null so the interpreter's final flush does not fail again."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
     return CLOSED_PIPE_STATUS
 
 
