@@ -91,9 +91,8 @@ class PromptStyle:
             raise ConfigError("a chat needs at least one user message")
         if msgs[-1].role == "assistant":
             raise ConfigError("a chat prompt must end with a user message (the model writes the reply)")
-        for m in msgs[1:]:
-            if m.role == "system":
-                raise ConfigError("a system message may only come first in a chat")
+        if any(m.role == "system" for m in msgs[1:]):
+            raise ConfigError("a system message may only come first in a chat")
         return self._format_chat(msgs)
 
     def _format_chat(self, msgs: list[Message]) -> str:

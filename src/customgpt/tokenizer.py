@@ -140,13 +140,11 @@ class Tokenizer(ABC):
         self.name = name
         self.mergeable_ranks = mergeable_ranks
         self.special_tokens = dict(special_tokens)
-        n = len(mergeable_ranks)
-        for text, token_id in self.special_tokens.items():
-            if token_id < n:
-                raise ConfigError(f"special token {text!r} has id {token_id}, which an ordinary token uses")
         # id -> bytes, for decoding (ranks are 0..n-1, specials come after).
         self._id_to_bytes: dict[int, bytes] = {rank: token for token, rank in mergeable_ranks.items()}
         for text, token_id in self.special_tokens.items():
+            if token_id < len(mergeable_ranks):
+                raise ConfigError(f"special token {text!r} has id {token_id}, which an ordinary token uses")
             self._id_to_bytes[token_id] = text.encode("utf-8")
         #: Number of ids (GPT-2: 50,257): the model's embedding must have this many rows.
         self.vocab_size = max(self._id_to_bytes) + 1
