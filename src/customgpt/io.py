@@ -67,15 +67,6 @@ def _discard(tmp: Path) -> None:
         os.unlink(tmp)
 
 
-def _check_target(path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    if path.name in ("", ".", ".."):
-        raise ValueError(f"atomic write needs a file path, got {str(path)!r}")
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path} atomically: it is a folder")
-    return path
-
-
 _OS_ERROR_CODE = re.compile(r"os error (\d+)")
 
 
@@ -122,7 +113,11 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterat
     ``KeyboardInterrupt`` included), it is removed and ``path`` is left untouched. ``suffix``
     names the temporary file (``.<name>.XXXX<suffix>``).
     """
-    path = _check_target(path)
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"atomic write needs a file path, got {str(path)!r}")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path} atomically: it is a folder")
     tmp, file_mode = _make_temp(path, suffix)
     try:
         with _naming(path, tmp):

@@ -1,13 +1,9 @@
-"""GPT-2's byte-level BPE tokenizer, fully offline, with two interchangeable engines.
-
-* ``tiktoken``: tiktoken's Rust BPE, built from the vendored rank file (fast; the default).
-* ``bpe``: the same algorithm written out in Python (:mod:`customgpt.bpe`), with a cache per
-  pre-token. It gives the same ids (tested on every text of the shared datasets) and can
-  also train new vocabularies (:func:`train_bpe`).
-
-Both load ``assets/gpt2.tiktoken``: GPT-2's 50,256 merge ranks in tiktoken's text format
-(``base64(token) rank`` per line), whose sha256 is checked once per process. The special
-token ``<|endoftext|>`` gets id 50,256, for 50,257 ids in all.
+"""GPT-2's byte-level BPE tokenizer, fully offline, with two interchangeable engines:
+``tiktoken`` (:class:`TiktokenTokenizer`: Rust, fast, the default) and ``bpe``
+(:class:`BPETokenizer`: the same algorithm written out in Python, which can also train new
+vocabularies with :func:`train_bpe`). Both give the same ids (tested on every text of the
+shared datasets) from GPT-2's vendored rank table (:func:`gpt2_ranks`); ``<|endoftext|>`` is
+id 50,256, for 50,257 ids in all.
 
     >>> tok = get_tokenizer()
     >>> tok.encode("Hello, world")
