@@ -437,5 +437,5 @@ def test_read_text_strict_names_the_byte_offset(tmp_path, monkeypatch):
     assert str(info.value) == f"{bad}: not UTF-8 text (byte 3, 0xc3): invalid continuation byte"
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff prompt")))
     with pytest.raises(DataError) as info:
-        aio.read_text_strict("-", what="--prompt -")
-    assert str(info.value) == "--prompt -: not UTF-8 text (byte 0, 0xff): invalid start byte"
+        aio.read_text_strict("-")
+    assert str(info.value) == "standard input: not UTF-8 text (byte 0, 0xff): invalid start byte"

@@ -297,7 +297,7 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- user text and errors
 
 
-def read_text_strict(source: str | os.PathLike[str], *, what: str | None = None) -> str:
+def read_text_strict(source: str | os.PathLike[str]) -> str:
     """A user's text, decoded as strict UTF-8: ``"-"`` reads standard input, anything else
     is a file path.
 
@@ -306,17 +306,17 @@ def read_text_strict(source: str | os.PathLike[str], *, what: str | None = None)
     dropped. Newlines are kept as they are (no universal-newline translation).
 
     Raises:
-        DataError: invalid UTF-8 (``<what>: not UTF-8 text (byte N, 0x..): reason``), the
+        DataError: invalid UTF-8 (``<file>: not UTF-8 text (byte N, 0x..): reason``), the
             format of the dataset and tokenizer-training readers.
         OSError: the file cannot be read (the CLI prints ``error: cannot read PATH: reason``).
     """
     if str(source) == "-":
         stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
         data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
-        name = what or "standard input"
+        name = "standard input"
     else:
         data = Path(source).read_bytes()
-        name = what or str(source)
+        name = str(source)
     return decode_utf8_strict(data, name).removeprefix("\ufeff")
 
 
