@@ -233,8 +233,6 @@ def train_bpe_ranks(
                 if new_id in pair:
                     where.setdefault(pair, set()).add(w)
         for pair, delta in deltas.items():
-            if delta == 0:
-                continue
             count = pair_counts.get(pair, 0) + delta
             if count > 0:
                 pair_counts[pair] = count

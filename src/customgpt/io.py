@@ -35,11 +35,10 @@ _TEMP_ATTEMPTS = 100
 def _make_temp(path: Path, suffix: str = ".tmp") -> tuple[Path, int]:
     """Create a hidden, uniquely named, empty sibling of ``path``.
 
-    Returns (temp path, the file's permission bits). The file is created
-    with mode 0o666 so the kernel applies the umask, exactly as for a plain ``open()``; the
-    mode is recorded so it can be restored after writers that recreate the file as 0600
-    (safetensors does). Reading the umask with ``os.umask`` would briefly change it for every
-    thread of the process.
+    Returns (temp path, its permission bits). The file is created with mode 0o666 so the
+    kernel applies the umask, exactly as for a plain ``open()``; the mode is recorded so it
+    can be restored after writers that recreate the file as 0600 (safetensors does). Reading
+    the umask with ``os.umask`` would briefly change it for every thread of the process.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL

@@ -35,7 +35,6 @@ def _add_vocab_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vocab",
-        default=None,
         metavar="PATH",
         help="use a vocabulary trained with 'customgpt tokenizer train' instead of GPT-2's",
     )
