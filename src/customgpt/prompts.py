@@ -102,10 +102,6 @@ class PromptStyle:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-ALPACA_PREAMBLE = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
-
 #: Each part of a :class:`TemplateStyle` -> the placeholder it holds exactly once (None: it holds none).
 PARTS = {"preamble": None, "instruction": "{instruction}", "input": "{input}", "response": "{output}",
          "system": "{system}", "turn_separator": None}
@@ -211,7 +207,8 @@ class AlpacaStyle(TemplateStyle):
 
     name = "alpaca"
     stop_strings = ("### Instruction:", "### Input:", "### Response:")
-    preamble = ALPACA_PREAMBLE
+    preamble = ("Below is an instruction that describes a task. "
+                "Write a response that appropriately completes the request.")
     instruction = "\n\n### Instruction:\n{instruction}"
     input = "\n\n### Input:\n{input}"
     response = "\n\n### Response:\n{output}"

@@ -200,7 +200,8 @@ class Tokenizer(ABC):
     @cached_property
     def hf_vocab_and_merges(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
         """This vocabulary as GPT-2's ``vocab.json`` dict and ``merges.txt`` pairs (see
-        :func:`customgpt.bpe.to_hf_vocab_and_merges`), derived once: GPT-2's take a second."""
+        :func:`customgpt.bpe.to_hf_vocab_and_merges`), derived once (GPT-2's take a second) and
+        shared by every caller: treat them as read-only."""
         return bpe.to_hf_vocab_and_merges(self.mergeable_ranks, self.special_tokens)
 
     def incremental_decoder(self) -> IncrementalDecoder:

@@ -1,10 +1,6 @@
-"""Model resolution: what a model spec names, and loading or describing it.
-
-:func:`resolve_model_spec` turns a spec (preset name, folder, weights file, hub id) into a
-:class:`ModelSource` without reading a tensor; :func:`load_model` builds the model from it;
-:func:`describe_model_spec` summarises one from its config and safetensors header
-(``customgpt info``).
-"""
+"""Model specs (preset name, folder, weights file, hub id): what one names
+(:func:`resolve_model_spec`), loading it (:func:`load_model`), describing it
+(:func:`describe_model_spec`, for ``customgpt info``)."""
 
 from __future__ import annotations
 
@@ -191,7 +187,11 @@ def resolve_model_spec(
 
 def load_state(source: ModelSource) -> dict[str, Tensor]:
     """Read the tensors of a resolved source that has weights (not a preset), validated and in
-    our layout."""
+    our layout.
+
+    Raises:
+        CheckpointError: a missing, corrupt or mismatched weights file, naming file and tensor.
+    """
     return _our_layout(source, load_weights(source.weights))
 
 
