@@ -178,7 +178,8 @@ class Tokenizer(ABC):
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes of one token (a special token's bytes are its UTF-8 text); numpy and 0-d
-        torch integers are accepted (``__index__``)."""
+        torch integers are accepted (``__index__``), an id outside the vocabulary is a
+        :class:`DataError`."""
         try:
             return self._id_to_bytes[operator.index(token_id)]
         except (KeyError, TypeError):
