@@ -32,13 +32,12 @@ TASKS: dict[str, tuple[str, str, str, str, str]] = {
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    from customgpt.train.config import accept_override_args, add_config_arguments
+    from customgpt.train.config import add_config_arguments
 
     sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     for name, (module, schema, _, default, help_) in TASKS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         add_config_arguments(p, functools.partial(_schema, module, schema), default_config=default)
-    accept_override_args(parser)  # argparse would reject the dotted overrides: taken out first
 
 
 def _schema(module: str, name: str) -> type:

@@ -19,7 +19,6 @@ import functools
 import json
 import math
 import re
-import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -352,31 +351,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- argparse glue
 
 
-def split_override_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate ``--section.key [VALUE]`` tokens (dotted keys) from a command's own options."""
-    own: list[str] = []
-    overrides: list[str] = []
-    i = 0
-    argv = list(argv)
-    while i < len(argv):
-        token = argv[i]
-        key = token[2:].partition("=")[0] if token.startswith("--") else ""
-        if "." in key:
-            overrides.append(token)
-            if "=" not in token and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                overrides.append(argv[i + 1])
-                i += 1
-        else:
-            own.append(token)
-        i += 1
-    return own, overrides
-
-
 def add_config_arguments(parser: argparse.ArgumentParser, schema: Any, *, default_config: str | None = None) -> None:
     """Give a command ``--config``, ``--print-config`` and ``--section.key VALUE`` overrides of
     ``schema`` (a root section, or a function returning it, so that the CLI imports it only
-    for ``--help``, which then lists every key). Call :func:`accept_override_args` on the
-    top-level parser; ``args.overrides`` then holds the override tokens for :func:`load_config`.
+    for ``--help``, which then lists every key). The tokens the command's own options do not
+    take (the overrides) land in ``args.overrides`` for :func:`load_config`, which checks them.
     """
     parser.allow_abbrev = False
     default = f" (default: {default_config})" if default_config else ""
@@ -386,28 +365,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, schema: Any, *, defaul
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    original = parser.format_help
+    original_help = parser.format_help
+    original_parse = parser.parse_known_args
 
     def format_help() -> str:
         root = schema if isinstance(schema, type) else schema()
-        return original() + "\n" + keys_help(root)
+        return original_help() + "\n" + keys_help(root)
+
+    def parse_known_args(args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        ns, rest = original_parse(args, namespace)
+        ns.overrides = rest
+        return ns, []
 
     parser.format_help = format_help  # type: ignore[method-assign]
-
-
-def accept_override_args(parser: argparse.ArgumentParser) -> None:
-    """Make ``parser.parse_args()`` take the ``--section.key VALUE`` tokens out first (argparse
-    would reject them) and return them as ``args.overrides``. On a parser with subcommands,
-    call it on the top-level parser."""
-    original = parser.parse_args
-
-    def parse_args(args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
-        own, overrides = split_override_args(sys.argv[1:] if args is None else args)
-        ns = original(own, namespace)
-        ns.overrides = overrides
-        return ns
-
-    parser.parse_args = parse_args  # type: ignore[method-assign]
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- shared sections
