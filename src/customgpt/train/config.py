@@ -148,29 +148,24 @@ def make_parser(schema: type) -> Any:
 def keys_help(schema: type) -> str:
     """``--help`` text listing every key of ``schema`` with its type, default and description."""
     out = []
-    for block in make_parser(schema).format_help().split("\n\n"):  # usage, options, then one per section
-        lines = [x for x in block.splitlines() if not re.match(r"^\s+--[\w.]+ CONFIG\s", x)]  # "--train CONFIG"
-        option = next((re.match(r"^\s+--([\w.]+)\.\w+", x) for x in lines if x.lstrip().startswith("--")), None)
-        if block.startswith("usage:") or option is None:
-            continue
-        heading = lines[0] if lines[0].endswith(":") and not lines[0][0].isspace() else None
-        if heading and re.match(r"^\w+\(.*\):$", heading, re.DOTALL):  # no docstring: a class signature
-            heading = ":"
-        out.append("\n".join([f"{option.group(1)}: {heading}".replace(": :", ":"), *lines[1:]] if heading else lines))
-    return "config keys (override any with --section.key VALUE):\n\n" + "\n\n".join(out) + "\n"
+    for block in make_parser(schema).format_help().split("\n\n")[2:]:  # past usage and -h: one per section
+        block = re.sub(r"^ +--[\w.]+ CONFIG .*\n", "", block, flags=re.MULTILINE)  # jsonargparse's --train FILE
+        section = re.search(r"--([\w.]+)\.\w+", block)
+        out.append(f"{section.group(1)}: {block}" if section else block)
+    return "config keys (override any with --section.key VALUE):\n\n" + "\n\n".join(out)
 
 
 def load_config(
     schema: type[T],
     path: str | Path | None = None,
-    overrides: Sequence[str] | Sequence[tuple[str, Any]] | None = None,
+    overrides: Sequence[str] = (),
 ) -> T:
     """Build a ``schema`` instance from its defaults, an optional YAML file and overrides.
 
     Args:
         schema: the root :class:`~customgpt.sections.Section` dataclass.
         path: a YAML file or a packaged preset name; None for the schema's defaults.
-        overrides: command-line tokens (``["--train.lr", "3e-4"]``) or (key, value) pairs.
+        overrides: command-line tokens (``["--train.lr", "3e-4"]``).
 
     Raises:
         ConfigError: unknown key, bad value or type, unreadable or invalid YAML, duplicate
@@ -180,9 +175,7 @@ def load_config(
     if path is not None:
         data = read_yaml(resolve_config_path(path))
         pairs += [(k, v, str(path)) for k, v in _flatten(data)]
-    is_tokens = overrides and isinstance(next(iter(overrides)), str)
-    tokens = parse_overrides(overrides) if is_tokens else list(overrides or [])  # type: ignore[arg-type]
-    pairs += [(k, v, f"--{k}") for k, v in tokens]
+    pairs += [(k, v, f"--{k}") for k, v in parse_overrides(overrides)]
 
     keys = schema_keys(schema)
     origins: dict[str, str] = {}
