@@ -14,6 +14,7 @@ from typing import Any
 from customgpt.constants import GPT2_VOCAB_SIZE
 from customgpt.errors import ConfigError
 
+
 @dataclass
 class GPTConfig:
     """Shape and behaviour of a GPT-2 style decoder.
