@@ -1,12 +1,8 @@
-"""Config sections: plain dataclasses that check themselves when constructed.
+"""Config sections: dataclasses that check themselves when constructed.
 
-A section is an ``@dataclass`` deriving from :class:`Section`. Each field is documented by
-a string literal right after it (an attribute docstring: the command's ``--help`` shows it).
-On construction every float field must be finite, a ``Literal`` field one of its choices, and the section's :meth:`Section.validate`
-runs its own range checks, raising :class:`FieldError` (the field, the reason); the config
-loader (:mod:`customgpt.train.config`) adds the section path and where the value was set.
-Types are converted by the loader (jsonargparse), not here.
-
+Each field is documented by a string literal right after it (an attribute docstring: the
+command's ``--help`` shows it). The config loader (:mod:`customgpt.train.config`) converts
+the types and adds the section path and where a bad value was set to a :class:`FieldError`.
 This module sits in the core so that both ``data/`` and ``train/`` can define sections.
 """
 
@@ -55,9 +51,8 @@ def _choices(tp: Any) -> tuple[Any, ...] | None:
 
 @dataclasses.dataclass
 class Section:
-    """Base class of config dataclasses: checked on construction.
-
-    Subclasses may override :meth:`validate` for range and cross-field checks.
+    """Base class of config dataclasses. On construction every float field must be finite and
+    a ``Literal`` field one of its choices; then :meth:`validate` runs the subclass's own checks.
     """
 
     def __post_init__(self) -> None:

@@ -1,14 +1,9 @@
 """Training configs: dataclass sections parsed by jsonargparse, YAML presets, dotted overrides.
 
-A command's config is a tree of sections (:mod:`customgpt.sections`) whose attribute
-docstrings ``--help`` lists. :func:`load_config` layers the schema's defaults, a YAML file
-(a path or a packaged preset name) and ``--section.key VALUE`` overrides; jsonargparse
-checks the types, each section's ``validate()`` the ranges. Every error is a ConfigError
-naming the dotted key and the file or flag that set it, raised before training starts; a
-YAML file with a duplicate key is an error. A new objective declares a root section (as
-``ClassifyConfig``) and adds one row to ``customgpt.cli.finetune.TASKS``. A ``data/``
-section may be a plain ``@dataclass`` whose ``__post_init__`` raises ConfigError naming
-``section.key`` (``data/`` never imports ``train/``).
+:func:`load_config` layers a root section's defaults, a YAML file (a path or a packaged
+preset name) and ``--section.key VALUE`` overrides; jsonargparse checks the types, each
+section's ``validate()`` the ranges. A ``data/`` section may be a plain ``@dataclass``
+whose ``__post_init__`` raises ConfigError naming ``section.key``.
 """
 
 from __future__ import annotations
@@ -244,9 +239,6 @@ def save_config(obj: Any, path: str | Path) -> None:
 # --------------------------------------------------------------------------- overrides
 
 
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
 def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, Any]]:
     """``["--train.lr", "3e-4", "--optim.betas=0.9,0.95"]`` → ``[("train.lr", "3e-4"), ...]``.
 
@@ -261,9 +253,7 @@ def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, Any]]:
         if not token.startswith("--"):
             raise ConfigError(f"unexpected argument {token!r}: overrides look like --section.key VALUE")
         key, eq, value = token[2:].partition("=")
-        key = key.replace("-", "_")
-        if not _KEY_RE.match(key):
-            raise ConfigError(f"bad override {token!r}: expected --section.key VALUE or --section.key=VALUE")
+        key = key.replace("-", "_")  # checked against the schema's keys by load_config
         if eq:
             out.append((key, value))
             i += 1
