@@ -246,23 +246,15 @@ def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, Any]]:
     Dashes in keys are read as underscores (``--train.max-steps``).
     """
     out: list[tuple[str, Any]] = []
-    i = 0
-    tokens = list(tokens)
-    while i < len(tokens):
-        token = tokens[i]
+    rest = list(tokens)
+    while rest:
+        token = rest.pop(0)
         if not token.startswith("--"):
             raise ConfigError(f"unexpected argument {token!r}: overrides look like --section.key VALUE")
         key, eq, value = token[2:].partition("=")
-        key = key.replace("-", "_")  # checked against the schema's keys by load_config
-        if eq:
-            out.append((key, value))
-            i += 1
-        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-            out.append((key, tokens[i + 1]))
-            i += 2
-        else:
-            out.append((key, FLAG))
-            i += 1
+        if not eq:
+            value = rest.pop(0) if rest and not rest[0].startswith("--") else FLAG
+        out.append((key.replace("-", "_"), value))  # the key is checked against the schema by load_config
     return out
 
 
