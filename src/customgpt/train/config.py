@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import jsonargparse
 import yaml
 
+from customgpt.config import GPTConfig
 from customgpt.errors import ConfigError
 from customgpt.sections import FieldError, Section, to_dict
 from customgpt.train.files import atomic_write_text
@@ -401,10 +402,8 @@ class ModelSection(Section):
         keys = (*self._SHAPE, "dropout", "attn_dropout", "impl")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
-    def gpt_config(self):  # -> GPTConfig
+    def gpt_config(self) -> GPTConfig:
         """The model config for training from scratch (``init`` is None)."""
-        from customgpt.config import GPTConfig
-
         try:
             return GPTConfig.from_preset(self.preset or "", **self._changes())
         except ConfigError as exc:
@@ -421,8 +420,7 @@ class ModelSection(Section):
             return GPT(self.gpt_config()).train()
         from customgpt.checkpoints import load_model
 
-        changes = {k: v for k, v in self._changes().items() if k in ("dropout", "attn_dropout", "impl")}
-        return load_model(self.init, device="cpu", dtype="float32", overrides=changes or None).train()
+        return load_model(self.init, device="cpu", dtype="float32", overrides=self._changes() or None).train()
 
 
 @dataclass
