@@ -531,11 +531,9 @@ class TrainConfig(Section):
     """Steps between checkpoints; none: at every evaluation."""
 
     def validate(self) -> None:
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise FieldError(key, f"must be >= 1, got {getattr(self, key)}")
-        for key, low in (("max_steps", 1), ("micro_batch_size", 1), ("eval_iters", 1), ("warmup_steps", 0),
-                         ("grad_clip", 0), ("eval_every", 0), ("save_every", 0)):
+        for key, low in (("epochs", 1), ("batch_size", 1), ("max_steps", 1), ("micro_batch_size", 1),
+                         ("eval_iters", 1), ("warmup_steps", 0), ("grad_clip", 0), ("eval_every", 0),
+                         ("save_every", 0), ("initial_lr", 0), ("min_lr", 0)):
             value = getattr(self, key)
             if value is not None and value < low:
                 raise FieldError(key, f"must be >= {low}, got {value}")
@@ -547,11 +545,8 @@ class TrainConfig(Section):
             raise FieldError("lr", f"must be <= {MAX_LR:g} (a learning rate this large only makes the weights nan), "
                              f"got {self.lr:g}")
         for key in ("initial_lr", "min_lr"):
-            value = getattr(self, key)
-            if value < 0:
-                raise FieldError(key, f"must be >= 0, got {value}")
-            if value > self.lr:
-                raise FieldError(key, f"must be <= train.lr ({self.lr:g}), got {value:g}")
+            if getattr(self, key) > self.lr:
+                raise FieldError(key, f"must be <= train.lr ({self.lr:g}), got {getattr(self, key):g}")
         if not 0 <= self.seed <= MAX_SEED:
             raise FieldError("seed", f"must be between 0 and 2**64 - 1 ({MAX_SEED}), got {self.seed}")
         if self.warmup_steps is not None and self.warmup_fraction is not None:
