@@ -26,15 +26,6 @@ class FieldError(ConfigError):
         self.reason = reason
 
 
-def check_finite(key: str, value: Any) -> None:
-    """Raise :class:`FieldError` if ``value`` (a float, or a list/tuple of them) is nan or infinite."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    for i, v in enumerate(values):
-        if isinstance(v, float) and not math.isfinite(v):
-            name = key if values is not value else f"{key}[{i}]"
-            raise FieldError(name, f"must be a finite number, got {v!r}")
-
-
 _hints = functools.cache(typing.get_type_hints)
 
 
@@ -59,7 +50,11 @@ class Section:
         hints = _hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            check_finite(f.name, value)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for i, v in enumerate(values):
+                if isinstance(v, float) and not math.isfinite(v):
+                    key = f.name if values is not value else f"{f.name}[{i}]"
+                    raise FieldError(key, f"must be a finite number, got {v!r}")
             choices = _choices(hints[f.name])
             if choices is not None and value not in choices:
                 raise FieldError(f.name, "expected one of " + ", ".join(repr(c) for c in choices if c is not None)
@@ -81,4 +76,4 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["FieldError", "Section", "check_finite", "to_dict"]
+__all__ = ["FieldError", "Section", "to_dict"]
