@@ -192,11 +192,10 @@ def load_config(
     try:
         ns = make_parser(schema).parse_args(args)
     except jsonargparse.ArgumentError as exc:
-        found = re.search(r'(?:Parser key|key) "([\w.]+)"', str(exc))
-        key = found.group(1) if found else ""
-        if key in keys:
-            got = f", got {raw[key]!r}" if key in raw else ""
-            raise ConfigError(f"{key}: expected {describe_type(keys[key])}{got}{_where(key, origins)}") from None
+        found = re.search(r'key "([\w.]+)"', str(exc))
+        if found and found.group(1) in raw:
+            key = found.group(1)
+            raise ConfigError(f"{key}: expected {describe_type(keys[key])}, got {raw[key]!r}{_where(key, origins)}") from None
         raise ConfigError(f"config: {str(exc).splitlines()[0]}") from None
     return _build(schema, ns.as_dict(), "", origins)
 
