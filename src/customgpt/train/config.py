@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+import importlib
 import json
 import math
 import re
@@ -326,11 +327,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- argparse glue
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, schema: Any, *, default_config: str | None = None) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, schema: str, *, default_config: str | None = None) -> None:
     """Give a command ``--config``, ``--print-config`` and ``--section.key VALUE`` overrides of
-    ``schema`` (a root section, or a function returning it, so that the CLI imports it only
-    for ``--help``, which then lists every key). The tokens the command's own options do not
-    take (the overrides) land in ``args.overrides`` for :func:`load_config`, which checks them.
+    the root section ``schema`` (``"module:Name"``, imported only for ``--help``, which then
+    lists every key). The tokens the command's own options do not take (the overrides) land
+    in ``args.overrides`` for :func:`load_config`, which checks them.
     """
     parser.allow_abbrev = False
     default = f" (default: {default_config})" if default_config else ""
@@ -344,8 +345,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, schema: Any, *, defaul
     original_parse = parser.parse_known_args
 
     def format_help() -> str:
-        root = schema if isinstance(schema, type) else schema()
-        return original_help() + "\n" + keys_help(root)
+        module, name = schema.split(":")
+        return original_help() + "\n" + keys_help(getattr(importlib.import_module(module), name))
 
     def parse_known_args(args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
         ns, rest = original_parse(args, namespace)
