@@ -33,9 +33,6 @@ from customgpt.train.files import atomic_write_text
 
 T = TypeVar("T")
 
-_TRUE = {"true", "yes", "on", "1", "y"}
-_FALSE = {"false", "no", "off", "0", "n"}
-_NONE = {"none", "null", "~"}
 _NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity|\.nan|\.inf)$", re.IGNORECASE)
 
 
@@ -107,10 +104,10 @@ def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
                 raise ConfigError(f"{key}: must be a finite number, got {item!r}{where}")
     if isinstance(value, str):
         text = value.strip()
-        if optional and text.lower() in _NONE:
+        if optional and text.lower() == "none":  # jsonargparse reads null and ~
             return "null"
-        if inner is bool and text.lower() in _TRUE | _FALSE:
-            return "true" if text.lower() in _TRUE else "false"
+        if inner is bool:  # jsonargparse reads true/false, yes/no and on/off
+            return {"1": "true", "y": "true", "0": "false", "n": "false"}.get(text.lower(), text.lower())
         if origin in (tuple, list) and not text.startswith("["):
             elem = (get_args(inner) or (str,))[0]
             items = [v.strip() for v in text.split(",") if v.strip()]
