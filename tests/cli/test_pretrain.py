@@ -31,8 +31,8 @@ def test_overrides_mix_with_the_commands_own_options():
 
     parser = argparse.ArgumentParser()
     build_parser(parser)
-    args = parser.parse_args(["--config", "x.yaml", "--train.lr", "3e-4", "--resume", "--optim.betas=0.9,0.95",
-                              "--train.max-steps", "5", "--train.seed", "-1"])
+    args = parser.parse_args(["--config", "x.yaml", "--train.lr", "3e-4", "--resume",
+                              "--optim.betas=0.9,0.95", "--train.max-steps", "5", "--train.seed", "-1"])
     assert args.config == "x.yaml" and args.resume is True and not args.print_config
     assert args.overrides == ["--train.lr", "3e-4", "--optim.betas=0.9,0.95", "--train.max-steps", "5",
                               "--train.seed", "-1"]

@@ -148,7 +148,8 @@ def test_saved_config_round_trips(tmp_path):
 
 def test_override_tokens_parse():
     tokens = ["--train.lr", "3e-4", "--optim.betas=0.9,0.95", "--train.max-steps", "5"]
-    assert parse_overrides(tokens) == [("train.lr", "3e-4"), ("optim.betas", "0.9,0.95"), ("train.max_steps", "5")]
+    pairs = [("train.lr", "3e-4"), ("optim.betas", "0.9,0.95"), ("train.max_steps", "5")]
+    assert parse_overrides(tokens) == pairs
     with pytest.raises(ConfigError, match="unexpected argument"):
         parse_overrides(["stray"])
 

@@ -143,7 +143,7 @@ def keys_help(schema: type) -> str:
     """``--help`` text listing every key of ``schema`` with its type, default and description."""
     out = []
     for block in make_parser(schema).format_help().split("\n\n")[2:]:  # past usage and -h: one per section
-        block = re.sub(r"^ +--[\w.]+ CONFIG .*\n", "", block, flags=re.MULTILINE)  # jsonargparse's --train FILE
+        block = re.sub(r"^ +--[\w.]+ CONFIG .*\n", "", block, flags=re.MULTILINE)  # "--train CONFIG": a file
         section = re.search(r"--([\w.]+)\.\w+", block)
         out.append(f"{section.group(1)}: {block}" if section else block)
     return "config keys (override any with --section.key VALUE):\n\n" + "\n\n".join(out)
@@ -191,9 +191,10 @@ def load_config(
         ns = make_parser(schema).parse_args(args)
     except jsonargparse.ArgumentError as exc:
         found = re.search(r'key "([\w.]+)"', str(exc))
-        if found and found.group(1) in raw:
-            key = found.group(1)
-            raise ConfigError(f"{key}: expected {describe_type(keys[key])}, got {raw[key]!r}{_where(key, origins)}") from None
+        key = found.group(1) if found else ""
+        if key in raw:
+            expected = describe_type(keys[key])
+            raise ConfigError(f"{key}: expected {expected}, got {raw[key]!r}{_where(key, origins)}") from None
         raise ConfigError(f"config: {str(exc).splitlines()[0]}") from None
     return _build(schema, ns.as_dict(), "", origins)
 
