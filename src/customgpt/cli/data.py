@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         rows = [("name", "size", "licence", "local copy", "file")]
-        for info in registry.list_datasets():
+        for info in registry.DATASETS.values():
             status = registry.local_status(info.name, args.data_dir, args.cache_dir)
             rows.append((info.name, _human(info.size), info.licence, status, info.filename))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

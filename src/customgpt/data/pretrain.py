@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from customgpt.constants import EOT_TEXT
+from customgpt.data import registry
 from customgpt.errors import ConfigError, DataError
 from customgpt.io import atomic_open, atomic_write_text, sha256_file
 from customgpt.sections import FieldError, Section
@@ -87,17 +91,11 @@ def resolve_sources(sources: Sequence[str], *, pattern: str = "*.txt", data_dir:
             if not found:
                 raise DataError(f"data.source: folder {path} has no files matching {pattern!r}")
             files.extend(found)
+        elif source in registry.DATASETS:
+            files.append(registry.fetch(source, data_dir=data_dir, progress=False, data_dir_option="--data.data_dir"))
         else:
-            from customgpt.data import registry
-
-            if source in {info.name for info in registry.list_datasets()}:
-                files.append(registry.fetch(source, data_dir=data_dir, progress=False,
-                                             data_dir_option="--data.data_dir"))
-            else:
-                known = ", ".join(info.name for info in registry.list_datasets())
-                raise DataError(
-                    f"data.source: {source!r} is not a file, a folder, or a registered dataset ({known})"
-                )
+            raise DataError(f"data.source: {source!r} is not a file, a folder, or a registered dataset "
+                            f"({', '.join(registry.DATASETS)})")
     return files
 
 
@@ -116,9 +114,7 @@ def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = 
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     for path in files:
         digest.update(b"\n" + sha256_file(path).encode())
-    from customgpt.data.registry import cache_root
-
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "tokens"
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else registry.cache_root() / "tokens"
     return folder / f"{digest.hexdigest()}.memmap"
 
 
@@ -126,22 +122,13 @@ def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = 
 STALE_TEMP_SECONDS = 3600.0
 
 
-def clean_stale_temp_files(folder: Path, max_age: float = STALE_TEMP_SECONDS) -> list[Path]:
+def clean_stale_temp_files(folder: Path) -> None:
     """Delete the temporary files (``.NAME.XXXX.tmp``) that a killed run left in the token
-    cache ``folder``, if untouched for ``max_age`` seconds (a live build writes as it goes);
-    returns the paths removed."""
-    import time
-
-    removed = []
-    now = time.time()
-    for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
-        try:
-            if tmp.is_file() and now - tmp.stat().st_mtime > max_age:
+    cache ``folder``, if untouched for :data:`STALE_TEMP_SECONDS` (a live build writes as it goes)."""
+    for tmp in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):  # another process removed it first, or it is not ours to remove
+            if time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
                 tmp.unlink()
-                removed.append(tmp)
-        except OSError:  # another process removed it first, or it is not ours to remove
-            continue
-    return removed
 
 
 def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = None,
@@ -152,8 +139,6 @@ def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None =
         build: tokenize when there is no cache entry; with False a missing entry is an error
             (other processes of a distributed run wait for rank 0 to build it).
     """
-    from customgpt.constants import EOT_TEXT
-
     path = cache_path(files, tokenizer, cache_dir)
     if not path.is_file():
         if not build:

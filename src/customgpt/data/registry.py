@@ -111,11 +111,6 @@ def get_info(name: str) -> DatasetInfo:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}") from None
 
 
-def list_datasets() -> list[DatasetInfo]:
-    """All registry entries, in registry order."""
-    return list(DATASETS.values())
-
-
 # --------------------------------------------------------------------------- folders
 
 
@@ -166,10 +161,7 @@ def local_status(
     mirror = mirror_dir(data_dir)
     if mirror is not None and (mirror / info.filename).is_file():
         return "mirrored" if verify(mirror / info.filename, info) else "mirror: bad checksum"
-    cached = dataset_cache_dir(cache_dir) / info.filename
-    if cached.is_file() and verify(cached, info):
-        return "cached"
-    return "-"
+    return "cached" if verify(dataset_cache_dir(cache_dir) / info.filename, info) else "-"
 
 
 # --------------------------------------------------------------------------- fetch
@@ -215,10 +207,9 @@ def fetch(
 
     folder = dataset_cache_dir(cache_dir)
     target = folder / info.filename
-    if target.is_file():
-        if verify(target, info):
-            return target
-        target.unlink()  # a stale or corrupt cache entry: never use it, download again
+    if verify(target, info):
+        return target
+    target.unlink(missing_ok=True)  # a stale or corrupt cache entry: never use it, download again
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -226,14 +217,6 @@ def fetch(
         raise DataError(f"cannot create the dataset cache folder {folder}: {exc}") from exc
     _download(info, target, progress=progress, timeout=timeout, mirror=mirror, option=data_dir_option)
     return target
-
-
-def _offline_hint(info: DatasetInfo, mirror: Path | None, option: str) -> str:
-    where = f"the mirror folder {mirror} has no {info.filename}; " if mirror is not None else ""
-    return (
-        f"{where}on an offline machine, download {info.url} elsewhere and put it in a mirror folder "
-        f"as {info.filename}, then set {DATA_DIR_ENV}=FOLDER (or pass {option} FOLDER)"
-    )
 
 
 def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float, mirror: Path | None,
@@ -256,15 +239,14 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
                         digest.update(chunk)
                         n_bytes += len(chunk)
                         bar.update(len(chunk))
-        except urllib.error.HTTPError as exc:
+        except OSError as exc:  # HTTP errors, URLError, timeouts, refused connections, resets
+            http = isinstance(exc, urllib.error.HTTPError)
+            reason = f"HTTP {exc.code} {exc.reason}" if http else getattr(exc, "reason", exc)
+            where = f"the mirror folder {mirror} has no {info.filename}; " if mirror is not None else ""
             raise DataError(
-                f"cannot download {info.filename} from {info.url}: HTTP {exc.code} {exc.reason}; "
-                + _offline_hint(info, mirror, option)
-            ) from exc
-        except OSError as exc:  # URLError, timeouts, refused connections, resets
-            reason = getattr(exc, "reason", exc)
-            raise DataError(
-                f"cannot download {info.filename} from {info.url} ({reason}); " + _offline_hint(info, mirror, option)
+                f"cannot download {info.filename} from {info.url} ({reason}); {where}on an offline machine, "
+                f"download {info.url} elsewhere and put it in a mirror folder as {info.filename}, then set "
+                f"{DATA_DIR_ENV}=FOLDER (or pass {option} FOLDER)"
             ) from exc
         actual = digest.hexdigest()
         if actual != info.sha256:
