@@ -1,18 +1,10 @@
 """Pretraining data: text files → one cached token array → sliding windows of (input, target).
 
-1. **Sources** (:func:`resolve_sources`): text files, folders (their ``*.txt`` files, sorted),
-   or names of registered datasets (``the-verdict``, fetched through
-   :func:`customgpt.data.registry.fetch`, which honours the ``CUSTOMGPT_DATA_DIR`` mirror).
-2. **Tokenize once** (:func:`load_tokens`): each file is one document; documents are joined
-   with ``<|endoftext|>``. The ids go to a ``uint16`` file read back with ``np.memmap``
-   (GPT-2's 50,257 ids fit in 16 bits; half the size of int32 and never loaded whole). Its
-   name is a sha256 of the tokenizer's vocabulary and every source file's sha256, so an edited
-   file (or another tokenizer) gets a new cache entry and the old one is never reused.
-3. **Split** by token position (:func:`split_tokens`): the first ``1 - val_fraction`` of the
-   tokens train, the rest validate.
-4. **Windows** (:class:`TokenWindows`): inputs ``ids[i : i + T]`` and targets
-   ``ids[i + 1 : i + T + 1]`` for ``i = 0, stride, 2 * stride, ...`` while a full target fits.
-   ``stride == T`` gives non-overlapping windows (the book's chapter-5 setup).
+Sources (:func:`resolve_sources`) are text files, folders or registered dataset names. Each
+file is one document; documents are joined with ``<|endoftext|>`` and tokenized once into a
+``uint16`` memmap keyed by the tokenizer and every file's sha256 (:func:`load_tokens`), split by
+token position (:func:`split_tokens`) and cut into windows (:class:`TokenWindows`).
+docs/training.md gives the options.
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """The public datasets the project uses: where they come from, and how to get them safely.
 
 Each dataset has one canonical URL, a sha256 checksum, a size and a licence. :func:`fetch`
-returns a local path to a verified copy, looking in this order:
-
-1. a **mirror folder** (the ``data_dir`` argument, else the ``CUSTOMGPT_DATA_DIR`` environment
-   variable): a folder holding the files under their canonical names, for offline machines
-   and CI. A mirror file with the wrong checksum is an error (it is never silently replaced:
-   the mirror belongs to the user and may be read-only);
-2. the **cache folder** (the ``cache_dir`` argument, else ``$CUSTOMGPT_CACHE_DIR/datasets``,
-   else ``$XDG_CACHE_HOME/customgpt/datasets``, else ``~/.cache/customgpt/datasets``);
-3. a **download** into the cache: streamed to a temporary file beside its final place,
-   checksummed while it streams, and moved into place (:func:`customgpt.io.atomic_open`)
-   only when the checksum matches, so an interrupted or corrupt download never leaves a file
-   that looks valid.
+returns a verified local copy from, in order: a **mirror folder** (for offline machines and CI;
+a file there with the wrong checksum is an error, never replaced: the mirror is the user's), the
+**cache folder**, else a **download** into the cache, checksummed while it streams and moved
+into place only when the checksum matches, so an interrupted or corrupt download never leaves
+a file that looks valid.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,6 @@ from customgpt.constants import IGNORE_INDEX
 from customgpt.data.classification import (
     ClassificationDataset,
     ClassifyDataConfig,
-    class_counts,
     collate_classification,
     length_bucketed_batches,
     prepare_splits,
@@ -246,7 +246,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     splits, labels = prepare_splits(cfg.data)  # every row validated before anything is created
     run_dir = cfg.logging.run_folder("best", "metrics.json", what="a classification run")
     tcfg, ccfg = cfg.train, cfg.classifier
-    loss_fn = build_loss(ccfg, labels, class_counts(splits.train, labels))
+    counts = Counter(r.label for r in splits.train)
+    loss_fn = build_loss(ccfg, labels, [counts[name] for name in labels])
     micro, _ = tcfg.accumulation(1)
     rt = setup_runtime(cfg.runtime, distributed=False)
     seed_everything(tcfg.seed)
@@ -321,8 +322,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
         improved = _better(report, best, ccfg.select_metric)
         left = record["elapsed"] / step * (total_steps - step)  # the epoch lines are the progress report
         bar.write(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-            f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
-            + (" (best)" if improved else "") + f" | {record['elapsed']:.0f} s, about {left:.0f} s to go")
+                  f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
+                  + (" (best)" if improved else "") + f" | {record['elapsed']:.0f} s, about {left:.0f} s to go")
         if improved:
             best, best_epoch = report, epoch
             save_classifier(scored, run_dir / "best", labels, max_length=max_length,
