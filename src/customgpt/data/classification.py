@@ -32,7 +32,8 @@ from customgpt.errors import ConfigError, DataError
 MAX_REPORTED_ERRORS = 20
 #: The SMS Spam Collection's class names, in class-id order (ham = 0, spam = 1).
 SPAM_LABELS = ("ham", "spam")
-FORMATS = ("csv", "tsv", "jsonl")
+#: The file format of each extension (``data.format: auto``).
+SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 @dataclass(frozen=True)
@@ -217,38 +218,30 @@ def stratified_split(
 # --------------------------------------------------------------------------- CSV / TSV / JSONL
 
 
-def detect_format(path: str | Path, fmt: str | None = None) -> str:
-    """``csv``, ``tsv`` or ``jsonl``: ``fmt`` if given (not ``auto``), else from the file extension."""
-    if fmt not in (None, "auto"):
-        if fmt not in FORMATS:
-            raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
-        return fmt
-    suffix = Path(path).suffix.lower()
-    guess = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix)
-    if guess is None:
-        raise DataError(f"{path}: cannot tell the format from the extension {suffix!r}; set data.format (csv, tsv, jsonl)")
-    return guess
-
-
 def read_labelled_file(
     path: str | Path,
     *,
     text_column: str = "text",
     label_column: str = "label",
     labels: Sequence[str] | None = None,
-    fmt: str | None = None,
+    fmt: Literal["auto", "csv", "tsv", "jsonl"] | None = None,
 ) -> list[LabelledText]:
     """Read and validate a CSV/TSV (with a header row) or JSONL file of labelled texts.
 
-    A TSV is read literally: one line is one row, split at tabs (no quote processing); a CSV
-    by :func:`read_records`. Every problem is collected first:
-    non-UTF-8 bytes, a missing column, an empty text or label, a label not in ``labels``
-    (when declared), a malformed row, JSONL labels that mix integers and strings. One
-    DataError then names the file and the line of each bad row. A header that names a column
-    twice, or ``text_column`` equal to ``label_column``, is a DataError too.
+    ``fmt`` None or ``auto``: from the extension (:data:`SUFFIX_FORMATS`). A TSV is read
+    literally: one line is one row, split at tabs (no quote processing); a CSV by
+    :func:`read_records`. Every problem is collected first: non-UTF-8 bytes, a missing column,
+    an empty text or label, a label not in ``labels`` (when declared), a malformed row, JSONL
+    labels that mix integers and strings. One DataError then names the file and the line of
+    each bad row. A header that names a column twice, or ``text_column`` equal to
+    ``label_column``, is a DataError too.
     """
     path = Path(path)
-    fmt = detect_format(path, fmt)
+    if fmt in (None, "auto"):
+        fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise DataError(f"{path}: cannot tell the format from the extension {path.suffix.lower()!r}; "
+                            "set data.format (csv, tsv, jsonl)")
     if text_column == label_column:
         raise DataError(f"{path}: the text column and the label column are both {text_column!r}; "
                         "set data.text_column and data.label_column to two different columns")

@@ -220,7 +220,6 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
     # atomic_open removes the ``.part`` file on any error, a checksum mismatch included.
     with atomic_open(target, "wb", suffix=".part") as out:
         digest = hashlib.sha256()
-        n_bytes = 0
         try:
             request = urllib.request.Request(info.url, headers={"User-Agent": "customgpt"})
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -230,7 +229,6 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
                     for chunk in iter(lambda: response.read(_CHUNK), b""):
                         out.write(chunk)
                         digest.update(chunk)
-                        n_bytes += len(chunk)
                         bar.update(len(chunk))
         except OSError as exc:  # HTTP errors, URLError, timeouts, refused connections, resets
             http = isinstance(exc, urllib.error.HTTPError)
@@ -245,6 +243,6 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
         if actual != info.sha256:
             raise DataError(
                 f"checksum mismatch for {info.filename} downloaded from {info.url}: got sha256 {actual} "
-                f"({n_bytes} bytes), expected {info.sha256} ({info.size} bytes); the file was deleted"
+                f"({out.tell()} bytes), expected {info.sha256} ({info.size} bytes); the file was deleted"
             )
 
