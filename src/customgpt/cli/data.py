@@ -13,12 +13,10 @@ import argparse
 def _add_locations(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
-        default=None,
         help="mirror folder holding the dataset files (default: $CUSTOMGPT_DATA_DIR)",
     )
     parser.add_argument(
         "--cache-dir",
-        default=None,
         help="download folder (default: $CUSTOMGPT_CACHE_DIR/datasets, else ~/.cache/customgpt/datasets)",
     )
 

@@ -488,10 +488,11 @@ def prepare_splits(cfg: ClassifyDataConfig) -> tuple[Splits, list[str]]:
         if cfg.path:
             rows = read(cfg.path)
         elif cfg.dataset != "sms-spam":
-            raise DataError(f"data.dataset: {cfg.dataset!r} is not a classification dataset (known: sms-spam); "
-                            "use data.path or data.train_file for your own files")
+            raise DataError(f"data.dataset: {cfg.dataset!r} is not a classification dataset (known: "
+                            "sms-spam); use data.path or data.train_file for your own files")
         else:
-            rows = read_sms_spam(fetch("sms-spam", cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir"))
+            rows = read_sms_spam(fetch("sms-spam", cfg.data_dir, cfg.cache_dir,
+                                       data_dir_option="--data.data_dir"))
             declared = list(SPAM_LABELS) if declared is None else declared
         if cfg.split == "reference":
             splits = reference_split(rows, seed=cfg.split_seed)

@@ -84,7 +84,8 @@ def resolve_sources(sources: Sequence[str], *, pattern: str = "*.txt", data_dir:
                 raise DataError(f"data.source: folder {path} has no files matching {pattern!r}")
             files.extend(found)
         elif source in registry.DATASETS:
-            files.append(registry.fetch(source, data_dir=data_dir, progress=False, data_dir_option="--data.data_dir"))
+            files.append(registry.fetch(source, data_dir=data_dir, progress=False,
+                                         data_dir_option="--data.data_dir"))
         else:
             raise DataError(f"data.source: {source!r} is not a file, a folder, or a registered dataset "
                             f"({', '.join(registry.DATASETS)})")

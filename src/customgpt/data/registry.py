@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -116,12 +115,11 @@ def mirror_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
 
 
 def cache_root() -> Path:
-    """Root of customgpt's cache: ``$CUSTOMGPT_CACHE_DIR``, else the platform cache folder."""
+    """Root of customgpt's cache: ``$CUSTOMGPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/customgpt``, else
+    ``~/.cache/customgpt``."""
     env = os.environ.get(CACHE_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "customgpt" / "Cache"
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "customgpt"
@@ -174,7 +172,7 @@ def fetch(
     Args:
         name: a registry name (see :data:`DATASETS`).
         data_dir: mirror folder; default ``$CUSTOMGPT_DATA_DIR``.
-        cache_dir: download folder; default ``$CUSTOMGPT_CACHE_DIR/datasets`` or the platform cache.
+        cache_dir: download folder; default :func:`dataset_cache_dir`.
         progress: show a progress bar while downloading.
         timeout: seconds to wait for the server before giving up.
         data_dir_option: how the calling command sets the mirror folder, for the offline

@@ -200,9 +200,10 @@ def train_loader(train: ClassificationDataset, batch_size: int, seed: int, bucke
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, batch_size: int) -> Tensor:
-    """Class probabilities (N, K) of a whole split. Rows are batched by length (less padding),
-    then put back in the split's order."""
+def evaluate(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, labels: list[str],
+             batch_size: int) -> tuple[dict[str, Any], Tensor]:
+    """(report with ``loss`` added, class probabilities (N, K)) over the FULL split (plain
+    cross-entropy loss). Rows are batched by length (less padding), then put back in order."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
@@ -214,15 +215,8 @@ def predict(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, ba
             logits = model(batch["input_ids"].to(rt.device), batch["attention_mask"].to(rt.device))
         probs[idx] = torch.softmax(logits.float(), dim=-1).cpu()
     model.train(was_training)
-    return probs
-
-
-def evaluate(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, labels: list[str],
-             batch_size: int) -> tuple[dict[str, Any], Tensor]:
-    """(report with ``loss`` added, probabilities) over the FULL split (plain cross-entropy loss)."""
-    probs = predict(model, data, rt, batch_size)
-    targets = torch.tensor(data.labels)
     report = classification_report(data.labels, probs.argmax(-1).tolist(), labels)
+    targets = torch.tensor(data.labels)
     report["loss"] = float(-torch.log(probs[torch.arange(len(data)), targets].clamp_min(1e-12)).mean())
     return report, probs
 
@@ -321,9 +315,10 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
         log.log(record)
         improved = _better(report, best, ccfg.select_metric)
         left = record["elapsed"] / step * (total_steps - step)  # the epoch lines are the progress report
-        bar.write(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-                  f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
-                  + (" (best)" if improved else "") + f" | {record['elapsed']:.0f} s, about {left:.0f} s to go")
+        bar.write(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+                  f" | val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
+                  + (" (best)" if improved else "")
+                  + f" | {record['elapsed']:.0f} s, about {left:.0f} s to go")
         if improved:
             best, best_epoch = report, epoch
             save_classifier(scored, run_dir / "best", labels, max_length=max_length,
