@@ -176,27 +176,20 @@ def accumulate_gradients(
     return out
 
 
-def train_loader(train: ClassificationDataset, batch_size: int, seed: int, bucket: bool) -> DataLoader:
-    """Shuffled training batches (seeded); the last partial batch is dropped, as the reference
-    recipe does, unless the set is smaller than one batch. ``bucket``: batches of similar
-    lengths (:func:`~customgpt.data.classification.length_bucketed_batches`)."""
-    generator = torch.Generator().manual_seed(seed)
+def epoch_loader(train: ClassificationDataset, batch_size: int, generator: torch.Generator,
+                 bucket: bool) -> DataLoader:
+    """One epoch of shuffled training batches, ``max(len(train) // batch_size, 1)`` of them: the
+    last partial batch is dropped, as the reference recipe does, unless the set is smaller than
+    one batch. ``bucket``: batches of similar lengths
+    (:func:`~customgpt.data.classification.length_bucketed_batches`)."""
     drop_last = len(train) >= batch_size
     collate = lambda b: collate_classification(b, train.pad_id)  # noqa: E731
     if not bucket:
         return DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=drop_last, collate_fn=collate,
                           generator=generator)
-    lengths = [len(ids) for ids in train.ids]
-    n_batches = len(train) // batch_size if drop_last else math.ceil(len(train) / batch_size)
-
-    class EpochBatches:  # a fresh list of batches each epoch
-        def __iter__(self):
-            return iter(length_bucketed_batches(lengths, batch_size, generator=generator, drop_last=drop_last))
-
-        def __len__(self) -> int:
-            return n_batches
-
-    return DataLoader(train, batch_sampler=EpochBatches(), collate_fn=collate)
+    batches = length_bucketed_batches([len(ids) for ids in train.ids], batch_size, generator=generator,
+                                      drop_last=drop_last)
+    return DataLoader(train, batch_sampler=batches, collate_fn=collate)
 
 
 @torch.no_grad()
@@ -262,8 +255,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     print(f"data: {splits.sizes()} examples, classes {labels}, max length {max_length} tokens, "
           f"truncated {truncated}")
 
-    loader = train_loader(train, tcfg.batch_size, tcfg.seed, cfg.data.bucket_by_length)
-    total_steps = int(min(tcfg.max_steps or math.inf, tcfg.epochs * len(loader)))
+    generator = torch.Generator().manual_seed(tcfg.seed)  # the shuffles of every epoch
+    total_steps = int(min(tcfg.max_steps or math.inf, tcfg.epochs * max(len(train) // tcfg.batch_size, 1)))
     schedule = build_schedule(tcfg, total_steps)
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
     scaler = rt.grad_scaler()
@@ -287,7 +280,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     for epoch in range(1, tcfg.epochs + 1):
         seen = correct = 0
         loss_sum = lm_sum = 0.0
-        for batch in loader:
+        for batch in epoch_loader(train, tcfg.batch_size, generator, cfg.data.bucket_by_length):
             if step >= total_steps:
                 break
             lr = schedule(step)
