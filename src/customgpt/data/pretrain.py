@@ -92,19 +92,13 @@ def resolve_sources(sources: Sequence[str], *, pattern: str = "*.txt", data_dir:
     return files
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of what decides the ids: the merge ranks and the special tokens."""
-    digest = hashlib.sha256()
-    for token, rank in sorted(tokenizer.mergeable_ranks.items(), key=lambda kv: kv[1]):
-        digest.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
-    digest.update(json.dumps(sorted(tokenizer.special_tokens.items())).encode())
-    return digest.hexdigest()
-
-
 def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = None) -> Path:
     """The token cache file for ``files`` under ``tokenizer`` (it may not exist yet)."""
-    digest = hashlib.sha256(b"customgpt-pretrain-tokens-v1\n")
-    digest.update(tokenizer_fingerprint(tokenizer).encode())
+    vocab = hashlib.sha256()  # what decides the ids: the merge ranks and the special tokens
+    for token, rank in sorted(tokenizer.mergeable_ranks.items(), key=lambda kv: kv[1]):
+        vocab.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
+    vocab.update(json.dumps(sorted(tokenizer.special_tokens.items())).encode())
+    digest = hashlib.sha256(b"customgpt-pretrain-tokens-v1\n" + vocab.hexdigest().encode())
     for path in files:
         digest.update(b"\n" + sha256_file(path).encode())
     folder = Path(cache_dir).expanduser() if cache_dir is not None else registry.cache_root() / "tokens"
