@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import math
 import time
@@ -47,7 +46,7 @@ from customgpt.train.config import (
     TrainConfig,
     save_config,
 )
-from customgpt.train.files import atomic_write_text
+from customgpt.train.files import atomic_open, atomic_write_text
 from customgpt.train.logging import MetricsLogger, Progress, line_figure
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
@@ -346,13 +345,12 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
 
 def write_predictions(path: Path, rows, labels: list[str], probs: Tensor) -> None:
     """CSV of text, true label, predicted label and its probability (atomic write)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["text", "label", "predicted", "probability"])
-    for row, p in zip(rows, probs):
-        k = int(p.argmax())
-        writer.writerow([row.text, row.label, labels[k], f"{float(p[k]):.6f}"])
-    atomic_write_text(path, buffer.getvalue())
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label", "predicted", "probability"])
+        for row, p in zip(rows, probs):
+            k = int(p.argmax())
+            writer.writerow([row.text, row.label, labels[k], f"{float(p[k]):.6f}"])
 
 
 def plot_epochs(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:
