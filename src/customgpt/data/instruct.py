@@ -129,10 +129,11 @@ def parse_records(text: str, source: str | Path) -> list[tuple[int, Any, str]]:
 
 
 def check_objects(raw: list[tuple[int, Any, str]], source: str | Path, keys: Sequence[str], optional: Sequence[str],
-                  build: Callable[[int, dict[str, Any]], R]) -> list[R]:
+                  build: Callable[[int, dict[str, Any]], R], *, empty_ok: bool = False) -> list[R]:
     """Validate raw records (from :func:`parse_records`): each must be an object whose ``keys``
-    are strings, all present and non-empty except the ``optional`` ones (absent or any string);
-    ``build(index, value)`` makes the record of each good one.
+    are strings, all present and non-empty (any string with ``empty_ok``) except the
+    ``optional`` ones (absent or any string); ``build(index, value)`` makes the record of
+    each good one.
 
     Raises:
         DataError: naming the file and every bad record by index (the first
@@ -155,7 +156,7 @@ def check_objects(raw: list[tuple[int, Any, str]], source: str | Path, keys: Seq
                                                      for k in bad))
             continue
         empty = [k for k in required if not value[k].strip()]
-        if empty:
+        if empty and not empty_ok:
             problems.append(f"{where}: empty {' and '.join(map(repr, empty))}")
             continue
         records.append(build(index, value))
@@ -432,10 +433,3 @@ def collate_instructions(
     if max_length is not None:
         inputs, targets = inputs[:, :max_length], targets[:, :max_length]
     return inputs, targets
-
-
-def batches_of(dataset: InstructionDataset, indices: Sequence[int], *, eot_id: int = EOT_ID,
-               mask_instructions: bool = False) -> tuple[Tensor, Tensor]:
-    """:func:`collate_instructions` of the examples at ``indices``, with the dataset's max length."""
-    return collate_instructions([dataset[i] for i in indices], eot_id=eot_id, max_length=dataset.max_length,
-                                mask_instructions=mask_instructions)
