@@ -1,42 +1,12 @@
 """Preference tuning (DPO, IPO, SimPO, ORPO): one explicit loop built from the shared pieces of :mod:`customgpt.train`.
 
 Reading order: the config sections, the sequence log-probs of a batch under the policy and
-the reference, evaluation (TRL's metric names), the collapse guard, then
-:func:`finetune_dpo`: read and check every record → build the policy (optionally with LoRA)
-and the reference → evaluate and probe before training → train, evaluating and probing
-every ``train.eval_every`` steps → write the final model, test responses, ``metrics.json``
-and the plots.
-
-The reference model (``train.reference``), for the losses that use one (DPO, IPO):
-
-* ``copy``: a frozen copy of the starting weights (twice the weights in memory);
-* ``adapters``: with LoRA (``train.trainable: lora``), the same network with its adapters switched off
-  (:func:`customgpt.lora.disable_adapters`): the starting weights, no second copy;
-* ``precomputed``: the starting model's log-probs of every training and validation pair,
-  computed once before training and stored in the cache beside the datasets
-  (``reference-logps/<fingerprint>.safetensors`` under ``data.cache_dir``, else
-  ``$CUSTOMGPT_CACHE_DIR``, else ``~/.cache/customgpt``), keyed by a fingerprint of the
-  weights, the token ids and the reduction, so any later run on the same model and data
-  reads them back; no reference forward pass during training.
-
-All three give the same losses (at the first step exactly the same; a test checks it).
-Dropout should be 0 (the configs set ``model.dropout: 0``), as TRL's ``disable_dropout``
-does: the log-ratios then measure the change of the weights, not dropout noise.
-
-Metrics, each evaluation, under TRL's names (``loss``, ``rewards/chosen``,
-``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``,
-``logps/rejected``) for a part of the training split (unprefixed, ``train.eval_iters``
-batches) and for the validation split (prefixed ``eval_``, as TRL logs it), in
-``metrics.jsonl`` records with ``"kind": "eval"``; plots ``loss.png``, ``margins.png``,
-``accuracy.png``.
-
-The collapse guard: preference tuning easily drives a model into degenerate text (one word
-over and over) while its reward margin still grows. Each evaluation greedily answers the
-first ``train.collapse_prompts`` validation prompts, logs the responses, and measures the
-share of repeated word 4-grams and distinct-2 within each response, and ROUGE-L against the
-chosen responses. When the repeated-4-gram share rises by more than ``train.collapse_rise``
-above its value before training, or distinct-2 falls by more than that, the run warns; with
-``train.stop_on_collapse`` it stops and keeps the last healthy weights as its model.
+the reference (``train.reference``: ``copy``, ``adapters`` or ``precomputed``), evaluation
+(TRL's metric names), the collapse guard, then :func:`finetune_dpo`: read and check every
+record → build the policy (optionally with LoRA) and the reference → evaluate and probe
+before training → train, evaluating and probing every ``train.eval_every`` steps → write
+the final model, test responses, ``metrics.json`` and the plots. docs/preference.md
+describes the reference modes, the metrics and the collapse guard.
 """
 
 from __future__ import annotations
@@ -151,10 +121,8 @@ class DPOTrainConfig(TrainConfig):
             raise FieldError("label_smoothing", f"applies to loss dpo only, not {self.loss}")
         if not math.isfinite(self.simpo_gamma):
             raise FieldError("simpo_gamma", f"must be finite, got {self.simpo_gamma}")
-        for key in ("eval_batch_size",):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise FieldError(key, f"must be >= 1 or none, got {value}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise FieldError("eval_batch_size", f"must be >= 1 or none, got {self.eval_batch_size}")
         if self.collapse_prompts < 0 or self.collapse_max_new_tokens < 1 or self.response_max_new_tokens < 1:
             raise FieldError("collapse_prompts", "collapse_prompts must be >= 0, collapse_max_new_tokens and "
                              "response_max_new_tokens >= 1")
@@ -275,13 +243,11 @@ def precompute_reference_logps(model: nn.Module, dataset: PreferenceDataset, *, 
     """(N, 2) log-probs of every pair's (chosen, rejected) response under ``model`` (eval mode)."""
     out = torch.empty(len(dataset), 2, dtype=torch.float64)
     with _eval_mode(model):
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = collate_preference(items, eot_id=dataset.eot_id, max_length=dataset.max_length).to(rt.device)
+        for batch in _batches(dataset, batch_size, range(len(dataset))):
             with rt.autocast():
-                chosen, rejected = batch_logps(model, batch, reduction)
-            out[start:start + len(items), 0] = chosen.double().cpu()
-            out[start:start + len(items), 1] = rejected.double().cpu()
+                chosen, rejected = batch_logps(model, batch.to(rt.device), reduction)
+            out[batch.indices, 0] = chosen.double().cpu()
+            out[batch.indices, 1] = rejected.double().cpu()
     return out
 
 
@@ -355,7 +321,13 @@ def evaluate(policy: nn.Module, reference: Reference, loss_fn: PreferenceLoss, d
             outs.append(out)
             chosen.append(pc)
             rejected.append(pr)
-    joined = PreferenceLossOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in PreferenceLossOutput._fields))
+    return _metrics(outs, chosen, rejected)
+
+
+def _metrics(outs: Sequence[PreferenceLossOutput], chosen: Sequence[Tensor], rejected: Sequence[Tensor]) -> dict[str, float]:
+    """TRL's metrics of the pairs of several batches (their loss outputs and policy log-probs)."""
+    joined = PreferenceLossOutput(*(torch.cat([getattr(o, f).detach() for o in outs])
+                                    for f in PreferenceLossOutput._fields))
     return preference_metrics(joined, torch.cat(chosen), torch.cat(rejected))
 
 
@@ -411,15 +383,7 @@ def collapsed(probe: dict[str, Any], start: dict[str, Any], rise: float) -> str 
     return None
 
 
-# --------------------------------------------------------------------------- models
-
-
-def build_policy(cfg: DPOConfig) -> nn.Module:
-    """The starting model, with LoRA adapters (only they train) when ``train.trainable`` is lora."""
-    model = cfg.model.build()
-    if cfg.train.trainable == "lora":
-        cfg.lora.apply(model)
-    return model
+# --------------------------------------------------------------------------- plots
 
 
 def _plots(run_dir: Path) -> list[Path]:
@@ -457,7 +421,9 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
 
     tokenizer = get_tokenizer()
     style = cfg.prompt.build()
-    policy = build_policy(cfg)
+    policy = cfg.model.build()
+    if tcfg.trainable == "lora":
+        cfg.lora.apply(policy)  # only the adapters train
     max_length = min(cfg.data.max_length or policy.config.context_length, policy.config.context_length)
     data = {name: PreferenceDataset(splits.get(name), tokenizer, style, max_length, eot_id=tokenizer.eot_id)
             for name in ("train", "val")}
@@ -550,9 +516,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
                     tokens += batch.input_ids.numel()
                 grad_norm, applied = optimizer_step(optimizer, None, policy.parameters(), tcfg.grad_clip)
                 step += 1
-                joined = PreferenceLossOutput(*(torch.cat([getattr(o, f).detach() for o in outs])
-                                                for f in PreferenceLossOutput._fields))
-                metrics = preference_metrics(joined, torch.cat(chosen), torch.cat(rejected))
+                metrics = _metrics(outs, chosen, rejected)
                 if not math.isfinite(metrics["loss"]) or not applied:
                     diverged = True
                     stop_reason = f"non-finite loss or gradient at step {step}"
