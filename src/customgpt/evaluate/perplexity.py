@@ -9,6 +9,7 @@ end-of-text token that closes each response (the prompt's targets are masked, as
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -54,10 +55,7 @@ def summed_loss(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], devi
     try:
         for x, y in batches:
             x, y = x.to(device), y.to(device)
-            if autocast is not None:
-                with autocast():
-                    loss = model_lm_loss(model, x, y, reduction="sum")
-            else:
+            with autocast() if autocast is not None else contextlib.nullcontext():
                 loss = model_lm_loss(model, x, y, reduction="sum")
             total += float(loss)
             count += int((y != IGNORE_INDEX).sum())

@@ -44,31 +44,21 @@ def generate_responses(model, tokenizer, style: PromptStyle, records: Sequence[I
     Returns:
         ``(responses, settings)``; ``settings`` is what the responses file records.
     """
+    from tqdm.auto import tqdm
+
     from customgpt.generate import SamplingParams, generate_batch
 
     stops = tuple(style.stop_strings) if use_stop_strings else ()
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=stops, stop_at_eot=True)
     prompts = [tokenizer.encode(style.format_instruction(r.instruction, r.input), allowed_special="none")
                for r in records]
-    was_training = model.training
-    model.eval()
     responses: list[str] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(prompts), desc="responses", unit="record", dynamic_ncols=True)
-    try:
+    with tqdm(total=len(prompts), desc="responses", unit="record", dynamic_ncols=True, disable=not progress) as bar:
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
+            chunk = prompts[start:start + batch_size]  # generation runs the model in eval mode
             results = generate_batch(model, chunk, params, tokenizer=tokenizer, eot_id=tokenizer.eot_id)
             responses += [clean_response(style, r.text) for r in results]
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
+            bar.update(len(chunk))
     settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "stop_at_eot": True,
                 "stop_strings": list(stops), "prompt_style": style.name}
     return responses, settings
