@@ -87,16 +87,6 @@ class Fields:
 # --------------------------------------------------------------------------- reading
 
 
-def decode_text(data: bytes, path: str | Path) -> str:
-    """UTF-8 text of a file's bytes (a leading BOM dropped), through the package's one strict
-    decoder (:func:`customgpt.io.decode_utf8_strict`).
-
-    Raises:
-        DataError: invalid UTF-8, naming the file and the byte offset.
-    """
-    return decode_utf8_strict(data, str(path)).removeprefix("\ufeff")
-
-
 def parse_records(text: str, source: str | Path) -> list[tuple[int, Any, str]]:
     """The raw records of a JSON list or JSON Lines text as ``(index, value, where)``.
 
@@ -128,17 +118,24 @@ def parse_records(text: str, source: str | Path) -> list[tuple[int, Any, str]]:
     return out
 
 
-def check_objects(raw: list[tuple[int, Any, str]], source: str | Path, keys: Sequence[str], optional: Sequence[str],
-                  build: Callable[[int, dict[str, Any]], R], *, empty_ok: bool = False) -> list[R]:
-    """Validate raw records (from :func:`parse_records`): each must be an object whose ``keys``
+def read_records(path: str | Path, keys: Sequence[str], optional: Sequence[str],
+                 build: Callable[[int, dict[str, Any]], R], *, empty_ok: bool = False) -> list[R]:
+    """Read a JSON list or JSON Lines file (strict UTF-8, a leading BOM dropped; see
+    :func:`parse_records`) and validate its records: each must be an object whose ``keys``
     are strings, all present and non-empty (any string with ``empty_ok``) except the
     ``optional`` ones (absent or any string); ``build(index, value)`` makes the record of
     each good one.
 
     Raises:
-        DataError: naming the file and every bad record by index (the first
-            :data:`MAX_REPORTED` of them, then the count), or no records at all.
+        DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, no records,
+            or naming the file and every bad record by index (the first :data:`MAX_REPORTED`
+            of them, then the count).
     """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    raw = parse_records(decode_utf8_strict(data, str(path)).removeprefix("\ufeff"), path)
     required = [k for k in keys if k not in optional]
     problems: list[str] = []
     records: list[R] = []
@@ -163,44 +160,22 @@ def check_objects(raw: list[tuple[int, Any, str]], source: str | Path, keys: Seq
     if problems:
         shown = problems[:MAX_REPORTED]
         more = f"; ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        raise DataError(f"{source}: {len(problems)} malformed record(s): " + "; ".join(shown) + more)
+        raise DataError(f"{path}: {len(problems)} malformed record(s): " + "; ".join(shown) + more)
     if not records:
-        raise DataError(f"{source}: no records")
+        raise DataError(f"{path}: no records")
     return records
 
 
-def check_records(raw: list[tuple[int, Any, str]], source: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
-    """Validate raw records (:func:`check_objects`): instruction and output non-empty
-    strings, input a string when present.
-
-    Raises:
-        DataError: naming the file and every bad record by index.
-    """
-    return check_objects(raw, source, (fields.instruction, fields.input, fields.output), (fields.input,),
-                         lambda index, value: InstructionRecord(value[fields.instruction], value.get(fields.input, ""),
-                                                                value[fields.output], str(source), index, value))
-
-
-def read_raw_records(path: str | Path) -> list[tuple[int, Any, str]]:
-    """The raw records (:func:`parse_records`) of a JSON list or JSON Lines file.
-
-    Raises:
-        DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse_records(decode_text(data, path), path)
-
-
 def read_instruction_file(path: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
-    """Read and validate a JSON list or JSON Lines file of instruction records.
+    """Read and validate a JSON list or JSON Lines file of instruction records
+    (:func:`read_records`): instruction and output non-empty strings, input a string when present.
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
     """
-    return check_records(read_raw_records(path), path, fields)
+    return read_records(path, (fields.instruction, fields.input, fields.output), (fields.input,),
+                        lambda index, value: InstructionRecord(value[fields.instruction], value.get(fields.input, ""),
+                                                               value[fields.output], str(path), index, value))
 
 
 # --------------------------------------------------------------------------- splits

@@ -37,8 +37,7 @@ from customgpt.data.instruct import (
     MAX_REPORTED,
     InstructionSplits,
     RecordsDataConfig,
-    check_objects,
-    read_raw_records,
+    read_records,
     split_sources,
 )
 from customgpt.errors import ConfigError, DataError
@@ -84,30 +83,18 @@ class PreferenceFields:
     rejected: str = "rejected"
 
 
-def check_preference_records(raw: list[tuple[int, Any, str]], source: str | Path,
-                             fields: PreferenceFields = PreferenceFields()) -> list[PreferenceRecord]:
-    """Validate raw records (from :func:`~customgpt.data.instruct.parse_records`): each must be
-    an object whose instruction, chosen and rejected are non-empty strings and whose input,
-    when present, is a string.
-
-    Raises:
-        DataError: naming the file and every bad record by index (the first
-            :data:`~customgpt.data.instruct.MAX_REPORTED`, then the count).
-    """
-    return check_objects(raw, source, (fields.instruction, fields.chosen, fields.rejected, fields.input),
-                         (fields.input,),
-                         lambda index, value: PreferenceRecord(value[fields.instruction], value.get(fields.input, ""),
-                                                               value[fields.chosen], value[fields.rejected],
-                                                               str(source), index, value))
-
-
 def read_preference_file(path: str | Path, fields: PreferenceFields = PreferenceFields()) -> list[PreferenceRecord]:
-    """Read and validate a JSON list or JSON Lines file of preference records.
+    """Read and validate a JSON list or JSON Lines file of preference records
+    (:func:`~customgpt.data.instruct.read_records`): instruction, chosen and rejected
+    non-empty strings, input a string when present.
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
     """
-    return check_preference_records(read_raw_records(path), path, fields)
+    return read_records(path, (fields.instruction, fields.chosen, fields.rejected, fields.input), (fields.input,),
+                        lambda index, value: PreferenceRecord(value[fields.instruction], value.get(fields.input, ""),
+                                                              value[fields.chosen], value[fields.rejected],
+                                                              str(path), index, value))
 
 
 @dataclass
@@ -280,12 +267,3 @@ def collate_preference(batch: Sequence[tuple[int, PreferenceExample]], *, eot_id
     indices = torch.tensor([i for i, _ in batch], dtype=torch.long)
     ref = reference_logps[indices] if reference_logps is not None else None
     return PreferenceBatch(ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), mask[:, 1:].contiguous(), indices, ref)
-
-
-def collate_fn(dataset: PreferenceDataset):
-    """A ``DataLoader`` collate function for ``dataset`` (its max length, end-of-text id and
-    precomputed reference log-probs)."""
-    def collate(batch: Sequence[tuple[int, PreferenceExample]]) -> PreferenceBatch:
-        return collate_preference(batch, eot_id=dataset.eot_id, max_length=dataset.max_length,
-                                  reference_logps=dataset.reference_logps)
-    return collate

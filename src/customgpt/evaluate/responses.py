@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from customgpt.data.instruct import InstructionRecord, check_objects, read_raw_records
+from customgpt.data.instruct import InstructionRecord, read_records
 from customgpt.errors import CustomGPTError
 from customgpt.io import atomic_write_text
 from customgpt.prompts import PromptStyle, TemplateStyle
@@ -102,4 +102,4 @@ def read_responses(path: str | Path, keys: Sequence[str] = ("output", "model_res
         DataError: unreadable file or JSON, a record that is not an object, lacks a key or
             holds a non-string there (named by index with the file name), no records.
     """
-    return check_objects(read_raw_records(path), path, keys, (), lambda _, value: value, empty_ok=True)
+    return read_records(path, keys, (), lambda _, value: value, empty_ok=True)
