@@ -1,32 +1,10 @@
 """Instruction data: records, splits, tokenized examples and the collate function.
 
-A record is an object with an instruction, an optional input and an output (the Alpaca
-layout of ``instruction-data.json``; the field names are configurable). Files are a JSON
-list of records or JSON Lines (one record per line). Every record is checked before
-training: a record that is not an object, a missing or non-string field, an empty
-instruction or output is reported by its index with the file name, all at once.
-
-Splits (:func:`split_records`):
-
-* ``order``: the reference recipe's split in file order (LLMs-from-scratch, chapter 7):
-  the first ``int(0.85 n)`` records train, the next ``int(0.10 n)`` test, the rest validate
-  (935 / 110 / 55 of the 1,100 records of ``instruction-data.json``);
-* ``random``: the same fractions after a seeded shuffle;
-* explicit files: ``train_file``, ``val_file`` and (optionally) ``test_file``.
-
-An example is ``prompt ids + response ids``: the prompt (the style's instruction text up to
-and including the response marker) and the response are encoded separately, as plain text
-(``<|endoftext|>`` in a record is ordinary characters, never the special id), so the
-response tokens are exactly those the model must produce after the prompt at generation
-time. For the alpaca and phi3 styles, whose prompts end with a newline, this equals encoding
-the whole text at once, as the reference does.
-
-:func:`collate_instructions` builds a batch the way the reference does: append the
-end-of-text id to each example, right-pad with it to the longest, targets are the inputs
-shifted by one, every padding target after the first end-of-text becomes
-:data:`~customgpt.constants.IGNORE_INDEX` (the first stays, so the model learns to stop),
-optionally the targets inside the prompt too (loss on the response only), then truncate to
-``max_length``.
+A record has an instruction, an optional input and an output (the Alpaca layout of
+``instruction-data.json``); files are a JSON list or JSON Lines, every record checked before
+training (:func:`read_records`). The splits (:func:`split_records`) and the collate rule
+(:func:`collate_instructions`) are the reference recipe's (LLMs-from-scratch, chapter 7);
+docs/instruct.md, "Data", describes them.
 """
 
 from __future__ import annotations

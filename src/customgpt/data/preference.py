@@ -1,25 +1,13 @@
 """Preference data: records with a prompt and a chosen and a rejected response, split and tokenized.
 
-A record is an object with an instruction, an optional input, and two responses, the
-preferred ``chosen`` and the dispreferred ``rejected`` (the layout of
-``instruction-data-with-preference.json``; field names configurable). Files are a JSON list
-or JSON Lines, read by :mod:`customgpt.data.instruct`'s reader. Every record is checked
-before training: a record that is not an object, a missing or non-string field, an empty
-instruction, chosen or rejected response is reported by its index with the file name, all
-at once. The splits are instruction tuning's (:func:`~customgpt.data.instruct.split_records`):
-in file order by default, 85% train, 10% test, the rest validation.
-
-The prompt is written by the run's prompt style (:mod:`customgpt.prompts`), exactly as for
-instruction tuning, so the model is tuned on the text it was instruction-tuned on. An
-example is ``prompt ids``, ``chosen ids`` and ``rejected ids``, each encoded as plain text
-(``<|endoftext|>`` in a record is ordinary characters); each response ends with the
-end-of-text id (as TRL's ``DPOTrainer`` appends the EOS token), which is a response token:
-preference tuning then also scores where each response stops.
-
-:func:`collate_preference` stacks the chosen sequences and then the rejected ones into one
-right-padded batch of ``2B`` rows (one forward pass scores both), with next-token targets and
-a **response mask** over the targets: true exactly at the targets that are response tokens
-(prompt and padding excluded).
+A record has an instruction, an optional input, and two responses, the preferred ``chosen``
+and the dispreferred ``rejected`` (the layout of ``instruction-data-with-preference.json``),
+read and checked as instruction records are (:func:`~customgpt.data.instruct.read_records`)
+and split as they are (:func:`~customgpt.data.instruct.split_records`). Each response ends
+with the end-of-text id (as TRL's ``DPOTrainer`` appends the EOS token), so preference
+tuning also scores where it stops. :func:`collate_preference` stacks the chosen and then the
+rejected sequences into one batch of ``2B`` rows with a **response mask** over the targets
+(docs/preference.md describes the data).
 """
 
 from __future__ import annotations
