@@ -30,9 +30,6 @@ class Perplexity:
     perplexity: float
     tokens: int
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens}
-
 
 def perplexity_of(loss_sum: float, tokens: int) -> Perplexity:
     """The :class:`Perplexity` of a summed token loss over ``tokens`` targets (NaN for none)."""

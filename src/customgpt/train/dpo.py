@@ -34,6 +34,7 @@ from customgpt.data.preference import (
     prepare_preference_splits,
 )
 from customgpt.errors import ConfigError
+from customgpt.io import atomic_write_bytes, atomic_write_text
 from customgpt.losses import (
     PREFERENCE_LOSSES,
     DPOLoss,
@@ -58,7 +59,6 @@ from customgpt.train.config import (
     TrainConfig,
     save_config,
 )
-from customgpt.train.files import atomic_write_text
 from customgpt.train.logging import MetricsLogger, Progress, Throughput, line_figure, read_metrics
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
@@ -264,7 +264,7 @@ def attach_reference_logps(model: nn.Module, datasets: dict[str, PreferenceDatas
     """Give each dataset its reference log-probs: read from ``folder/<fingerprint>.safetensors``
     when that exists (same weights, token ids and reduction), else computed with ``model``
     and written there (atomically). Returns the file and whether it was read back."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     key = _fingerprint(model, list(datasets.values()), reduction)
     path = folder / f"{key[:32]}.safetensors"
@@ -279,9 +279,7 @@ def attach_reference_logps(model: nn.Module, datasets: dict[str, PreferenceDatas
         tensors[name] = precompute_reference_logps(model, ds, reduction=reduction, batch_size=batch_size, rt=rt)
         ds.set_reference_logps(tensors[name])
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
-    save_file(tensors, str(tmp), metadata={"fingerprint": key, "reduction": reduction})
-    tmp.replace(path)
+    atomic_write_bytes(path, save(tensors, metadata={"fingerprint": key, "reduction": reduction}))
     return path, False
 
 
