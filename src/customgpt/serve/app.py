@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from customgpt.tokenizer import Tokenizer
 
 EMBEDDING_POOLINGS = ("mean", "last")
+#: ``max_tokens`` of a ``/v1/completions`` request that gives none (OpenAI's default).
+COMPLETION_MAX_TOKENS = 16
 
 
 @dataclass
@@ -64,9 +66,9 @@ class ServerConfig:
 
     Attributes:
         model_name: the id clients name in ``model`` (and ``/v1/models`` lists).
-        max_tokens: the most tokens one request may generate (larger ``max_tokens`` are capped).
-        completion_default_max_tokens: ``max_tokens`` of a ``/v1/completions`` request that
-            gives none (16, as OpenAI's); a chat request without it may use up to ``max_tokens``.
+        max_tokens: the most tokens one request may generate (larger ``max_tokens`` are capped;
+            a chat request without ``max_tokens`` may use them all, a completion request gets
+            :data:`COMPLETION_MAX_TOKENS`).
         prompt_style: the :mod:`customgpt.prompts` style that renders chat messages.
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
         crop_prompt: crop prompts longer than the window from the left instead of refusing them.
@@ -77,7 +79,6 @@ class ServerConfig:
 
     model_name: str
     max_tokens: int = 512
-    completion_default_max_tokens: int = 16
     prompt_style: str | PromptStyle = "plain"
     api_key: str | None = None
     crop_prompt: bool = False
@@ -528,7 +529,7 @@ def create_app(
             raise _bad("suffix is not supported", "suffix")
         if req.stream and req.echo and req.logprobs is not None:
             raise _bad("echo with logprobs is not supported when streaming", "echo")
-        max_tokens = server.requested_max_tokens(req.max_tokens, config.completion_default_max_tokens)
+        max_tokens = server.requested_max_tokens(req.max_tokens, COMPLETION_MAX_TOKENS)
         prompts = server.prompt_ids(req.prompt, max_tokens, "prompt")
         if len(prompts) > 1 and req.stream:
             raise _bad("streaming takes one prompt at a time", "prompt")
