@@ -119,17 +119,12 @@ def _records(args: argparse.Namespace):
 
 
 def _model_and_style(args: argparse.Namespace):
-    from customgpt.checkpoints import load_model, read_metadata
+    from customgpt.checkpoints import load_model
     from customgpt.device import resolve_device
-    from customgpt.prompts import get_prompt_style, prompt_style_from_dict
+    from customgpt.prompts import style_for_model
 
     model = load_model(args.model, device=resolve_device(args.device))
-    if args.prompt_style:
-        style = get_prompt_style(args.prompt_style)
-    else:
-        saved = read_metadata(args.model).get("prompt_style") if Path(args.model).is_dir() else None
-        style = prompt_style_from_dict(saved, f"{args.model}: prompt_style") if saved else get_prompt_style("alpaca")
-    return model.eval(), style
+    return model.eval(), style_for_model(args.prompt_style, args.model, "alpaca")
 
 
 def _beside(path: str, suffix: str) -> Path:
