@@ -34,6 +34,8 @@ from customgpt.data.preference import (
     prepare_preference_splits,
 )
 from customgpt.errors import ConfigError
+from customgpt.evaluate.overlap import rouge_l
+from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 from customgpt.io import atomic_write_bytes, atomic_write_text
 from customgpt.losses import (
     PREFERENCE_LOSSES,
@@ -361,9 +363,6 @@ def collapse_probe(policy: nn.Module, tokenizer, style: PromptStyle, records: Se
                    max_new_tokens: int) -> dict[str, Any]:
     """Greedy responses to ``records`` with their :func:`degeneration` and ROUGE-L F1 (0-1,
     mean) against the chosen responses."""
-    from customgpt.evaluate.overlap import rouge_l
-    from customgpt.evaluate.responses import generate_responses
-
     texts, _ = generate_responses(policy, tokenizer, style, records, max_new_tokens=max_new_tokens,
                                   batch_size=len(records), progress=False)
     out: dict[str, Any] = degeneration(texts)
@@ -573,7 +572,6 @@ def write_test_responses(run_dir: Path, cfg: DPOConfig, style: PromptStyle, toke
     task writes them (each record plus ``model_response``; ``output`` is the chosen response
     when the record has none), so ``customgpt eval rouge`` and ``eval judge`` read it."""
     from customgpt.checkpoints import load_model
-    from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 
     model = load_model(run_dir / "model", device=rt.device, dtype="float32").eval()
     texts, settings = generate_responses(model, tokenizer, style, records,
