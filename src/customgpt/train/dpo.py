@@ -11,7 +11,6 @@ describes the reference modes, the metrics and the collapse guard.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -35,6 +34,7 @@ from customgpt.data.preference import (
 )
 from customgpt.errors import ConfigError
 from customgpt.evaluate.overlap import rouge_l
+from customgpt.evaluate.perplexity import eval_mode
 from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 from customgpt.io import atomic_write_bytes, atomic_write_text
 from customgpt.losses import (
@@ -181,16 +181,6 @@ def batch_logps(model: nn.Module, batch: PreferenceBatch, reduction: str) -> tup
     return logps[: batch.n_pairs], logps[batch.n_pairs:]
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
-
-
 class Reference:
     """The reference log-probs of a batch in one of the three modes (see the module docstring).
 
@@ -219,7 +209,7 @@ class Reference:
         if self.mode == "adapters":
             from customgpt.lora import disable_adapters
 
-            with disable_adapters(self.policy), _eval_mode(self.policy), rt.autocast():
+            with disable_adapters(self.policy), eval_mode(self.policy), rt.autocast():
                 return batch_logps(self.policy, batch, self.reduction)
         assert self.model is not None
         with rt.autocast():
@@ -244,7 +234,7 @@ def precompute_reference_logps(model: nn.Module, dataset: PreferenceDataset, *, 
                                rt: Runtime) -> Tensor:
     """(N, 2) log-probs of every pair's (chosen, rejected) response under ``model`` (eval mode)."""
     out = torch.empty(len(dataset), 2, dtype=torch.float64)
-    with _eval_mode(model):
+    with eval_mode(model):
         for batch in _batches(dataset, batch_size, range(len(dataset))):
             with rt.autocast():
                 chosen, rejected = batch_logps(model, batch.to(rt.device), reduction)
@@ -313,7 +303,7 @@ def evaluate(policy: nn.Module, reference: Reference, loss_fn: PreferenceLoss, d
     """TRL's metrics over the first ``max_batches`` batches of ``dataset`` (all when None),
     averaged over pairs (eval mode)."""
     outs, chosen, rejected = [], [], []
-    with _eval_mode(policy):
+    with eval_mode(policy):
         for i, batch in enumerate(_batches(dataset, batch_size, range(len(dataset)))):
             if max_batches is not None and i >= max_batches:
                 break
