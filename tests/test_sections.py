@@ -10,7 +10,7 @@ from typing import Literal
 import pytest
 
 from customgpt.errors import ConfigError
-from customgpt.sections import FieldError, Section, check_finite, to_dict
+from customgpt.sections import FieldError, Section, to_dict
 from customgpt.train.config import LoggingConfig, ModelSection, OptimConfig, RuntimeConfig, TrainConfig
 
 
@@ -39,14 +39,12 @@ def test_field_error_is_a_config_error_with_key_and_reason():
     assert (err.key, err.reason, str(err)) == ("train.lr", "must be > 0", "train.lr: must be > 0")
 
 
-def test_check_finite_names_the_key_and_the_index():
-    check_finite("lr", 1e-3)
-    check_finite("betas", (0.9, 0.95))
-    check_finite("name", "nan")  # only floats are checked
-    with pytest.raises(FieldError, match=r"^lr: must be a finite number, got nan$"):
-        check_finite("lr", math.nan)
+def test_non_finite_floats_are_refused_by_key_and_index():
+    assert Outer(betas=(0.9, 0.95)).betas == (0.9, 0.95)
+    with pytest.raises(FieldError, match=r"^ratio: must be a finite number, got nan$"):
+        Inner(ratio=math.nan)
     with pytest.raises(FieldError, match=r"^betas\[1\]: must be a finite number, got -inf$"):
-        check_finite("betas", [0.9, -math.inf])
+        Outer(betas=(0.9, -math.inf))
 
 
 def test_literal_choices_finite_floats_and_validate_run_on_construction():

@@ -8,16 +8,11 @@ keep the GPT-2 vocabulary and are sized for demos and tests on a laptop CPU.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from customgpt.constants import GPT2_VOCAB_SIZE
 from customgpt.errors import ConfigError
-
-#: Accepted values of :attr:`GPTConfig.impl`.
-IMPLS = ("fast", "explicit")
 
 
 @dataclass
@@ -73,8 +68,8 @@ class GPTConfig:
         for key in ("bias", "tie_embeddings"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
-        if self.impl not in IMPLS:
-            raise ConfigError(f"model.impl must be one of {', '.join(IMPLS)}, got {self.impl!r}")
+        if self.impl not in ("fast", "explicit"):
+            raise ConfigError(f"model.impl must be one of fast, explicit, got {self.impl!r}")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -123,18 +118,6 @@ class GPTConfig:
 
     def replace(self, **changes: Any) -> GPTConfig:
         return dataclasses.replace(self, **changes)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> GPTConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read model config {path}: {exc}") from exc
-        return cls.from_dict(data, where=str(path))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> GPTConfig:

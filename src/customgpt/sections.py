@@ -1,12 +1,8 @@
-"""Config sections: plain dataclasses that check themselves when constructed.
+"""Config sections: dataclasses that check themselves when constructed.
 
-A section is an ``@dataclass`` deriving from :class:`Section`. Each field is documented by
-a string literal right after it (an attribute docstring: the command's ``--help`` shows it).
-On construction every float field must be finite, a ``Literal`` field one of its choices, and the section's :meth:`Section.validate`
-runs its own range checks, raising :class:`FieldError` (the field, the reason); the config
-loader (:mod:`customgpt.train.config`) adds the section path and where the value was set.
-Types are converted by the loader (jsonargparse), not here.
-
+Each field is documented by a string literal right after it (an attribute docstring: the
+command's ``--help`` shows it). The config loader (:mod:`customgpt.train.config`) converts
+the types and adds the section path and where a bad value was set to a :class:`FieldError`.
 This module sits in the core so that both ``data/`` and ``train/`` can define sections.
 """
 
@@ -30,15 +26,6 @@ class FieldError(ConfigError):
         self.reason = reason
 
 
-def check_finite(key: str, value: Any) -> None:
-    """Raise :class:`FieldError` if ``value`` (a float, or a list/tuple of them) is nan or infinite."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    for i, v in enumerate(values):
-        if isinstance(v, float) and not math.isfinite(v):
-            name = key if values is not value else f"{key}[{i}]"
-            raise FieldError(name, f"must be a finite number, got {v!r}")
-
-
 _hints = functools.cache(typing.get_type_hints)
 
 
@@ -55,16 +42,19 @@ def _choices(tp: Any) -> tuple[Any, ...] | None:
 
 @dataclasses.dataclass
 class Section:
-    """Base class of config dataclasses: checked on construction.
-
-    Subclasses may override :meth:`validate` for range and cross-field checks.
+    """Base class of config dataclasses. On construction every float field must be finite and
+    a ``Literal`` field one of its choices; then :meth:`validate` runs the subclass's own checks.
     """
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            check_finite(f.name, value)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for i, v in enumerate(values):
+                if isinstance(v, float) and not math.isfinite(v):
+                    key = f.name if values is not value else f"{f.name}[{i}]"
+                    raise FieldError(key, f"must be a finite number, got {v!r}")
             choices = _choices(hints[f.name])
             if choices is not None and value not in choices:
                 raise FieldError(f.name, "expected one of " + ", ".join(repr(c) for c in choices if c is not None)
@@ -86,4 +76,4 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["FieldError", "Section", "check_finite", "to_dict"]
+__all__ = ["FieldError", "Section", "to_dict"]

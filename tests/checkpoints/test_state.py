@@ -137,7 +137,7 @@ def _tensors(model) -> dict[str, torch.Tensor]:
 def _write_folder(folder: Path, tensors: dict[str, torch.Tensor], config: GPTConfig) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     ckpt.save_weights(tensors, folder / "model.safetensors")
-    config.save(folder / "config.json")
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
     return folder
 
 

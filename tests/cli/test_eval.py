@@ -56,7 +56,7 @@ def test_rouge_names_malformed_records(tmp_path, capsys):
     path.write_text(json.dumps([ROWS[0], {"output": "x"}, "text"]))
     assert main(["eval", "rouge", "--responses", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: {path}: 2 malformed record(s): record 1: missing 'model_response'; "
+    assert err == (f"error: {path}: 2 malformed record(s): record 1: missing 'model_response' (keys: 'output'); "
                    "record 2: expected an object, got str\n")
     assert "Traceback" not in err
 

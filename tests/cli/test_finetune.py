@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 
@@ -27,6 +28,16 @@ def test_help_lists_every_key(task, capsys):
         if not dataclasses.is_dataclass(tp):
             assert f"--{key} " in text, key
     assert re.search(r"--train\.lr LR .*\(type: float, default: [0-9.e-]+\)", text)
+
+
+def test_overrides_reach_the_task_beside_its_options():
+    from customgpt.cli.finetune import build_parser
+
+    parser = argparse.ArgumentParser()
+    build_parser(parser)
+    args = parser.parse_args(["dpo", "--train.lr", "1e-5", "--print-config", "--train.loss=ipo"])
+    assert args.task == "dpo" and args.config == "dpo-small" and args.print_config
+    assert args.overrides == ["--train.lr", "1e-5", "--train.loss=ipo"]
 
 
 def test_classify_offline_advice_names_a_flag_that_works(monkeypatch, tmp_path, capsys, shared_datasets):

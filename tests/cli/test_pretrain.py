@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 
@@ -23,6 +24,18 @@ def test_help_lists_every_key_with_type_default_and_description(capsys):
             assert f"--{key} " in text, key
     assert "--train.lr LR Peak learning rate (after warmup); at most 10. (type: float, default: 0.0004)" in text
     assert "--runtime.compile {true,false} torch.compile the model. (type: bool, default: False)" in text
+
+
+def test_overrides_mix_with_the_commands_own_options():
+    from customgpt.cli.pretrain import build_parser
+
+    parser = argparse.ArgumentParser()
+    build_parser(parser)
+    args = parser.parse_args(["--config", "x.yaml", "--train.lr", "3e-4", "--resume",
+                              "--optim.betas=0.9,0.95", "--train.max-steps", "5", "--train.seed", "-1"])
+    assert args.config == "x.yaml" and args.resume is True and not args.print_config
+    assert args.overrides == ["--train.lr", "3e-4", "--optim.betas=0.9,0.95", "--train.max-steps", "5",
+                              "--train.seed", "-1"]
 
 
 def test_print_config_of_a_packaged_preset(capsys):

@@ -19,10 +19,10 @@ from customgpt.data.classification import (
     length_bucketed_batches,
     prepare_splits,
     read_labelled_file,
+    read_records,
     read_sms_spam,
     reference_split,
     resolve_labels,
-    split_tsv_like_pandas,
     stratified_split,
 )
 from customgpt.errors import ConfigError, DataError
@@ -82,14 +82,17 @@ def test_reference_split_depends_on_the_seed(spam_rows):
     ],
 )
 def test_pandas_tokenizer_rules(text, expected, lines):
-    records = split_tsv_like_pandas(text)
+    records = read_records(text, "x", "\t")
     assert [fields for _, fields in records] == expected
     assert [line for line, _ in records] == lines
 
 
-def test_unclosed_quote_is_an_error():
-    with pytest.raises(DataError, match="line 2: a quoted field is never closed"):
-        split_tsv_like_pandas('ham\tok\nspam\t"never closed\n')
+def test_unclosed_quote_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="^x: line 2: a quoted field is never closed$"):
+        read_records('ham\tok\nspam\t"never closed\n', "x", "\t")
+    path = _write(tmp_path, "open.csv", 'text,label\nhi,a\n"runs to the end,b\nbye,a\n')
+    with pytest.raises(DataError, match=rf"^{path}: line 3: a quoted field is never closed$"):
+        read_labelled_file(path)
 
 
 def test_spam_file_with_bad_rows_names_lines(tmp_path):

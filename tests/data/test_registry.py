@@ -57,14 +57,14 @@ def test_registry_matches_shared_checksums(shared_datasets):
         digest, filename = line.split()
         sums[filename] = digest
     assert set(registry.DATASETS) == {"sms-spam", "instruction-data", "instruction-data-with-preference", "the-verdict"}
-    for info in registry.list_datasets():
+    for info in registry.DATASETS.values():
         assert sums[info.filename] == info.sha256
         assert (shared_datasets / info.filename).stat().st_size == info.size
         assert info.url.startswith("https://") and info.licence
 
 
 def test_fetch_from_mirror_argument_and_env(shared_datasets, monkeypatch, tmp_path):
-    for info in registry.list_datasets():
+    for info in registry.DATASETS.values():
         path = registry.fetch(info.name, data_dir=shared_datasets, progress=False)
         assert path == shared_datasets / info.filename
     monkeypatch.setenv(registry.DATA_DIR_ENV, str(shared_datasets))

@@ -139,6 +139,18 @@ def test_print_config(capsys):
     assert "classifier.pooling" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("options, expected", [
+    (["--classifier.class_weights", "nan,1.0"], "classifier.class_weights: must be a finite number"),
+    (["--classifier.class_weights", "0,1.0"], "classifier.class_weights: must all be > 0, got [0.0, 1.0]"),
+    (["--classifier.loss", "focal", "--classifier.label_smoothing", "0.1"],
+     "classifier.label_smoothing: applies to loss: cross_entropy only"),
+    (["--classifier.ema_decay", "1"], "classifier.ema_decay: must be in [0, 1), got 1.0"),
+])
+def test_classifier_section_errors_name_the_key(options, expected, capsys):
+    assert main(["finetune", "classify", "--print-config", *options]) == 2
+    assert expected in capsys.readouterr().err
+
+
 def test_spam_124m_preset_from_a_hugging_face_folder(tmp_path, shared_datasets):
     """The original project's recipe (pretrained weights, last block + final LayerNorm + head
     trainable) on a tiny random Hugging Face GPT-2 folder standing in for the 124M weights."""

@@ -17,7 +17,6 @@ from customgpt.train.config import (
     parse_overrides,
     resolve_config_path,
     save_config,
-    split_override_args,
 )
 from customgpt.train.pretrain import PretrainConfig
 
@@ -147,12 +146,10 @@ def test_saved_config_round_trips(tmp_path):
     assert load_config(PretrainConfig, tmp_path / "config.yaml") == cfg
 
 
-def test_command_line_split_and_parse():
-    own, overrides = split_override_args(
-        ["--config", "x.yaml", "--train.lr", "3e-4", "--resume", "--optim.betas=0.9,0.95", "--train.max-steps", "5"]
-    )
-    assert own == ["--config", "x.yaml", "--resume"]
-    assert parse_overrides(overrides) == [("train.lr", "3e-4"), ("optim.betas", "0.9,0.95"), ("train.max_steps", "5")]
+def test_override_tokens_parse():
+    tokens = ["--train.lr", "3e-4", "--optim.betas=0.9,0.95", "--train.max-steps", "5"]
+    pairs = [("train.lr", "3e-4"), ("optim.betas", "0.9,0.95"), ("train.max_steps", "5")]
+    assert parse_overrides(tokens) == pairs
     with pytest.raises(ConfigError, match="unexpected argument"):
         parse_overrides(["stray"])
 

@@ -170,13 +170,13 @@ def test_degeneration_by_hand():
 
 def test_config_checks():
     with pytest.raises(ConfigError, match="adapters needs LoRA"):
-        load_config(DPOConfig, None, [("train.reference", "adapters")])
+        load_config(DPOConfig, None, ["--train.reference", "adapters"])
     with pytest.raises(ConfigError, match="label_smoothing"):
-        load_config(DPOConfig, None, [("train.loss", "ipo"), ("train.label_smoothing", 0.1)])
+        load_config(DPOConfig, None, ["--train.loss", "ipo", "--train.label_smoothing", "0.1"])
     cfg = load_config(DPOConfig, "dpo-355m")
     assert (cfg.train.build_loss().beta, cfg.train.lr, cfg.optim.weight_decay, cfg.train.batch_size, cfg.train.epochs,
             cfg.train.reduction) == (0.1, 5e-6, 0.01, 8, 1, "mean")
-    loss = load_config(DPOConfig, "dpo-small", [("train.loss", "simpo")]).train.build_loss()
+    loss = load_config(DPOConfig, "dpo-small", ["--train.loss", "simpo"]).train.build_loss()
     assert (type(loss).__name__, loss.beta, loss.gamma) == ("SimPOLoss", 2.0, 1.0)
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 
+from customgpt.cli._common import add_device_argument
+
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     parser.add_argument("--model", "-m", required=True, help="a classifier folder (a run's best/)")
     parser.add_argument("--file", "-f", help="classify every non-empty line of this UTF-8 file ('-': stdin)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+    add_device_argument(parser, default="cpu")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,12 +13,10 @@ import argparse
 def _add_locations(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
-        default=None,
         help="mirror folder holding the dataset files (default: $CUSTOMGPT_DATA_DIR)",
     )
     parser.add_argument(
         "--cache-dir",
-        default=None,
         help="download folder (default: $CUSTOMGPT_CACHE_DIR/datasets, else ~/.cache/customgpt/datasets)",
     )
 
@@ -45,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         rows = [("name", "size", "licence", "local copy", "file")]
-        for info in registry.list_datasets():
+        for info in registry.DATASETS.values():
             status = registry.local_status(info.name, args.data_dir, args.cache_dir)
             rows.append((info.name, _human(info.size), info.licence, status, info.filename))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -111,23 +111,20 @@ def _records(args: argparse.Namespace):
     if len(keys) != 3 or not all(keys) or len(set(keys)) != 3:
         raise CustomGPTError(f"--fields needs three different keys (instruction,input,output), got {args.fields!r}")
     records = read_instruction_file(resolve_source(args.data, args.data_dir), Fields(*keys))
-    if args.split == "all":
-        return records
-    return split_records(records, method=args.split_method, seed=args.seed).get(args.split)
+    if args.split != "all":
+        records = split_records(records, method=args.split_method, seed=args.seed).get(args.split)
+    if not records:
+        raise CustomGPTError(f"the {args.split} split of {args.data} has no records")
+    return records
 
 
 def _model_and_style(args: argparse.Namespace):
-    from customgpt.checkpoints import load_model, read_metadata
+    from customgpt.checkpoints import load_model
     from customgpt.device import resolve_device
-    from customgpt.prompts import get_prompt_style, prompt_style_from_dict
+    from customgpt.prompts import style_for_model
 
     model = load_model(args.model, device=resolve_device(args.device))
-    if args.prompt_style:
-        style = get_prompt_style(args.prompt_style)
-    else:
-        saved = read_metadata(args.model).get("prompt_style") if Path(args.model).is_dir() else None
-        style = prompt_style_from_dict(saved, f"{args.model}: prompt_style") if saved else get_prompt_style("alpaca")
-    return model.eval(), style
+    return model.eval(), style_for_model(args.prompt_style, args.model, "alpaca")
 
 
 def _beside(path: str, suffix: str) -> Path:
@@ -158,8 +155,6 @@ def _responses(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:  # before any work
         raise CustomGPTError(f"{out} exists; pass --force to replace it, or choose another --out")
     records = _records(args)[: args.limit]
-    if not records:
-        raise CustomGPTError(f"the {args.split} split of {args.data} has no records")
     model, style = _model_and_style(args)
     responses, settings = generate_responses(model, get_tokenizer(), style, records,
                                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -193,8 +188,6 @@ def _perplexity(args: argparse.Namespace) -> int:
         what = f"tokens of {args.text}"
     else:
         records = _records(args)
-        if not records:
-            raise CustomGPTError(f"the {args.split} split of {args.data} has no records")
         dataset = InstructionDataset(records, tokenizer, style, args.max_length or context)
         result = response_perplexity(model, dataset, batch_size=args.batch_size)
         what = f"response tokens of {len(records)} records ({args.split}, prompt style {style.name})"

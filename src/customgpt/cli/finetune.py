@@ -11,7 +11,6 @@ more objectives (instruction tuning, preference tuning) are added as rows, not b
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 
 #: task -> (module, config schema, training function, default config, one-line help)
@@ -32,17 +31,12 @@ TASKS: dict[str, tuple[str, str, str, str, str]] = {
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    from customgpt.train.config import accept_override_args, add_config_arguments
+    from customgpt.train.config import add_config_arguments
 
     sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     for name, (module, schema, _, default, help_) in TASKS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        add_config_arguments(p, functools.partial(_schema, module, schema), default_config=default)
-    accept_override_args(parser)  # argparse would reject the dotted overrides: taken out first
-
-
-def _schema(module: str, name: str) -> type:
-    return getattr(importlib.import_module(module), name)
+        add_config_arguments(p, f"{module}:{schema}", default_config=default)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,18 +11,11 @@ from __future__ import annotations
 
 import argparse
 
-from customgpt.train.config import accept_override_args, add_config_arguments
-
-
-def _schema() -> type:
-    from customgpt.train.pretrain import PretrainConfig
-
-    return PretrainConfig
+from customgpt.train.config import add_config_arguments
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, _schema)
-    accept_override_args(parser)
+    add_config_arguments(parser, "customgpt.train.pretrain:PretrainConfig")
     parser.add_argument(
         "--resume", nargs="?", const=True, default=None, metavar="PATH",
         help="continue the run in logging.out_dir from checkpoints/last, or from the checkpoint "

@@ -35,7 +35,8 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         from customgpt.errors import CustomGPTError
 
-        raise CustomGPTError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise CustomGPTError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                             "(choose another --port or --host)") from None
     return sock
 
 

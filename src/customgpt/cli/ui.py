@@ -37,26 +37,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
 
 
-def _check_can_listen(host: str, port: int) -> None:
-    """Fail now, in one line, if the address is taken or invalid (not after loading the models)."""
-    import socket
-
-    from customgpt.errors import CustomGPTError
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
-            sock.bind(infos[0][4])
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise CustomGPTError(f"cannot listen on {host}:{port}: {reason} (choose another --port or --host)") from None
-
-
 def run(args: argparse.Namespace) -> int:
     import importlib.util
     import tempfile
 
+    from customgpt.cli.serve import listen
     from customgpt.errors import ConfigError
     from customgpt.ui.config import (
         APP_FILE,
@@ -71,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                        prompt_style=args.prompt_style, device=args.device).check()
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
-    _check_can_listen(args.host, args.port)
+    listen(args.host, args.port).close()  # fail now, in one line, if the address is taken (not after loading)
     # Only look for Chainlit here: importing it reads (and writes) its app folder.
     if importlib.util.find_spec("chainlit") is None:
         raise ConfigError("the web app needs Chainlit: pip install -e '.[ui]' from the repository root (the ui extra)")

@@ -1,21 +1,10 @@
 """Labelled text for classification: reading, validating, splitting, tokenizing, batching.
 
-Two sources:
-
-* the **SMS Spam Collection** (registry name ``sms-spam``), read exactly as the reference
-  literature reads it (``pandas.read_csv(path, sep="\\t", header=None)``: 5,572 rows from
-  5,574 lines, because a field that starts with a quote runs to its closing quote, across
-  line ends), and split the reference way (:func:`reference_split`). This pandas-compatible
-  reading is confined to that one file, to reproduce the reference split;
-* any **CSV / TSV / JSONL** file with a text column and a label column (names configurable),
-  any number of classes. A TSV is read literally: one line is one row, split at tabs, and a
-  double quote is an ordinary character. A CSV follows RFC 4180 quoting (fields of any size).
-  Every row is validated before any training starts; the error names the file and the line
-  number of every bad row (up to a limit).
-
-Batches are right-padded: the causal mask already keeps pad positions out of every real
-token's computation, so the classifier pools the last real token (or the mean over real
-tokens) using the attention mask, and the pad id never matters.
+Two sources: the SMS Spam Collection (``sms-spam``), read as pandas reads it and split the
+reference way (:func:`reference_split`), and any CSV / TSV / JSONL file with a text column and
+a label column (:func:`read_labelled_file`), every row validated before training starts.
+Batches are right-padded; pooling reads the attention mask. docs/classification.md gives the
+reading rules, the splits and the error messages.
 """
 
 from __future__ import annotations
@@ -25,8 +14,7 @@ import io
 import json
 import sys
 import zipfile
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,13 +25,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID
+from customgpt.data.registry import fetch
 from customgpt.errors import ConfigError, DataError
 
 #: Most bad rows listed in one error message (the total is always given).
 MAX_REPORTED_ERRORS = 20
 #: The SMS Spam Collection's class names, in class-id order (ham = 0, spam = 1).
 SPAM_LABELS = ("ham", "spam")
-FORMATS = ("csv", "tsv", "jsonl")
+#: The file format of each extension (``data.format: auto``).
+SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 @dataclass(frozen=True)
@@ -87,7 +77,7 @@ class _Problems:
         raise DataError(f"{self.path}: {len(self.items)} bad row(s): " + "; ".join(shown) + tail)
 
 
-# --------------------------------------------------------------------------- decoding
+# --------------------------------------------------------------------------- decoding and records
 
 
 def decode_utf8(data: bytes, source: str | Path) -> str:
@@ -105,25 +95,23 @@ def decode_utf8(data: bytes, source: str | Path) -> str:
         raise  # unreachable: some line failed to decode
 
 
-# --------------------------------------------------------------------------- SMS Spam Collection
+def read_records(text: str, source: str | Path, delimiter: str = ",") -> list[tuple[int, list[str]]]:
+    """``(first line number, fields)`` of each record of delimited ``text``; blank lines are skipped.
 
+    The csv module's rules (not strict), which are RFC 4180's and, with ``delimiter="\\t"``,
+    those of pandas' default C parser (``read_csv(sep="\\t")``): a field that *starts* with a
+    quote runs to the closing quote, across delimiters and line ends, ``""`` inside it is one
+    quote, and characters after the closing quote up to the next delimiter or line end are
+    appended; a quote elsewhere is an ordinary character. Fields may be of any size.
 
-def split_tsv_like_pandas(text: str) -> list[tuple[int, list[str]]]:
-    """Split tab-separated text into records exactly as pandas' default C parser does.
-
-    Returns ``(first line number, fields)`` per record. Rules (pandas ``read_csv`` with
-    ``sep="\\t"``, ``quotechar='"'``, ``doublequote=True``): a field that *starts* with a
-    quote is quoted: it runs to the closing quote, across tabs and line ends, ``""`` inside it
-    is one quote, and characters after the closing quote up to the next tab or line end are
-    appended; a quote elsewhere is an ordinary character; blank lines are skipped.
+    Raises:
+        DataError: a quoted field is never closed (naming ``source`` and the line).
     """
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    # Python's csv module (not strict) follows the same rules. A sentinel line at the end shows
-    # whether the last quote was closed: an open quote swallows it into its field.
+    # A sentinel line at the end shows whether the last quote was closed: an open quote swallows it.
     end = "\x00end"
     limit = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a field of any size
     try:
-        reader = csv.reader(io.StringIO(text + "\n" + end), delimiter="\t")
+        reader = csv.reader(io.StringIO(text + "\n" + end, newline=""), delimiter=delimiter)
         records, first = [], 1
         for fields in reader:
             if fields:  # a blank line is []
@@ -133,8 +121,11 @@ def split_tsv_like_pandas(text: str) -> list[tuple[int, list[str]]]:
         csv.field_size_limit(limit)
     last_line, last = records.pop()
     if last != [end]:
-        raise DataError(f"line {last_line}: a quoted field is never closed")
+        raise DataError(f"{source}: line {last_line}: a quoted field is never closed")
     return records
+
+
+# --------------------------------------------------------------------------- SMS Spam Collection
 
 
 def read_sms_spam(path: str | Path) -> list[LabelledText]:
@@ -154,11 +145,7 @@ def read_sms_spam(path: str | Path) -> list[LabelledText]:
     else:
         data = path.read_bytes()
         source = str(path)
-    text = decode_utf8(data, source)
-    try:
-        records = split_tsv_like_pandas(text)
-    except DataError as exc:
-        raise DataError(f"{source}: {exc}") from None
+    records = read_records(decode_utf8(data, source), source, "\t")
     problems = _Problems(source)
     rows = []
     for line, fields in records:
@@ -176,18 +163,9 @@ def read_sms_spam(path: str | Path) -> list[LabelledText]:
     return rows
 
 
-def reference_split(
-    rows: Sequence[LabelledText],
-    *,
-    seed: int = 123,
-    train_fraction: float = 0.7,
-    val_fraction: float = 0.1,
-    balance: bool = True,
-    majority: str = "ham",
-    minority: str = "spam",
-) -> Splits:
-    """The reference spam split: undersample ``majority`` to the size of ``minority``, shuffle,
-    then 70% / 10% / rest (on the spam data: 1,045 / 149 / 300).
+def reference_split(rows: Sequence[LabelledText], *, seed: int = 123) -> Splits:
+    """The reference spam split: undersample ham to the size of spam, shuffle, then 70% / 10% /
+    rest (on the spam data: 1,045 / 149 / 300).
 
     Reproduces, without pandas, exactly the rows and order of::
 
@@ -198,18 +176,14 @@ def reference_split(
     which is ``RandomState(s).permutation(len)[:n]``; numpy's legacy ``RandomState`` is kept
     bit-for-bit stable by numpy for exactly this kind of reproducibility.
     """
-    major = [r for r in rows if r.label == majority]
-    minor = [r for r in rows if r.label == minority]
-    if balance:
-        if len(major) < len(minor):
-            raise DataError(f"cannot undersample {majority!r} ({len(major)} rows) to {len(minor)} rows")
-        pick = np.random.RandomState(seed).permutation(len(major))[: len(minor)]
-        major = [major[i] for i in pick]
-    combined = major + minor
+    ham = [r for r in rows if r.label == "ham"]
+    spam = [r for r in rows if r.label == "spam"]  # the registry's checksum fixes the counts: 4,825 and 747
+    pick = np.random.RandomState(seed).permutation(len(ham))[: len(spam)]
+    combined = [ham[i] for i in pick] + spam
     order = np.random.RandomState(seed).permutation(len(combined))
     shuffled = [combined[i] for i in order]
-    train_end = int(len(shuffled) * train_fraction)
-    val_end = train_end + int(len(shuffled) * val_fraction)
+    train_end = int(len(shuffled) * 0.7)
+    val_end = train_end + int(len(shuffled) * 0.1)
     return Splits(shuffled[:train_end], shuffled[train_end:val_end], shuffled[val_end:])
 
 
@@ -242,38 +216,30 @@ def stratified_split(
 # --------------------------------------------------------------------------- CSV / TSV / JSONL
 
 
-def detect_format(path: str | Path, fmt: str | None = None) -> str:
-    """``csv``, ``tsv`` or ``jsonl``: ``fmt`` if given, else from the file extension."""
-    if fmt not in (None, "auto"):
-        if fmt not in FORMATS:
-            raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
-        return fmt
-    suffix = Path(path).suffix.lower()
-    guess = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffix)
-    if guess is None:
-        raise DataError(f"{path}: cannot tell the format from the extension {suffix!r}; set data.format (csv, tsv, jsonl)")
-    return guess
-
-
 def read_labelled_file(
     path: str | Path,
     *,
     text_column: str = "text",
     label_column: str = "label",
     labels: Sequence[str] | None = None,
-    fmt: str | None = None,
+    fmt: Literal["auto", "csv", "tsv", "jsonl"] | None = None,
 ) -> list[LabelledText]:
     """Read and validate a CSV/TSV (with a header row) or JSONL file of labelled texts.
 
-    A TSV is read literally: one line is one row, split at tabs (no quote processing). A CSV
-    follows RFC 4180 quoting; its fields may be of any size. Every problem is collected first:
-    non-UTF-8 bytes, a missing column, an empty text or label, a label not in ``labels``
-    (when declared), a malformed row, JSONL labels that mix integers and strings. One
-    DataError then names the file and the line of each bad row. A header that names a column
-    twice, or ``text_column`` equal to ``label_column``, is a DataError too.
+    ``fmt`` None or ``auto``: from the extension (:data:`SUFFIX_FORMATS`). A TSV is read
+    literally: one line is one row, split at tabs (no quote processing); a CSV by
+    :func:`read_records`. Every problem is collected first: non-UTF-8 bytes, a missing column,
+    an empty text or label, a label not in ``labels`` (when declared), a malformed row, JSONL
+    labels that mix integers and strings. One DataError then names the file and the line of
+    each bad row. A header that names a column twice, or ``text_column`` equal to
+    ``label_column``, is a DataError too.
     """
     path = Path(path)
-    fmt = detect_format(path, fmt)
+    if fmt in (None, "auto"):
+        fmt = SUFFIX_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise DataError(f"{path}: cannot tell the format from the extension {path.suffix.lower()!r}; "
+                            "set data.format (csv, tsv, jsonl)")
     if text_column == label_column:
         raise DataError(f"{path}: the text column and the label column are both {text_column!r}; "
                         "set data.text_column and data.label_column to two different columns")
@@ -329,13 +295,13 @@ def read_labelled_file(
                             f"strings (first on line {label_types[str]}); write every label the same way")
     else:
         tsv = ((n, raw.removesuffix("\r").split("\t")) for n, raw in enumerate(text.split("\n"), start=1))
-        records = iter(tsv if fmt == "tsv" else _csv_records(text, problems))  # a TSV: no quoting
-        header_line, header = next(records, (1, []))
+        records = iter(tsv if fmt == "tsv" else read_records(text, path))  # a TSV: no quoting
+        _, header = next(records, (1, []))
         _check_header(path, header, text_column, label_column)
         t_idx, l_idx = header.index(text_column), header.index(label_column)
         for line, record in records:
-            if not record or record == [""]:
-                continue  # a blank line
+            if record == [""]:
+                continue  # a blank TSV line
             if len(record) != len(header):
                 problems.add(line, f"expected {len(header)} fields, got {len(record)}")
                 continue
@@ -344,25 +310,6 @@ def read_labelled_file(
         raise DataError(f"{path}: no rows after the header" if fmt != "jsonl" else f"{path}: the file is empty")
     problems.raise_if_any()
     return rows
-
-
-def _csv_records(text: str, problems: _Problems) -> list[tuple[int, list[str]]]:
-    """(first line number, fields) of each CSV record (quoted fields may span lines and be of
-    any size: the csv module's 128 KiB field limit is lifted while reading)."""
-    limit = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    records: list[tuple[int, list[str], int]] = []  # (first line, fields, last line)
-    try:
-        reader = csv.reader(io.StringIO(text, newline=""))
-        for record in reader:
-            records.append((records[-1][2] + 1 if records else 1, record, reader.line_num))
-    except csv.Error as exc:
-        start = records[-1][2] + 1 if records else 1
-        if start == 1:
-            raise DataError(f"{problems.path}: line 1: {exc}") from None
-        problems.add(start, str(exc))
-    finally:
-        csv.field_size_limit(limit)
-    return [(line, fields) for line, fields, _ in records]
 
 
 def _check_header(path: Path, header: list[str], text_column: str, label_column: str) -> None:
@@ -398,11 +345,6 @@ def resolve_labels(splits: Splits, declared: Sequence[str] | None) -> list[str]:
     return names
 
 
-def class_counts(rows: Iterable[LabelledText], labels: Sequence[str]) -> list[int]:
-    counts = Counter(r.label for r in rows)
-    return [counts.get(name, 0) for name in labels]
-
-
 # --------------------------------------------------------------------------- tensors
 
 
@@ -425,12 +367,8 @@ class ClassificationDataset(Dataset):
     ) -> None:
         index = {name: i for i, name in enumerate(labels)}
         self.pad_id = pad_id
-        self.rows = list(rows)
-        self.labels = [index[r.label] for r in self.rows]
-        encoded = [list(encode(r.text)) for r in self.rows]
-        for row, ids in zip(self.rows, encoded):
-            if not ids:
-                raise DataError(f"{row.source}: line {row.line}: the text encodes to no tokens")
+        self.labels = [index[r.label] for r in rows]
+        encoded = [list(encode(r.text)) for r in rows]  # the readers refuse empty texts: never []
         self.longest = max((len(ids) for ids in encoded), default=0)
         self.max_length = max_length if max_length is not None else self.longest
         self.num_truncated = sum(len(ids) > self.max_length for ids in encoded)
@@ -530,32 +468,13 @@ def prepare_splits(cfg: ClassifyDataConfig) -> tuple[Splits, list[str]]:
 
     Every file is fully validated here, before a model is built or a run folder created.
     """
-    fmt = None if cfg.format == "auto" else cfg.format
     declared = cfg.labels
 
     def read(path: str) -> list[LabelledText]:
-        return read_labelled_file(
-            path, text_column=cfg.text_column, label_column=cfg.label_column, labels=declared, fmt=fmt
-        )
+        return read_labelled_file(path, text_column=cfg.text_column, label_column=cfg.label_column,
+                                  labels=declared, fmt=cfg.format)
 
-    if cfg.dataset:
-        if cfg.dataset != "sms-spam":
-            raise DataError(f"data.dataset: {cfg.dataset!r} is not a classification dataset (known: sms-spam); "
-                            "use data.path or data.train_file for your own files")
-        from customgpt.data.registry import fetch
-
-        rows = read_sms_spam(fetch("sms-spam", cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir"))
-        declared = list(SPAM_LABELS) if declared is None else declared
-        if cfg.split == "reference":
-            splits = reference_split(rows, seed=cfg.split_seed)
-        else:
-            splits = stratified_split(rows, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                                      seed=cfg.split_seed)
-    elif cfg.path:
-        splits = stratified_split(read(cfg.path), val_fraction=cfg.val_fraction,
-                                  test_fraction=cfg.test_fraction, seed=cfg.split_seed)
-    else:
-        assert cfg.train_file is not None
+    if cfg.train_file:
         train = read(cfg.train_file)
         test = read(cfg.test_file) if cfg.test_file else []
         if cfg.val_file:
@@ -563,6 +482,21 @@ def prepare_splits(cfg: ClassifyDataConfig) -> tuple[Splits, list[str]]:
         else:
             carved = stratified_split(train, val_fraction=cfg.val_fraction, test_fraction=0.0, seed=cfg.split_seed)
             splits = Splits(carved.train, carved.val, test)
+    else:
+        if cfg.path:
+            rows = read(cfg.path)
+        elif cfg.dataset != "sms-spam":
+            raise DataError(f"data.dataset: {cfg.dataset!r} is not a classification dataset (known: "
+                            "sms-spam); use data.path or data.train_file for your own files")
+        else:
+            rows = read_sms_spam(fetch("sms-spam", cfg.data_dir, cfg.cache_dir,
+                                       data_dir_option="--data.data_dir"))
+            declared = list(SPAM_LABELS) if declared is None else declared
+        if cfg.split == "reference":
+            splits = reference_split(rows, seed=cfg.split_seed)
+        else:
+            splits = stratified_split(rows, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                                      seed=cfg.split_seed)
     if not splits.train:
         raise DataError("the training split is empty")
     if not splits.val:

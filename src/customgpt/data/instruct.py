@@ -1,32 +1,10 @@
 """Instruction data: records, splits, tokenized examples and the collate function.
 
-A record is an object with an instruction, an optional input and an output (the Alpaca
-layout of ``instruction-data.json``; the field names are configurable). Files are a JSON
-list of records or JSON Lines (one record per line). Every record is checked before
-training: a record that is not an object, a missing or non-string field, an empty
-instruction or output is reported by its index with the file name, all at once.
-
-Splits (:func:`split_records`):
-
-* ``order``: the reference recipe's split in file order (LLMs-from-scratch, chapter 7):
-  the first ``int(0.85 n)`` records train, the next ``int(0.10 n)`` test, the rest validate
-  (935 / 110 / 55 of the 1,100 records of ``instruction-data.json``);
-* ``random``: the same fractions after a seeded shuffle;
-* explicit files: ``train_file``, ``val_file`` and (optionally) ``test_file``.
-
-An example is ``prompt ids + response ids``: the prompt (the style's instruction text up to
-and including the response marker) and the response are encoded separately, as plain text
-(``<|endoftext|>`` in a record is ordinary characters, never the special id), so the
-response tokens are exactly those the model must produce after the prompt at generation
-time. For the alpaca and phi3 styles, whose prompts end with a newline, this equals encoding
-the whole text at once, as the reference does.
-
-:func:`collate_instructions` builds a batch the way the reference does: append the
-end-of-text id to each example, right-pad with it to the longest, targets are the inputs
-shifted by one, every padding target after the first end-of-text becomes
-:data:`~customgpt.constants.IGNORE_INDEX` (the first stays, so the model learns to stop),
-optionally the targets inside the prompt too (loss on the response only), then truncate to
-``max_length``.
+A record has an instruction, an optional input and an output (the Alpaca layout of
+``instruction-data.json``); files are a JSON list or JSON Lines, every record checked before
+training (:func:`read_records`). The splits (:func:`split_records`) and the collate rule
+(:func:`collate_instructions`) are the reference recipe's (LLMs-from-scratch, chapter 7);
+docs/instruct.md, "Data", describes them.
 """
 
 from __future__ import annotations
@@ -87,16 +65,6 @@ class Fields:
 # --------------------------------------------------------------------------- reading
 
 
-def decode_text(data: bytes, path: str | Path) -> str:
-    """UTF-8 text of a file's bytes (a leading BOM dropped), through the package's one strict
-    decoder (:func:`customgpt.io.decode_utf8_strict`).
-
-    Raises:
-        DataError: invalid UTF-8, naming the file and the byte offset.
-    """
-    return decode_utf8_strict(data, str(path)).removeprefix("\ufeff")
-
-
 def parse_records(text: str, source: str | Path) -> list[tuple[int, Any, str]]:
     """The raw records of a JSON list or JSON Lines text as ``(index, value, where)``.
 
@@ -128,16 +96,24 @@ def parse_records(text: str, source: str | Path) -> list[tuple[int, Any, str]]:
     return out
 
 
-def check_objects(raw: list[tuple[int, Any, str]], source: str | Path, keys: Sequence[str], optional: Sequence[str],
-                  build: Callable[[int, dict[str, Any]], R]) -> list[R]:
-    """Validate raw records (from :func:`parse_records`): each must be an object whose ``keys``
-    are strings, all present and non-empty except the ``optional`` ones (absent or any string);
-    ``build(index, value)`` makes the record of each good one.
+def read_records(path: str | Path, keys: Sequence[str], optional: Sequence[str],
+                 build: Callable[[int, dict[str, Any]], R], *, empty_ok: bool = False) -> list[R]:
+    """Read a JSON list or JSON Lines file (strict UTF-8, a leading BOM dropped; see
+    :func:`parse_records`) and validate its records: each must be an object whose ``keys``
+    are strings, all present and non-empty (any string with ``empty_ok``) except the
+    ``optional`` ones (absent or any string); ``build(index, value)`` makes the record of
+    each good one.
 
     Raises:
-        DataError: naming the file and every bad record by index (the first
-            :data:`MAX_REPORTED` of them, then the count), or no records at all.
+        DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, no records,
+            or naming the file and every bad record by index (the first :data:`MAX_REPORTED`
+            of them, then the count).
     """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    raw = parse_records(decode_utf8_strict(data, str(path)).removeprefix("\ufeff"), path)
     required = [k for k in keys if k not in optional]
     problems: list[str] = []
     records: list[R] = []
@@ -155,51 +131,29 @@ def check_objects(raw: list[tuple[int, Any, str]], source: str | Path, keys: Seq
                                                      for k in bad))
             continue
         empty = [k for k in required if not value[k].strip()]
-        if empty:
+        if empty and not empty_ok:
             problems.append(f"{where}: empty {' and '.join(map(repr, empty))}")
             continue
         records.append(build(index, value))
     if problems:
         shown = problems[:MAX_REPORTED]
         more = f"; ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        raise DataError(f"{source}: {len(problems)} malformed record(s): " + "; ".join(shown) + more)
+        raise DataError(f"{path}: {len(problems)} malformed record(s): " + "; ".join(shown) + more)
     if not records:
-        raise DataError(f"{source}: no records")
+        raise DataError(f"{path}: no records")
     return records
 
 
-def check_records(raw: list[tuple[int, Any, str]], source: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
-    """Validate raw records (:func:`check_objects`): instruction and output non-empty
-    strings, input a string when present.
-
-    Raises:
-        DataError: naming the file and every bad record by index.
-    """
-    return check_objects(raw, source, (fields.instruction, fields.input, fields.output), (fields.input,),
-                         lambda index, value: InstructionRecord(value[fields.instruction], value.get(fields.input, ""),
-                                                                value[fields.output], str(source), index, value))
-
-
-def read_raw_records(path: str | Path) -> list[tuple[int, Any, str]]:
-    """The raw records (:func:`parse_records`) of a JSON list or JSON Lines file.
-
-    Raises:
-        DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse_records(decode_text(data, path), path)
-
-
 def read_instruction_file(path: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
-    """Read and validate a JSON list or JSON Lines file of instruction records.
+    """Read and validate a JSON list or JSON Lines file of instruction records
+    (:func:`read_records`): instruction and output non-empty strings, input a string when present.
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
     """
-    return check_records(read_raw_records(path), path, fields)
+    return read_records(path, (fields.instruction, fields.input, fields.output), (fields.input,),
+                        lambda index, value: InstructionRecord(value[fields.instruction], value.get(fields.input, ""),
+                                                               value[fields.output], str(path), index, value))
 
 
 # --------------------------------------------------------------------------- splits
@@ -432,10 +386,3 @@ def collate_instructions(
     if max_length is not None:
         inputs, targets = inputs[:, :max_length], targets[:, :max_length]
     return inputs, targets
-
-
-def batches_of(dataset: InstructionDataset, indices: Sequence[int], *, eot_id: int = EOT_ID,
-               mask_instructions: bool = False) -> tuple[Tensor, Tensor]:
-    """:func:`collate_instructions` of the examples at ``indices``, with the dataset's max length."""
-    return collate_instructions([dataset[i] for i in indices], eot_id=eot_id, max_length=dataset.max_length,
-                                mask_instructions=mask_instructions)

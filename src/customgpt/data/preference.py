@@ -1,25 +1,13 @@
 """Preference data: records with a prompt and a chosen and a rejected response, split and tokenized.
 
-A record is an object with an instruction, an optional input, and two responses, the
-preferred ``chosen`` and the dispreferred ``rejected`` (the layout of
-``instruction-data-with-preference.json``; field names configurable). Files are a JSON list
-or JSON Lines, read by :mod:`customgpt.data.instruct`'s reader. Every record is checked
-before training: a record that is not an object, a missing or non-string field, an empty
-instruction, chosen or rejected response is reported by its index with the file name, all
-at once. The splits are instruction tuning's (:func:`~customgpt.data.instruct.split_records`):
-in file order by default, 85% train, 10% test, the rest validation.
-
-The prompt is written by the run's prompt style (:mod:`customgpt.prompts`), exactly as for
-instruction tuning, so the model is tuned on the text it was instruction-tuned on. An
-example is ``prompt ids``, ``chosen ids`` and ``rejected ids``, each encoded as plain text
-(``<|endoftext|>`` in a record is ordinary characters); each response ends with the
-end-of-text id (as TRL's ``DPOTrainer`` appends the EOS token), which is a response token:
-preference tuning then also scores where each response stops.
-
-:func:`collate_preference` stacks the chosen sequences and then the rejected ones into one
-right-padded batch of ``2B`` rows (one forward pass scores both), with next-token targets and
-a **response mask** over the targets: true exactly at the targets that are response tokens
-(prompt and padding excluded).
+A record has an instruction, an optional input, and two responses, the preferred ``chosen``
+and the dispreferred ``rejected`` (the layout of ``instruction-data-with-preference.json``),
+read and checked as instruction records are (:func:`~customgpt.data.instruct.read_records`)
+and split as they are (:func:`~customgpt.data.instruct.split_records`). Each response ends
+with the end-of-text id (as TRL's ``DPOTrainer`` appends the EOS token), so preference
+tuning also scores where it stops. :func:`collate_preference` stacks the chosen and then the
+rejected sequences into one batch of ``2B`` rows with a **response mask** over the targets
+(docs/preference.md describes the data).
 """
 
 from __future__ import annotations
@@ -37,8 +25,7 @@ from customgpt.data.instruct import (
     MAX_REPORTED,
     InstructionSplits,
     RecordsDataConfig,
-    check_objects,
-    read_raw_records,
+    read_records,
     split_sources,
 )
 from customgpt.errors import ConfigError, DataError
@@ -84,30 +71,18 @@ class PreferenceFields:
     rejected: str = "rejected"
 
 
-def check_preference_records(raw: list[tuple[int, Any, str]], source: str | Path,
-                             fields: PreferenceFields = PreferenceFields()) -> list[PreferenceRecord]:
-    """Validate raw records (from :func:`~customgpt.data.instruct.parse_records`): each must be
-    an object whose instruction, chosen and rejected are non-empty strings and whose input,
-    when present, is a string.
-
-    Raises:
-        DataError: naming the file and every bad record by index (the first
-            :data:`~customgpt.data.instruct.MAX_REPORTED`, then the count).
-    """
-    return check_objects(raw, source, (fields.instruction, fields.chosen, fields.rejected, fields.input),
-                         (fields.input,),
-                         lambda index, value: PreferenceRecord(value[fields.instruction], value.get(fields.input, ""),
-                                                               value[fields.chosen], value[fields.rejected],
-                                                               str(source), index, value))
-
-
 def read_preference_file(path: str | Path, fields: PreferenceFields = PreferenceFields()) -> list[PreferenceRecord]:
-    """Read and validate a JSON list or JSON Lines file of preference records.
+    """Read and validate a JSON list or JSON Lines file of preference records
+    (:func:`~customgpt.data.instruct.read_records`): instruction, chosen and rejected
+    non-empty strings, input a string when present.
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
     """
-    return check_preference_records(read_raw_records(path), path, fields)
+    return read_records(path, (fields.instruction, fields.chosen, fields.rejected, fields.input), (fields.input,),
+                        lambda index, value: PreferenceRecord(value[fields.instruction], value.get(fields.input, ""),
+                                                              value[fields.chosen], value[fields.rejected],
+                                                              str(path), index, value))
 
 
 @dataclass
@@ -280,12 +255,3 @@ def collate_preference(batch: Sequence[tuple[int, PreferenceExample]], *, eot_id
     indices = torch.tensor([i for i, _ in batch], dtype=torch.long)
     ref = reference_logps[indices] if reference_logps is not None else None
     return PreferenceBatch(ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), mask[:, 1:].contiguous(), indices, ref)
-
-
-def collate_fn(dataset: PreferenceDataset):
-    """A ``DataLoader`` collate function for ``dataset`` (its max length, end-of-text id and
-    precomputed reference log-probs)."""
-    def collate(batch: Sequence[tuple[int, PreferenceExample]]) -> PreferenceBatch:
-        return collate_preference(batch, eot_id=dataset.eot_id, max_length=dataset.max_length,
-                                  reference_logps=dataset.reference_logps)
-    return collate

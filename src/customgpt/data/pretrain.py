@@ -1,24 +1,18 @@
 """Pretraining data: text files → one cached token array → sliding windows of (input, target).
 
-1. **Sources** (:func:`resolve_sources`): text files, folders (their ``*.txt`` files, sorted),
-   or names of registered datasets (``the-verdict``, fetched through
-   :func:`customgpt.data.registry.fetch`, which honours the ``CUSTOMGPT_DATA_DIR`` mirror).
-2. **Tokenize once** (:func:`load_tokens`): each file is one document; documents are joined
-   with ``<|endoftext|>``. The ids go to a ``uint16`` file read back with ``np.memmap``
-   (GPT-2's 50,257 ids fit in 16 bits; half the size of int32 and never loaded whole). Its
-   name is a sha256 of the tokenizer's vocabulary and every source file's sha256, so an edited
-   file (or another tokenizer) gets a new cache entry and the old one is never reused.
-3. **Split** by token position (:func:`split_tokens`): the first ``1 - val_fraction`` of the
-   tokens train, the rest validate.
-4. **Windows** (:class:`TokenWindows`): inputs ``ids[i : i + T]`` and targets
-   ``ids[i + 1 : i + T + 1]`` for ``i = 0, stride, 2 * stride, ...`` while a full target fits.
-   ``stride == T`` gives non-overlapping windows (the book's chapter-5 setup).
+Sources (:func:`resolve_sources`) are text files, folders or registered dataset names. Each
+file is one document; documents are joined with ``<|endoftext|>`` and tokenized once into a
+``uint16`` memmap keyed by the tokenizer and every file's sha256 (:func:`load_tokens`), split by
+token position (:func:`split_tokens`) and cut into windows (:class:`TokenWindows`).
+docs/training.md gives the options.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from customgpt.constants import EOT_TEXT
+from customgpt.data import registry
 from customgpt.errors import ConfigError, DataError
 from customgpt.io import atomic_open, atomic_write_text, sha256_file
 from customgpt.sections import FieldError, Section
@@ -87,38 +83,25 @@ def resolve_sources(sources: Sequence[str], *, pattern: str = "*.txt", data_dir:
             if not found:
                 raise DataError(f"data.source: folder {path} has no files matching {pattern!r}")
             files.extend(found)
+        elif source in registry.DATASETS:
+            files.append(registry.fetch(source, data_dir=data_dir, progress=False,
+                                         data_dir_option="--data.data_dir"))
         else:
-            from customgpt.data import registry
-
-            if source in {info.name for info in registry.list_datasets()}:
-                files.append(registry.fetch(source, data_dir=data_dir, progress=False,
-                                             data_dir_option="--data.data_dir"))
-            else:
-                known = ", ".join(info.name for info in registry.list_datasets())
-                raise DataError(
-                    f"data.source: {source!r} is not a file, a folder, or a registered dataset ({known})"
-                )
+            raise DataError(f"data.source: {source!r} is not a file, a folder, or a registered dataset "
+                            f"({', '.join(registry.DATASETS)})")
     return files
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of what decides the ids: the merge ranks and the special tokens."""
-    digest = hashlib.sha256()
-    for token, rank in sorted(tokenizer.mergeable_ranks.items(), key=lambda kv: kv[1]):
-        digest.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
-    digest.update(json.dumps(sorted(tokenizer.special_tokens.items())).encode())
-    return digest.hexdigest()
 
 
 def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = None) -> Path:
     """The token cache file for ``files`` under ``tokenizer`` (it may not exist yet)."""
-    digest = hashlib.sha256(b"customgpt-pretrain-tokens-v1\n")
-    digest.update(tokenizer_fingerprint(tokenizer).encode())
+    vocab = hashlib.sha256()  # what decides the ids: the merge ranks and the special tokens
+    for token, rank in sorted(tokenizer.mergeable_ranks.items(), key=lambda kv: kv[1]):
+        vocab.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
+    vocab.update(json.dumps(sorted(tokenizer.special_tokens.items())).encode())
+    digest = hashlib.sha256(b"customgpt-pretrain-tokens-v1\n" + vocab.hexdigest().encode())
     for path in files:
         digest.update(b"\n" + sha256_file(path).encode())
-    from customgpt.data.registry import cache_root
-
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "tokens"
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else registry.cache_root() / "tokens"
     return folder / f"{digest.hexdigest()}.memmap"
 
 
@@ -126,22 +109,13 @@ def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = 
 STALE_TEMP_SECONDS = 3600.0
 
 
-def clean_stale_temp_files(folder: Path, max_age: float = STALE_TEMP_SECONDS) -> list[Path]:
+def clean_stale_temp_files(folder: Path) -> None:
     """Delete the temporary files (``.NAME.XXXX.tmp``) that a killed run left in the token
-    cache ``folder``, if untouched for ``max_age`` seconds (a live build writes as it goes);
-    returns the paths removed."""
-    import time
-
-    removed = []
-    now = time.time()
-    for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
-        try:
-            if tmp.is_file() and now - tmp.stat().st_mtime > max_age:
+    cache ``folder``, if untouched for :data:`STALE_TEMP_SECONDS` (a live build writes as it goes)."""
+    for tmp in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):  # another process removed it first, or it is not ours to remove
+            if time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
                 tmp.unlink()
-                removed.append(tmp)
-        except OSError:  # another process removed it first, or it is not ours to remove
-            continue
-    return removed
 
 
 def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = None,
@@ -152,8 +126,6 @@ def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None =
         build: tokenize when there is no cache entry; with False a missing entry is an error
             (other processes of a distributed run wait for rank 0 to build it).
     """
-    from customgpt.constants import EOT_TEXT
-
     path = cache_path(files, tokenizer, cache_dir)
     if not path.is_file():
         if not build:

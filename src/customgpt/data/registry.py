@@ -1,25 +1,17 @@
 """The public datasets the project uses: where they come from, and how to get them safely.
 
 Each dataset has one canonical URL, a sha256 checksum, a size and a licence. :func:`fetch`
-returns a local path to a verified copy, looking in this order:
-
-1. a **mirror folder** (the ``data_dir`` argument, else the ``CUSTOMGPT_DATA_DIR`` environment
-   variable): a folder holding the files under their canonical names, for offline machines
-   and CI. A mirror file with the wrong checksum is an error (it is never silently replaced:
-   the mirror belongs to the user and may be read-only);
-2. the **cache folder** (the ``cache_dir`` argument, else ``$CUSTOMGPT_CACHE_DIR/datasets``,
-   else ``$XDG_CACHE_HOME/customgpt/datasets``, else ``~/.cache/customgpt/datasets``);
-3. a **download** into the cache: streamed to a temporary file beside its final place,
-   checksummed while it streams, and moved into place (:func:`customgpt.io.atomic_open`)
-   only when the checksum matches, so an interrupted or corrupt download never leaves a file
-   that looks valid.
+returns a verified local copy from, in order: a **mirror folder** (for offline machines and CI;
+a file there with the wrong checksum is an error, never replaced: the mirror is the user's), the
+**cache folder**, else a **download** into the cache, checksummed while it streams and moved
+into place only when the checksum matches, so an interrupted or corrupt download never leaves
+a file that looks valid.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -111,11 +103,6 @@ def get_info(name: str) -> DatasetInfo:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}") from None
 
 
-def list_datasets() -> list[DatasetInfo]:
-    """All registry entries, in registry order."""
-    return list(DATASETS.values())
-
-
 # --------------------------------------------------------------------------- folders
 
 
@@ -128,12 +115,11 @@ def mirror_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
 
 
 def cache_root() -> Path:
-    """Root of customgpt's cache: ``$CUSTOMGPT_CACHE_DIR``, else the platform cache folder."""
+    """Root of customgpt's cache: ``$CUSTOMGPT_CACHE_DIR``, else ``$XDG_CACHE_HOME/customgpt``, else
+    ``~/.cache/customgpt``."""
     env = os.environ.get(CACHE_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "customgpt" / "Cache"
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "customgpt"
@@ -166,10 +152,7 @@ def local_status(
     mirror = mirror_dir(data_dir)
     if mirror is not None and (mirror / info.filename).is_file():
         return "mirrored" if verify(mirror / info.filename, info) else "mirror: bad checksum"
-    cached = dataset_cache_dir(cache_dir) / info.filename
-    if cached.is_file() and verify(cached, info):
-        return "cached"
-    return "-"
+    return "cached" if verify(dataset_cache_dir(cache_dir) / info.filename, info) else "-"
 
 
 # --------------------------------------------------------------------------- fetch
@@ -189,7 +172,7 @@ def fetch(
     Args:
         name: a registry name (see :data:`DATASETS`).
         data_dir: mirror folder; default ``$CUSTOMGPT_DATA_DIR``.
-        cache_dir: download folder; default ``$CUSTOMGPT_CACHE_DIR/datasets`` or the platform cache.
+        cache_dir: download folder; default :func:`dataset_cache_dir`.
         progress: show a progress bar while downloading.
         timeout: seconds to wait for the server before giving up.
         data_dir_option: how the calling command sets the mirror folder, for the offline
@@ -215,10 +198,9 @@ def fetch(
 
     folder = dataset_cache_dir(cache_dir)
     target = folder / info.filename
-    if target.is_file():
-        if verify(target, info):
-            return target
-        target.unlink()  # a stale or corrupt cache entry: never use it, download again
+    if verify(target, info):
+        return target
+    target.unlink(missing_ok=True)  # a stale or corrupt cache entry: never use it, download again
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -226,14 +208,6 @@ def fetch(
         raise DataError(f"cannot create the dataset cache folder {folder}: {exc}") from exc
     _download(info, target, progress=progress, timeout=timeout, mirror=mirror, option=data_dir_option)
     return target
-
-
-def _offline_hint(info: DatasetInfo, mirror: Path | None, option: str) -> str:
-    where = f"the mirror folder {mirror} has no {info.filename}; " if mirror is not None else ""
-    return (
-        f"{where}on an offline machine, download {info.url} elsewhere and put it in a mirror folder "
-        f"as {info.filename}, then set {DATA_DIR_ENV}=FOLDER (or pass {option} FOLDER)"
-    )
 
 
 def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float, mirror: Path | None,
@@ -244,7 +218,6 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
     # atomic_open removes the ``.part`` file on any error, a checksum mismatch included.
     with atomic_open(target, "wb", suffix=".part") as out:
         digest = hashlib.sha256()
-        n_bytes = 0
         try:
             request = urllib.request.Request(info.url, headers={"User-Agent": "customgpt"})
             with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -254,22 +227,20 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
                     for chunk in iter(lambda: response.read(_CHUNK), b""):
                         out.write(chunk)
                         digest.update(chunk)
-                        n_bytes += len(chunk)
                         bar.update(len(chunk))
-        except urllib.error.HTTPError as exc:
+        except OSError as exc:  # HTTP errors, URLError, timeouts, refused connections, resets
+            http = isinstance(exc, urllib.error.HTTPError)
+            reason = f"HTTP {exc.code} {exc.reason}" if http else getattr(exc, "reason", exc)
+            where = f"the mirror folder {mirror} has no {info.filename}; " if mirror is not None else ""
             raise DataError(
-                f"cannot download {info.filename} from {info.url}: HTTP {exc.code} {exc.reason}; "
-                + _offline_hint(info, mirror, option)
-            ) from exc
-        except OSError as exc:  # URLError, timeouts, refused connections, resets
-            reason = getattr(exc, "reason", exc)
-            raise DataError(
-                f"cannot download {info.filename} from {info.url} ({reason}); " + _offline_hint(info, mirror, option)
+                f"cannot download {info.filename} from {info.url} ({reason}); {where}on an offline machine, "
+                f"download {info.url} elsewhere and put it in a mirror folder as {info.filename}, then set "
+                f"{DATA_DIR_ENV}=FOLDER (or pass {option} FOLDER)"
             ) from exc
         actual = digest.hexdigest()
         if actual != info.sha256:
             raise DataError(
                 f"checksum mismatch for {info.filename} downloaded from {info.url}: got sha256 {actual} "
-                f"({n_bytes} bytes), expected {info.sha256} ({info.size} bytes); the file was deleted"
+                f"({out.tell()} bytes), expected {info.sha256} ({info.size} bytes); the file was deleted"
             )
 

@@ -8,26 +8,3 @@
 
 ``customgpt eval {responses,perplexity,rouge,judge}`` runs each from the command line.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-#: public name -> submodule; imported on first use, so the judge and ROUGE need no torch.
-_EXPORTS = {
-    "JUDGE_PROMPT": "judge", "JudgeClient": "judge", "JudgeError": "judge", "judge_prompt": "judge",
-    "judge_responses": "judge", "parse_score": "judge",
-    "exact_match": "overlap", "rouge_l": "overlap", "score_responses": "overlap",
-    "Perplexity": "perplexity", "response_perplexity": "perplexity", "text_perplexity": "perplexity",
-    "clean_response": "responses", "generate_responses": "responses", "read_responses": "responses",
-    "with_responses": "responses",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'customgpt.evaluate' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"customgpt.evaluate.{_EXPORTS[name]}"), name)

@@ -178,15 +178,12 @@ def judge_responses(records: Sequence[Mapping[str, Any]], client: JudgeClient, *
 
     ``report`` receives one line per unparseable answer (default: printed beside the progress bar).
     """
+    from tqdm.auto import tqdm
+
     rows: list[dict[str, Any]] = []
     unparseable: list[int] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(records), desc="judge", unit="record", dynamic_ncols=True)
-    say = report or (bar.write if bar is not None else print)
-    try:
+    with tqdm(total=len(records), desc="judge", unit="record", dynamic_ncols=True, disable=not progress) as bar:
+        say = report or bar.write
         for i, record in enumerate(records):
             if not record[response_key].strip():
                 rows.append({"index": i, "score": 0, "answer": None})
@@ -197,11 +194,7 @@ def judge_responses(records: Sequence[Mapping[str, Any]], client: JudgeClient, *
                     unparseable.append(i)
                     say(f"record {i}: the judge's answer is not a score from 0 to 100, left out: {answer[:200]!r}")
                 rows.append({"index": i, "score": score, "answer": answer})
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(1)
     scores = [r["score"] for r in rows if r["score"] is not None]
     mean = sum(scores) / len(scores) if scores else float("nan")
     return JudgeReport(rows, mean, len(scores), unparseable)

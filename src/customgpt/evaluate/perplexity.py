@@ -9,8 +9,9 @@ end-of-text token that closes each response (the prompt's targets are masked, as
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +30,6 @@ class Perplexity:
     perplexity: float
     tokens: int
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"loss": self.loss, "perplexity": self.perplexity, "tokens": self.tokens}
-
 
 def perplexity_of(loss_sum: float, tokens: int) -> Perplexity:
     """The :class:`Perplexity` of a summed token loss over ``tokens`` targets (NaN for none)."""
@@ -41,28 +39,32 @@ def perplexity_of(loss_sum: float, tokens: int) -> Perplexity:
     return Perplexity(loss, math.exp(min(loss, 700.0)), tokens)
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode (no dropout), restoring its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def summed_loss(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device | str | None = None,
                 autocast=None) -> tuple[float, int]:
     """``(sum of token losses, number of targets)`` of a model over (inputs, targets) batches,
     each (B, T); targets equal to ``IGNORE_INDEX`` count for nothing. The model is run in eval mode
     (its mode is restored afterwards)."""
-    was_training = model.training
-    model.eval()
     device = device if device is not None else next(model.parameters()).device
     total, count = 0.0, 0
-    try:
+    with eval_mode(model):
         for x, y in batches:
             x, y = x.to(device), y.to(device)
-            if autocast is not None:
-                with autocast():
-                    loss = model_lm_loss(model, x, y, reduction="sum")
-            else:
+            with autocast() if autocast is not None else contextlib.nullcontext():
                 loss = model_lm_loss(model, x, y, reduction="sum")
             total += float(loss)
             count += int((y != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
     return total, count
 
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from customgpt.data.instruct import InstructionRecord
-from customgpt.errors import CustomGPTError, DataError
+from customgpt.data.instruct import InstructionRecord, read_records
+from customgpt.errors import CustomGPTError
 from customgpt.io import atomic_write_text
 from customgpt.prompts import PromptStyle, TemplateStyle
 
@@ -44,31 +44,21 @@ def generate_responses(model, tokenizer, style: PromptStyle, records: Sequence[I
     Returns:
         ``(responses, settings)``; ``settings`` is what the responses file records.
     """
+    from tqdm.auto import tqdm
+
     from customgpt.generate import SamplingParams, generate_batch
 
     stops = tuple(style.stop_strings) if use_stop_strings else ()
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=stops, stop_at_eot=True)
     prompts = [tokenizer.encode(style.format_instruction(r.instruction, r.input), allowed_special="none")
                for r in records]
-    was_training = model.training
-    model.eval()
     responses: list[str] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(prompts), desc="responses", unit="record", dynamic_ncols=True)
-    try:
+    with tqdm(total=len(prompts), desc="responses", unit="record", dynamic_ncols=True, disable=not progress) as bar:
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
+            chunk = prompts[start:start + batch_size]  # generation runs the model in eval mode
             results = generate_batch(model, chunk, params, tokenizer=tokenizer, eot_id=tokenizer.eot_id)
             responses += [clean_response(style, r.text) for r in results]
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
+            bar.update(len(chunk))
     settings = {"decoding": "greedy", "max_new_tokens": max_new_tokens, "stop_at_eot": True,
                 "stop_strings": list(stops), "prompt_style": style.name}
     return responses, settings
@@ -100,8 +90,7 @@ def write_json(path: str | Path, data: Any, *, force: bool = False, inputs: Sequ
             raise CustomGPTError(f"{path} is an input of this command; write the results elsewhere")
     if path.exists() and not force:
         raise CustomGPTError(f"{path} exists; pass --force to replace it, or choose another output")
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=4, ensure_ascii=False) + "\n")
     return path
 
@@ -110,30 +99,7 @@ def read_responses(path: str | Path, keys: Sequence[str] = ("output", "model_res
     """Read a responses file (a JSON list, or JSON Lines, of objects) whose ``keys`` are strings.
 
     Raises:
-        DataError: unreadable file or JSON, a record that is not an object or lacks a key
-            (named by index with the file name).
+        DataError: unreadable file or JSON, a record that is not an object, lacks a key or
+            holds a non-string there (named by index with the file name), no records.
     """
-    from customgpt.data.instruct import MAX_REPORTED, decode_text, parse_records
-
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    problems, out = [], []
-    for _, value, where in parse_records(decode_text(data, path), path):
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected an object, got {type(value).__name__}")
-            continue
-        bad = [k for k in keys if not isinstance(value.get(k), str)]
-        if bad:
-            problems.append(f"{where}: " + ", ".join(
-                f"missing {k!r}" if k not in value else f"{k!r} must be a string" for k in bad))
-            continue
-        out.append(value)
-    if problems:
-        more = f"; ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        raise DataError(f"{path}: {len(problems)} malformed record(s): " + "; ".join(problems[:MAX_REPORTED]) + more)
-    if not out:
-        raise DataError(f"{path}: no records")
-    return out
+    return read_records(path, keys, (), lambda _, value: value, empty_ok=True)

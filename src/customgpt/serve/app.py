@@ -5,23 +5,8 @@ Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions``,
 with FastAPI's ``/docs``. The request and response shapes follow OpenAI's API reference;
 streams are server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``.
 
-Rules the routes share:
-
-* **Text is plain text.** Prompts, chat messages and inputs are encoded with no special
-  tokens (``<|endoftext|>`` in a message is just text); a prompt given as token ids is used
-  as it is (that is how a client sends the end-of-text token).
-* **The window.** A prompt longer than the model's context window is an error (400,
-  ``context_length_exceeded``) unless the server crops prompts (``crop_prompt``): it then
-  keeps the prompt's last tokens, leaving room for the reply (at most half the window).
-  Generation never runs past the window: ``max_tokens`` is capped by the server's
-  ``max_tokens`` setting and by what the window can still hold (then ``finish_reason`` is
-  ``"length"``), and nothing is allocated by the requested count.
-* **Errors** are ``{"error": {"message", "type", "param", "code"}}``: 400 for bad parameters
-  and malformed JSON (validation errors included), 401 for a missing or wrong API key
-  (compared in constant time), 404 for an unknown model or route, 429 when the queue is full,
-  500 when generation itself failed.
-* **Log-probabilities** (``logprobs``) are natural logs of the model's own next-token
-  distribution (before penalties, temperature and filters), with the top alternatives.
+The rules the routes share (user text is plain text, the context window, the error
+shapes and statuses, log-probabilities) are written out in docs/serve.md.
 """
 
 from __future__ import annotations
@@ -33,13 +18,14 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from customgpt.errors import ConfigError
@@ -70,6 +56,8 @@ if TYPE_CHECKING:
     from customgpt.tokenizer import Tokenizer
 
 EMBEDDING_POOLINGS = ("mean", "last")
+#: ``max_tokens`` of a ``/v1/completions`` request that gives none (OpenAI's default).
+COMPLETION_MAX_TOKENS = 16
 
 
 @dataclass
@@ -78,9 +66,9 @@ class ServerConfig:
 
     Attributes:
         model_name: the id clients name in ``model`` (and ``/v1/models`` lists).
-        max_tokens: the most tokens one request may generate (larger ``max_tokens`` are capped).
-        completion_default_max_tokens: ``max_tokens`` of a ``/v1/completions`` request that
-            gives none (16, as OpenAI's); a chat request without it may use up to ``max_tokens``.
+        max_tokens: the most tokens one request may generate (larger ``max_tokens`` are capped;
+            a chat request without ``max_tokens`` may use them all, a completion request gets
+            :data:`COMPLETION_MAX_TOKENS`).
         prompt_style: the :mod:`customgpt.prompts` style that renders chat messages.
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
         crop_prompt: crop prompts longer than the window from the left instead of refusing them.
@@ -91,7 +79,6 @@ class ServerConfig:
 
     model_name: str
     max_tokens: int = 512
-    completion_default_max_tokens: int = 16
     prompt_style: str | PromptStyle = "plain"
     api_key: str | None = None
     crop_prompt: bool = False
@@ -137,6 +124,17 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """The engine's refusals as API errors: a full queue is 429, a stopped engine 503."""
+    try:
+        yield
+    except QueueFullError as exc:
+        raise APIError(429, str(exc), type="rate_limit_error", code="queue_full") from None
+    except EngineStoppedError as exc:
+        raise APIError(503, str(exc), type="server_error", code="unavailable") from None
+
+
 class _AuthMiddleware:
     """Checks ``Authorization: Bearer KEY`` on ``/v1`` paths before anything else (so a bad
     body without a key is a 401, not a 400). The comparison is constant-time."""
@@ -147,10 +145,7 @@ class _AuthMiddleware:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
-            header = ""
-            for name, value in scope.get("headers", []):
-                if name == b"authorization":
-                    header = value.decode("latin-1")
+            header = Headers(scope=scope).get("authorization", "")
             scheme, _, token = header.partition(" ")
             if not header:
                 error = APIError(401, "missing API key: send the header 'Authorization: Bearer KEY'",
@@ -222,6 +217,24 @@ class _Server:
         room = min(max_tokens, self.ctx // 2)
         return ids[-min(self.ctx, self.ctx + 1 - room):]
 
+    def prompt_ids(self, value: str | list[str] | list[int] | list[list[int]], max_tokens: int,
+                   param: str) -> list[list[int]]:
+        """The token ids of each prompt (or input) of a request: a text, texts, token ids or
+        lists of token ids; text is plain text ("" is the end-of-text token: start a
+        document); each fitted to the window (:meth:`fit_prompt`)."""
+        if isinstance(value, str) or (value and all(isinstance(p, int) for p in value)):
+            value = [value]
+        if not value:
+            raise _bad(f"{param} is empty", param)
+        rows = []
+        for item in value:
+            if isinstance(item, str):
+                ids = self.encode(self.check_text(item, param)) or [self.tokenizer.eot_id]
+            else:
+                ids = self.check_ids(item, param)
+            rows.append(self.fit_prompt(ids, max_tokens, param))
+        return rows
+
     def requested_max_tokens(self, value: int | None, default: int) -> int:
         return min(default if value is None else value, self.config.max_tokens)
 
@@ -248,35 +261,28 @@ class _Server:
             raise _bad(str(exc)) from None
 
     def submit(self, job: GenerationJob) -> RequestHandle:
-        try:
+        with _engine_errors():
             return self.engine.submit(job, asyncio.get_running_loop())
-        except QueueFullError as exc:
-            raise APIError(429, str(exc), type="rate_limit_error", code="queue_full") from None
-        except EngineStoppedError as exc:
-            raise APIError(503, str(exc), type="server_error", code="unavailable") from None
 
     async def call(self, fn) -> Any:
-        try:
+        with _engine_errors():
             future = self.engine.call(fn)
-        except QueueFullError as exc:
-            raise APIError(429, str(exc), type="rate_limit_error", code="queue_full") from None
-        except EngineStoppedError as exc:
-            raise APIError(503, str(exc), type="server_error", code="unavailable") from None
         return await asyncio.wrap_future(future)
 
     # ------------------------------------------------------------------ logprob shapes
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 
-    def completion_logprobs(self, entries: Sequence[TokenLogprob | None], offset: int = 0) -> dict[str, Any]:
-        """OpenAI's legacy ``logprobs`` object (``None`` entries: the first prompt token)."""
+    def completion_logprobs(self, entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+        """OpenAI's legacy ``logprobs`` object (``logprob`` None: the first prompt token)."""
         tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+        offset = 0
         for entry in entries:
             text = self.token_text(entry.token_id)
             tokens.append(text)
             text_offset.append(offset)
             offset += len(text)
-            token_logprobs.append(entry.logprob if entry.logprob is not None else None)
+            token_logprobs.append(entry.logprob)
             if entry.logprob is None:
                 top_logprobs.append(None)
             else:
@@ -297,36 +303,49 @@ class _Server:
         ]}
 
 
-async def _stream_events(handle: RequestHandle, piece: Callable[..., str], usage_chunk: dict[str, Any],
-                         include_usage: bool, first: list[str]) -> AsyncIterator[str]:
-    """The server-sent events of one streamed request, for chat and completions alike:
-    ``first`` (already formatted), then ``piece(text, entries=...)`` for every decoded text,
-    ``piece("", finish_reason, entries=...)`` once at the end, the usage chunk when asked,
-    and ``data: [DONE]``. A client that leaves cancels the request (its row is freed)."""
-    try:
-        for event_text in first:
-            yield event_text
-        pending: list[TokenLogprob] = []
-        while True:
-            event = await handle.events.get()
-            if isinstance(event, TokenEvent):
-                if event.logprob is not None:
-                    pending.append(event.logprob)
-                if event.text:
-                    yield piece(event.text, entries=pending)
-                    pending = []
-            elif isinstance(event, FinishEvent):
-                yield piece("", event.finish_reason, entries=pending)
-                if include_usage:
-                    yield _sse({**usage_chunk, "usage": _usage(event.prompt_tokens, event.completion_tokens)})
-                break
-            else:
-                yield _sse(APIError(500, event.message, type="server_error").body())
-                break
-        yield "data: [DONE]\n\n"
-    finally:
-        if not handle.done.is_set():
-            handle.cancel()
+def _event_stream(handle: RequestHandle, req: Any, chunk: dict[str, Any], choice: Callable[..., dict[str, Any]],
+                  first: Sequence[dict[str, Any]] = ()) -> StreamingResponse:
+    """The server-sent events of one streamed request, for chat and completions alike: a
+    ``chunk`` with the choices ``first``, then ``choice(text, entries=...)`` for every decoded
+    text, ``choice("", finish_reason, entries=...)`` once at the end, the usage chunk when
+    ``req.stream_options`` asks for it, and ``data: [DONE]``. A client that leaves cancels
+    the request (its row is freed)."""
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def event(choice_: dict[str, Any]) -> str:
+        body = {**chunk, "choices": [choice_]}
+        if include_usage:
+            body["usage"] = None
+        return _sse(body)
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            for item in first:
+                yield event(item)
+            pending: list[TokenLogprob] = []
+            while True:
+                item = await handle.events.get()
+                if isinstance(item, TokenEvent):
+                    if item.logprob is not None:
+                        pending.append(item.logprob)
+                    if item.text:
+                        yield event(choice(item.text, entries=pending))
+                        pending = []
+                elif isinstance(item, FinishEvent):
+                    yield event(choice("", item.finish_reason, entries=pending))
+                    if include_usage:
+                        usage = _usage(item.prompt_tokens, item.completion_tokens)
+                        yield _sse({**chunk, "choices": [], "usage": usage})
+                    break
+                else:
+                    yield _sse(APIError(500, item.message, type="server_error").body())
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            if not handle.done.is_set():
+                handle.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _finish_of(handle: RequestHandle, request: Request) -> tuple[list[TokenEvent], FinishEvent]:
@@ -493,24 +512,12 @@ def create_app(
                       "finish_reason": finish.finish_reason}
             return {**base, "choices": [choice], "usage": _usage(finish.prompt_tokens, finish.completion_tokens)}
 
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        chunk = {**base, "object": "chat.completion.chunk"}
+        def choice(text: str, finish_reason: str | None = None, entries=None) -> dict[str, Any]:
+            return {"index": 0, "delta": {"content": text} if text else {},
+                    "logprobs": server.chat_logprobs(entries) if entries else None, "finish_reason": finish_reason}
 
-        def make(delta: dict[str, Any], finish_reason: str | None = None, entries=None) -> str:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            if entries:
-                choice["logprobs"] = server.chat_logprobs(entries)
-            body = {**chunk, "choices": [choice]}
-            if include_usage:
-                body["usage"] = None
-            return _sse(body)
-
-        def piece(text: str, finish_reason: str | None = None, entries=None) -> str:
-            return make({"content": text} if text else {}, finish_reason, entries)
-
-        first = [make({"role": "assistant", "content": ""})]
-        events = _stream_events(handle, piece, {**chunk, "choices": []}, include_usage, first)
-        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        return _event_stream(handle, req, {**base, "object": "chat.completion.chunk"}, choice, [first])
 
     # ------------------------------------------------------------------ completions
     @app.post("/v1/completions")
@@ -520,27 +527,14 @@ def create_app(
             raise _bad("only best_of = 1 is supported", "best_of")
         if req.suffix:
             raise _bad("suffix is not supported", "suffix")
-        prompt = req.prompt
-        if isinstance(prompt, str):
-            prompts: list[str | list[int]] = [prompt]
-        elif prompt and all(isinstance(p, int) for p in prompt):
-            prompts = [list(prompt)]
-        else:
-            prompts = list(prompt)
-        if not prompts:
-            raise _bad("prompt is empty", "prompt")
-        if len(prompts) > 1 and req.stream:
-            raise _bad("streaming takes one prompt at a time", "prompt")
         if req.stream and req.echo and req.logprobs is not None:
             raise _bad("echo with logprobs is not supported when streaming", "echo")
-        max_tokens = server.requested_max_tokens(req.max_tokens, config.completion_default_max_tokens)
+        max_tokens = server.requested_max_tokens(req.max_tokens, COMPLETION_MAX_TOKENS)
+        prompts = server.prompt_ids(req.prompt, max_tokens, "prompt")
+        if len(prompts) > 1 and req.stream:
+            raise _bad("streaming takes one prompt at a time", "prompt")
         jobs, texts = [], []
-        for p in prompts:
-            if isinstance(p, str):
-                ids = server.encode(server.check_text(p, "prompt")) or [tokenizer.eot_id]  # "": start a document
-            else:
-                ids = server.check_ids(p, "prompt")
-            ids = server.fit_prompt(ids, max_tokens, "prompt")
+        for ids in prompts:
             params = server.sampling(req, len(ids), max_tokens)
             jobs.append(GenerationJob(ids, params, logprobs=req.logprobs,
                                       prompt_logprobs=req.logprobs if req.echo else None))
@@ -563,33 +557,22 @@ def create_app(
                 logprobs = None
                 if req.logprobs is not None:
                     entries: list[TokenLogprob] = []
-                    offset = 0
                     if req.echo:
                         entries.append(TokenLogprob(job.prompt_ids[0], None, []))  # type: ignore[arg-type]
                         entries += finish.prompt_logprobs or []
                     entries += [t.logprob for t in tokens if t.logprob is not None]
-                    logprobs = server.completion_logprobs(entries, offset)
+                    logprobs = server.completion_logprobs(entries)
                 choices.append({"index": i, "text": texts[i] + finish.text, "logprobs": logprobs,
                                 "finish_reason": finish.finish_reason})
                 prompt_total += finish.prompt_tokens
                 completion_total += finish.completion_tokens
             return {**base, "choices": choices, "usage": _usage(prompt_total, completion_total)}
 
-        handle = handles[0]
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        def choice(text: str, finish_reason: str | None = None, entries=None) -> dict[str, Any]:
+            logprobs = server.completion_logprobs(entries or []) if req.logprobs is not None else None
+            return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
-        def make(text: str, finish_reason: str | None = None, entries=None) -> str:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-            if req.logprobs is not None:
-                choice["logprobs"] = server.completion_logprobs(entries or [])
-            body = {**base, "choices": [choice]}
-            if include_usage:
-                body["usage"] = None
-            return _sse(body)
-
-        events = _stream_events(handle, make, {**base, "choices": []}, include_usage,
-                                [make(texts[0])] if texts[0] else [])
-        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return _event_stream(handles[0], req, base, choice, [choice(texts[0])] if texts[0] else [])
 
     # ------------------------------------------------------------------ embeddings
     @app.post("/v1/embeddings")
@@ -597,22 +580,7 @@ def create_app(
         server.check_model(req.model)
         if req.dimensions is not None and req.dimensions != model.config.n_embd:
             raise _bad(f"this model's embeddings have {model.config.n_embd} dimensions", "dimensions")
-        inputs = req.input
-        if isinstance(inputs, str):
-            items: list[str | list[int]] = [inputs]
-        elif inputs and all(isinstance(p, int) for p in inputs):
-            items = [list(inputs)]
-        else:
-            items = list(inputs)
-        if not items:
-            raise _bad("input is empty", "input")
-        rows = []
-        for item in items:
-            if isinstance(item, str):
-                ids = server.encode(server.check_text(item, "input")) or [tokenizer.eot_id]
-            else:
-                ids = server.check_ids(item, "input")
-            rows.append(server.fit_prompt(ids, 0, "input"))
+        rows = server.prompt_ids(req.input, 0, "input")
         vectors = await server.call(lambda: _embed(model, rows, config.embedding_pooling))
         data = []
         for i, vec in enumerate(vectors):

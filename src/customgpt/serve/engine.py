@@ -1,40 +1,28 @@
-"""The batch engine: every model forward of the server runs in ONE worker thread.
+"""The batch engine: every model forward of the server runs in ONE worker thread
+(docs/serve.md, "Batched decoding", says what it does for a client).
 
 Requests come in through :meth:`BatchEngine.submit` (from the asyncio event loop or any
 thread) and wait in a bounded queue (full: :class:`QueueFullError`, the server's 429). The
 worker decodes the running requests together, one token per row per step:
 
-* **Rows and the shared KV cache.** Each running request is a row of the model's KV cache.
-  Rows are right-aligned at a common cache end ``n`` (left padding): a row of ``length``
-  tokens fills cache slots ``[n - length, n)``, and a (B, ``context_length``) padding mask
-  says which slots hold real tokens, so every row attends to its own tokens only and its
-  position ids count its own tokens (the model derives them from the mask). A left-padded
-  row therefore computes what it computes alone.
-* **Joining.** Requests that arrive while a batch runs join at the next step: they are
-  prefilled together (a left-padded batch of their prompts, in a cache of their own), their
-  keys and values are copied into free rows of the running cache, and they take part in
-  the following decode step. A prompt longer than ``n`` first shifts the running rows to the
-  right; when ``n`` reaches the context window the rows shift left by their common padding.
+* **Rows and the shared KV cache.** Each running request is a row of the engine's
+  :class:`~customgpt.model.KVCache` (``k`` and ``v`` of shape (L, B, H, context_length, D)),
+  passed to ``forward_hidden`` with ``input_pos = n``. Rows are right-aligned at a common
+  cache end ``n`` (left padding): a row of ``length`` tokens fills slots ``[n - length, n)``,
+  and a (B, ``context_length``) padding mask says which slots hold real tokens, so a row
+  computes what it computes alone.
+* **Joining.** Newcomers are prefilled together (left-padded, in a cache of their own), their
+  keys and values copied into free rows of the running cache. A prompt longer than ``n``
+  first shifts the running rows to the right; when ``n`` reaches the context window the
+  rows shift left by their common padding.
 * **Leaving.** A row is freed when it finishes (end-of-text token, stop string, token budget)
   or when its client went away (:meth:`RequestHandle.cancel`); free rows are reused by the
   next arrivals and dropped from the cache when no one waits.
-* **Sampling.** Each row keeps its own :class:`~customgpt.generate.SamplingParams`, random
-  generator, stop strings and penalty counts; the token is drawn by
-  :func:`customgpt.generate.sample` (the generation package's processors, in its order).
-  Ids the tokenizer cannot decode (a model vocabulary padded past the tokenizer's) are
-  masked out before sampling, so they are never drawn.
 
 Results go back as events (:class:`TokenEvent`, :class:`FinishEvent`, :class:`ErrorEvent`)
 on an :class:`asyncio.Queue` per request, posted with ``loop.call_soon_threadsafe``.
 Other model work (embeddings, classification) runs on the same thread between decode steps
 through :meth:`BatchEngine.call`.
-
-The engine owns its :class:`~customgpt.model.KVCache` (``k`` and ``v`` of shape
-(L, B, H, context_length, D)) and passes it with ``input_pos = n`` to the model's
-``forward_hidden``; it moves the cache's rows and columns itself. On the CPU the decode steps
-run through the generation package's :class:`~customgpt.generate.CPUDecodeStep` (the
-weights in their decode layout) where it applies, and the LM head through
-:func:`~customgpt.generate.lm_head_for_generation`, as single-request generation does.
 """
 
 from __future__ import annotations
@@ -62,6 +50,7 @@ from customgpt.generate import (
     sample,
     sampled_vocab_size,
 )
+from customgpt.generate.sampling import TokenStats
 
 if TYPE_CHECKING:
     from customgpt.model import GPT, KVCache
@@ -183,8 +172,7 @@ class _Row:
     decoder: Any
     stops: StopStringBuffer
     generator: torch.Generator | None
-    seen: Tensor | None
-    counts: Tensor | None
+    stats: TokenStats  # the penalties' token counts
     text: list[str]
     t_first: float | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
@@ -403,12 +391,6 @@ class BatchEngine:
     def _new_row(self, handle: RequestHandle) -> _Row:
         job = handle.job
         params = job.params
-        seen = counts = None
-        if params.uses_repetition_penalty:
-            seen = torch.zeros(1, self.vocab, dtype=torch.bool, device=self.device)
-            seen[0, torch.as_tensor(job.prompt_ids, device=self.device)] = True
-        if params.uses_output_penalties:
-            counts = torch.zeros(1, self.vocab, dtype=torch.float32, device=self.device)
         return _Row(
             handle=handle,
             length=len(job.prompt_ids),
@@ -417,8 +399,7 @@ class BatchEngine:
             decoder=self.tokenizer.incremental_decoder(),
             stops=StopStringBuffer(params.stop),
             generator=None if params.greedy else make_generator(params.seed, self.device),
-            seen=seen,
-            counts=counts,
+            stats=TokenStats([job.prompt_ids], self.vocab, params, self.device),
             text=[],
         )
 
@@ -437,15 +418,13 @@ class BatchEngine:
         if self.decodable < self.vocab:
             logits = logits.clone()
             logits[:, self.decodable :] = float("-inf")
-        token = int(sample(logits, params, row.generator, seen=row.seen, output_counts=row.counts)[0])
+        tokens = sample(logits, params, row.generator, seen=row.stats.seen, output_counts=row.stats.counts)
+        token = int(tokens[0])
         if row.t_first is None:
             row.t_first = time.perf_counter()
         row.generated += 1
         row.last_token = token
-        if row.seen is not None:
-            row.seen[0, token] = True
-        if row.counts is not None:
-            row.counts[0, token] += 1
+        row.stats.update(tokens)
         handle = row.handle
         k = handle.job.logprobs
         lp = self._logprob(torch.log_softmax(logits[0].float(), dim=-1), token, k) if k is not None else None

@@ -1,9 +1,9 @@
 """Request bodies of the OpenAI-compatible API, as pydantic models (validated by FastAPI).
 
-Only the fields the server acts on are declared; unknown fields are ignored, as OpenAI's
-clients send some (``user``, ``metadata``) that change nothing here. Fields the server
-cannot honour (``n`` > 1, ``logit_bias``, tools) are declared so that a request using them
-gets a clear 400 instead of a silently different answer.
+Only the fields the server acts on are declared; unknown fields are ignored (pydantic's
+default), as OpenAI's clients send some (``user``, ``metadata``) that change nothing here.
+Fields the server cannot honour (``n`` > 1, ``logit_bias``, tools) are declared so that a
+request using them gets a clear 400 instead of a silently different answer.
 
 References: OpenAI's API reference for ``/v1/chat/completions``, ``/v1/completions`` (the
 legacy endpoint lm-evaluation-harness's ``local-completions`` model calls) and
@@ -14,18 +14,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class StreamOptions(_Request):
+class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(_Request):
+class _Sampling(BaseModel):
     """The sampling fields shared by chat and completions."""
 
     model: str
@@ -42,7 +38,7 @@ class _Sampling(_Request):
     logit_bias: dict[str, float] | None = None
 
 
-class ChatMessage(_Request):
+class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     #: A string, or OpenAI's list of content parts (only ``{"type": "text"}`` parts here).
     content: str | list[dict[str, Any]] | None = None
@@ -67,13 +63,13 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
 
 
-class EmbeddingRequest(_Request):
+class EmbeddingRequest(BaseModel):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
 
 
-class ClassifyRequest(_Request):
+class ClassifyRequest(BaseModel):
     model: str | None = None
     input: str | list[str]

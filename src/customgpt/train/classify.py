@@ -1,23 +1,18 @@
 """Classification fine-tuning: one explicit loop built from the shared pieces of :mod:`customgpt.train`.
 
-Reading order: the config sections, the pieces (the classifier, the loss, the batches, one
-accumulated gradient, evaluation on a whole split), then :func:`finetune_classify`: validate
-the data → build the classifier (a GPT body + a head) → per epoch: train, evaluate the full
-validation set, keep the best classifier → evaluate the best one on the full validation and
-test sets → write ``metrics.json``, ``test_predictions.csv``, ``loss.png`` and ``accuracy.png``.
-
-Runs are single-process (classification sets are small); the device and precision come from
-the ``runtime`` section as for pretraining.
+Per epoch: train, evaluate the full validation set, keep the best classifier; then evaluate the
+best one on the validation and test sets and write ``metrics.json``, ``test_predictions.csv``
+and the plots (docs/classification.md). Runs are single-process (classification sets are small).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +27,6 @@ from customgpt.constants import IGNORE_INDEX
 from customgpt.data.classification import (
     ClassificationDataset,
     ClassifyDataConfig,
-    class_counts,
     collate_classification,
     length_bucketed_batches,
     prepare_splits,
@@ -40,6 +34,8 @@ from customgpt.data.classification import (
 from customgpt.errors import ConfigError
 from customgpt.losses import ClassificationLoss, FocalLoss, causal_lm_loss
 from customgpt.metrics import classification_report, format_report
+from customgpt.sections import FieldError
+from customgpt.tokenizer import get_tokenizer
 from customgpt.train.config import (
     LoggingConfig,
     LoRASection,
@@ -50,16 +46,16 @@ from customgpt.train.config import (
     TrainConfig,
     save_config,
 )
-from customgpt.train.files import atomic_write_text
+from customgpt.train.files import atomic_open, atomic_write_text
 from customgpt.train.logging import MetricsLogger, Progress, line_figure
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule
-from customgpt.train.step import optimizer_step
+from customgpt.train.step import count_targets, optimizer_step
 
 
 @dataclass
-class ClassifierSection:
+class ClassifierSection(Section):
     """The head, what trains, the loss, and how the best epoch is chosen (the ``classifier`` section)."""
 
     pooling: Literal["last", "mean", "max"] = "last"
@@ -89,22 +85,19 @@ class ClassifierSection:
     lm_loss_weight: float = 0.0
     """> 0: add this times the next-token loss on the batch's texts (GPT-1's auxiliary objective)."""
 
-    def __post_init__(self) -> None:
-        def bad(key: str, reason: str) -> ConfigError:
-            return ConfigError(f"classifier.{key}: {reason}")
-
+    def validate(self) -> None:
         for key in ("head_dropout", "label_smoothing", "ema_decay"):
             if not 0.0 <= getattr(self, key) < 1.0:
-                raise bad(key, f"must be in [0, 1), got {getattr(self, key)}")
+                raise FieldError(key, f"must be in [0, 1), got {getattr(self, key)}")
         if self.loss == "focal" and self.label_smoothing:
-            raise bad("label_smoothing", "applies to loss: cross_entropy only")
+            raise FieldError("label_smoothing", "applies to loss: cross_entropy only")
         if self.class_weights is not None and self.balanced_class_weights:
-            raise bad("class_weights", "give class_weights or balanced_class_weights, not both")
-        if self.class_weights is not None and not all(w > 0 and math.isfinite(w) for w in self.class_weights):
-            raise bad("class_weights", f"must all be finite and > 0, got {self.class_weights}")
+            raise FieldError("class_weights", "give class_weights or balanced_class_weights, not both")
+        if self.class_weights is not None and not all(w > 0 for w in self.class_weights):  # finite: Section
+            raise FieldError("class_weights", f"must all be > 0, got {self.class_weights}")
         for key, low in (("last_blocks", 1), ("eval_batch_size", 1), ("focal_gamma", 0), ("lm_loss_weight", 0)):
             if not getattr(self, key) >= low:
-                raise bad(key, f"must be >= {low}, got {getattr(self, key)}")
+                raise FieldError(key, f"must be >= {low}, got {getattr(self, key)}")
 
 
 @dataclass
@@ -124,16 +117,6 @@ class ClassifyConfig(Section):
 # --------------------------------------------------------------------------- the pieces
 
 
-def build_classifier(cfg: ClassifyConfig, num_classes: int, device: torch.device) -> GPTClassifier:
-    """The body (``cfg.model``), the head, LoRA adapters if asked, and the trainable parameters."""
-    ccfg = cfg.classifier
-    model = GPTClassifier(cfg.model.build(), num_classes, ccfg.pooling, ccfg.head_dropout)
-    if ccfg.trainable == "lora":
-        cfg.lora.apply(model.gpt)
-    model.set_trainable(ccfg.trainable, ccfg.last_blocks)
-    return model.to(device).train()
-
-
 def build_loss(ccfg: ClassifierSection, labels: list[str], train_counts: list[int]) -> ClassificationLoss:
     """The loss module of ``ccfg``, with explicit or balanced (n / (K * count_k)) class weights."""
     weights = None
@@ -148,11 +131,6 @@ def build_loss(ccfg: ClassifierSection, labels: list[str], train_counts: list[in
     if ccfg.loss == "focal":
         return FocalLoss(ccfg.focal_gamma, weights)
     return ClassificationLoss(weights, ccfg.label_smoothing)
-
-
-def lm_targets(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Next-token targets (B, T-1) of right-padded rows: position t predicts real token t+1."""
-    return input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, IGNORE_INDEX)
 
 
 def accumulate_gradients(
@@ -174,8 +152,10 @@ def accumulate_gradients(
     """
     labels = batch["labels"]
     norm = loss_fn.normaliser(labels)
-    targets = lm_targets(batch["input_ids"], batch["attention_mask"]) if lm_loss_weight else None
-    lm_norm = max(int((targets != IGNORE_INDEX).sum()), 1) if targets is not None else 1
+    targets = None  # next-token targets (B, T-1): position t predicts real token t+1, padding ignored
+    if lm_loss_weight:
+        targets = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, IGNORE_INDEX)
+    lm_norm = max(count_targets(targets), 1) if targets is not None else 1
     out = {"loss": 0.0, "lm_loss": 0.0, "correct": 0}
     for i in range(0, len(labels), micro_batch_size):
         part = slice(i, i + micro_batch_size)
@@ -195,33 +175,27 @@ def accumulate_gradients(
     return out
 
 
-def train_loader(train: ClassificationDataset, batch_size: int, seed: int, bucket: bool) -> DataLoader:
-    """Shuffled training batches (seeded); the last partial batch is dropped, as the reference
-    recipe does, unless the set is smaller than one batch. ``bucket``: batches of similar
-    lengths (:func:`~customgpt.data.classification.length_bucketed_batches`)."""
-    generator = torch.Generator().manual_seed(seed)
+def epoch_loader(train: ClassificationDataset, batch_size: int, generator: torch.Generator,
+                 bucket: bool) -> DataLoader:
+    """One epoch of shuffled training batches, ``max(len(train) // batch_size, 1)`` of them: the
+    last partial batch is dropped, as the reference recipe does, unless the set is smaller than
+    one batch. ``bucket``: batches of similar lengths
+    (:func:`~customgpt.data.classification.length_bucketed_batches`)."""
     drop_last = len(train) >= batch_size
     collate = lambda b: collate_classification(b, train.pad_id)  # noqa: E731
     if not bucket:
         return DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=drop_last, collate_fn=collate,
                           generator=generator)
-    lengths = [len(ids) for ids in train.ids]
-    n_batches = len(train) // batch_size if drop_last else math.ceil(len(train) / batch_size)
-
-    class EpochBatches:  # a fresh list of batches each epoch
-        def __iter__(self):
-            return iter(length_bucketed_batches(lengths, batch_size, generator=generator, drop_last=drop_last))
-
-        def __len__(self) -> int:
-            return n_batches
-
-    return DataLoader(train, batch_sampler=EpochBatches(), collate_fn=collate)
+    batches = length_bucketed_batches([len(ids) for ids in train.ids], batch_size, generator=generator,
+                                      drop_last=drop_last)
+    return DataLoader(train, batch_sampler=batches, collate_fn=collate)
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, batch_size: int) -> Tensor:
-    """Class probabilities (N, K) of a whole split. Rows are batched by length (less padding),
-    then put back in the split's order."""
+def evaluate(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, labels: list[str],
+             batch_size: int) -> tuple[dict[str, Any], Tensor]:
+    """(report with ``loss`` added, class probabilities (N, K)) over the FULL split (plain
+    cross-entropy loss). Rows are batched by length (less padding), then put back in order."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
@@ -233,15 +207,8 @@ def predict(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, ba
             logits = model(batch["input_ids"].to(rt.device), batch["attention_mask"].to(rt.device))
         probs[idx] = torch.softmax(logits.float(), dim=-1).cpu()
     model.train(was_training)
-    return probs
-
-
-def evaluate(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, labels: list[str],
-             batch_size: int) -> tuple[dict[str, Any], Tensor]:
-    """(report with ``loss`` added, probabilities) over the FULL split (plain cross-entropy loss)."""
-    probs = predict(model, data, rt, batch_size)
-    targets = torch.tensor(data.labels)
     report = classification_report(data.labels, probs.argmax(-1).tolist(), labels)
+    targets = torch.tensor(data.labels)
     report["loss"] = float(-torch.log(probs[torch.arange(len(data)), targets].clamp_min(1e-12)).mean())
     return report, probs
 
@@ -265,14 +232,17 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     splits, labels = prepare_splits(cfg.data)  # every row validated before anything is created
     run_dir = cfg.logging.run_folder("best", "metrics.json", what="a classification run")
     tcfg, ccfg = cfg.train, cfg.classifier
-    loss_fn = build_loss(ccfg, labels, class_counts(splits.train, labels))
+    counts = Counter(r.label for r in splits.train)
+    loss_fn = build_loss(ccfg, labels, [counts[name] for name in labels])
     micro, _ = tcfg.accumulation(1)
     rt = setup_runtime(cfg.runtime, distributed=False)
     seed_everything(tcfg.seed)
-    from customgpt.tokenizer import get_tokenizer
-
     encode = get_tokenizer().encode
-    model = build_classifier(cfg, len(labels), rt.device)
+    model = GPTClassifier(cfg.model.build(), len(labels), ccfg.pooling, ccfg.head_dropout)
+    if ccfg.trainable == "lora":
+        cfg.lora.apply(model.gpt)
+    model.set_trainable(ccfg.trainable, ccfg.last_blocks)
+    model.to(rt.device).train()
     loss_fn.to(rt.device)
     ctx = model.config.context_length
     limit = min(cfg.data.max_length or ctx, ctx)
@@ -284,8 +254,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     print(f"data: {splits.sizes()} examples, classes {labels}, max length {max_length} tokens, "
           f"truncated {truncated}")
 
-    loader = train_loader(train, tcfg.batch_size, tcfg.seed, cfg.data.bucket_by_length)
-    total_steps = int(min(tcfg.max_steps or math.inf, tcfg.epochs * len(loader)))
+    generator = torch.Generator().manual_seed(tcfg.seed)  # the shuffles of every epoch
+    total_steps = int(min(tcfg.max_steps or math.inf, tcfg.epochs * max(len(train) // tcfg.batch_size, 1)))
     schedule = build_schedule(tcfg, total_steps)
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
     scaler = rt.grad_scaler()
@@ -302,15 +272,14 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     log = MetricsLogger(run_dir, tensorboard=cfg.logging.tensorboard)
-    bar = Progress(total_steps, enabled=cfg.logging.progress, desc="classify")
-    say = bar.write if cfg.logging.progress else lambda text: print(text, flush=True)
+    bar = Progress(total_steps, enabled=cfg.logging.progress, echo=True, desc="classify")
     aux = {"lm_loss_weight": ccfg.lm_loss_weight, "autocast": rt.autocast, "scale": scaler.scale}
     step, best, best_epoch, history = 0, None, 0, []
     train_clock, train_cpu = time.perf_counter(), time.process_time()
     for epoch in range(1, tcfg.epochs + 1):
         seen = correct = 0
         loss_sum = lm_sum = 0.0
-        for batch in loader:
+        for batch in epoch_loader(train, tcfg.batch_size, generator, cfg.data.bucket_by_length):
             if step >= total_steps:
                 break
             lr = schedule(step)
@@ -338,9 +307,10 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
         log.log(record)
         improved = _better(report, best, ccfg.select_metric)
         left = record["elapsed"] / step * (total_steps - step)  # the epoch lines are the progress report
-        say(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-            f"val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
-            + (" (best)" if improved else "") + f" | {record['elapsed']:.0f} s, about {left:.0f} s to go")
+        bar.write(f"epoch {epoch}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+                  f" | val loss {report['loss']:.4f} acc {report['accuracy']:.4f} F1 {report['macro_f1']:.4f}"
+                  + (" (best)" if improved else "")
+                  + f" | {record['elapsed']:.0f} s, about {left:.0f} s to go")
         if improved:
             best, best_epoch = report, epoch
             save_classifier(scored, run_dir / "best", labels, max_length=max_length,
@@ -375,13 +345,12 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
 
 def write_predictions(path: Path, rows, labels: list[str], probs: Tensor) -> None:
     """CSV of text, true label, predicted label and its probability (atomic write)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["text", "label", "predicted", "probability"])
-    for row, p in zip(rows, probs):
-        k = int(p.argmax())
-        writer.writerow([row.text, row.label, labels[k], f"{float(p[k]):.6f}"])
-    atomic_write_text(path, buffer.getvalue())
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label", "predicted", "probability"])
+        for row, p in zip(rows, probs):
+            k = int(p.argmax())
+            writer.writerow([row.text, row.label, labels[k], f"{float(p[k]):.6f}"])
 
 
 def plot_epochs(history: list[dict[str, Any]], run_dir: Path) -> list[Path]:

@@ -1,14 +1,9 @@
 """Training configs: dataclass sections parsed by jsonargparse, YAML presets, dotted overrides.
 
-A command's config is a tree of sections (:mod:`customgpt.sections`) whose attribute
-docstrings ``--help`` lists. :func:`load_config` layers the schema's defaults, a YAML file
-(a path or a packaged preset name) and ``--section.key VALUE`` overrides; jsonargparse
-checks the types, each section's ``validate()`` the ranges. Every error is a ConfigError
-naming the dotted key and the file or flag that set it, raised before training starts; a
-YAML file with a duplicate key is an error. A new objective declares a root section (as
-``ClassifyConfig``) and adds one row to ``customgpt.cli.finetune.TASKS``. A ``data/``
-section may be a plain ``@dataclass`` whose ``__post_init__`` raises ConfigError naming
-``section.key`` (``data/`` never imports ``train/``).
+:func:`load_config` layers a root section's defaults, a YAML file (a path or a packaged
+preset name) and ``--section.key VALUE`` overrides; jsonargparse checks the types, each
+section's ``validate()`` the ranges. A ``data/`` section may be a plain ``@dataclass``
+whose ``__post_init__`` raises ConfigError naming ``section.key``.
 """
 
 from __future__ import annotations
@@ -16,10 +11,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+import importlib
 import json
 import math
 import re
-import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -31,15 +26,13 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import jsonargparse
 import yaml
 
+from customgpt.config import GPTConfig
 from customgpt.errors import ConfigError
 from customgpt.sections import FieldError, Section, to_dict
 from customgpt.train.files import atomic_write_text
 
 T = TypeVar("T")
 
-_TRUE = {"true", "yes", "on", "1", "y"}
-_FALSE = {"false", "no", "off", "0", "n"}
-_NONE = {"none", "null", "~"}
 _NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity|\.nan|\.inf)$", re.IGNORECASE)
 
 
@@ -111,10 +104,10 @@ def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
                 raise ConfigError(f"{key}: must be a finite number, got {item!r}{where}")
     if isinstance(value, str):
         text = value.strip()
-        if optional and text.lower() in _NONE:
+        if optional and text.lower() == "none":  # jsonargparse reads null and ~
             return "null"
-        if inner is bool and text.lower() in _TRUE | _FALSE:
-            return "true" if text.lower() in _TRUE else "false"
+        if inner is bool:  # jsonargparse reads true/false, yes/no and on/off
+            return {"1": "true", "y": "true", "0": "false", "n": "false"}.get(text.lower(), text.lower())
         if origin in (tuple, list) and not text.startswith("["):
             elem = (get_args(inner) or (str,))[0]
             items = [v.strip() for v in text.split(",") if v.strip()]
@@ -149,29 +142,24 @@ def make_parser(schema: type) -> Any:
 def keys_help(schema: type) -> str:
     """``--help`` text listing every key of ``schema`` with its type, default and description."""
     out = []
-    for block in make_parser(schema).format_help().split("\n\n"):  # usage, options, then one per section
-        lines = [x for x in block.splitlines() if not re.match(r"^\s+--[\w.]+ CONFIG\s", x)]  # "--train CONFIG"
-        option = next((re.match(r"^\s+--([\w.]+)\.\w+", x) for x in lines if x.lstrip().startswith("--")), None)
-        if block.startswith("usage:") or option is None:
-            continue
-        heading = lines[0] if lines[0].endswith(":") and not lines[0][0].isspace() else None
-        if heading and re.match(r"^\w+\(.*\):$", heading, re.DOTALL):  # no docstring: a class signature
-            heading = ":"
-        out.append("\n".join([f"{option.group(1)}: {heading}".replace(": :", ":"), *lines[1:]] if heading else lines))
-    return "config keys (override any with --section.key VALUE):\n\n" + "\n\n".join(out) + "\n"
+    for block in make_parser(schema).format_help().split("\n\n")[2:]:  # past usage and -h: one per section
+        block = re.sub(r"^ +--[\w.]+ CONFIG .*\n", "", block, flags=re.MULTILINE)  # "--train CONFIG": a file
+        section = re.search(r"--([\w.]+)\.\w+", block)
+        out.append(f"{section.group(1)}: {block}" if section else block)
+    return "config keys (override any with --section.key VALUE):\n\n" + "\n\n".join(out)
 
 
 def load_config(
     schema: type[T],
     path: str | Path | None = None,
-    overrides: Sequence[str] | Sequence[tuple[str, Any]] | None = None,
+    overrides: Sequence[str] = (),
 ) -> T:
     """Build a ``schema`` instance from its defaults, an optional YAML file and overrides.
 
     Args:
         schema: the root :class:`~customgpt.sections.Section` dataclass.
         path: a YAML file or a packaged preset name; None for the schema's defaults.
-        overrides: command-line tokens (``["--train.lr", "3e-4"]``) or (key, value) pairs.
+        overrides: command-line tokens (``["--train.lr", "3e-4"]``).
 
     Raises:
         ConfigError: unknown key, bad value or type, unreadable or invalid YAML, duplicate
@@ -181,9 +169,7 @@ def load_config(
     if path is not None:
         data = read_yaml(resolve_config_path(path))
         pairs += [(k, v, str(path)) for k, v in _flatten(data)]
-    is_tokens = overrides and isinstance(next(iter(overrides)), str)
-    tokens = parse_overrides(overrides) if is_tokens else list(overrides or [])  # type: ignore[arg-type]
-    pairs += [(k, v, f"--{k}") for k, v in tokens]
+    pairs += [(k, v, f"--{k}") for k, v in parse_overrides(overrides)]
 
     keys = schema_keys(schema)
     origins: dict[str, str] = {}
@@ -204,11 +190,11 @@ def load_config(
     try:
         ns = make_parser(schema).parse_args(args)
     except jsonargparse.ArgumentError as exc:
-        found = re.search(r'(?:Parser key|key) "([\w.]+)"', str(exc))
+        found = re.search(r'key "([\w.]+)"', str(exc))
         key = found.group(1) if found else ""
-        if key in keys:
-            got = f", got {raw[key]!r}" if key in raw else ""
-            raise ConfigError(f"{key}: expected {describe_type(keys[key])}{got}{_where(key, origins)}") from None
+        if key in raw:
+            expected = describe_type(keys[key])
+            raise ConfigError(f"{key}: expected {expected}, got {raw[key]!r}{_where(key, origins)}") from None
         raise ConfigError(f"config: {str(exc).splitlines()[0]}") from None
     return _build(schema, ns.as_dict(), "", origins)
 
@@ -252,9 +238,6 @@ def save_config(obj: Any, path: str | Path) -> None:
 # --------------------------------------------------------------------------- overrides
 
 
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
 def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, Any]]:
     """``["--train.lr", "3e-4", "--optim.betas=0.9,0.95"]`` → ``[("train.lr", "3e-4"), ...]``.
 
@@ -262,25 +245,15 @@ def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, Any]]:
     Dashes in keys are read as underscores (``--train.max-steps``).
     """
     out: list[tuple[str, Any]] = []
-    i = 0
-    tokens = list(tokens)
-    while i < len(tokens):
-        token = tokens[i]
+    rest = list(tokens)
+    while rest:
+        token = rest.pop(0)
         if not token.startswith("--"):
             raise ConfigError(f"unexpected argument {token!r}: overrides look like --section.key VALUE")
         key, eq, value = token[2:].partition("=")
-        key = key.replace("-", "_")
-        if not _KEY_RE.match(key):
-            raise ConfigError(f"bad override {token!r}: expected --section.key VALUE or --section.key=VALUE")
-        if eq:
-            out.append((key, value))
-            i += 1
-        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-            out.append((key, tokens[i + 1]))
-            i += 2
-        else:
-            out.append((key, FLAG))
-            i += 1
+        if not eq:
+            value = rest.pop(0) if rest and not rest[0].startswith("--") else FLAG
+        out.append((key.replace("-", "_"), value))  # the key is checked against the schema by load_config
     return out
 
 
@@ -352,31 +325,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- argparse glue
 
 
-def split_override_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate ``--section.key [VALUE]`` tokens (dotted keys) from a command's own options."""
-    own: list[str] = []
-    overrides: list[str] = []
-    i = 0
-    argv = list(argv)
-    while i < len(argv):
-        token = argv[i]
-        key = token[2:].partition("=")[0] if token.startswith("--") else ""
-        if "." in key:
-            overrides.append(token)
-            if "=" not in token and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                overrides.append(argv[i + 1])
-                i += 1
-        else:
-            own.append(token)
-        i += 1
-    return own, overrides
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, schema: Any, *, default_config: str | None = None) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, schema: str, *, default_config: str | None = None) -> None:
     """Give a command ``--config``, ``--print-config`` and ``--section.key VALUE`` overrides of
-    ``schema`` (a root section, or a function returning it, so that the CLI imports it only
-    for ``--help``, which then lists every key). Call :func:`accept_override_args` on the
-    top-level parser; ``args.overrides`` then holds the override tokens for :func:`load_config`.
+    the root section ``schema`` (``"module:Name"``, imported only for ``--help``, which then
+    lists every key). The tokens the command's own options do not take (the overrides) land
+    in ``args.overrides`` for :func:`load_config`, which checks them.
     """
     parser.allow_abbrev = False
     default = f" (default: {default_config})" if default_config else ""
@@ -386,28 +339,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, schema: Any, *, defaul
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    original = parser.format_help
+    original_help = parser.format_help
+    original_parse = parser.parse_known_args
 
     def format_help() -> str:
-        root = schema if isinstance(schema, type) else schema()
-        return original() + "\n" + keys_help(root)
+        module, name = schema.split(":")
+        return original_help() + "\n" + keys_help(getattr(importlib.import_module(module), name))
+
+    def parse_known_args(args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        ns, rest = original_parse(args, namespace)
+        ns.overrides = rest
+        return ns, []
 
     parser.format_help = format_help  # type: ignore[method-assign]
-
-
-def accept_override_args(parser: argparse.ArgumentParser) -> None:
-    """Make ``parser.parse_args()`` take the ``--section.key VALUE`` tokens out first (argparse
-    would reject them) and return them as ``args.overrides``. On a parser with subcommands,
-    call it on the top-level parser."""
-    original = parser.parse_args
-
-    def parse_args(args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
-        own, overrides = split_override_args(sys.argv[1:] if args is None else args)
-        ns = original(own, namespace)
-        ns.overrides = overrides
-        return ns
-
-    parser.parse_args = parse_args  # type: ignore[method-assign]
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- shared sections
@@ -455,10 +400,8 @@ class ModelSection(Section):
         keys = (*self._SHAPE, "dropout", "attn_dropout", "impl")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
-    def gpt_config(self):  # -> GPTConfig
+    def gpt_config(self) -> GPTConfig:
         """The model config for training from scratch (``init`` is None)."""
-        from customgpt.config import GPTConfig
-
         try:
             return GPTConfig.from_preset(self.preset or "", **self._changes())
         except ConfigError as exc:
@@ -475,8 +418,7 @@ class ModelSection(Section):
             return GPT(self.gpt_config()).train()
         from customgpt.checkpoints import load_model
 
-        changes = {k: v for k, v in self._changes().items() if k in ("dropout", "attn_dropout", "impl")}
-        return load_model(self.init, device="cpu", dtype="float32", overrides=changes or None).train()
+        return load_model(self.init, device="cpu", dtype="float32", overrides=self._changes() or None).train()
 
 
 @dataclass
@@ -587,11 +529,9 @@ class TrainConfig(Section):
     """Steps between checkpoints; none: at every evaluation."""
 
     def validate(self) -> None:
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise FieldError(key, f"must be >= 1, got {getattr(self, key)}")
-        for key, low in (("max_steps", 1), ("micro_batch_size", 1), ("eval_iters", 1), ("warmup_steps", 0),
-                         ("grad_clip", 0), ("eval_every", 0), ("save_every", 0)):
+        for key, low in (("epochs", 1), ("batch_size", 1), ("max_steps", 1), ("micro_batch_size", 1),
+                         ("eval_iters", 1), ("warmup_steps", 0), ("grad_clip", 0), ("eval_every", 0),
+                         ("save_every", 0), ("initial_lr", 0), ("min_lr", 0)):
             value = getattr(self, key)
             if value is not None and value < low:
                 raise FieldError(key, f"must be >= {low}, got {value}")
@@ -603,11 +543,8 @@ class TrainConfig(Section):
             raise FieldError("lr", f"must be <= {MAX_LR:g} (a learning rate this large only makes the weights nan), "
                              f"got {self.lr:g}")
         for key in ("initial_lr", "min_lr"):
-            value = getattr(self, key)
-            if value < 0:
-                raise FieldError(key, f"must be >= 0, got {value}")
-            if value > self.lr:
-                raise FieldError(key, f"must be <= train.lr ({self.lr:g}), got {value:g}")
+            if getattr(self, key) > self.lr:
+                raise FieldError(key, f"must be <= train.lr ({self.lr:g}), got {getattr(self, key):g}")
         if not 0 <= self.seed <= MAX_SEED:
             raise FieldError("seed", f"must be between 0 and 2**64 - 1 ({MAX_SEED}), got {self.seed}")
         if self.warmup_steps is not None and self.warmup_fraction is not None:

@@ -1,47 +1,16 @@
 """Preference tuning (DPO, IPO, SimPO, ORPO): one explicit loop built from the shared pieces of :mod:`customgpt.train`.
 
 Reading order: the config sections, the sequence log-probs of a batch under the policy and
-the reference, evaluation (TRL's metric names), the collapse guard, then
-:func:`finetune_dpo`: read and check every record → build the policy (optionally with LoRA)
-and the reference → evaluate and probe before training → train, evaluating and probing
-every ``train.eval_every`` steps → write the final model, test responses, ``metrics.json``
-and the plots.
-
-The reference model (``train.reference``), for the losses that use one (DPO, IPO):
-
-* ``copy``: a frozen copy of the starting weights (twice the weights in memory);
-* ``adapters``: with LoRA (``train.trainable: lora``), the same network with its adapters switched off
-  (:func:`customgpt.lora.disable_adapters`): the starting weights, no second copy;
-* ``precomputed``: the starting model's log-probs of every training and validation pair,
-  computed once before training and stored in the cache beside the datasets
-  (``reference-logps/<fingerprint>.safetensors`` under ``data.cache_dir``, else
-  ``$CUSTOMGPT_CACHE_DIR``, else ``~/.cache/customgpt``), keyed by a fingerprint of the
-  weights, the token ids and the reduction, so any later run on the same model and data
-  reads them back; no reference forward pass during training.
-
-All three give the same losses (at the first step exactly the same; a test checks it).
-Dropout should be 0 (the configs set ``model.dropout: 0``), as TRL's ``disable_dropout``
-does: the log-ratios then measure the change of the weights, not dropout noise.
-
-Metrics, each evaluation, under TRL's names (``loss``, ``rewards/chosen``,
-``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``,
-``logps/rejected``) for a part of the training split (unprefixed, ``train.eval_iters``
-batches) and for the validation split (prefixed ``eval_``, as TRL logs it), in
-``metrics.jsonl`` records with ``"kind": "eval"``; plots ``loss.png``, ``margins.png``,
-``accuracy.png``.
-
-The collapse guard: preference tuning easily drives a model into degenerate text (one word
-over and over) while its reward margin still grows. Each evaluation greedily answers the
-first ``train.collapse_prompts`` validation prompts, logs the responses, and measures the
-share of repeated word 4-grams and distinct-2 within each response, and ROUGE-L against the
-chosen responses. When the repeated-4-gram share rises by more than ``train.collapse_rise``
-above its value before training, or distinct-2 falls by more than that, the run warns; with
-``train.stop_on_collapse`` it stops and keeps the last healthy weights as its model.
+the reference (``train.reference``: ``copy``, ``adapters`` or ``precomputed``), evaluation
+(TRL's metric names), the collapse guard, then :func:`finetune_dpo`: read and check every
+record → build the policy (optionally with LoRA) and the reference → evaluate and probe
+before training → train, evaluating and probing every ``train.eval_every`` steps → write
+the final model, test responses, ``metrics.json`` and the plots. docs/preference.md
+describes the reference modes, the metrics and the collapse guard.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -64,6 +33,10 @@ from customgpt.data.preference import (
     prepare_preference_splits,
 )
 from customgpt.errors import ConfigError
+from customgpt.evaluate.overlap import rouge_l
+from customgpt.evaluate.perplexity import eval_mode
+from customgpt.evaluate.responses import generate_responses, with_responses, write_json
+from customgpt.io import atomic_write_bytes, atomic_write_text
 from customgpt.losses import (
     PREFERENCE_LOSSES,
     DPOLoss,
@@ -88,7 +61,6 @@ from customgpt.train.config import (
     TrainConfig,
     save_config,
 )
-from customgpt.train.files import atomic_write_text
 from customgpt.train.logging import MetricsLogger, Progress, Throughput, line_figure, read_metrics
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
@@ -151,10 +123,8 @@ class DPOTrainConfig(TrainConfig):
             raise FieldError("label_smoothing", f"applies to loss dpo only, not {self.loss}")
         if not math.isfinite(self.simpo_gamma):
             raise FieldError("simpo_gamma", f"must be finite, got {self.simpo_gamma}")
-        for key in ("eval_batch_size",):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise FieldError(key, f"must be >= 1 or none, got {value}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise FieldError("eval_batch_size", f"must be >= 1 or none, got {self.eval_batch_size}")
         if self.collapse_prompts < 0 or self.collapse_max_new_tokens < 1 or self.response_max_new_tokens < 1:
             raise FieldError("collapse_prompts", "collapse_prompts must be >= 0, collapse_max_new_tokens and "
                              "response_max_new_tokens >= 1")
@@ -211,16 +181,6 @@ def batch_logps(model: nn.Module, batch: PreferenceBatch, reduction: str) -> tup
     return logps[: batch.n_pairs], logps[batch.n_pairs:]
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
-
-
 class Reference:
     """The reference log-probs of a batch in one of the three modes (see the module docstring).
 
@@ -249,7 +209,7 @@ class Reference:
         if self.mode == "adapters":
             from customgpt.lora import disable_adapters
 
-            with disable_adapters(self.policy), _eval_mode(self.policy), rt.autocast():
+            with disable_adapters(self.policy), eval_mode(self.policy), rt.autocast():
                 return batch_logps(self.policy, batch, self.reduction)
         assert self.model is not None
         with rt.autocast():
@@ -274,14 +234,12 @@ def precompute_reference_logps(model: nn.Module, dataset: PreferenceDataset, *, 
                                rt: Runtime) -> Tensor:
     """(N, 2) log-probs of every pair's (chosen, rejected) response under ``model`` (eval mode)."""
     out = torch.empty(len(dataset), 2, dtype=torch.float64)
-    with _eval_mode(model):
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = collate_preference(items, eot_id=dataset.eot_id, max_length=dataset.max_length).to(rt.device)
+    with eval_mode(model):
+        for batch in _batches(dataset, batch_size, range(len(dataset))):
             with rt.autocast():
-                chosen, rejected = batch_logps(model, batch, reduction)
-            out[start:start + len(items), 0] = chosen.double().cpu()
-            out[start:start + len(items), 1] = rejected.double().cpu()
+                chosen, rejected = batch_logps(model, batch.to(rt.device), reduction)
+            out[batch.indices, 0] = chosen.double().cpu()
+            out[batch.indices, 1] = rejected.double().cpu()
     return out
 
 
@@ -298,7 +256,7 @@ def attach_reference_logps(model: nn.Module, datasets: dict[str, PreferenceDatas
     """Give each dataset its reference log-probs: read from ``folder/<fingerprint>.safetensors``
     when that exists (same weights, token ids and reduction), else computed with ``model``
     and written there (atomically). Returns the file and whether it was read back."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     key = _fingerprint(model, list(datasets.values()), reduction)
     path = folder / f"{key[:32]}.safetensors"
@@ -313,9 +271,7 @@ def attach_reference_logps(model: nn.Module, datasets: dict[str, PreferenceDatas
         tensors[name] = precompute_reference_logps(model, ds, reduction=reduction, batch_size=batch_size, rt=rt)
         ds.set_reference_logps(tensors[name])
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
-    save_file(tensors, str(tmp), metadata={"fingerprint": key, "reduction": reduction})
-    tmp.replace(path)
+    atomic_write_bytes(path, save(tensors, metadata={"fingerprint": key, "reduction": reduction}))
     return path, False
 
 
@@ -347,7 +303,7 @@ def evaluate(policy: nn.Module, reference: Reference, loss_fn: PreferenceLoss, d
     """TRL's metrics over the first ``max_batches`` batches of ``dataset`` (all when None),
     averaged over pairs (eval mode)."""
     outs, chosen, rejected = [], [], []
-    with _eval_mode(policy):
+    with eval_mode(policy):
         for i, batch in enumerate(_batches(dataset, batch_size, range(len(dataset)))):
             if max_batches is not None and i >= max_batches:
                 break
@@ -355,7 +311,13 @@ def evaluate(policy: nn.Module, reference: Reference, loss_fn: PreferenceLoss, d
             outs.append(out)
             chosen.append(pc)
             rejected.append(pr)
-    joined = PreferenceLossOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in PreferenceLossOutput._fields))
+    return _metrics(outs, chosen, rejected)
+
+
+def _metrics(outs: Sequence[PreferenceLossOutput], chosen: Sequence[Tensor], rejected: Sequence[Tensor]) -> dict[str, float]:
+    """TRL's metrics of the pairs of several batches (their loss outputs and policy log-probs)."""
+    joined = PreferenceLossOutput(*(torch.cat([getattr(o, f).detach() for o in outs])
+                                    for f in PreferenceLossOutput._fields))
     return preference_metrics(joined, torch.cat(chosen), torch.cat(rejected))
 
 
@@ -391,9 +353,6 @@ def collapse_probe(policy: nn.Module, tokenizer, style: PromptStyle, records: Se
                    max_new_tokens: int) -> dict[str, Any]:
     """Greedy responses to ``records`` with their :func:`degeneration` and ROUGE-L F1 (0-1,
     mean) against the chosen responses."""
-    from customgpt.evaluate.overlap import rouge_l
-    from customgpt.evaluate.responses import generate_responses
-
     texts, _ = generate_responses(policy, tokenizer, style, records, max_new_tokens=max_new_tokens,
                                   batch_size=len(records), progress=False)
     out: dict[str, Any] = degeneration(texts)
@@ -411,15 +370,7 @@ def collapsed(probe: dict[str, Any], start: dict[str, Any], rise: float) -> str 
     return None
 
 
-# --------------------------------------------------------------------------- models
-
-
-def build_policy(cfg: DPOConfig) -> nn.Module:
-    """The starting model, with LoRA adapters (only they train) when ``train.trainable`` is lora."""
-    model = cfg.model.build()
-    if cfg.train.trainable == "lora":
-        cfg.lora.apply(model)
-    return model
+# --------------------------------------------------------------------------- plots
 
 
 def _plots(run_dir: Path) -> list[Path]:
@@ -457,7 +408,9 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
 
     tokenizer = get_tokenizer()
     style = cfg.prompt.build()
-    policy = build_policy(cfg)
+    policy = cfg.model.build()
+    if tcfg.trainable == "lora":
+        cfg.lora.apply(policy)  # only the adapters train
     max_length = min(cfg.data.max_length or policy.config.context_length, policy.config.context_length)
     data = {name: PreferenceDataset(splits.get(name), tokenizer, style, max_length, eot_id=tokenizer.eot_id)
             for name in ("train", "val")}
@@ -550,9 +503,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
                     tokens += batch.input_ids.numel()
                 grad_norm, applied = optimizer_step(optimizer, None, policy.parameters(), tcfg.grad_clip)
                 step += 1
-                joined = PreferenceLossOutput(*(torch.cat([getattr(o, f).detach() for o in outs])
-                                                for f in PreferenceLossOutput._fields))
-                metrics = preference_metrics(joined, torch.cat(chosen), torch.cat(rejected))
+                metrics = _metrics(outs, chosen, rejected)
                 if not math.isfinite(metrics["loss"]) or not applied:
                     diverged = True
                     stop_reason = f"non-finite loss or gradient at step {step}"
@@ -611,7 +562,6 @@ def write_test_responses(run_dir: Path, cfg: DPOConfig, style: PromptStyle, toke
     task writes them (each record plus ``model_response``; ``output`` is the chosen response
     when the record has none), so ``customgpt eval rouge`` and ``eval judge`` read it."""
     from customgpt.checkpoints import load_model
-    from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 
     model = load_model(run_dir / "model", device=rt.device, dtype="float32").eval()
     texts, settings = generate_responses(model, tokenizer, style, records,

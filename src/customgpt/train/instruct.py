@@ -34,7 +34,7 @@ from customgpt.errors import ConfigError
 from customgpt.evaluate.overlap import score_responses
 from customgpt.evaluate.perplexity import perplexity_of, response_perplexity, summed_loss
 from customgpt.evaluate.responses import generate_responses, with_responses, write_json
-from customgpt.losses import causal_lm_loss
+from customgpt.losses import model_lm_loss
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
 from customgpt.sections import Section
 from customgpt.train.checkpoint import save_merged_model
@@ -225,7 +225,6 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     clock, throughput = time.perf_counter(), Throughput()
     if tcfg.eval_every:
         best = evaluate(0)
-        best_step = 0
         save_run_model(model, run_dir / "best", style, step=0, val_loss=best)
     epoch = 0
     while step < total_steps:
@@ -242,8 +241,7 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
             for x, y in parts:
                 x, y = x.to(rt.device), y.to(rt.device)
                 with rt.autocast():
-                    hidden = model.forward_hidden(x)
-                    loss = causal_lm_loss(hidden, model.lm_head.weight, y)  # mean over this micro-batch
+                    loss = model_lm_loss(model, x, y)  # mean over this micro-batch
                 scaler.scale(loss * micro_loss_weight(count_targets(y), n_targets)).backward()
                 loss_sum += float(loss.detach()) * count_targets(y)
             grad_norm, applied = optimizer_step(optimizer, scaler, params, tcfg.grad_clip)

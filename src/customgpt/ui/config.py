@@ -149,7 +149,8 @@ def write_app_folder(folder: str | Path, config: AppConfig) -> Path:
     folder = Path(folder)
     (folder / ".chainlit").mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / ".chainlit" / "config.toml", chainlit_config_toml())
-    atomic_write_text(folder / "chainlit.md", readme_markdown(config))
+    readme = ["# customgpt", "", "GPT-2 written from scratch in PyTorch, in a web page.", "", *profile_help(config)]
+    atomic_write_text(folder / "chainlit.md", "\n".join(readme) + "\n")
     return folder
 
 
@@ -170,13 +171,6 @@ def remove_app_folder(folder: str | Path | None) -> bool:
     if ours:
         shutil.rmtree(folder, ignore_errors=True)
     return ours
-
-
-def readme_markdown(config: AppConfig) -> str:
-    """What the profiles do and which model each uses (the app's readme)."""
-    lines = ["# customgpt", "", "GPT-2 written from scratch in PyTorch, in a web page.", ""]
-    lines += profile_help(config)
-    return "\n".join(lines) + "\n"
 
 
 def profile_help(config: AppConfig) -> list[str]:

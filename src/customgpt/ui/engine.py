@@ -38,13 +38,6 @@ CLASSIFIER_MARKER = "classifier.json"
 # =========================================================================== loading
 
 
-def _error_text(exc: BaseException) -> str:
-    """One line for the page: our errors as they are, anything else with its type."""
-    if isinstance(exc, CustomGPTError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
 @dataclass
 class LoadedModel:
     """A model the app serves, or the reason it could not be loaded.
@@ -82,12 +75,23 @@ class LoadedModel:
             return f"- **{self.role}** `{self.spec}`: **failed to load**: {self.error}"
         n = sum(p.numel() for p in self.model.parameters())
         device = next(self.model.parameters()).device
-        extra = ""
         if self.role == "classifier":
             extra = f", classes: {', '.join(str(x) for x in self.info.get('labels', []))}"
         else:
             extra = f", context window {self.context_length} tokens"
         return f"- **{self.role}** `{self.spec}`: {self.description}; {n / 1e6:.1f}M parameters on {device}{extra}"
+
+
+def _load(loaded: LoadedModel, what: str, load: Callable[[], None]) -> LoadedModel:
+    """Run ``load`` (which fills ``loaded``); any failure is kept in ``loaded.error`` (our
+    errors as they are, anything else with its type) and logged."""
+    try:
+        load()
+    except Exception as exc:  # noqa: BLE001 - the page shows it and the app keeps running
+        ours = isinstance(exc, CustomGPTError)
+        loaded.error = str(exc) if ours else f"{type(exc).__name__}: {exc}"
+        log.error("cannot load %s %s: %s", what, loaded.spec, loaded.error, exc_info=not ours)
+    return loaded
 
 
 def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_size: int | None = None) -> LoadedModel:
@@ -98,7 +102,8 @@ def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_
     from customgpt.checkpoints import load_model, resolve_model_spec
 
     loaded = LoadedModel(role, spec)
-    try:
+
+    def load() -> None:
         if (Path(spec).expanduser() / CLASSIFIER_MARKER).is_file():
             raise ConfigError(
                 f"{spec} is a classifier (it holds {CLASSIFIER_MARKER}), not a language model: give it "
@@ -108,13 +113,9 @@ def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_
         loaded.description = source.describe()
         seed = 0 if source.kind == "preset" else None
         loaded.model = load_model(spec, device=device, seed=seed, tokenizer_vocab_size=tokenizer_vocab_size).eval()
-    except Exception as exc:  # noqa: BLE001 - the page shows it and the app keeps running
-        loaded.error = _error_text(exc)
-        log.error("cannot load the %s model %s: %s", role, spec, loaded.error,
-                  exc_info=not isinstance(exc, CustomGPTError))
-    else:
         log.info("%s model %s: %s", role, spec, loaded.description)
-    return loaded
+
+    return _load(loaded, f"the {role} model", load)
 
 
 def load_classifier_model(spec: str, device: torch.device) -> LoadedModel:
@@ -122,15 +123,12 @@ def load_classifier_model(spec: str, device: torch.device) -> LoadedModel:
     from customgpt.classifier import load_classifier
 
     loaded = LoadedModel("classifier", spec, description="a customgpt classifier")
-    try:
+
+    def load() -> None:
         loaded.model, loaded.info = load_classifier(spec, device=device)
-    except Exception as exc:  # noqa: BLE001 - the page shows it and the app keeps running
-        loaded.error = _error_text(exc)
-        log.error("cannot load the classifier %s: %s", spec, loaded.error,
-                  exc_info=not isinstance(exc, CustomGPTError))
-    else:
         log.info("classifier %s: labels %s", spec, loaded.info.get("labels"))
-    return loaded
+
+    return _load(loaded, "the classifier", load)
 
 
 @dataclass
@@ -387,8 +385,9 @@ class Generation:
                     yield chunk
                     last = time.perf_counter()
                 elif kind == "notice":
-                    if self.on_notice is not None:
-                        await _maybe_await(self.on_notice(value))
+                    notice = self.on_notice(value) if self.on_notice is not None else None
+                    if asyncio.iscoroutine(notice):
+                        await notice
                 elif kind == "error":
                     raise value
                 else:
@@ -400,11 +399,6 @@ class Generation:
         """Wait until the worker thread has ended (it ends within one token of a stop)."""
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)
-
-
-async def _maybe_await(value: Any) -> None:
-    if asyncio.iscoroutine(value):
-        await value
 
 
 # =========================================================================== classification
