@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from customgpt.errors import ConfigError
+from customgpt.io import read_json_object
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -387,8 +388,6 @@ def saved_prompt_style(folder: str | os.PathLike[str]) -> PromptStyle | None:
         ConfigError: a recorded style that cannot be rebuilt (see :func:`prompt_style_from_dict`).
         CheckpointError: a ``metadata.json`` that is not a JSON object.
     """
-    from customgpt.io import read_json_object
-
     path = Path(folder).expanduser() / "metadata.json"
     if not path.is_file():
         return None
