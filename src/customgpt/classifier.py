@@ -137,10 +137,9 @@ def save_classifier(
     max_length: int,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Save a classifier folder atomically: written as ``<folder>.tmp``, then swapped in
-    (:func:`customgpt.io.atomic_folder`), so an interrupted save never leaves a half-written
-    folder behind. LoRA adapters, if any, are merged into the saved body, so the folder is a
-    plain model. Raises ConfigError if ``labels`` does not have one name per class."""
+    """Save a classifier folder atomically (:func:`customgpt.io.atomic_folder`), LoRA adapters,
+    if any, merged into the saved body. Raises ConfigError if ``labels`` does not have one name
+    per class."""
     if len(labels) != model.num_classes:
         raise ConfigError(f"{len(labels)} label names for a {model.num_classes}-class head")
     head_info = {"format": FORMAT, "labels": list(labels), "pooling": model.pooling,
@@ -165,20 +164,16 @@ REMOVED_OPTIONS = (
 
 
 def read_classifier_config(folder: str | Path) -> dict[str, Any]:
-    """``classifier.json`` of a saved classifier (a CheckpointError if absent or malformed)."""
-    path = Path(folder) / HEAD_CONFIG
+    """``classifier.json`` of a saved classifier; a CheckpointError if it is absent or malformed,
+    or if the folder was saved with a removed option (naming the folder and the option)."""
+    folder = Path(folder)
+    path = folder / HEAD_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{folder} is not a classifier folder: no {HEAD_CONFIG} (train one with "
                               "`customgpt finetune classify`)")
     info = read_json_object(path)
     if info.get("format") != FORMAT or not isinstance(info.get("labels"), list):
         raise CheckpointError(f"{path} is not a customgpt classifier config")
-    _refuse_removed_options(Path(folder), info)
-    return info
-
-
-def _refuse_removed_options(folder: Path, info: dict[str, Any]) -> None:
-    """A CheckpointError naming the folder and the option if it was saved with a removed one."""
     found = [what for key, what in REMOVED_OPTIONS if key in info]
     if info.get("kind") == "char_ngram":
         found.append("a character n-gram classifier (classifier.char_ngram_weight)")
@@ -192,6 +187,7 @@ def _refuse_removed_options(folder: Path, info: dict[str, Any]) -> None:
         raise CheckpointError(
             f"{folder} was saved with {found[0]}, an option this version no longer has; it cannot be "
             "loaded. Train the classifier again with `customgpt finetune classify`")
+    return info
 
 
 def load_classifier(

@@ -33,15 +33,12 @@ from customgpt.io import atomic_write_text, read_json_object
 #: classification head). A target selects every ``nn.Linear`` whose name is it or ends with ``"." + it``.
 KNOWN_TARGETS: tuple[str, ...] = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj", "c_proj", "score")
 
-#: Files written by :func:`save_adapter`.
+#: Files written by :func:`save_adapter`; a PEFT adapter folder names its config alike.
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FORMAT = "customgpt-lora"
 ADAPTER_FORMAT_VERSION = 1
-
-#: Files of a Hugging Face PEFT adapter folder.
 PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
 _PEFT_PREFIX = "base_model.model."
 
 
@@ -198,9 +195,8 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def _select(model: nn.Module, patterns: Sequence[str], what: str, kind: type[nn.Module] = nn.Module) -> dict[str, nn.Module]:
-    """The ``kind`` modules that ``patterns`` select, by name, in module order: a pattern selects
-    a name that equals it, ends with ``"." + pattern`` or matches it as a glob; a pattern that
-    selects nothing is an error. Of nested selections only the outermost is kept."""
+    """The ``kind`` modules that ``patterns`` select (see :func:`mark_only_lora_trainable`), by
+    name in module order, the outermost of nested ones only; a pattern selecting none is an error."""
     if isinstance(patterns, str):
         patterns = (patterns,)
     modules = {name: m for name, m in model.named_modules() if name and isinstance(m, kind)}
@@ -415,11 +411,9 @@ def load_base_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> 
 
 
 def base_checksum(model: nn.Module, exclude_modules: Sequence[str] = ()) -> str:
-    """sha256 over the base model's tensors, in sorted key order, as float32 for floats.
-
-    Each tensor contributes its name, shape and bytes. Floating tensors are hashed as float32
-    so a bf16 checkpoint and its exact float32 upcast hash alike. Tensors under the modules
-    in ``exclude_modules`` (heads saved with the adapter) are left out.
+    """sha256 over the base model's tensors in sorted key order: each one's name, shape and
+    bytes, floating tensors as float32 (a bf16 checkpoint and its float32 upcast hash alike).
+    Tensors under the modules in ``exclude_modules`` (heads saved with the adapter) are left out.
     """
     digest = hashlib.sha256()
     for key, tensor in sorted(base_state_dict(model).items()):
@@ -611,7 +605,7 @@ def export_peft(
         "bias": "none",
     }
     save_weights(tensors, folder / PEFT_WEIGHTS)
-    atomic_write_text(folder / PEFT_CONFIG, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(folder / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
     return folder
 
 
@@ -622,7 +616,7 @@ def import_peft(model: nn.Module, folder: str | os.PathLike[str]) -> LoRAConfig:
     saved modules) on customgpt's target names. Returns the resulting :class:`LoRAConfig`.
     """
     folder = Path(folder)
-    path = folder / PEFT_CONFIG
+    path = folder / ADAPTER_CONFIG
     meta = read_json_object(path)
     if meta.get("peft_type") != "LORA":
         raise CheckpointError(f"{path}: peft_type is {meta.get('peft_type')!r}, only 'LORA' is supported")

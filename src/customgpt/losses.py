@@ -472,15 +472,10 @@ def model_sequence_logprobs(
 
     Args:
         model: a GPT (anything with ``forward_hidden`` and ``lm_head``).
-        input_ids: (B, T) token ids.
-        targets: (B, T) next-token ids (``input_ids`` shifted left by one).
-        mask: (B, T) true where ``targets`` is a response token.
-        reduction: ``"sum"`` or ``"mean"``.
+        input_ids: (B, T) token ids; ``targets`` (``input_ids`` shifted left by one), ``mask``
+            and ``reduction`` as in :func:`sequence_logprobs`, which gives the (B,) result.
         attention_mask: optional (B, T), 1 for real tokens (right padding needs none: no
             real token attends to a later padding token).
-
-    Returns:
-        (B,) log-probs.
     """
     _check_reduction(reduction)
     if targets.shape != input_ids.shape or mask.shape != input_ids.shape:
