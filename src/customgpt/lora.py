@@ -116,10 +116,9 @@ class LoRAConfig:
 class LoRALinear(nn.Module):
     """An ``nn.Linear`` plus a trainable low-rank update: ``base(x) + B A dropout(x) * scaling``.
 
-    ``merge()`` folds the update into ``base_layer.weight`` (for inference or export) and
-    ``unmerge()`` takes it out again by subtraction, which restores the weight to within float
-    rounding (about 1e-7 relative), not bit for bit: no copy of the weight is kept, so merging
-    costs no memory. ``disabled`` skips the update (the base model's output, exactly).
+    ``merge()`` folds the update into ``base_layer.weight`` and ``unmerge()`` subtracts it again
+    (no copy is kept: the weight comes back within float rounding, not bit for bit).
+    ``disabled`` skips the update (the base model's output, exactly).
     """
 
     def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
