@@ -193,7 +193,9 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def _select(model: nn.Module, patterns: Sequence[str], what: str, kind: type[nn.Module] = nn.Module) -> dict[str, nn.Module]:
+def _select(
+    model: nn.Module, patterns: Sequence[str], what: str, kind: type[nn.Module] = nn.Module
+) -> dict[str, nn.Module]:
     """The ``kind`` modules that ``patterns`` select (see :func:`mark_only_lora_trainable`), by
     name in module order, the outermost of nested ones only; a pattern selecting none is an error."""
     if isinstance(patterns, str):
@@ -201,12 +203,13 @@ def _select(model: nn.Module, patterns: Sequence[str], what: str, kind: type[nn.
     modules = {name: m for name, m in model.named_modules() if name and isinstance(m, kind)}
     selected: set[str] = set()
     for pattern in patterns:
-        hits = {n for n in modules if n == pattern or n.endswith("." + pattern) or fnmatch.fnmatchcase(n, pattern)}
+        hits = {n for n in modules if n.endswith("." + pattern) or fnmatch.fnmatchcase(n, pattern)}
         if not hits:
             noun = "linear layer" if kind is nn.Linear else "module"
             raise ConfigError(f"{what}: {pattern!r} matches no {noun} of this model")
         selected |= hits
-    return {n: m for n, m in modules.items() if n in selected and not any(n.startswith(o + ".") for o in selected)}
+    outermost = [n for n in modules if n in selected and not any(n.startswith(o + ".") for o in selected)]
+    return {n: modules[n] for n in outermost}
 
 
 def _tied_outside(model: nn.Module, modules: Sequence[str]) -> str | None:
@@ -459,7 +462,9 @@ def save_adapter(
     # yet also counted in the base checksum.
     shared = _tied_outside(model, extras)
     if shared:
-        raise ConfigError(f"extra_trainable: a saved module shares its weight with {shared}; tied weights cannot be saved")
+        raise ConfigError(
+            f"extra_trainable: a saved module shares its weight with {shared}; tied weights cannot be saved"
+        )
     info = {"spec": base_model_info} if isinstance(base_model_info, str) else dict(base_model_info or {})
     if hasattr(getattr(model, "config", None), "to_dict"):
         info["config"] = model.config.to_dict()
@@ -619,14 +624,16 @@ def import_peft(model: nn.Module, folder: str | os.PathLike[str]) -> LoRAConfig:
     meta = read_json_object(path)
     if meta.get("peft_type") != "LORA":
         raise CheckpointError(f"{path}: peft_type is {meta.get('peft_type')!r}, only 'LORA' is supported")
-    plain_lora = ("use_dora", "lora_bias", "rank_pattern", "alpha_pattern", "modules_to_save", "layer_replication")
-    unsupported = [key for key in plain_lora if meta.get(key)]
+    extensions = ("use_dora", "lora_bias", "rank_pattern", "alpha_pattern", "modules_to_save",
+                  "layer_replication")
+    unsupported = [key for key in extensions if meta.get(key)]
     if meta.get("bias", "none") != "none":
         unsupported.append("bias")
     if meta.get("layers_to_transform") is not None:
         unsupported.append("layers_to_transform")
     if unsupported:
-        raise CheckpointError(f"{path}: {unsupported[0]}={meta[unsupported[0]]!r} is not supported by customgpt's LoRA")
+        key = unsupported[0]
+        raise CheckpointError(f"{path}: {key}={meta[key]!r} is not supported by customgpt's LoRA")
     targets = meta.get("target_modules")
     if not isinstance(targets, list):
         raise CheckpointError(f"{path}: target_modules must be a list of names, got {targets!r}")

@@ -544,7 +544,9 @@ class PreferenceLoss(nn.Module):
             if reference_chosen_logps is None or reference_rejected_logps is None:
                 raise ValueError(f"{type(self).__name__} needs the reference model's log-probs")
             chosen, rejected = chosen - reference_chosen_logps, rejected - reference_rejected_logps
-        losses, chosen_rewards, rejected_rewards = self.pair_losses(chosen, rejected, chosen_lengths, rejected_lengths)
+        losses, chosen_rewards, rejected_rewards = self.pair_losses(
+            chosen, rejected, chosen_lengths, rejected_lengths
+        )
         return PreferenceLossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach())
 
     def pair_losses(
