@@ -217,19 +217,16 @@ def predict_texts(
     *,
     max_length: int,
     batch_size: int = 32,
-    pad_id: int | None = None,
 ) -> Tensor:
     """Class probabilities (N, K) of raw ``texts`` (each truncated to ``max_length`` tokens).
 
-    ``pad_id`` None pads with GPT-2's end-of-text id, or 0 when the vocabulary is smaller;
-    under right padding the pad id never reaches a pooled state, so any valid id will do.
-    An empty text is classified as the single pad token.
+    Rows are right-padded with GPT-2's end-of-text id (0 for a smaller vocabulary), which never
+    reaches a pooled state; an empty text is classified as that single pad token.
     """
     model.eval()
     device = next(iter([*model.parameters(), *model.buffers()])).device
     config = model.config
-    if pad_id is None:
-        pad_id = EOT_ID if EOT_ID < config.vocab_size else 0
+    pad_id = EOT_ID if EOT_ID < config.vocab_size else 0
     limit = min(max_length, config.context_length)
     out = []
     for start in range(0, len(texts), batch_size):

@@ -140,15 +140,6 @@ class LoRALinear(nn.Module):
         self.merged = False
         self.disabled = False
 
-    # The wrapped layer's tensors, for code that reads ``module.weight`` of a linear.
-    @property
-    def weight(self) -> Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        return self.base_layer.bias
-
     def delta_weight(self) -> Tensor:
         """The update ``scaling * B @ A`` as an (out, in) matrix, computed in float32."""
         return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
