@@ -3,6 +3,8 @@ attention, KV cache vs full forward, padded batch vs single rows)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from helpers import random_state, randomize_, tiny_config, tiny_hf_model, tiny_model
@@ -338,3 +340,31 @@ def test_decode_layout_keeps_values_shapes_and_parameters(tmp_path):
     save_model(model, tmp_path / "m")
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "m")(idx), after)
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of this process's memory mapping that holds ``address`` (Linux)."""
+    lines = open("/proc/self/smaps").read().splitlines()
+    for i, line in enumerate(lines):
+        first = line.split()[0]
+        if "-" in first and all(c in "0123456789abcdef-" for c in first):
+            lo, hi = (int(x, 16) for x in first.split("-"))
+            if lo <= address < hi:
+                flags = next(x for x in lines[i + 1 :] if x.startswith("VmFlags:"))
+                return flags.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+def test_decode_layout_memory_is_marked_for_huge_pages():
+    """The re-laid-out weights' memory asks the kernel for huge pages (madvise MADV_HUGEPAGE,
+    shown as the ``hg`` flag of the mapping) before it is first written."""
+    from customgpt.model import _empty_on_huge_pages
+
+    tensor = _empty_on_huge_pages((1024, 2048), torch.float32)  # 8 MiB: whole 2 MiB pages inside
+    assert tensor.shape == (1024, 2048) and tensor.dtype == torch.float32
+    middle = tensor.data_ptr() + tensor.nbytes // 2
+    assert "hg" in _vm_flags(middle)
+    model = tiny_model(14)
+    model.use_decode_layout()  # tiny weights: no whole 2 MiB page, only the layout changes
+    assert model.transformer.h[0].attn.c_attn.weight.t().is_contiguous()

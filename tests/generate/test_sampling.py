@@ -10,15 +10,10 @@ from customgpt.errors import ConfigError
 from customgpt.generate import (
     MAX_SEED,
     SamplingParams,
-    apply_presence_frequency,
-    apply_repetition_penalty,
     generate_text,
     generate_tokens,
-    min_p_filter,
     process_logits,
     sample,
-    top_k_filter,
-    top_p_filter,
 )
 from generate.common import GREEDY, prompt_of, tokens
 
@@ -31,7 +26,7 @@ def test_top_k_never_leaves_the_k_best():
     params = SamplingParams(top_k=5, temperature=1.5)
     seen = {int(sample(logits, params, torch.Generator().manual_seed(s))[0]) for s in range(300)}
     assert seen == best  # never outside, and every one of the k is reachable
-    kept = torch.isfinite(top_k_filter(logits, 5))[0].nonzero().flatten().tolist()
+    kept = torch.isfinite(process_logits(logits, SamplingParams(top_k=5)))[0].nonzero().flatten().tolist()
     assert set(kept) == best
 
 
@@ -41,7 +36,7 @@ def test_top_k_never_leaves_the_k_best():
 )
 def test_top_p_keeps_the_smallest_set_reaching_p(p, kept):
     probs = torch.tensor([[0.30, 0.15, 0.40, 0.10, 0.05]])  # most likely first: 2, 0, 1, 3, 4
-    out = top_p_filter(probs.log(), p)
+    out = process_logits(probs.log(), SamplingParams(top_p=p))
     assert set(torch.isfinite(out)[0].nonzero().flatten().tolist()) == kept
     # Kept logits are untouched (renormalisation happens in the softmax).
     assert torch.equal(out[torch.isfinite(out)], probs.log()[torch.isfinite(out)])
@@ -49,21 +44,21 @@ def test_top_p_keeps_the_smallest_set_reaching_p(p, kept):
 
 def test_top_p_works_row_by_row():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]])
-    out = top_p_filter(probs.log(), 0.8)
+    out = process_logits(probs.log(), SamplingParams(top_p=0.8))
     assert torch.isfinite(out).tolist() == [[True, True, False], [False, True, True]]
 
 
 def test_min_p_drops_tokens_below_a_fraction_of_the_top():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    assert torch.isfinite(min_p_filter(probs.log(), 0.2)).tolist() == [[True, True, True, False]]
-    assert torch.isfinite(min_p_filter(probs.log(), 0.5)).tolist() == [[True, True, False, False]]
-    assert torch.equal(min_p_filter(probs.log(), 0.0), probs.log())
+    assert torch.isfinite(process_logits(probs.log(), SamplingParams(min_p=0.2))).tolist() == [[True, True, True, False]]
+    assert torch.isfinite(process_logits(probs.log(), SamplingParams(min_p=0.5))).tolist() == [[True, True, False, False]]
+    assert torch.equal(process_logits(probs.log(), SamplingParams(min_p=0.0)), probs.log())
 
 
 def test_repetition_penalty_lowers_seen_tokens_whatever_the_sign():
     logits = torch.tensor([[2.0, -1.0, 0.5, 0.1]])
     seen = torch.tensor([[True, True, False, False]])
-    out = apply_repetition_penalty(logits, seen, 2.0)
+    out = process_logits(logits, SamplingParams(repetition_penalty=2.0), seen=seen)
     assert torch.equal(out, torch.tensor([[1.0, -2.0, 0.5, 0.1]]))
     before, after = logits.softmax(-1)[0], out.softmax(-1)[0]
     assert after[0] < before[0] and after[1] < before[1]  # positive and negative logits alike
@@ -73,7 +68,7 @@ def test_repetition_penalty_lowers_seen_tokens_whatever_the_sign():
 def test_presence_and_frequency_penalties_follow_openai():
     logits = torch.tensor([[1.0, 1.0, 1.0]])
     counts = torch.tensor([[0.0, 1.0, 3.0]])
-    out = apply_presence_frequency(logits, counts, presence=0.5, frequency=0.25)
+    out = process_logits(logits, SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), output_counts=counts)
     assert out.tolist() == [[1.0, 1.0 - 0.5 - 0.25, 1.0 - 0.5 - 0.75]]
 
 

@@ -9,7 +9,8 @@ and returns to the prompt; the part already shown stays in the history.
 
 Messages are plain text: ``<|endoftext|>`` typed in one is text, never the control token; a
 line that is not UTF-8 is reported (with its byte offset) and skipped. Replies go to standard
-output, everything else (banner, notices) to standard error, so the chat can be scripted: ``printf 'Hi\\n/exit\\n' | customgpt chat --model M``.
+output, everything else (banner, notices) to standard error, so the chat can be scripted:
+``printf 'Hi\\n/exit\\n' | customgpt chat --model M``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from customgpt.cli.generate import (
     STYLE_NAMES,
     add_model_arguments,
     add_sampling_arguments,
+    context_full_notice,
     load_for_generation,
     one_line_errors,
     sampling_params_from_args,
@@ -45,11 +47,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from customgpt.errors import DataError
     from customgpt.generate import ChatSession
+    from customgpt.prompts import style_for_model
 
     params = sampling_params_from_args(args)
     model, tokenizer = load_for_generation(args)
-    from customgpt.prompts import style_for_model
-
     style = style_for_model(args.prompt_style, args.model, "alpaca")
     session = ChatSession(model, tokenizer, style, params, system=args.system, use_cache=args.use_cache)
     interactive = sys.stdin.isatty()
@@ -59,9 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if hasattr(out, "reconfigure"):
         out.reconfigure(errors="replace")
     print(f"chat with {args.model} (prompt style {session.style.name}); {HELP}", file=err)
-
-    def context_full() -> None:
-        print(f"\n[context full ({model.config.context_length} tokens): cropping from the left]", file=err, flush=True)
 
     number = 0
     while True:
@@ -90,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         if text in ("/help", "/?"):
             print(HELP, file=err)
             continue
-        stream = session.send(line, on_context_full=context_full)
+        stream = session.send(line, on_context_full=context_full_notice(model))
         if write_stream(stream, out):
             print("[reply interrupted]", file=err, flush=True)
     return 0

@@ -14,7 +14,12 @@ a hub id. The sampling options are shared with ``customgpt chat`` (see
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import re
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from customgpt.cli._common import add_device_argument, add_dtype_argument
@@ -77,38 +82,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: i
 
 def unescape(text: str) -> str:
     """``\\n`` and ``\\t`` typed on a command line become a newline and a tab (``\\\\`` a backslash)."""
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
-            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
-            i += 2
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
-def read_prompt(value: str) -> str:
-    """The ``--prompt`` value, or standard input for ``-``; invalid UTF-8 is an error."""
-    return read_text_strict("-") if value == "-" else decode_utf8_strict(value, "--prompt")
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
 def sampling_params_from_args(args: argparse.Namespace, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+    """The options of :func:`add_sampling_arguments` (named as the fields) as parameters."""
     from customgpt.generate import SamplingParams
 
-    return SamplingParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty,
-        stop=tuple(dict.fromkeys([*(unescape(s) for s in args.stop), *extra_stop])),
-        stop_at_eot=args.stop_at_eot,
-        seed=args.seed,
-    )
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingParams) if f.name != "stop"}
+    stop = tuple(dict.fromkeys([*(unescape(s) for s in args.stop), *extra_stop]))
+    return SamplingParams(**options, stop=stop)
 
 
 def load_for_generation(args: argparse.Namespace) -> tuple[GPT, Tokenizer]:
@@ -163,10 +146,10 @@ def write_stream(stream: Any, out: Any) -> bool:
     return interrupted
 
 
-def _print_json(obj: Any) -> None:
-    import json
-
-    print(json.dumps(obj, indent=2, ensure_ascii=False))
+def context_full_notice(model: GPT) -> Callable[[], None]:
+    """What to call when prompt + output outgrow the window: a note on standard error."""
+    note = f"\n[context full ({model.config.context_length} tokens): cropping from the left]"
+    return partial(print, note, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,27 +161,20 @@ def run(args: argparse.Namespace) -> int:
     if args.input is not None and style is None:
         raise ConfigError("--input needs --prompt-style (it is the instruction's input section)")
     params = sampling_params_from_args(args, style.stop_strings if style else ())  # before reading stdin
-    prompt = read_prompt(args.prompt)
+    prompt = read_text_strict("-") if args.prompt == "-" else decode_utf8_strict(args.prompt, "--prompt")
     if style is not None:
         prompt = style.format_instruction(prompt, decode_utf8_strict(args.input, "--input") if args.input else args.input)
     model, tokenizer = load_for_generation(args)
-
-    def context_full() -> None:
-        print(
-            f"\n[context full ({model.config.context_length} tokens): cropping from the left]",
-            file=sys.stderr, flush=True,
-        )
-
     # A user's text inside a prompt template is plain text; a raw prompt keeps GPT-2's
     # convention that the <|endoftext|> marker separates documents.
     stream = stream_text(
         model, tokenizer, prompt, params, use_cache=args.use_cache,
-        on_context_full=None if args.json else context_full,
+        on_context_full=None if args.json else context_full_notice(model),
         allowed_special="none" if style is not None else {tokenizer.eot_text},
     )
     if args.json:
-        result = stream.collect()
-        _print_json({"model": args.model, **result.to_dict()})
+        result = dataclasses.asdict(stream.collect())
+        print(json.dumps({"model": args.model, **result}, indent=2, ensure_ascii=False))
         return 0
     out = sys.stdout
     if hasattr(out, "reconfigure"):

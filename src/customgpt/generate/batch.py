@@ -1,19 +1,16 @@
-"""Batched generation: several prompts at once, left-padded with an attention mask, each row
-stopping on its own (the model's KV cache takes a padded batch with per-row positions, see
-:mod:`customgpt.model`)."""
+"""Batched generation (:func:`generate_batch`): several prompts at once, each row stopping
+on its own."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from contextlib import closing
 from typing import TYPE_CHECKING
 
 from customgpt.constants import EOT_ID
 from customgpt.errors import ConfigError
-from customgpt.generate.loop import FinishReason, check_prompt, token_loop
+from customgpt.generate.loop import check_prompt
 from customgpt.generate.sampling import SamplingParams
-from customgpt.generate.stream import PLAIN_TEXT, GenerationResult, StopStringBuffer, encode_prompt
+from customgpt.generate.stream import PLAIN_TEXT, GenerationResult, _Row, _run_rows, encode_prompt
 
 if TYPE_CHECKING:
     from customgpt.model import GPT
@@ -43,13 +40,14 @@ def generate_batch(
         prompts: token id lists, or strings (then ``tokenizer`` is required).
         tokenizer: decodes the outputs into ``text`` and enables stop strings.
         eot_id: the end-of-text id (default: the tokenizer's, else GPT-2's).
-        fast_path: as in :func:`~customgpt.generate.loop.generate_tokens`.
+        use_cache, fast_path: as in :func:`~customgpt.generate.loop.token_loop`.
         vocab_size: ids at or past it are never sampled (default: the tokenizer's vocabulary
             when a tokenizer is given, else the model's).
         allowed_special: how text prompts are encoded (:func:`encode_prompt`: plain text).
 
     Raises:
         GenerationError: a prompt is empty or holds an id outside the model's vocabulary.
+        ConfigError: text prompts or stop strings without a tokenizer.
     """
     params = params or SamplingParams()
     if not prompts:
@@ -69,56 +67,10 @@ def generate_batch(
     ]
     if vocab_size is None and tokenizer is not None:
         vocab_size = tokenizer.vocab_size
-    B = len(rows)
-    decoders = [tokenizer.incremental_decoder() for _ in rows] if tokenizer is not None else None
-    stops = [StopStringBuffer(params.stop) for _ in rows]
-    texts: list[list[str]] = [[] for _ in rows]
-    token_ids: list[list[int]] = [[] for _ in rows]
-    sampled = [0] * B
-    reasons: list[FinishReason | None] = [None] * B
-    cropped = [False] * B
-    t_start = time.perf_counter()
-    t_first: float | None = None
-    last = params.max_new_tokens - 1
-    loop = token_loop(model, rows, params, use_cache=use_cache, fast_path=fast_path, vocab_size=vocab_size)
-    with closing(loop):
-        for step, (_, tokens, _) in enumerate(loop):
-            if t_first is None:
-                t_first = time.perf_counter()
-            for b, token in enumerate(tokens):
-                if reasons[b] is not None:
-                    continue  # this row is done; the batch carries it along until all are
-                sampled[b] += 1
-                # A row is cropped when its own tokens outgrow the window (padding is not).
-                cropped[b] = cropped[b] or len(rows[b]) + step > model.config.context_length
-                if params.stop_at_eot and token == eot:
-                    reasons[b] = "eot"
-                    continue
-                token_ids[b].append(token)
-                if decoders is not None:
-                    texts[b].append(stops[b].push(decoders[b].feed(token)))
-                    if stops[b].stopped:
-                        reasons[b] = "stop"
-                        continue
-                if step == last:
-                    reasons[b] = "length"
-            if all(r is not None for r in reasons):
-                break
-    now = time.perf_counter()
-    results = []
-    for b in range(B):
-        if decoders is not None and not stops[b].stopped:
-            texts[b].append(stops[b].push(decoders[b].flush()) + stops[b].flush())
-        results.append(
-            GenerationResult(
-                text="".join(texts[b]),
-                token_ids=token_ids[b],
-                prompt_tokens=len(rows[b]),
-                completion_tokens=sampled[b],
-                finish_reason=reasons[b] or "length",
-                seconds=now - t_start,
-                time_to_first_token=None if t_first is None else t_first - t_start,
-                context_cropped=cropped[b],
-            )
-        )
-    return results
+    outputs = [_Row(len(row), params, eot, tokenizer, model.config.context_length) for row in rows]
+    for _ in _run_rows(model, rows, outputs, params, use_cache=use_cache, fast_path=fast_path,
+                       vocab_size=vocab_size):
+        pass  # each row collects its own output
+    for out in outputs:
+        out.flush()
+    return [out.result() for out in outputs]

@@ -24,7 +24,7 @@ class ChatSession:
 
     The reply joins the history when its stream ends, also when it is closed early (then it
     holds what was shown). The style's stop strings are added to ``params.stop``. Messages
-    are plain text (:func:`~customgpt.generate.stream.encode_prompt`): a special token's text in a message stays text.
+    are plain text (:func:`~customgpt.generate.stream.encode_prompt`).
     """
 
     def __init__(
@@ -62,7 +62,8 @@ class ChatSession:
         system = [Message("system", self.system)] if self.system else []
         messages = system + self.history + [Message("user", user_text)]
         kept = trim_chat_history(
-            self.style, messages, lambda text: len(self.tokenizer.encode(text, allowed_special=PLAIN_TEXT)), self.prompt_budget
+            self.style, messages, lambda text: len(self.tokenizer.encode(text, allowed_special=PLAIN_TEXT)),
+            self.prompt_budget,
         )
         return kept, self.style.format_chat(kept)
 

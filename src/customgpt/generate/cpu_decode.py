@@ -1,21 +1,20 @@
 """The CPU decode fast path: one single-token step of the model with its KV cache, written as
 a straight line of kernels for batch-1 decoding on the CPU.
 
-This is the one place beside :mod:`customgpt.model` that spells out the block math, and it
-stays because the model's own forward does not reach its speed (measured with
-``benchmarks/generate.py``; the numbers are in ``docs/generation.md``): per step it saves
-the module calls, reshapes and mask work of the general forward, about 13% of a decode
-step's CPU time at the gpt2-124M shape. It reads the model's own weights (in their decode
-layout, :meth:`GPT.use_decode_layout`; no copies) and writes into the caller's
-:class:`~customgpt.model.KVCache`; the model's forward is the reference it is tested
-against (logits within 1e-5, with left padding, biases or none, tied or untied head).
+This is the one place beside :mod:`customgpt.model` that spells out the block math. It stays
+because the model's own forward does not reach its speed: it saves the module calls,
+reshapes and mask work of the general forward (``docs/generation.md`` has the numbers). It
+reads the model's own weights (in their decode layout, :meth:`GPT.use_decode_layout`; no
+copies) and writes into the caller's :class:`~customgpt.model.KVCache`; the model's forward
+is the reference it is tested against (logits within 1e-5, with left padding, biases or
+none, tied or untied head).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from customgpt.model import GPT, MLP, Block, CausalSelfAttention, ContextLengthError, KVCache, LayerNorm
 
@@ -23,59 +22,37 @@ from customgpt.model import GPT, MLP, Block, CausalSelfAttention, ContextLengthE
 #: ``fast_path=False`` to ``generate_tokens`` / ``generate_batch``, for the model's forward).
 CPU_DECODE_FAST_PATH = True
 
-
-def _has_hooks(module: torch.nn.Module) -> bool:
-    return bool(
-        module._forward_hooks or module._forward_pre_hooks or getattr(module, "_backward_hooks", None)
-    )
+#: The module types the step knows how to run (anything else, e.g. a LoRA-wrapped linear).
+_STOCK = (nn.ModuleDict, nn.ModuleList, nn.Embedding, nn.Dropout, nn.Linear, Block, CausalSelfAttention, MLP,
+          LayerNorm)
 
 
 def cpu_decode_unsupported(model: GPT) -> str | None:
     """Why :class:`CPUDecodeStep` cannot stand in for ``model``'s forward, or None when it can.
 
     It handles exactly the stock modules in eval mode: fp32 weights on the CPU, the fused
-    implementation (``impl="fast"``), plain ``nn.Linear`` layers (a LoRA-wrapped layer, or any
-    other replaced module, falls back to the model's forward), no forward hooks, and the
-    model's own ``forward_hidden`` (not a subclass override).
+    implementation (``impl="fast"``), no replaced module (a LoRA-wrapped linear falls back
+    to the model's forward), no forward hooks, and the model's own ``forward_hidden``. The
+    LM head is not part of the step (generation runs it separately).
     """
     if type(model).forward_hidden is not GPT.forward_hidden:
         return "the model overrides forward_hidden"
     if model.training:
         return "the model is in training mode"
-    weight = model.transformer.wte.weight
-    if weight.device.type != "cpu":
-        return f"the model is on {weight.device.type}, not the CPU"
-    if weight.dtype != torch.float32:
-        return f"the weights are {weight.dtype}, not float32"
-    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
-        return "global forward hooks are registered"
-    t = model.transformer
-    if len(t.h) == 0:
+    if len(model.transformer.h) == 0:
         return "the model has no blocks"
-    if type(t.wte) is not torch.nn.Embedding or type(t.wpe) is not torch.nn.Embedding:
-        return "the embeddings are not plain nn.Embedding"
-    if type(t.ln_f) is not LayerNorm or t.ln_f.explicit:
-        return "ln_f is not the fused LayerNorm"
-    for i, block in enumerate(t.h):
-        if type(block) is not Block or type(block.attn) is not CausalSelfAttention or type(block.mlp) is not MLP:
-            return f"block {i} holds replaced modules"
-        for name, module in block.named_modules():
-            if _has_hooks(module):
-                return f"block {i} has hooks ({name or 'the block'})"
-        for name in ("ln_1", "ln_2"):
-            ln = getattr(block, name)
-            if type(ln) is not LayerNorm or ln.explicit:
-                return f"block {i}.{name} is not the fused LayerNorm"
-        if block.attn.explicit or block.mlp.explicit:
-            return f"block {i} uses the explicit implementation"
-        for lin in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
-            if type(lin) is not torch.nn.Linear:
-                return f"block {i} holds a {type(lin).__name__} instead of an nn.Linear"
-            if lin.weight.device.type != "cpu" or lin.weight.dtype != torch.float32:
-                return f"block {i} has a weight that is not float32 on the CPU"
-    for module in (t.wte, t.wpe, t.ln_f):
-        if _has_hooks(module):
-            return "the embeddings or ln_f have hooks"
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return "global forward hooks are registered"
+    for name, module in model.transformer.named_modules(prefix="transformer"):
+        if type(module) not in _STOCK:
+            return f"{name} is a {type(module).__name__}, not a stock module"
+        if getattr(module, "explicit", False):
+            return f"{name} uses the explicit implementation"
+        if module._forward_hooks or module._forward_pre_hooks:
+            return f"{name} has hooks"
+    for name, p in model.transformer.named_parameters():
+        if p.device.type != "cpu" or p.dtype != torch.float32:
+            return f"{name} is {p.dtype} on {p.device.type}, not float32 on the CPU"
     return None
 
 

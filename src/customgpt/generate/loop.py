@@ -1,20 +1,7 @@
 """The token loop: a prefill, then one KV-cache step per new token, for one prompt or a
-left-padded batch of them.
-
-The context window. GPT-2 has learned *absolute* positions, so a KV cache cannot simply slide:
-once prompt + output outgrow ``context_length``, every step re-runs the model on the last
-``context_length`` tokens (the window, cropped from the left) and rebuilds the cache from it.
-That keeps cached generation token-for-token identical to running the full model on the
-window each step (tested), at the price of a full forward per token past the limit. Steps
-past the limit are flagged (:attr:`TokenStep.context_cropped`) so a front end can say so.
-Nothing is allocated by the requested token count: the loop holds at most the prompt plus
-one window of tokens, however large ``max_new_tokens`` is.
-
-Each request makes its own KV cache (:meth:`GPT.new_kv_cache`), so generations on one model
-do not share state. On the CPU the model's weights are put in their decode layout first
-(:meth:`GPT.use_decode_layout`), single-token steps run through
-:class:`~customgpt.generate.cpu_decode.CPUDecodeStep` where it applies, and the LM head is
-read in its decode layout (:func:`lm_head_for_generation`); see ``docs/generation.md``.
+left-padded batch of them. Each request makes its own KV cache (:meth:`GPT.new_kv_cache`),
+so generations on one model share no state; on the CPU see ``docs/generation.md`` for the
+decode layout, :class:`~customgpt.generate.cpu_decode.CPUDecodeStep` and the LM head.
 """
 
 from __future__ import annotations
@@ -39,9 +26,8 @@ if TYPE_CHECKING:
 #: caller closing the stream early (Ctrl-C in the chat, a client that went away).
 FinishReason = Literal["stop", "length", "eot", "interrupted"]
 
-#: On the CPU, compute the LM head from the (C, V) layout of its weight, making a transposed
-#: copy per request when the weight is not in its decode layout (see
-#: :func:`lm_head_for_generation`). Set to False to save the memory of that copy.
+#: False: on the CPU too, run the LM head as it is (no transposed copy; see
+#: :func:`lm_head_for_generation`).
 CPU_TRANSPOSED_HEAD = True
 
 
@@ -90,18 +76,13 @@ def sampled_vocab_size(model: GPT, tokenizer_vocab_size: int | None) -> int:
 def lm_head_for_generation(model: GPT) -> Callable[[Tensor], Tensor]:
     """The LM head as generation runs it: last hidden states (B, C) -> logits (B, V).
 
-    Why not simply ``model.lm_head``: at batch 1 the head is a matrix-vector product that
-    reads the whole (V, C) weight (154 MB for GPT-2 124M, a third of the bytes of a decode
-    step). On x86 CPUs PyTorch's kernels read that (V, C) layout at about half the memory
-    bandwidth they reach on the (C, V) layout (measured in ``benchmarks/generate.py``), so on
-    the CPU generation multiplies by the (C, V) matrix: in the decode layout
-    (:meth:`GPT.use_decode_layout`, which generation on the CPU puts the model in) that is a
-    view of the model's own weight, no copy, always current. Otherwise (``fast_path=False``)
-    it is a contiguous transposed copy owned by the caller, one per request (nothing cached
-    on the model can go stale when training changes the weights in place, as a fused AdamW
-    step does without bumping version counters): about 130 ms and 154 MB at the gpt2-124M
-    shape (:data:`CPU_TRANSPOSED_HEAD` turns it off). Anything but a plain bias-free
-    ``nn.Linear`` head (a LoRA-wrapped head, say) is called as it is.
+    On x86 CPUs PyTorch reads the head's (V, C) weight at about half the memory bandwidth it
+    reaches on the (C, V) layout (``benchmarks/generate.py``), and at batch 1 the head is a
+    third of a decode step's bytes. So on the CPU the logits are ``hidden @ weight.t()`` from
+    the (C, V) matrix: a view of the weight in the decode layout (:meth:`GPT.use_decode_layout`),
+    else a contiguous copy per request (nothing cached on the model can go stale when training
+    changes the weights in place; :data:`CPU_TRANSPOSED_HEAD` turns it off). Anything but a
+    plain bias-free ``nn.Linear`` head (a LoRA-wrapped head, say) is called as it is.
     """
     head = model.lm_head
     if (
@@ -113,8 +94,7 @@ def lm_head_for_generation(model: GPT) -> Callable[[Tensor], Tensor]:
         return head
     weight_t = head.weight.detach().t()  # (C, V)
     if not weight_t.is_contiguous():  # not in the decode layout (GPT.use_decode_layout)
-        with torch.no_grad():
-            weight_t = weight_t.contiguous()
+        weight_t = weight_t.contiguous()
     return lambda hidden: hidden @ weight_t
 
 
@@ -122,15 +102,18 @@ def token_loop(
     model: GPT,
     rows: list[list[int]],
     params: SamplingParams,
-    generator: torch.Generator | None = None,
     *,
     use_cache: bool = True,
     fast_path: bool | None = None,
     vocab_size: int | None = None,
-) -> Iterator[tuple[Tensor, list[int], bool]]:
-    """The engine. Yields, per step, the sampled ids of all rows (as a tensor and a list) and
-    whether the window was cropped. Rows are left-padded to a common length; the caller
-    decides when rows are finished and closes the generator when all are.
+) -> Iterator[list[int]]:
+    """The engine. Yields, per step, the sampled id of every row; the rows are left-padded to
+    a common length, and the caller decides when they are finished (then closes the loop).
+
+    GPT-2's positions are absolute, so the KV cache cannot slide: once prompt + output outgrow
+    ``context_length``, every step re-runs the model on the last ``context_length`` tokens and
+    rebuilds the cache from them (so the tokens equal a full forward on that window, tested).
+    Nothing is sized by ``max_new_tokens``: the loop holds at most the prompt plus one window.
 
     Args:
         rows: checked prompts (:func:`check_prompt`), one per batch row.
@@ -145,11 +128,9 @@ def token_loop(
         return
     device = model.device
     B, ctx = len(rows), model.config.context_length
-    lengths = [len(r) for r in rows]
-    L = max(lengths)
+    L = max(len(row) for row in rows)
     vocab = sampled_vocab_size(model, vocab_size)
-    if generator is None and not params.greedy:
-        generator = make_generator(params.seed, device)
+    generator = None if params.greedy else make_generator(params.seed, device)
     was_training = model.training
     model.eval()
     fast = (cpu_decode.CPU_DECODE_FAST_PATH if fast_path is None else fast_path) and device.type == "cpu"
@@ -164,16 +145,11 @@ def token_loop(
             seq = torch.zeros(B, capacity, dtype=torch.long, device=device)
             for b, row in enumerate(rows):
                 seq[b, L - len(row) : L] = torch.as_tensor(row, dtype=torch.long)
+            padding = torch.tensor([L - len(row) for row in rows], device=device)
             mask = None  # (B, capacity) 1 = real token; only needed when rows differ in length
-            if any(n != L for n in lengths):
-                mask = torch.ones(B, capacity, dtype=torch.long, device=device)
-                for b, n_b in enumerate(lengths):
-                    mask[b, : L - n_b] = 0
-            stats = (
-                TokenStats(rows, model.config.vocab_size, params, device)
-                if params.uses_repetition_penalty or params.uses_output_penalties
-                else None
-            )
+            if padding.any():
+                mask = (torch.arange(capacity, device=device) >= padding[:, None]).long()
+            stats = TokenStats(rows, model.config.vocab_size, params, device)
             head = lm_head_for_generation(model)
             cache = model.new_kv_cache(B, min(ctx, L + params.max_new_tokens)) if use_cache else None
             decode_step = cpu_decode.CPUDecodeStep(model) if fast else None
@@ -196,15 +172,8 @@ def token_loop(
             with torch.inference_mode():
                 if vocab < logits.shape[-1]:
                     logits[:, vocab:] = float("-inf")  # ids the tokenizer cannot decode
-                tokens = sample(
-                    logits,
-                    params,
-                    generator,
-                    seen=stats.seen if stats else None,
-                    output_counts=stats.counts if stats else None,
-                )
-            token_list = tokens.tolist()  # the one host-device sync per step
-            yield tokens, token_list, total > ctx
+                tokens = sample(logits, params, generator, seen=stats.seen, output_counts=stats.counts)
+            yield tokens.tolist()  # the one host-device sync per step
             if step == params.max_new_tokens - 1:
                 break
             with torch.inference_mode():
@@ -217,8 +186,7 @@ def token_loop(
                 seq[:, n] = tokens
                 n += 1
                 total += 1
-                if stats is not None:
-                    stats.update(tokens)
+                stats.update(tokens)
                 if use_cache and total <= ctx:
                     # The cache holds columns [0, n-1): append one and read the last logits.
                     if fast:
@@ -246,7 +214,6 @@ def generate_tokens(
     *,
     eot_id: int = EOT_ID,
     use_cache: bool = True,
-    generator: torch.Generator | None = None,
     fast_path: bool | None = None,
     vocab_size: int | None = None,
 ) -> Iterator[TokenStep]:
@@ -263,11 +230,7 @@ def generate_tokens(
         prompt_ids: the prompt's token ids (at least one).
         params: sampling parameters (default: :class:`SamplingParams`).
         eot_id: the end-of-text token id.
-        use_cache: use the KV cache (``False`` runs the full window every step: the reference).
-        generator: a random generator to use instead of one seeded from ``params.seed``.
-        fast_path: on the CPU, put the weights in their decode layout and run single-token
-            steps through :class:`~customgpt.generate.cpu_decode.CPUDecodeStep` (None: as
-            :data:`~customgpt.generate.cpu_decode.CPU_DECODE_FAST_PATH` says).
+        use_cache, fast_path: as in :func:`token_loop`.
         vocab_size: the tokenizer's vocabulary size: ids at or past it are never sampled
             (None: every id of the model's vocabulary may be).
 
@@ -276,24 +239,15 @@ def generate_tokens(
     """
     params = params or SamplingParams()
     ids = check_prompt(prompt_ids, model.config.vocab_size)
-    return _generate_tokens(model, ids, params, eot_id, use_cache, generator, fast_path, vocab_size)
+    loop = token_loop(model, [ids], params, use_cache=use_cache, fast_path=fast_path, vocab_size=vocab_size)
 
+    def steps() -> Iterator[TokenStep]:  # a generator inside, so that a bad prompt raises at once
+        with closing(loop):
+            for step, (token,) in enumerate(loop):
+                cropped = len(ids) + step > model.config.context_length
+                if params.stop_at_eot and token == eot_id:
+                    yield TokenStep(token, "eot", cropped)
+                    return
+                yield TokenStep(token, "length" if step == params.max_new_tokens - 1 else None, cropped)
 
-def _generate_tokens(
-    model: GPT,
-    ids: list[int],
-    params: SamplingParams,
-    eot_id: int,
-    use_cache: bool,
-    generator: torch.Generator | None,
-    fast_path: bool | None = None,
-    vocab_size: int | None = None,
-) -> Iterator[TokenStep]:
-    last = params.max_new_tokens - 1
-    loop = token_loop(model, [ids], params, generator, use_cache=use_cache, fast_path=fast_path, vocab_size=vocab_size)
-    with closing(loop):
-        for step, (_, (token,), cropped) in enumerate(loop):
-            if params.stop_at_eot and token == eot_id:
-                yield TokenStep(token, "eot", cropped)
-                return
-            yield TokenStep(token, "length" if step == last else None, cropped)
+    return steps()

@@ -1,20 +1,12 @@
-"""Sampling: the request's knobs (:class:`SamplingParams`), the logits processors, and
-:func:`sample`, a pure function from next-token logits to token ids.
-
-The processors run in a fixed order (the order Hugging Face ``generate`` uses):
-
-1. repetition penalty (tokens seen in prompt or output: ``l / p`` if ``l > 0`` else ``l * p``)
-2. presence and frequency penalties (tokens of the output: ``l - presence*[c>0] - frequency*c``)
-3. temperature (0 means greedy: argmax of the penalised logits, the filters below are skipped)
-4. top-k, 5. top-p (nucleus), 6. min-p
-7. a draw from the softmax (``torch.multinomial`` with the request's own generator).
-"""
+"""Sampling: the request's knobs (:class:`SamplingParams`), the logits processors
+(:func:`process_logits`) and :func:`sample`, a pure function from next-token logits to ids."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +16,10 @@ from customgpt.errors import ConfigError
 
 #: The largest seed a torch random generator accepts (seeds are 64-bit).
 MAX_SEED = 2**64 - 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
@@ -40,14 +36,15 @@ class SamplingParams:
         top_k: keep only the k most likely tokens (0: off).
         top_p: keep the smallest set of most likely tokens whose probability reaches p (1: off).
         min_p: drop tokens less likely than ``min_p`` times the most likely one (0: off).
-        repetition_penalty: > 1 discourages every token already in the prompt or output:
-            its logit l becomes ``l / penalty`` if l > 0 else ``l * penalty`` (1: off).
+        repetition_penalty: > 1 discourages every token already in the prompt or output (1: off).
         presence_penalty: subtracted from the logit of every token the output already holds.
         frequency_penalty: subtracted once per occurrence of a token in the output.
         stop: strings that end the output; the output stops just before the first one.
         stop_at_eot: stop when the model emits the end-of-text token.
         seed: seeds this request's own random generator, 0 to 2**64 - 1 (None: a fresh
             random seed).
+
+    The formulas are :func:`process_logits`'s.
     """
 
     max_new_tokens: int = 256
@@ -66,11 +63,11 @@ class SamplingParams:
         def bad(name: str, rule: str) -> ConfigError:
             return ConfigError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
             raise bad("max_new_tokens", "an integer >= 0")
         if not _is_number(self.temperature) or self.temperature < 0:
             raise bad("temperature", "a number >= 0 (0 = greedy)")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+        if not _is_int(self.top_k) or self.top_k < 0:
             raise bad("top_k", "an integer >= 0 (0 = off)")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise bad("top_p", "a number in (0, 1] (1 = off)")
@@ -81,13 +78,8 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not _is_number(getattr(self, name)):
                 raise bad(name, "a finite number (0 = off)")
-        stop = self.stop
-        if isinstance(stop, str):
-            stop = (stop,)
-        if stop is None:
-            stop = ()
         try:
-            stop = tuple(stop)
+            stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         except TypeError:
             raise bad("stop", "a string or a list of strings") from None
         for s in stop:
@@ -96,9 +88,7 @@ class SamplingParams:
         object.__setattr__(self, "stop", stop)
         if not isinstance(self.stop_at_eot, bool):
             raise bad("stop_at_eot", "true or false")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED
-        ):
+        if self.seed is not None and not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
             raise bad("seed", f"an integer in [0, {MAX_SEED}] (a 64-bit seed, what torch accepts) or None")
 
     @property
@@ -115,7 +105,7 @@ class SamplingParams:
 
     def replace(self, **changes: Any) -> SamplingParams:
         """A copy with some fields changed (validated again)."""
-        return SamplingParams(**{**asdict(self), **changes})
+        return dataclasses.replace(self, **changes)
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -128,57 +118,6 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return gen
 
 
-def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
-    """CTRL's rule: a seen token's logit l becomes l / penalty if l > 0 else l * penalty, so a
-    penalty > 1 lowers its probability whatever the sign. ``seen``: (B, V) bool."""
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
-
-
-def apply_presence_frequency(logits: Tensor, counts: Tensor, presence: float, frequency: float) -> Tensor:
-    """OpenAI's rule: l - presence * [count > 0] - frequency * count, ``counts``: (B, V)."""
-    out = logits
-    if frequency != 0.0:
-        out = out - frequency * counts
-    if presence != 0.0:
-        out = out - presence * (counts > 0).to(logits.dtype)
-    return out
-
-
-def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Set every logit below the k-th largest of its row to -inf (k = 0 or >= V: no change)."""
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p.
-
-    A token is dropped when the tokens more likely than it already reach p on their own; the
-    most likely token is always kept.
-    """
-    if p >= 1.0:
-        return logits
-    probs = torch.softmax(logits, dim=-1)
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-    drop_sorted = mass_before >= p
-    drop_sorted[..., 0] = False
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def min_p_filter(logits: Tensor, min_p: float) -> Tensor:
-    """Drop tokens whose probability is below ``min_p`` times the row's highest probability."""
-    if min_p <= 0.0:
-        return logits
-    probs = torch.softmax(logits, dim=-1)
-    threshold = min_p * probs.max(dim=-1, keepdim=True).values
-    return logits.masked_fill(probs < threshold, float("-inf"))
-
-
 def process_logits(
     logits: Tensor,
     params: SamplingParams,
@@ -186,23 +125,47 @@ def process_logits(
     seen: Tensor | None = None,
     output_counts: Tensor | None = None,
 ) -> Tensor:
-    """All processors in the documented order, on float32 logits of shape (B, V).
+    """The logits :func:`sample` draws from: float32, (B, V), -inf for filtered tokens.
 
-    Returns the logits :func:`sample` draws from (-inf for filtered tokens). With
-    ``temperature == 0`` only the penalties apply (the filters cannot change the argmax).
+    The processors run in Hugging Face ``generate``'s order, each off at its neutral value:
+
+    1. repetition penalty (CTRL, Keskar et al. 2019), on the tokens ``seen`` ((B, V) bool:
+       prompt and output): a logit l becomes ``l / penalty`` if l > 0 else ``l * penalty``,
+       so a penalty > 1 lowers the token's probability whatever the sign;
+    2. presence and frequency penalties (OpenAI's rule), with ``output_counts`` ((B, V): how
+       often each token occurs in the output): ``l - presence * [count > 0] - frequency * count``;
+    3. temperature; 0 is greedy, where only the penalties apply (no filter changes the argmax);
+    4. top-k: drop every logit below the row's k-th largest;
+    5. top-p (nucleus, Holtzman et al. 2019): drop a token when the tokens more likely than it
+       already reach p; the most likely token is always kept;
+    6. min-p: drop tokens whose probability is below ``min_p`` times the row's highest.
     """
     logits = logits.float()
     if params.uses_repetition_penalty and seen is not None:
-        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+        penalty = params.repetition_penalty
+        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+        logits = torch.where(seen, penalised, logits)
     if params.uses_output_penalties and output_counts is not None:
-        logits = apply_presence_frequency(logits, output_counts, params.presence_penalty, params.frequency_penalty)
+        present = (output_counts > 0).to(logits.dtype)
+        logits = logits - params.frequency_penalty * output_counts - params.presence_penalty * present
     if params.greedy:
         return logits
     if params.temperature != 1.0:
         logits = logits / params.temperature
-    logits = top_k_filter(logits, params.top_k)
-    logits = top_p_filter(logits, params.top_p)
-    logits = min_p_filter(logits, params.min_p)
+    if 0 < params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(torch.softmax(logits, dim=-1), dim=-1, descending=True)
+        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        drop_sorted = mass_before >= params.top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if params.min_p > 0.0:
+        probs = torch.softmax(logits, dim=-1)
+        threshold = params.min_p * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(probs < threshold, float("-inf"))
     return logits
 
 
@@ -214,34 +177,19 @@ def sample(
     seen: Tensor | None = None,
     output_counts: Tensor | None = None,
 ) -> Tensor:
-    """Pick the next token of each row.
-
-    Args:
-        logits: next-token logits, (B, V) or (V,).
-        params: the sampling parameters.
-        generator: the request's random generator (ignored when greedy).
-        seen: (B, V) bool, True for tokens in the prompt or output (repetition penalty).
-        output_counts: (B, V) how often each token occurs in the output so far
-            (presence and frequency penalties).
-
-    Returns:
-        Token ids, (B,) (or a 0-d tensor for 1-D logits).
-    """
-    squeeze = logits.dim() == 1
-    if squeeze:
-        logits = logits[None]
+    """Pick the next token of each row: token ids (B,) from next-token ``logits`` (B, V).
+    ``generator``: the request's (ignored when greedy); ``seen`` and ``output_counts``: what
+    the penalties need (see :func:`process_logits`)."""
     processed = process_logits(logits, params, seen=seen, output_counts=output_counts)
     if params.greedy:
-        out = processed.argmax(dim=-1)
-    else:
-        probs = torch.softmax(processed, dim=-1)
-        out = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return out[0] if squeeze else out
+        return processed.argmax(dim=-1)
+    probs = torch.softmax(processed, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 class TokenStats:
     """What the penalties need, kept on the device: which tokens were seen (prompt + output)
-    and how often each occurs in the output. Only built when a penalty is on."""
+    and how often each occurs in the output; None for a penalty that is off."""
 
     def __init__(self, rows: Sequence[Sequence[int]], vocab_size: int, params: SamplingParams, device) -> None:
         B = len(rows)

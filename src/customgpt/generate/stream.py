@@ -1,25 +1,18 @@
 """Text out of the token loop: stop strings held back until they can no longer match
-(:class:`StopStringBuffer`), UTF-8-safe pieces as tokens arrive (:class:`TextStream`,
-:func:`stream_text`), and the outcome of a request (:class:`GenerationResult`).
-
-Prompts are text from a user, so :func:`encode_prompt` encodes them as plain text by default
-(``<|endoftext|>`` typed in a message is seven ordinary tokens, never the control id): only
-a caller that means it (the raw ``generate`` command without a prompt style) allows special
-tokens. Outputs never contain ids the tokenizer cannot decode (a model vocabulary padded
-past the tokenizer's is masked, see :func:`~customgpt.generate.loop.sampled_vocab_size`).
-"""
+(:class:`StopStringBuffer`), UTF-8-safe pieces as tokens arrive (:class:`TextStream`), and
+the outcome of a request (:class:`GenerationResult`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from customgpt.generate.loop import FinishReason, _generate_tokens, check_prompt
+from customgpt.generate.loop import FinishReason, check_prompt, token_loop
 from customgpt.generate.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -102,22 +95,15 @@ class GenerationResult:
     def __post_init__(self) -> None:
         self.tokens_per_second = self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def encode_prompt(
     tokenizer: Tokenizer, prompt: str | Sequence[int], *, allowed_special: AllowedSpecial = PLAIN_TEXT
 ) -> list[int]:
-    """Token ids of a prompt: text is encoded as plain text (``allowed_special="none"``: a
-    user who types ``<|endoftext|>`` gets those characters, never the end-of-text id); ids
-    are taken as they are. An empty prompt becomes the end-of-text token alone, which is how
+    """Token ids of a prompt, the encoder of every front end: text is plain text (a user who
+    types ``<|endoftext|>`` gets those characters, never the end-of-text id) unless the
+    caller's ``allowed_special`` (as in :meth:`Tokenizer.encode`) says otherwise; ids are
+    taken as they are. An empty prompt becomes the end-of-text token alone, which is how
     GPT-2 samples unconditionally (it was trained with that token between documents).
-
-    This is the encoder every front end (CLI, chat, web app, server) uses for user text; a
-    prompt template is plain text in the GPT-2 vocabulary, so a formatted chat prompt is
-    encoded the same way. ``allowed_special`` (as in :meth:`Tokenizer.encode`) is for a
-    caller that deliberately lets its text hold special tokens.
     """
     if isinstance(prompt, str):
         ids = tokenizer.encode(prompt, allowed_special=allowed_special)
@@ -128,8 +114,88 @@ def encode_prompt(
     return ids or [tokenizer.eot_id]
 
 
+class _Row:
+    """One row's output as its tokens arrive: the ids, the text (UTF-8 safe, cut before a
+    stop string; only with a tokenizer) and, once finished, why."""
+
+    def __init__(self, prompt_tokens: int, params: SamplingParams, eot_id: int,
+                 tokenizer: Tokenizer | None, context_length: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.params = params
+        self.eot_id = eot_id
+        self.decoder = tokenizer.incremental_decoder() if tokenizer is not None else None
+        self.stops = StopStringBuffer(params.stop)
+        self.context_length = context_length
+        self.text: list[str] = []
+        self.token_ids: list[int] = []
+        self.sampled = 0
+        self.context_cropped = False
+        self.reason: FinishReason | None = None
+        self.t_start: float | None = None  # when the token loop started
+        self.t_first: float | None = None
+
+    def add(self, token: int) -> str:
+        """Take the next sampled token; returns the text it releases."""
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+        # It was predicted from the prompt and the tokens before it; past the window, cropped.
+        self.context_cropped |= self.prompt_tokens + self.sampled > self.context_length
+        self.sampled += 1
+        if self.params.stop_at_eot and token == self.eot_id:
+            self.reason = "eot"
+            return ""
+        self.token_ids.append(token)
+        piece = ""
+        if self.decoder is not None:
+            piece = self.stops.push(self.decoder.feed(token))
+            self.text.append(piece)
+            if self.stops.stopped:
+                self.reason = "stop"
+        if self.reason is None and self.sampled == self.params.max_new_tokens:
+            self.reason = "length"
+        return piece
+
+    def flush(self) -> str:
+        """The text held back at the end (a partial character or stop string)."""
+        if self.decoder is None or self.stops.stopped:
+            return ""
+        piece = self.stops.push(self.decoder.flush()) + self.stops.flush()
+        self.text.append(piece)
+        return piece
+
+    def result(self) -> GenerationResult:
+        now = time.perf_counter()
+        start = self.t_start if self.t_start is not None else now
+        return GenerationResult(
+            text="".join(self.text),
+            token_ids=list(self.token_ids),
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.sampled,
+            finish_reason=self.reason or "length",
+            seconds=now - start,
+            time_to_first_token=None if self.t_first is None else self.t_first - start,
+            context_cropped=self.context_cropped,
+        )
+
+
+def _run_rows(model: GPT, rows: list[list[int]], outputs: list[_Row], params: SamplingParams,
+              **loop_options: Any) -> Iterator[list[str]]:
+    """The token loop, each row's tokens fed to its :class:`_Row` until it finishes; yields
+    each step's new text per row and ends when every row has finished."""
+    t_start = time.perf_counter()
+    for out in outputs:
+        out.t_start = t_start
+    loop = token_loop(model, rows, params, **loop_options)
+    with closing(loop):
+        for tokens in loop:
+            yield [out.add(token) if out.reason is None else "" for out, token in zip(outputs, tokens)]
+            if all(out.reason is not None for out in outputs):
+                return
+
+
 class TextStream:
-    """Iterate to receive text pieces as they are generated; :attr:`result` is set at the end.
+    """Stream the continuation of ``prompt`` (text, or token ids) as text pieces; at the end
+    :attr:`result` holds the :class:`GenerationResult`. :func:`stream_text` is this class.
 
         stream = stream_text(model, tokenizer, "Once upon a time", SamplingParams(seed=1))
         for piece in stream:
@@ -138,7 +204,10 @@ class TextStream:
 
     :meth:`close` stops early (the result then says ``"interrupted"``). The pieces are UTF-8
     safe (a character split over tokens comes out whole) and never include any part of a
-    stop string. ``on_finish`` is called with the result once, however the stream ends.
+    stop string. Text is encoded by :func:`encode_prompt` (plain text unless
+    ``allowed_special`` says otherwise). ``on_context_full`` is called once, the first time
+    prompt + output no longer fit the context window and generation goes on from a window
+    cropped on the left; ``on_finish`` is called with the result once, however the stream ends.
     """
 
     def __init__(
@@ -154,21 +223,15 @@ class TextStream:
         allowed_special: AllowedSpecial = PLAIN_TEXT,
     ) -> None:
         self.params = params or SamplingParams()
+        self.on_context_full = on_context_full
         self.on_finish = on_finish
         ids = encode_prompt(tokenizer, prompt, allowed_special=allowed_special)
         self.prompt_ids = check_prompt(ids, model.config.vocab_size)
-        self.tokenizer = tokenizer
-        self.on_context_full = on_context_full
-        self.context_cropped = False
         self.result: GenerationResult | None = None
-        self._text: list[str] = []
-        self._token_ids: list[int] = []
-        self._sampled = 0
-        self._t_start: float | None = None
-        self._t_first: float | None = None
-        self._steps = _generate_tokens(
-            model, self.prompt_ids, self.params, tokenizer.eot_id, use_cache, None, vocab_size=tokenizer.vocab_size
-        )
+        ctx = model.config.context_length
+        self._row = _Row(len(self.prompt_ids), self.params, tokenizer.eot_id, tokenizer, ctx)
+        self._steps = _run_rows(model, [self.prompt_ids], [self._row], self.params, use_cache=use_cache,
+                                vocab_size=tokenizer.vocab_size)
         self._pieces = self._run()
 
     def __iter__(self) -> TextStream:
@@ -178,50 +241,20 @@ class TextStream:
         return next(self._pieces)
 
     def _run(self) -> Iterator[str]:
-        self._t_start = time.perf_counter()
-        decoder = self.tokenizer.incremental_decoder()
-        stops = StopStringBuffer(self.params.stop)
-        reason: FinishReason = "length"
-        with closing(self._steps):
-            for step in self._steps:
-                if self._t_first is None:
-                    self._t_first = time.perf_counter()
-                self._sampled += 1
-                if step.context_cropped and not self.context_cropped:
-                    self.context_cropped = True
-                    if self.on_context_full is not None:
-                        self.on_context_full()
-                if step.finish_reason == "eot":
-                    reason = "eot"
-                    break
-                self._token_ids.append(step.token_id)
-                piece = stops.push(decoder.feed(step.token_id))
-                if piece:
-                    self._text.append(piece)
-                    yield piece
-                if stops.stopped:
-                    reason = "stop"
-                    break
-        if not stops.stopped:
-            piece = stops.push(decoder.flush()) + stops.flush()
+        notify = self.on_context_full
+        for (piece,) in self._steps:
+            if notify is not None and self._row.context_cropped:
+                notify()
+                notify = None
             if piece:
-                self._text.append(piece)
                 yield piece
-        self._finish(reason)
+        piece = self._row.flush()
+        if piece:
+            yield piece
+        self._finish()
 
-    def _finish(self, reason: FinishReason) -> None:
-        now = time.perf_counter()
-        start = self._t_start if self._t_start is not None else now
-        self.result = GenerationResult(
-            text="".join(self._text),
-            token_ids=list(self._token_ids),
-            prompt_tokens=len(self.prompt_ids),
-            completion_tokens=self._sampled,
-            finish_reason=reason,
-            seconds=now - start,
-            time_to_first_token=None if self._t_first is None else self._t_first - start,
-            context_cropped=self.context_cropped,
-        )
+    def _finish(self) -> None:
+        self.result = self._row.result()
         if self.on_finish is not None:
             self.on_finish(self.result)
 
@@ -230,7 +263,8 @@ class TextStream:
         self._pieces.close()
         self._steps.close()
         if self.result is None:
-            self._finish("interrupted")
+            self._row.reason = "interrupted"
+            self._finish()
 
     def collect(self) -> GenerationResult:
         """Run to the end and return the result."""
@@ -240,24 +274,8 @@ class TextStream:
         return self.result
 
 
-def stream_text(
-    model: GPT,
-    tokenizer: Tokenizer,
-    prompt: str | Sequence[int],
-    params: SamplingParams | None = None,
-    *,
-    use_cache: bool = True,
-    on_context_full: Callable[[], None] | None = None,
-    allowed_special: AllowedSpecial = PLAIN_TEXT,
-) -> TextStream:
-    """Stream the continuation of ``prompt`` (text, or token ids) as text pieces.
-
-    ``on_context_full`` is called once, the first time prompt + output no longer fit the
-    context window and generation goes on from a window cropped on the left. Text is encoded
-    by :func:`encode_prompt` (plain text unless ``allowed_special`` says otherwise).
-    """
-    return TextStream(model, tokenizer, prompt, params, use_cache=use_cache, on_context_full=on_context_full,
-                      allowed_special=allowed_special)
+#: Stream the continuation of a prompt: the :class:`TextStream` class under a function's name.
+stream_text = TextStream
 
 
 def generate_text(
@@ -270,4 +288,5 @@ def generate_text(
     allowed_special: AllowedSpecial = PLAIN_TEXT,
 ) -> GenerationResult:
     """Generate to the end and return the :class:`GenerationResult` (no streaming)."""
-    return stream_text(model, tokenizer, prompt, params, use_cache=use_cache, allowed_special=allowed_special).collect()
+    return TextStream(model, tokenizer, prompt, params, use_cache=use_cache,
+                      allowed_special=allowed_special).collect()
