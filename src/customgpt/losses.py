@@ -345,8 +345,8 @@ def model_lm_loss(
 class ClassificationLoss(nn.Module):
     """Cross-entropy of class logits, with optional class weights and label smoothing.
 
-    ``forward(logits (B, K), targets (B,))`` returns the per-example losses (B,) with
-    ``reduction="none"``, their sum with ``"sum"``, or the weighted mean with ``"mean"``
+    ``forward(logits (B, K), targets (B,))`` returns the sum of the per-example losses (B,)
+    (:meth:`per_example`) with ``reduction="sum"``, or their weighted mean with ``"mean"``
     (PyTorch's: ``sum_i loss_i / sum_i w[y_i]``). Per example, with ``w`` the class weights
     (all 1 when none), ``eps`` the smoothing and K classes (as ``F.cross_entropy``)::
 
@@ -374,19 +374,17 @@ class ClassificationLoss(nn.Module):
         return None if self.class_weights is None else self.class_weights.to(dtype)
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The losses (B,) of logits (B, K) against class ids (B,)."""
         logits = logits.to(_loss_dtype(logits.dtype))
         return F.cross_entropy(logits, targets, weight=self._weights(logits.dtype),
                                label_smoothing=self.label_smoothing, reduction="none")
 
     def forward(self, logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
-        losses = self.per_example(logits, targets)  # (B,)
-        if reduction == "none":
-            return losses
+        _check_reduction(reduction)
+        total = self.per_example(logits, targets).sum()
         if reduction == "sum":
-            return losses.sum()
-        if reduction == "mean":
-            return losses.sum() / self.normaliser(targets)
-        raise ValueError(f"reduction must be none, sum or mean, got {reduction!r}")
+            return total
+        return total / self.normaliser(targets)
 
 
 class FocalLoss(ClassificationLoss):
