@@ -571,8 +571,6 @@ def export_peft(
     model: nn.Module,
     folder: str | os.PathLike[str],
     base_model_name_or_path: str | None = None,
-    *,
-    task_type: str = "CAUSAL_LM",
 ) -> Path:
     """Write the adapters as a Hugging Face PEFT LoRA folder for ``GPT2LMHeadModel``.
 
@@ -588,7 +586,7 @@ def export_peft(
     }
     config = {
         "peft_type": "LORA",
-        "task_type": task_type,
+        "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
         "inference_mode": True,
         "r": cfg.r,

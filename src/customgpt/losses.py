@@ -331,12 +331,9 @@ def causal_lm_loss(
     return lm_loss_from_logits(hidden @ lm_head_weight.t(), targets, reduction=reduction)
 
 
-def model_lm_loss(
-    model: torch.nn.Module, idx: Tensor, targets: Tensor, *, reduction: str = "mean", **forward_kwargs
-) -> Tensor:
+def model_lm_loss(model: nn.Module, idx: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
     """Run a :class:`~customgpt.model.GPT` on ``idx`` and return its LM loss against ``targets``."""
-    hidden = model.forward_hidden(idx, **forward_kwargs)
-    return causal_lm_loss(hidden, model.lm_head.weight, targets, reduction=reduction)
+    return causal_lm_loss(model.forward_hidden(idx), model.lm_head.weight, targets, reduction=reduction)
 
 
 # --------------------------------------------------------------------------- classification
@@ -462,7 +459,6 @@ def model_sequence_logprobs(
     mask: Tensor,
     *,
     reduction: str = "sum",
-    attention_mask: Tensor | None = None,
 ) -> Tensor:
     """:func:`sequence_logprobs` of a :class:`~customgpt.model.GPT` on ``input_ids`` without the
     full (B, T, V) logits: the LM head runs only at the response positions (prompt and padding
@@ -472,8 +468,7 @@ def model_sequence_logprobs(
         model: a GPT (anything with ``forward_hidden`` and ``lm_head``).
         input_ids: (B, T) token ids; ``targets`` (``input_ids`` shifted left by one), ``mask``
             and ``reduction`` as in :func:`sequence_logprobs`, which gives the (B,) result.
-        attention_mask: optional (B, T), 1 for real tokens (right padding needs none: no
-            real token attends to a later padding token).
+            Right padding needs no attention mask: no real token attends to a later pad.
     """
     _check_reduction(reduction)
     if targets.shape != input_ids.shape or mask.shape != input_ids.shape:
@@ -481,7 +476,7 @@ def model_sequence_logprobs(
             f"input_ids, targets and mask must have the same shape (B, T), got {tuple(input_ids.shape)}, "
             f"{tuple(targets.shape)} and {tuple(mask.shape)}"
         )
-    hidden = model.forward_hidden(input_ids, attention_mask=attention_mask)  # (B, T, C)
+    hidden = model.forward_hidden(input_ids)  # (B, T, C)
     mask = mask.bool()
     return _response_logps(model.lm_head(hidden[mask]), targets[mask], mask, reduction)
 
