@@ -495,17 +495,16 @@ class PreferenceLossOutput(NamedTuple):
 class PreferenceLoss(nn.Module):
     """Base of the preference losses: sequence log-probs in, :class:`PreferenceLossOutput` out.
 
-    ``forward`` takes the (B,) sequence log-probs of the policy (and reference) for the chosen
-    and rejected responses, reduced as :attr:`reduction` says, and the (B,) response token
-    counts (needed by the losses that average summed log-probs). A subclass's
-    :meth:`pair_losses` gets the log-ratios ``log pi - log pi_ref``, or the policy's log-probs
-    when it needs no reference.
+    ``forward`` takes (B,) sequence log-probs of the policy (and reference) for the chosen and
+    rejected responses, reduced as :attr:`reduction` says, and (B,) response token counts (for
+    the losses that average summed log-probs); :meth:`pair_losses` gets the log-ratios
+    ``log pi - log pi_ref``, or the policy's log-probs when no reference is needed. Missing
+    reference log-probs or lengths that the loss needs are a ValueError.
 
     Attributes:
         needs_reference: whether the loss uses a reference model's log-probs.
-        reduction: how the incoming log-probs were reduced over the response tokens
-            (``"sum"`` or ``"mean"``, :func:`sequence_logprobs`); a loss defined on averages
-            divides summed log-probs by the lengths.
+        reduction: ``"sum"`` or ``"mean"``, how the incoming log-probs were reduced over the
+            response tokens (:func:`sequence_logprobs`).
     """
 
     needs_reference: bool = True
