@@ -64,6 +64,7 @@ from customgpt.data.preference import (
     prepare_preference_splits,
 )
 from customgpt.errors import ConfigError
+from customgpt.io import atomic_write_text
 from customgpt.losses import (
     PREFERENCE_LOSSES,
     DPOLoss,
@@ -88,7 +89,6 @@ from customgpt.train.config import (
     TrainConfig,
     save_config,
 )
-from customgpt.train.files import atomic_write_text
 from customgpt.train.logging import MetricsLogger, Progress, Throughput, line_figure, read_metrics
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime

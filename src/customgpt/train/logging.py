@@ -14,7 +14,6 @@ display needed) and TensorBoard are imported only when used.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from customgpt.errors import ConfigError, CustomGPTError
-from customgpt.train.files import atomic_write_bytes, atomic_write_text
+from customgpt.io import atomic_path, atomic_write_text
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -54,17 +53,13 @@ class MetricsLogger:
         self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False, resume_step: int | None = None
     ) -> None:
         self.path = Path(run_dir) / METRICS_NAME
-        self.enabled = enabled
         self._fh = None
         self._tb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None:
-            kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        else:
-            atomic_write_text(self.path, "")
+        kept = [] if resume_step is None else [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
         if tensorboard:
             try:
@@ -115,7 +110,6 @@ class Progress:
 
     def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, echo: bool | None = None,
                  desc: str = "train") -> None:
-        self.enabled = enabled
         self.echo = enabled if echo is None else echo
         self._bar = None
         if enabled:
@@ -123,13 +117,12 @@ class Progress:
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
 
-    def update(self, *, loss: float | None = None, lr: float | None = None, tokens_per_s: float | None = None,
-               n: int = 1) -> None:
+    def update(self, *, loss: float | None = None, lr: float | None = None, tokens_per_s: float | None = None) -> None:
         if self._bar is None:
             return
         values = {"loss": (loss, ".3f"), "lr": (lr, ".2e"), "tok/s": (tokens_per_s, ",.0f")}
         self._bar.set_postfix({k: format(v, f) for k, (v, f) in values.items() if v is not None}, refresh=False)
-        self._bar.update(n)
+        self._bar.update()
 
     def write(self, text: str) -> None:
         """Print a line without breaking the bar (a plain print when there is no bar and ``echo``)."""
@@ -148,8 +141,7 @@ class Throughput:
     """Tokens per second over the steps since the last call (wall clock)."""
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self._last = self.start
+        self._last = time.perf_counter()
 
     def rate(self, tokens: int) -> float:
         now = time.perf_counter()
@@ -173,7 +165,7 @@ def _series(records: Iterable[dict[str, Any]], key: str) -> tuple[list[float], l
 def line_figure(path: Path, lines: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *, xlabel: str,
                 ylabel: str, title: str | None = None, figsize: tuple[float, float] = (7, 4.5), dpi: int = 110) -> Path:
     """Draw ``lines`` (label, xs, ys, matplotlib style such as ``"o-"``; empty ones skipped) on one
-    set of axes and write it as a PNG (:func:`save_figure`); the legend appears with two or more lines."""
+    set of axes and write it as a PNG atomically; the legend appears with two or more lines. Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # files only; works without a display
@@ -190,7 +182,11 @@ def line_figure(path: Path, lines: Sequence[tuple[str, Sequence[float], Sequence
     ax.grid(alpha=0.3)
     if len(drawn) > 1:
         ax.legend()
-    return save_figure(fig, path, dpi=dpi)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -212,17 +208,4 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         written.append(line_figure(out / "lr.png", [("learning rate", xs, ys, "-")], xlabel="optimizer step",
                                    ylabel="learning rate", title=f"learning rate: {run_dir.name}", figsize=(7, 3.5)))
     return written
-
-
-def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
-    """Lay out ``fig``, write it as a PNG atomically, close it; returns ``path``."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
 
