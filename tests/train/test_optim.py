@@ -25,8 +25,9 @@ def _model(seed: int = 0) -> GPT:
 def test_decay_only_on_matrices_and_embeddings():
     model = _model()
     groups = param_groups(model, 0.1)
-    decay = {n for g in groups if g["weight_decay"] == 0.1 for n in g["names"]}
-    no_decay = {n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for g in groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
     assert "transformer.wte.weight" in decay and "transformer.wpe.weight" in decay
     assert "transformer.h.0.attn.c_attn.weight" in decay and "transformer.h.1.mlp.c_proj.weight" in decay
     assert "transformer.h.0.attn.c_attn.bias" in no_decay

@@ -1,25 +1,11 @@
 """Training checkpoints: everything needed to continue a run exactly where it stopped.
 
-A checkpoint is a folder::
-
-    checkpoints/last/
-        model.safetensors, config.json, metadata.json   the weights (customgpt.checkpoints format,
-                                                        so the folder also loads with load_model)
-        trainer_state.pt    optimizer, grad scaler, step, epoch, position in the epoch,
-                            RNG states of every process, best metric, counters
-        train_config.yaml   the resolved training config of the run
-        manifest.json       size and sha256 of every file above (written last)
-
-``trainer_state.pt`` is written with ``torch.save`` and read with
-``torch.load(weights_only=True)``: it holds only tensors and plain Python values (NumPy's
-RNG state is converted to a tensor), so loading never unpickles arbitrary objects.
-
-Atomicity: a checkpoint is written whole into ``<name>.tmp/``, verified complete, then
-renamed into place: the old folder moves to ``<name>.prev/``, the new one to ``<name>/``,
-and ``.prev`` is deleted. A crash at any point leaves a complete ``<name>/`` or, between
-the two renames, a complete ``<name>.prev/`` that :func:`find_checkpoint` falls back to.
-A folder whose files do not match its manifest (truncated, corrupted) raises
-:class:`~customgpt.errors.CheckpointError` naming the file.
+A checkpoint folder (layout: docs/training.md, "Checkpoints and resume") holds the weights
+in the :mod:`customgpt.checkpoints` format (it also loads with ``load_model``),
+``trainer_state.pt`` (tensors and plain values only, read with ``torch.load(weights_only=True)``),
+``train_config.yaml`` and ``manifest.json`` (size and sha256 of every other file, written
+last). It is written whole and swapped into place (:func:`customgpt.io.atomic_folder`); a
+crash mid-swap leaves a complete ``<name>.prev/``, which :func:`find_checkpoint` falls back to.
 """
 
 from __future__ import annotations
@@ -168,7 +154,6 @@ def save_checkpoint(
     from customgpt.checkpoints import save_model
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     with atomic_folder(root / name) as tmp:
         save_model(unwrap(model), tmp, metadata={"kind": "training-checkpoint", **dict(metadata or {})})
         with atomic_open(tmp / STATE_NAME, "wb") as fh:
@@ -224,15 +209,11 @@ def checkpoint_val_loss(folder: str | Path) -> float | None:
 def reconcile_best(root: str | Path, claimed: float, *, repair: bool = True) -> float:
     """Make ``root/best`` and the best validation loss a resumed run believes agree.
 
-    ``best`` is written before ``last`` (see :func:`customgpt.train.pretrain.pretrain`), so a
-    kill between the two leaves ``best`` ahead of the ``claimed`` value in ``last``: the
-    value of ``best`` is used. A ``best`` behind ``claimed`` (a run killed between the writes
-    when ``last`` was written first) is repaired from ``last`` when ``last`` is the
-    checkpoint that set the claim; otherwise ``best``'s own value is returned, so the next
-    improvement on it rewrites ``best``.
-
-    Every process of a distributed run calls it (they must agree on the value); only the
-    main one passes ``repair=True``.
+    ``best`` is written before ``last``, so a kill between the two leaves ``best`` ahead of
+    the ``claimed`` value in ``last``: ``best``'s value is used. A ``best`` behind ``claimed``
+    (written by the older order, ``last`` first) is repaired from ``last`` when ``last`` set
+    the claim; otherwise ``best``'s own value is returned. Every process calls it (they must
+    agree on the value); only the main one passes ``repair=True``.
 
     Returns:
         The best validation loss to continue with (``inf`` when there is no ``best``).
@@ -268,7 +249,7 @@ def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
     checked) and return its trainer state."""
     from customgpt.checkpoints import load_model
 
-    state = load_trainer_state(folder, verify=True)
+    state = load_trainer_state(folder)
     loaded = load_model(Path(folder), device="cpu", dtype=torch.float32)
     try:
         unwrap(model).load_state_dict(loaded.state_dict(), strict=True)

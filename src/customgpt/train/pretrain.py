@@ -24,6 +24,7 @@ from customgpt.data.pretrain import (
     split_tokens,
 )
 from customgpt.errors import ConfigError, DataError
+from customgpt.generate import SamplingParams, encode_prompt, generate_tokens
 from customgpt.losses import causal_lm_loss
 from customgpt.train import checkpoint as ckpt
 from customgpt.train import distributed as dist
@@ -102,7 +103,7 @@ def evaluate(objective: nn.Module, data: TokenWindows, batch_size: int, micro_ba
     n = len(data) if max_batches is None else min(len(data), max_batches * batch_size)
     chunks = [range(i, min(i + micro_batch, n)) for i in range(0, n, micro_batch)]
     loss_sum, count = 0.0, 0
-    for chunk in dist.iter_shard(chunks, rt.dist):
+    for chunk in chunks[rt.dist.rank::rt.dist.world_size]:  # dealt round-robin to the processes
         x, y = data.batch(chunk)
         x, y = x.to(rt.device), y.to(rt.device)
         with rt.autocast():
@@ -112,20 +113,6 @@ def evaluate(objective: nn.Module, data: TokenWindows, batch_size: int, micro_ba
         count += k
     objective.train()
     return global_mean(loss_sum, global_count(count, rt.device), rt.device)
-
-
-@torch.no_grad()
-def greedy_sample(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, rt: Runtime) -> str:
-    """Greedy continuation (argmax each step) of ``prompt``: a deterministic progress check."""
-    was_training = model.training
-    model.eval()
-    ids = torch.tensor([tokenizer.encode(prompt)], device=rt.device)
-    for _ in range(max_new_tokens):
-        with rt.autocast():
-            logits = model(ids[:, -model.config.context_length:], last_only=True)  # (1, 1, V)
-        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    model.train(was_training)
-    return tokenizer.decode(ids[0].tolist())
 
 
 def _prepare_data(cfg: PretrainConfig, context_length: int, rt: Runtime) -> tuple[TokenWindows, TokenWindows]:
@@ -230,8 +217,12 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
             val = evaluate(objective, val_data, tcfg.batch_size, micro, tcfg.eval_iters, rt) if len(val_data) else math.nan
             if not math.isnan(val):
                 record["val_loss"], record["val_ppl"] = val, math.exp(min(val, 50.0))
-            if tokenizer is not None and info.is_main:
-                record["sample"] = greedy_sample(model, tokenizer, cfg.sample.prompt, cfg.sample.max_new_tokens, rt)
+            if tokenizer is not None and info.is_main:  # greedy: a deterministic progress check
+                ids = encode_prompt(tokenizer, cfg.sample.prompt)
+                greedy = SamplingParams(max_new_tokens=cfg.sample.max_new_tokens, temperature=0.0, stop_at_eot=False)
+                # fast_path=False: the weights being trained keep their memory layout
+                ids += [s.token_id for s in generate_tokens(model, ids, greedy, fast_path=False)]
+                record["sample"] = tokenizer.decode(ids)
             log.log(record)
             bar.write(f"step {at}: val loss {val:.4f}" + (f" | {record['sample']!r}" if "sample" in record else ""))
             return val
