@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from customgpt.checkpoints import build_model, load_model, save_model, unwrap
 from customgpt.errors import CheckpointError
 from customgpt.io import atomic_folder, atomic_open, atomic_write_text, sha256_file
-from customgpt.train.distributed import unwrap
+from customgpt.lora import lora_layers, merged_state_dict
 
 STATE_NAME = "trainer_state.pt"
 MANIFEST_NAME = "manifest.json"
@@ -66,10 +67,8 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = list(state["cuda"])
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
+    if "cuda" in state and len(state["cuda"]) == torch.cuda.device_count():  # the same GPUs as the writer
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------- manifest
@@ -90,10 +89,8 @@ def verify_checkpoint(folder: str | Path) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint {folder} does not exist")
-    manifest_path = folder / MANIFEST_NAME
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
+        files = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))["files"]
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {folder} is incomplete: no {MANIFEST_NAME}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -121,9 +118,6 @@ def save_merged_model(model: nn.Module, folder: str | Path, metadata: Mapping[st
     """Save ``model`` as a plain customgpt model folder (``customgpt.checkpoints.save_model``);
     LoRA adapters, if any, are merged into a copy of the weights (``model`` keeps training
     unmerged). Returns the folder."""
-    from customgpt.checkpoints import build_model, save_model
-    from customgpt.lora import lora_layers, merged_state_dict
-
     model = unwrap(model)
     if lora_layers(model):
         state = {k: v.detach().clone() for k, v in merged_state_dict(model).items()}
@@ -145,17 +139,15 @@ def save_checkpoint(
     Args:
         root: the checkpoints folder of the run.
         name: ``last``, ``best`` or any folder name.
-        model: the model (DDP/compile wrappers are unwrapped); its weights go to
+        model: the model (or its ``torch.compile`` wrapper); its weights go to
             ``model.safetensors`` via :func:`customgpt.checkpoints.save_model`.
         state: the trainer state (tensors and plain Python values only).
         config_yaml: the run's resolved config, stored as ``train_config.yaml``.
         metadata: JSON-able extras for ``metadata.json``.
     """
-    from customgpt.checkpoints import save_model
-
     root = Path(root)
     with atomic_folder(root / name) as tmp:
-        save_model(unwrap(model), tmp, metadata={"kind": "training-checkpoint", **dict(metadata or {})})
+        save_model(model, tmp, metadata={"kind": "training-checkpoint", **dict(metadata or {})})
         with atomic_open(tmp / STATE_NAME, "wb") as fh:
             torch.save(dict(state), fh)
         if config_yaml is not None:
@@ -245,10 +237,8 @@ def load_trainer_state(folder: str | Path, *, verify: bool = True) -> dict[str, 
 
 
 def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
-    """Verify ``folder``, copy its weights into ``model`` (unwrapped, any device, shapes
-    checked) and return its trainer state."""
-    from customgpt.checkpoints import load_model
-
+    """Verify ``folder``, copy its weights into ``model`` (any device, shapes checked) and
+    return its trainer state."""
     state = load_trainer_state(folder)
     loaded = load_model(Path(folder), device="cpu", dtype=torch.float32)
     try:

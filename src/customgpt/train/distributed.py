@@ -106,17 +106,6 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Mod
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and/or ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
-
-
 def sync_context(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     """``model.no_sync()`` on accumulation micro-steps (no gradient all-reduce), else nothing."""
     if not sync and hasattr(model, "no_sync"):

@@ -1,14 +1,9 @@
 """What a run reports: a progress bar, ``metrics.jsonl``, PNG plots, optional TensorBoard.
 
-``metrics.jsonl`` holds one JSON object per line, each with ``step`` and any of
-``loss`` (train loss of that step's global batch), ``lr``, ``grad_norm``, ``tokens_per_s``,
-``tokens``, ``elapsed`` (seconds), ``epoch``, ``val_loss`` and other evaluation values,
-``sample`` (generated text). Lines are flushed as written, so a killed run keeps everything
-logged before it died; on resume, lines past the checkpoint's step are dropped first, so
-the file tells one consistent story.
-
-Only rank 0 writes (pass ``enabled=False`` elsewhere). matplotlib (Agg backend, no
-display needed) and TensorBoard are imported only when used.
+``metrics.jsonl`` (its fields: docs/training.md, "Metrics and plots") holds one JSON object
+per line, flushed as written, so a killed run keeps everything logged before it died; on
+resume, lines past the checkpoint's step are dropped first. Only rank 0 writes (pass
+``enabled=False`` elsewhere). matplotlib and TensorBoard are imported only when used.
 """
 
 from __future__ import annotations
@@ -152,7 +147,8 @@ class Throughput:
 # --------------------------------------------------------------------------- plots
 
 
-def _series(records: Iterable[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def metric_series(records: Iterable[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of the records whose ``key`` holds a finite number, for :func:`line_figure`."""
     xs, ys = [], []
     for r in records:
         value = r.get(key)
@@ -200,10 +196,10 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         raise CustomGPTError(f"no metrics to plot: {run_dir / METRICS_NAME} is missing or empty")
     out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    written = [line_figure(out / "loss.png", [("train", *_series(records, "loss"), "-"),
-                                              ("validation", *_series(records, "val_loss"), "o-")],
+    written = [line_figure(out / "loss.png", [("train", *metric_series(records, "loss"), "-"),
+                                              ("validation", *metric_series(records, "val_loss"), "o-")],
                            xlabel="optimizer step", ylabel="cross-entropy loss", title=f"loss: {run_dir.name}")]
-    xs, ys = _series(records, "lr")
+    xs, ys = metric_series(records, "lr")
     if xs:
         written.append(line_figure(out / "lr.png", [("learning rate", xs, ys, "-")], xlabel="optimizer step",
                                    ylabel="learning rate", title=f"learning rate: {run_dir.name}", figsize=(7, 3.5)))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from customgpt.checkpoints import save_model
 from customgpt.data.pretrain import (
     PretrainDataConfig,
     TokenWindows,
@@ -26,6 +27,7 @@ from customgpt.data.pretrain import (
 from customgpt.errors import ConfigError, DataError
 from customgpt.generate import SamplingParams, encode_prompt, generate_tokens
 from customgpt.losses import causal_lm_loss
+from customgpt.tokenizer import get_tokenizer
 from customgpt.train import checkpoint as ckpt
 from customgpt.train import distributed as dist
 from customgpt.train.config import (
@@ -116,8 +118,6 @@ def evaluate(objective: nn.Module, data: TokenWindows, batch_size: int, micro_ba
 
 
 def _prepare_data(cfg: PretrainConfig, context_length: int, rt: Runtime) -> tuple[TokenWindows, TokenWindows]:
-    from customgpt.tokenizer import get_tokenizer
-
     files = resolve_sources(cfg.data.source, pattern=cfg.data.pattern, data_dir=cfg.data.data_dir)
     tokenizer = get_tokenizer()
     if rt.dist.is_main:  # one process tokenizes; the others read its cache
@@ -206,11 +206,7 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
         log = MetricsLogger(run_dir, enabled=info.is_main, tensorboard=cfg.logging.tensorboard,
                             resume_step=step if resume_from else None)
         bar = Progress(total_steps, initial=step, enabled=info.is_main and cfg.logging.progress, echo=info.is_main)
-        tokenizer = None
-        if cfg.sample.prompt and cfg.sample.max_new_tokens:
-            from customgpt.tokenizer import get_tokenizer
-
-            tokenizer = get_tokenizer()
+        tokenizer = get_tokenizer() if cfg.sample.prompt and cfg.sample.max_new_tokens else None
 
         def run_eval(at: int) -> float:
             record: dict[str, Any] = {"step": at}
@@ -300,8 +296,6 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
         bar.close()
         log.close()
         if info.is_main and step == total_steps:
-            from customgpt.checkpoints import save_model
-
             save_model(model, run_dir / "final", metadata={"kind": "pretrained", "step": step, "run": str(run_dir)})
         if info.is_main and cfg.logging.plots:
             plot_run(run_dir)
