@@ -88,24 +88,17 @@ class MetricsLogger:
             self._tb.close()
             self._tb = None
 
-    def __enter__(self) -> MetricsLogger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class Progress:
     """A tqdm bar over optimizer steps showing loss, LR and tokens/s (tqdm adds the ETA).
 
-    With ``enabled`` False there is no bar; :meth:`write` still prints when ``echo`` is True
-    (rank 0 with the bar turned off). ``echo`` None means the same as ``enabled``, so a
-    disabled bar (other ranks) shows nothing at all.
+    With ``enabled`` False there is no bar, and :meth:`write` prints only when ``echo`` is True
+    (rank 0 with the bar turned off; other ranks show nothing at all).
     """
 
-    def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, echo: bool | None = None,
+    def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, echo: bool = False,
                  desc: str = "train") -> None:
-        self.echo = enabled if echo is None else echo
+        self.echo = echo
         self._bar = None
         if enabled:
             from tqdm.auto import tqdm

@@ -172,6 +172,9 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
         total_steps = tcfg.max_steps or tcfg.epochs * steps_per_epoch
         schedule = build_schedule(tcfg, total_steps)
         seed_everything(tcfg.seed + info.rank)  # each process its own dropout stream from here on
+        objective = rt.prepare_model(CausalLMObjective(model))  # to device (+ torch.compile)
+        optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
+        scaler = rt.grad_scaler()
 
         state: dict[str, Any] = {"step": 0, "best_val_loss": math.inf, "tokens": 0, "elapsed": 0.0}
         if resume_from:
@@ -187,10 +190,6 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
                 state["best_val_loss"] = ckpt.reconcile_best(resume_from.parent, float(state["best_val_loss"]),
                                                              repair=info.is_main)
             dist.barrier()
-        objective = rt.prepare_model(CausalLMObjective(model))  # to device (+ torch.compile)
-        optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
-        scaler = rt.grad_scaler()
-        if resume_from:
             optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
