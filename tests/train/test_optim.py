@@ -9,7 +9,7 @@ from customgpt.config import GPTConfig
 from customgpt.losses import causal_lm_loss
 from customgpt.model import GPT
 from customgpt.train.config import OptimConfig
-from customgpt.train.optim import build_optimizer, param_groups
+from customgpt.train.optim import build_optimizer, param_groups, set_lr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,3 +67,9 @@ def test_fused_kernel_on_cpu_by_default_and_same_steps_as_foreach():
         steps[fused] = {n: p.detach() for n, p in model.named_parameters()}
     for name, value in steps[None].items():
         torch.testing.assert_close(value, steps[False][name], rtol=1e-4, atol=1e-4)  # steps move weights by ~1e-2
+
+
+def test_set_lr_sets_every_group_and_returns_the_rate():
+    opt = build_optimizer(_model(), OptimConfig(weight_decay=0.1), lr=1e-3)
+    assert set_lr(opt, 2.5e-4) == 2.5e-4
+    assert [g["lr"] for g in opt.param_groups] == [2.5e-4, 2.5e-4]

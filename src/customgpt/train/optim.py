@@ -47,7 +47,8 @@ def build_optimizer(
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate."""
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Set every parameter group's learning rate; returns ``lr`` (``lr = set_lr(opt, schedule(step))``)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+    return lr

@@ -237,8 +237,7 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
             global_batch = order[position * tcfg.batch_size:(position + 1) * tcfg.batch_size]
             batches = [train_data.batch(ix) for ix in dist.shard(global_batch, info, micro, accum)]
             n_global = global_count(sum(count_targets(y) for _, y in batches), rt.device)
-            lr = schedule(step)
-            set_lr(optimizer, lr)
+            lr = set_lr(optimizer, schedule(step))
             loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
             for i, (x, y) in enumerate(batches):
                 x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
