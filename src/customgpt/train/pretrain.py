@@ -1,7 +1,7 @@
 """Next-token pretraining: one explicit loop built from the shared pieces of :mod:`customgpt.train`.
 
-Reading order: the config schema, the loss module that DDP wraps, evaluation and the
-sample, then :func:`pretrain` itself: set up → (resume) → for each optimizer step:
+Reading order: the config schema, the loss module that DDP wraps, evaluation, then
+:func:`pretrain` itself: set up → (resume) → for each optimizer step:
 accumulate micro-batches, clip, step, log, evaluate, checkpoint → save the final model.
 """
 
@@ -105,7 +105,7 @@ def evaluate(objective: nn.Module, data: TokenWindows, batch_size: int, micro_ba
     n = len(data) if max_batches is None else min(len(data), max_batches * batch_size)
     chunks = [range(i, min(i + micro_batch, n)) for i in range(0, n, micro_batch)]
     loss_sum, count = 0.0, 0
-    for chunk in chunks[rt.dist.rank::rt.dist.world_size]:  # dealt round-robin to the processes
+    for chunk in chunks[rt.dist.rank::rt.dist.world_size]:
         x, y = data.batch(chunk)
         x, y = x.to(rt.device), y.to(rt.device)
         with rt.autocast():
