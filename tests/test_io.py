@@ -216,7 +216,7 @@ def test_bad_arguments_are_clear_errors(tmp_path):
 def test_staged_files_all_or_nothing(tmp_path):
     with staged_files(tmp_path) as stage:
         stage.write_text("a.txt", "a1")
-        stage.write_bytes("b.bin", b"b1")
+        stage.path("b.bin").write_bytes(b"b1")
         stage.write_json("c.json", {"k": "é"})
     assert (tmp_path / "c.json").read_text(encoding="utf-8") == '{\n  "k": "é"\n}\n'
     before = {n: (tmp_path / n).read_bytes() for n in _names(tmp_path)}
@@ -224,7 +224,7 @@ def test_staged_files_all_or_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with staged_files(tmp_path) as stage:
             stage.write_text("a.txt", "a2")
-            stage.write_bytes("b.bin", b"b2")
+            stage.path("b.bin").write_bytes(b"b2")
             raise KeyboardInterrupt
     assert {n: (tmp_path / n).read_bytes() for n in _names(tmp_path)} == before
 
@@ -348,14 +348,11 @@ def test_atomic_folder_failure_keeps_the_old_folder(tmp_path, error):
 
 
 def test_swap_keeps_prev_from_a_crash_until_a_new_folder_is_in_place(tmp_path, monkeypatch):
-    from customgpt.io import swap_folder_into_place
+    from customgpt.io import atomic_folder
 
     prev = tmp_path / "last.prev"  # a crash between the two renames left only this complete copy
     prev.mkdir()
     (prev / "w").write_text("old")
-    new = tmp_path / "new"
-    new.mkdir()
-    (new / "w").write_text("new")
     renames = []
     real_replace = Path.replace
 
@@ -364,8 +361,9 @@ def test_swap_keeps_prev_from_a_crash_until_a_new_folder_is_in_place(tmp_path, m
         return real_replace(self, target)
 
     monkeypatch.setattr(Path, "replace", spy)
-    swap_folder_into_place(new, tmp_path / "last")
-    assert renames == [("new", "last", True)]  # .prev still there when the new folder lands
+    with atomic_folder(tmp_path / "last") as new:
+        (new / "w").write_text("new")
+    assert renames == [("last.tmp", "last", True)]  # .prev still there when the new folder lands
     assert _names(tmp_path) == ["last"] and (tmp_path / "last" / "w").read_text() == "new"
 
 
@@ -439,5 +437,5 @@ def test_read_text_strict_names_the_byte_offset(tmp_path, monkeypatch):
     assert str(info.value) == f"{bad}: not UTF-8 text (byte 3, 0xc3): invalid continuation byte"
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff prompt")))
     with pytest.raises(DataError) as info:
-        aio.read_text_strict("-", what="--prompt -")
-    assert str(info.value) == "--prompt -: not UTF-8 text (byte 0, 0xff): invalid start byte"
+        aio.read_text_strict("-")
+    assert str(info.value) == "standard input: not UTF-8 text (byte 0, 0xff): invalid start byte"

@@ -12,7 +12,6 @@ from customgpt.prompts import (
     PromptStyle,
     TemplateStyle,
     get_prompt_style,
-    list_prompt_styles,
     prompt_style_from_dict,
     prompt_style_to_dict,
     register_prompt_style,
@@ -23,7 +22,7 @@ PREAMBLE = "Below is an instruction that describes a task. Write a response that
 
 
 def test_registry_has_the_three_styles():
-    assert {"alpaca", "phi3", "plain"} <= set(list_prompt_styles())
+    assert {"alpaca", "phi3", "plain"} <= set(PROMPT_STYLES)
     assert get_prompt_style("alpaca") is PROMPT_STYLES["alpaca"]
     style = get_prompt_style("phi3")
     assert get_prompt_style(style) is style

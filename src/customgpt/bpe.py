@@ -2,8 +2,8 @@
 algorithms behind the ``bpe`` tokenizer engine of :mod:`customgpt.tokenizer`.
 
 Everything works on a *rank table* (tiktoken's format): token bytes -> rank, which is also
-the id; a lower rank was learned earlier. :func:`pretokenize` splits text with GPT-2's regex
-(merges never cross pre-tokens), :func:`bpe_merge` merges one pre-token by rank,
+the id; a lower rank was learned earlier. :data:`GPT2_PATTERN` splits text into pre-tokens
+(merges never cross them), :func:`bpe_merge` merges one pre-token by rank,
 :func:`train_bpe_ranks` learns a table, :func:`to_hf_vocab_and_merges` writes it as GPT-2's
 ``vocab.json`` + ``merges.txt``.
 """
@@ -25,10 +25,7 @@ from customgpt.errors import DataError
 #: "a   b" splits as "a", "  ", " b".
 GPT2_PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
-_GPT2_PATTERN = regex.compile(GPT2_PAT_STR)
-
-#: rank used for "this pair cannot merge"; larger than any real rank.
-_NO_MERGE = float("inf")
+GPT2_PATTERN = regex.compile(GPT2_PAT_STR)
 
 
 @lru_cache(maxsize=1)
@@ -55,11 +52,6 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def pretokenize(text: str, pattern: regex.Pattern[str] = _GPT2_PATTERN) -> list[str]:
-    """Split ``text`` into pre-tokens (GPT-2's regex by default); BPE runs on each separately."""
-    return pattern.findall(text)
-
-
 def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], max_rank: int | None = None) -> list[bytes]:
     """Split one pre-token's bytes into tokens by applying merges in rank order.
 
@@ -77,7 +69,7 @@ def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], max_rank: int | None = N
     if n < 2:
         return parts
     get = ranks.get
-    limit = _NO_MERGE if max_rank is None else max_rank
+    limit = float("inf") if max_rank is None else max_rank
     stride = n + 1
     nxt = list(range(1, n + 1))  # n: no right neighbour
     prv = list(range(-1, n - 1))  # -1: no left neighbour
@@ -108,34 +100,31 @@ def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], max_rank: int | None = N
             rank = get(parts[p] + merged)
             if rank is not None and rank < limit:
                 push(heap, rank * stride + p)
-    out = []
-    i = 0
-    while i < n:
-        out.append(parts[i])
-        i = nxt[i]
-    return out
+    return [part for part in parts if part]  # merged-away parts are empty
+
+
+@lru_cache(maxsize=64)
+def special_pattern(specials: frozenset[str]) -> regex.Pattern[str]:
+    """A pattern matching any of ``specials`` (not empty), longest first, so a special token
+    that extends another one wins."""
+    return regex.compile("|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True)))
 
 
 # --------------------------------------------------------------------------- Training
 
 
-def count_pretokens(
-    texts: Iterable[str],
-    special_tokens: Iterable[str] = (),
-    pattern: regex.Pattern[str] = _GPT2_PATTERN,
-) -> Counter[bytes]:
+def count_pretokens(texts: Iterable[str], special_tokens: Iterable[str] = ()) -> Counter[bytes]:
     """Count each distinct pre-token (as UTF-8 bytes) over ``texts``.
 
     Special-token strings are cut out first, so they neither become part of a pre-token
     nor teach the vocabulary merges (they get their own ids after training).
     """
-    specials = sorted(set(special_tokens), key=len, reverse=True)
-    splitter = regex.compile("|".join(regex.escape(s) for s in specials)) if specials else None
+    specials = frozenset(special_tokens)
     counts: Counter[str] = Counter()
     for text in texts:
-        chunks = splitter.split(text) if splitter is not None else [text]
+        chunks = special_pattern(specials).split(text) if specials else [text]
         for chunk in chunks:
-            counts.update(pattern.findall(chunk))
+            counts.update(GPT2_PATTERN.findall(chunk))
     # Lone surrogates cannot be UTF-8 encoded; "replace" keeps training from crashing on
     # text that came from a lossy decode.
     result: Counter[bytes] = Counter()
@@ -179,8 +168,6 @@ def train_bpe_ranks(
     Raises:
         DataError: the text has too few distinct adjacent pairs to learn that many tokens.
     """
-    if n_ranks < 256:
-        raise DataError(f"a byte-level vocabulary needs at least 256 tokens, asked for {n_ranks}")
     vocab: list[bytes] = [bytes([b]) for b in range(256)]  # id -> bytes
     ids: dict[bytes, int] = {tok: i for i, tok in enumerate(vocab)}  # bytes -> id
 
@@ -205,8 +192,7 @@ def train_bpe_ranks(
     heap = [(-count, pair[0], pair[1]) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
 
-    target = n_ranks
-    while len(vocab) < target:
+    while len(vocab) < n_ranks:
         while heap:
             neg_count, left, right = heapq.heappop(heap)
             current = pair_counts.get((left, right))
@@ -217,7 +203,7 @@ def train_bpe_ranks(
         else:
             raise DataError(
                 f"the training text only supports a vocabulary of {len(vocab)} tokens "
-                f"(before special tokens); asked for {target}: use more text or a smaller vocab size"
+                f"(before special tokens); asked for {n_ranks}: use more text or a smaller vocab size"
             )
         merged = vocab[left] + vocab[right]
         new_id = ids.get(merged)
@@ -226,7 +212,7 @@ def train_bpe_ranks(
             vocab.append(merged)
             ids[merged] = new_id
             if progress is not None:
-                progress(len(vocab) - 256, target - 256)
+                progress(len(vocab) - 256, n_ranks - 256)
 
         # Rewrite every pre-token containing the pair and collect the count differences:
         # each pre-token loses its old pairs and gains its new ones, times its frequency.
@@ -247,8 +233,6 @@ def train_bpe_ranks(
                 if new_id in pair:
                     where.setdefault(pair, set()).add(w)
         for pair, delta in deltas.items():
-            if delta == 0:
-                continue
             count = pair_counts.get(pair, 0) + delta
             if count > 0:
                 pair_counts[pair] = count

@@ -42,11 +42,8 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int | N
     text = (name or "auto").strip().lower()
     if text == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda") if local_rank is None else torch.device("cuda", local_rank)
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+            return torch.device("cuda", local_rank)
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     kind, _, index = text.partition(":")
     if kind not in DEVICE_CHOICES[1:] or (index and not index.isdigit()):
         raise CustomGPTError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)} or cuda:N")
@@ -57,10 +54,8 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int | N
             raise CustomGPTError(f"device {text!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
         if not index and local_rank is not None:
             return torch.device("cuda", local_rank)
-    if kind == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise CustomGPTError("device 'mps' was asked for but Apple MPS is not available here; use --device cpu or auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise CustomGPTError("device 'mps' was asked for but Apple MPS is not available here; use --device cpu or auto")
     return torch.device(text)
 
 

@@ -15,17 +15,10 @@ from customgpt.config import HF_HUB_IDS
 from customgpt.errors import CustomGPTError
 from customgpt.io import read_json_object
 
-#: Short names that Hugging Face resolves to OpenAI's released GPT-2 checkpoints. They name
-#: *pretrained weights*; the preset names (``gpt2-124M`` ...) name a shape with random weights.
-HUB_ALIASES: dict[str, str] = {
-    "gpt2": HF_HUB_IDS["gpt2-124M"],
-    "gpt2-medium": HF_HUB_IDS["gpt2-355M"],
-    "gpt2-large": HF_HUB_IDS["gpt2-774M"],
-    "gpt2-xl": HF_HUB_IDS["gpt2-1558M"],
-}
-
-#: The files a GPT-2 model needs: the config and the weights (single file or shards).
-DOWNLOAD_PATTERNS = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
+#: Short names that Hugging Face resolves to OpenAI's released GPT-2 checkpoints (``gpt2``,
+#: ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``). They name *pretrained weights*; the preset
+#: names (``gpt2-124M`` ...) name a shape with random weights.
+HUB_ALIASES: dict[str, str] = {repo.split("/")[1]: repo for repo in HF_HUB_IDS.values()}
 
 # owner/name, as the hub spells repository ids (letters, digits, '-', '_', '.').
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -80,8 +73,9 @@ def _offline_advice(repo_id: str) -> str:
     )
 
 
-def download_model(repo_id: str, *, revision: str | None = None, config_only: bool = False) -> Path:
-    """Fetch ``config.json`` and the safetensors weights of ``repo_id``; return the local folder.
+def download_model(repo_id: str, *, config_only: bool = False) -> Path:
+    """Fetch ``config.json`` and the safetensors weights (one file or shards) of ``repo_id``;
+    return the local folder.
 
     Uses the hub's cache, so a second call costs nothing. Offline (``HF_HUB_OFFLINE=1``) only
     the cache is consulted; a model that is not in it fails at once
@@ -90,19 +84,14 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
     the weights if they were downloaded before).
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     offline = offline_variable()
+    weights = ["model.safetensors", "model.safetensors.index.json", "model-*.safetensors"]
     try:
         folder = snapshot_download(
             repo_id,
-            revision=revision,
-            allow_patterns=["config.json"] if config_only else DOWNLOAD_PATTERNS,
+            allow_patterns=["config.json"] + ([] if config_only else weights),
             local_files_only=offline is not None,
             etag_timeout=10,
         )
@@ -115,8 +104,6 @@ def download_model(repo_id: str, *, revision: str | None = None, config_only: bo
         raise CustomGPTError(f"{repo_id!r} is gated on the hub: accept its terms and log in (`hf auth login`)") from exc
     except RepositoryNotFoundError as exc:
         raise CustomGPTError(f"no model {repo_id!r} on the Hugging Face hub (or it is private)") from exc
-    except RevisionNotFoundError as exc:
-        raise CustomGPTError(f"{repo_id!r} has no revision {revision!r}") from exc
     except Exception as exc:  # connection errors (httpx's are not OSErrors), invalid ids
         if not isinstance(exc, (OSError, ValueError)) and not is_network_error(exc):
             raise
@@ -162,7 +149,7 @@ def push_to_hub(
 
     import huggingface_hub
 
-    token = token or os.environ.get("HF_TOKEN") or huggingface_hub.get_token()
+    token = token or huggingface_hub.get_token()  # get_token reads HF_TOKEN too
     if not token:
         raise CustomGPTError(
             "pushing to the hub needs a Hugging Face token: run `hf auth login` "

@@ -32,17 +32,16 @@ from customgpt.errors import CheckpointError, DataError
 _TEMP_ATTEMPTS = 100
 
 
-def _make_temp(path: Path, suffix: str) -> tuple[int, Path, int]:
+def _make_temp(path: Path, suffix: str = ".tmp") -> tuple[Path, int]:
     """Create a hidden, uniquely named, empty sibling of ``path``.
 
-    Returns (fd open for writing, temp path, the file's permission bits). The file is created
-    with mode 0o666 so the kernel applies the umask, exactly as for a plain ``open()``; the
-    mode is recorded so it can be restored after writers that recreate the file as 0600
-    (safetensors does). Reading the umask with ``os.umask`` would briefly change it for every
-    thread of the process.
+    Returns (temp path, its permission bits). The file is created with mode 0o666 so the
+    kernel applies the umask, exactly as for a plain ``open()``; the mode is recorded so it
+    can be restored after writers that recreate the file as 0600 (safetensors does). Reading
+    the umask with ``os.umask`` would briefly change it for every thread of the process.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for _ in range(_TEMP_ATTEMPTS):
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
         try:
@@ -51,7 +50,9 @@ def _make_temp(path: Path, suffix: str) -> tuple[int, Path, int]:
             continue
         except OSError as exc:  # name the file asked for, not the hidden temporary one
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        return fd, tmp, os.fstat(fd).st_mode & 0o777
+        mode = os.fstat(fd).st_mode & 0o777
+        os.close(fd)
+        return tmp, mode
     raise FileExistsError(f"no free temporary name for {path} after {_TEMP_ATTEMPTS} tries")
 
 
@@ -65,92 +66,41 @@ def _discard(tmp: Path) -> None:
         os.unlink(tmp)
 
 
-def _check_target(path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    if path.name in ("", ".", ".."):
-        raise ValueError(f"atomic write needs a file path, got {str(path)!r}")
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path} atomically: it is a folder")
-    return path
-
-
 _OS_ERROR_CODE = re.compile(r"os error (\d+)")
 
 
-def writer_error(exc: BaseException, target: str | os.PathLike[str], tmp: str | os.PathLike[str] | None = None) -> OSError | None:
-    """The :class:`OSError` behind a writer's failure, naming ``target`` (the file the user
-    asked for, not the hidden temporary file), or None when ``exc`` is not an I/O failure.
+@contextlib.contextmanager
+def _naming(target: Path, tmp: Path | None) -> Iterator[None]:
+    """Re-raise a writer's I/O failure as an :class:`OSError` naming ``target`` (the file the
+    user asked for, not the hidden temporary file ``tmp``).
 
     Writers report a full disk in their own ways: Python's files raise ``OSError`` (often
     without a file name), safetensors raises ``SafetensorError("... (os error 28) ...")``,
     torch's zip writer raises ``RuntimeError("... file write failed")`` with no reason (the
     reason is then ``ENOSPC`` when the target's file system has no space left, else ``EIO``).
     """
-    target = str(target)
-    if isinstance(exc, OSError):
-        if exc.errno is not None and (exc.filename is None or (tmp is not None and str(exc.filename) == str(tmp))):
-            return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), target)
-        return exc  # it names another path already, or carries no error code to restate
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        return None
-    text = str(exc)
-    match = _OS_ERROR_CODE.search(text)
-    if match and type(exc).__name__ == "SafetensorError":
-        code = int(match.group(1))
-        return OSError(code, os.strerror(code), target)
-    if isinstance(exc, RuntimeError) and "file write failed" in text:
-        try:
-            full = shutil.disk_usage(Path(target).parent).free == 0
-        except OSError:
-            full = False
-        code = errno.ENOSPC if full else errno.EIO
-        return OSError(code, os.strerror(code), target)
-    return None
-
-
-@contextlib.contextmanager
-def _naming(target: Path, tmp: Path | None) -> Iterator[None]:
-    """Re-raise a writer's I/O failure as an ``OSError`` naming ``target``."""
     try:
         yield
-    except BaseException as exc:
-        err = writer_error(exc, target, tmp)
-        if err is None or err is exc:
+    except OSError as exc:
+        if exc.errno is None or (exc.filename is not None and str(exc.filename) != str(tmp)):
+            raise  # it names another path already, or carries no error code to restate
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(target)) from exc
+    except Exception as exc:
+        match = _OS_ERROR_CODE.search(str(exc))
+        if match and type(exc).__name__ == "SafetensorError":
+            code = int(match.group(1))
+        elif isinstance(exc, RuntimeError) and "file write failed" in str(exc):
+            try:
+                full = shutil.disk_usage(target.parent).free == 0
+            except OSError:
+                full = False
+            code = errno.ENOSPC if full else errno.EIO
+        else:
             raise
-        raise err from exc
+        raise OSError(code, os.strerror(code), str(target)) from exc
 
 
 # --------------------------------------------------------------------------- one file
-
-
-@contextlib.contextmanager
-def atomic_open(
-    path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None, *, suffix: str = ".tmp"
-) -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``.
-
-    ``mode`` is a write mode (``"w"``, ``"wb"``, ``"wt"``); ``encoding`` applies to text modes.
-    If the body raises (anything, ``KeyboardInterrupt`` included), the temporary file is removed
-    and ``path`` is left untouched. ``suffix`` names the temporary file (``.<name>.XXXX<suffix>``).
-    """
-    if not mode.startswith("w") or "+" in mode:
-        raise ValueError(f"atomic_open writes a whole new file: mode must be 'w', 'wb' or 'wt', got {mode!r}")
-    path = _check_target(path)
-    fd, tmp, _ = _make_temp(path, suffix)  # created with the ordinary mode already
-    try:
-        try:
-            fh = os.fdopen(fd, mode, encoding=encoding)
-        except BaseException:
-            os.close(fd)
-            raise
-        with _naming(path, tmp), fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _discard(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -158,12 +108,16 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterat
     """Yield a temporary sibling of ``path`` for a writer that takes a file name.
 
     The temporary file exists (empty) when the body starts; the body writes it by name. On
-    success it is fsynced and replaces ``path``; if the body raises, it is removed and ``path``
-    is left untouched.
+    success it is fsynced and replaces ``path``; if the body raises (anything,
+    ``KeyboardInterrupt`` included), it is removed and ``path`` is left untouched. ``suffix``
+    names the temporary file (``.<name>.XXXX<suffix>``).
     """
-    path = _check_target(path)
-    fd, tmp, file_mode = _make_temp(path, suffix)
-    os.close(fd)
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"atomic write needs a file path, got {str(path)!r}")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path} atomically: it is a folder")
+    tmp, file_mode = _make_temp(path, suffix)
     try:
         with _naming(path, tmp):
             yield tmp
@@ -173,6 +127,19 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterat
     except BaseException:
         _discard(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None, *, suffix: str = ".tmp"
+) -> Iterator[IO[Any]]:
+    """:func:`atomic_path`, with the temporary file opened for writing: on success it replaces
+    ``path``. ``mode`` is a write mode (``"w"``, ``"wb"``, ``"wt"``); ``encoding`` applies to
+    text modes."""
+    if not mode.startswith("w") or "+" in mode:
+        raise ValueError(f"atomic_open writes a whole new file: mode must be 'w', 'wb' or 'wt', got {mode!r}")
+    with atomic_path(path, suffix=suffix) as tmp, open(tmp, mode, encoding=encoding) as fh:
+        yield fh
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
@@ -219,13 +186,9 @@ class StagedFiles:
         if not name or Path(name).name != name or name in (".", ".."):
             raise ValueError(f"staged file name must be a plain file name, got {name!r}")
         final = self.folder / name
-        fd, tmp, mode = _make_temp(final, ".tmp")
-        os.close(fd)
+        tmp, mode = _make_temp(final)
         self.staged.append((tmp, final, mode))
         return tmp
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        self.path(name).write_bytes(data)
 
     def write_text(self, name: str, text: str, encoding: str = "utf-8") -> None:
         self.path(name).write_text(text, encoding=encoding)
@@ -272,12 +235,18 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[StagedFiles]:
 
 @contextlib.contextmanager
 def atomic_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Context manager that yields an empty ``<final>.tmp/`` to fill; when the block ends
-    without an error the folder is fsynced and swapped in by :func:`swap_folder_into_place`.
-    On any error (``KeyboardInterrupt`` too) the temporary folder is removed and ``final`` is
-    untouched. A ``.tmp`` folder left by an interrupted earlier write is discarded first."""
+    """Context manager that yields an empty ``<final>.tmp/`` to fill. When the block ends
+    without an error, the complete folder replaces ``final``: the old ``final`` moves to
+    ``<final>.prev``, the new one takes its name, then ``.prev`` is deleted. On any error
+    (``KeyboardInterrupt`` too) the temporary folder is removed and ``final`` is untouched;
+    a ``.tmp`` folder left by an interrupted earlier write is discarded first.
+
+    A crash at any point leaves a complete ``final`` or, between the two renames, a complete
+    ``<final>.prev`` (readers may fall back to it). A ``.prev`` left by such a crash is kept
+    until a complete ``final`` exists again."""
     final = Path(final)
     tmp = final.with_name(final.name + ".tmp")
+    prev = final.with_name(final.name + ".prev")
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
@@ -287,18 +256,6 @@ def atomic_folder(final: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    swap_folder_into_place(tmp, final)
-
-
-def swap_folder_into_place(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
-    """Replace folder ``final`` by the complete folder ``tmp``: the old ``final`` moves to
-    ``<final>.prev``, ``tmp`` becomes ``final``, then ``.prev`` is deleted.
-
-    A crash at any point leaves a complete ``final`` or, between the two renames, a complete
-    ``<final>.prev`` (readers may fall back to it). A ``.prev`` left by such a crash is kept
-    until a complete ``final`` exists again."""
-    tmp, final = Path(tmp), Path(final)
-    prev = final.with_name(final.name + ".prev")
     if prev.exists() and final.exists():
         shutil.rmtree(prev)  # a complete ``final`` exists: the older copy is not needed
     if final.exists():
@@ -339,7 +296,7 @@ def read_json_object(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- user text and errors
 
 
-def read_text_strict(source: str | os.PathLike[str], *, what: str | None = None) -> str:
+def read_text_strict(source: str | os.PathLike[str]) -> str:
     """A user's text, decoded as strict UTF-8: ``"-"`` reads standard input, anything else
     is a file path.
 
@@ -348,17 +305,17 @@ def read_text_strict(source: str | os.PathLike[str], *, what: str | None = None)
     dropped. Newlines are kept as they are (no universal-newline translation).
 
     Raises:
-        DataError: invalid UTF-8 (``<what>: not UTF-8 text (byte N, 0x..): reason``), the
+        DataError: invalid UTF-8 (``<file>: not UTF-8 text (byte N, 0x..): reason``), the
             format of the dataset and tokenizer-training readers.
         OSError: the file cannot be read (the CLI prints ``error: cannot read PATH: reason``).
     """
     if str(source) == "-":
         stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
         data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
-        name = what or "standard input"
+        name = "standard input"
     else:
         data = Path(source).read_bytes()
-        name = what or str(source)
+        name = str(source)
     return decode_utf8_strict(data, name).removeprefix("\ufeff")
 
 

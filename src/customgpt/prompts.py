@@ -5,19 +5,10 @@ the text a model continues, and knows the strings that mark the end of its reply
 (CLI, UI, server) and instruction fine-tuning both import the templates from here, so the
 text a model is trained on and the text it is prompted with cannot drift apart.
 
-Styles:
-
-* ``alpaca``: "Below is an instruction that describes a task..." with ``### Instruction:``,
-  ``### Input:`` and ``### Response:`` sections (the Stanford Alpaca format).
-* ``phi3``: ``<|user|>\\n{instruction}\\n<|assistant|>:\\n`` (the Phi-3-like format of the
-  reference recipe's exercise). With the GPT-2 vocabulary the markers are ordinary text.
-* user-defined templates (:class:`TemplateStyle`, from a config: :class:`PromptConfig`) with
-  ``{instruction}``, ``{input}`` and ``{output}`` parts and an optional input section.
-* ``plain``: no template for a single instruction (the text is continued as is); a chat is a
-  ``User:`` / ``Assistant:`` transcript, which base models continue reasonably.
-
-A chat history is a list of :class:`Message` (or ``{"role": ..., "content": ...}`` mappings,
-as in OpenAI's API) with roles ``system``, ``user`` and ``assistant``.
+Styles: ``alpaca`` (:class:`AlpacaStyle`), ``phi3`` (:class:`Phi3Style`), ``plain``
+(:class:`PlainStyle`), and templates of one's own (:class:`TemplateStyle`, from a config:
+:class:`PromptConfig`). A chat history is a list of :class:`Message` (or OpenAI-style
+``{"role": ..., "content": ...}`` mappings) with roles ``system``, ``user`` and ``assistant``.
 """
 
 from __future__ import annotations
@@ -100,9 +91,8 @@ class PromptStyle:
             raise ConfigError("a chat needs at least one user message")
         if msgs[-1].role == "assistant":
             raise ConfigError("a chat prompt must end with a user message (the model writes the reply)")
-        for m in msgs[1:]:
-            if m.role == "system":
-                raise ConfigError("a system message may only come first in a chat")
+        if any(m.role == "system" for m in msgs[1:]):
+            raise ConfigError("a system message may only come first in a chat")
         return self._format_chat(msgs)
 
     def _format_chat(self, msgs: list[Message]) -> str:
@@ -116,8 +106,9 @@ ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
 
-#: The placeholder each part of a :class:`TemplateStyle` must hold exactly once.
-PLACEHOLDERS = {"instruction": "{instruction}", "input": "{input}", "response": "{output}", "system": "{system}"}
+#: Each part of a :class:`TemplateStyle` -> the placeholder it holds exactly once (None: it holds none).
+PARTS = {"preamble": None, "instruction": "{instruction}", "input": "{input}", "response": "{output}",
+         "system": "{system}", "turn_separator": None}
 
 
 def _fill(part: str, placeholder: str, value: str) -> str:
@@ -140,15 +131,8 @@ class TemplateStyle(PromptStyle):
     user turn is an instruction part, each assistant turn a whole response part, and
     ``turn_separator`` goes between a reply and the next user turn.
 
-    Args (all optional; a subclass sets them as class attributes):
-        name: the style's name.
-        preamble: text before the first instruction.
-        instruction: the instruction part, with ``{instruction}``.
-        input: the input part, with ``{input}`` (used only for a non-empty input).
-        response: the response part, with ``{output}``.
-        system: how a chat's system message is written, with ``{system}``.
-        turn_separator: text between an assistant reply and the next user turn in a chat.
-        stop_strings: strings that end a reply when generating.
+    Args (all optional; a subclass sets them as class attributes): the style's ``name`` and
+    the parts and ``stop_strings`` that :class:`PromptConfig` describes.
 
     Raises:
         ConfigError: a part without its placeholder, with it twice, or with another part's.
@@ -175,19 +159,15 @@ class TemplateStyle(PromptStyle):
             if isinstance(stop_strings, str) or any(not isinstance(s, str) or not s for s in stop_strings):
                 raise ConfigError(f"prompt template: stop_strings must be a list of non-empty strings, got {stop_strings!r}")
             self.stop_strings = tuple(stop_strings)
-        for part, placeholder in PLACEHOLDERS.items():
+        for part, own in PARTS.items():
             text = getattr(self, part)
-            if text.count(placeholder) != 1:
-                raise ConfigError(f"prompt template {self.name!r}: the {part} part must contain {placeholder} "
+            if own is not None and text.count(own) != 1:
+                raise ConfigError(f"prompt template {self.name!r}: the {part} part must contain {own} "
                                   f"exactly once, got {text!r}")
-            for other in PLACEHOLDERS.values():
-                if other != placeholder and other in text:
-                    raise ConfigError(f"prompt template {self.name!r}: the {part} part may not contain {other}, "
-                                      f"got {text!r}")
-        for other in PLACEHOLDERS.values():
-            if other in self.preamble or other in self.turn_separator:
-                raise ConfigError(f"prompt template {self.name!r}: the preamble and turn separator hold no "
-                                  f"placeholders, got {other} in them")
+            for other in filter(None, PARTS.values()):
+                if other != own and other in text:
+                    rule = f"may not contain {other}" if own else "may hold no placeholders"
+                    raise ConfigError(f"prompt template {self.name!r}: the {part} part {rule}, got {text!r}")
         self.response_end = self.response.partition("{output}")[2]
 
     @property
@@ -219,12 +199,6 @@ class TemplateStyle(PromptStyle):
                 parts.append(_fill(self.response, "{output}", m.content))
             previous = m.role
         return "".join(parts) + self.response_prefix
-
-    def to_dict(self) -> dict[str, Any]:
-        """The parts as plain data (:func:`prompt_style_from_dict` rebuilds the style)."""
-        return {"name": self.name, "preamble": self.preamble, "instruction": self.instruction, "input": self.input,
-                "response": self.response, "system": self.system, "turn_separator": self.turn_separator,
-                "stop_strings": list(self.stop_strings)}
 
 
 class AlpacaStyle(TemplateStyle):
@@ -266,7 +240,6 @@ class PlainStyle(PromptStyle):
 
     name = "plain"
     stop_strings = ("\nUser:",)
-    response_end = ""
 
     def format_instruction(self, instruction: str, input: str | None = None) -> str:
         return f"{instruction}\n\n{input}" if input else instruction
@@ -315,10 +288,6 @@ def get_prompt_style(name: str | PromptStyle) -> PromptStyle:
         ) from None
 
 
-def list_prompt_styles() -> list[str]:
-    return list(PROMPT_STYLES)
-
-
 @dataclass
 class PromptConfig:
     """The prompt style of a run: a registered name, or a template of your own.
@@ -345,23 +314,20 @@ class PromptConfig:
     stop_strings: list[str] | None = None
     """Template: strings that end a reply when generating."""
 
-    def is_template(self) -> bool:
-        return any(getattr(self, k) is not None for k in _TEMPLATE_KEYS)
-
     def build(self) -> PromptStyle:
         """The style: a new :class:`TemplateStyle` when a part is set, else the registered one.
 
         Raises:
             ConfigError: an unknown style name, or a template part without its placeholder.
         """
-        if not self.is_template():
+        if all(getattr(self, k) is None for k in _TEMPLATE_KEYS):
             return get_prompt_style(self.style)
         if self.style in PROMPT_STYLES:
             raise ConfigError(f"prompt.style: {self.style!r} is a registered style; give the template its own name")
         return TemplateStyle(self.style, **{k: getattr(self, k) for k in _TEMPLATE_KEYS})
 
 
-_TEMPLATE_KEYS = ("preamble", "instruction", "input", "response", "system", "turn_separator", "stop_strings")
+_TEMPLATE_KEYS = (*PARTS, "stop_strings")
 
 
 def prompt_style_to_dict(style: PromptStyle) -> dict[str, Any]:
@@ -370,7 +336,8 @@ def prompt_style_to_dict(style: PromptStyle) -> dict[str, Any]:
     if PROMPT_STYLES.get(style.name) is style:
         return {"name": style.name}
     if isinstance(style, TemplateStyle):
-        return style.to_dict()
+        data = {key: getattr(style, key) for key in ("name", *_TEMPLATE_KEYS)}
+        return {**data, "stop_strings": list(style.stop_strings)}
     raise ConfigError(f"prompt style {style.name!r} is neither registered nor a template: it cannot be saved")
 
 

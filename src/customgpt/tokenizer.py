@@ -1,13 +1,9 @@
-"""GPT-2's byte-level BPE tokenizer, fully offline, with two interchangeable engines.
-
-* ``tiktoken``: tiktoken's Rust BPE, built from the vendored rank file (fast; the default).
-* ``bpe``: the same algorithm written out in Python (:mod:`customgpt.bpe`), with a cache per
-  pre-token. It gives the same ids (tested on every text of the shared datasets) and can
-  also train new vocabularies (:func:`train_bpe`).
-
-Both load ``assets/gpt2.tiktoken``: GPT-2's 50,256 merge ranks in tiktoken's text format
-(``base64(token) rank`` per line), whose sha256 is checked once per process. The special
-token ``<|endoftext|>`` gets id 50,256, for 50,257 ids in all.
+"""GPT-2's byte-level BPE tokenizer, fully offline, with two interchangeable engines:
+``tiktoken`` (:class:`TiktokenTokenizer`: Rust, fast, the default) and ``bpe``
+(:class:`BPETokenizer`: the same algorithm written out in Python, which can also train new
+vocabularies with :func:`train_bpe`). Both give the same ids (tested on every text of the
+shared datasets) from GPT-2's vendored rank table (:func:`gpt2_ranks`); ``<|endoftext|>`` is
+id 50,256, for 50,257 ids in all.
 
     >>> tok = get_tokenizer()
     >>> tok.encode("Hello, world")
@@ -38,14 +34,12 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import regex
-
-from customgpt.bpe import GPT2_PAT_STR, bpe_merge, count_pretokens, to_hf_vocab_and_merges, train_bpe_ranks
+from customgpt import bpe
 from customgpt.constants import EOT_ID, EOT_TEXT
 from customgpt.errors import ConfigError, DataError
 from customgpt.io import atomic_write_bytes, read_text_strict
@@ -138,17 +132,15 @@ class Tokenizer(ABC):
         special_tokens: special token text -> id; ids follow the ordinary ones.
     """
 
-    def __init__(self, name: str, mergeable_ranks: dict[bytes, int], special_tokens: Mapping[str, int]):
+    def __init__(self, mergeable_ranks: dict[bytes, int], special_tokens: Mapping[str, int], name: str):
         self.name = name
         self.mergeable_ranks = mergeable_ranks
         self.special_tokens = dict(special_tokens)
-        n = len(mergeable_ranks)
-        for text, token_id in self.special_tokens.items():
-            if token_id < n:
-                raise ConfigError(f"special token {text!r} has id {token_id}, which an ordinary token uses")
         # id -> bytes, for decoding (ranks are 0..n-1, specials come after).
         self._id_to_bytes: dict[int, bytes] = {rank: token for token, rank in mergeable_ranks.items()}
         for text, token_id in self.special_tokens.items():
+            if token_id < len(mergeable_ranks):
+                raise ConfigError(f"special token {text!r} has id {token_id}, which an ordinary token uses")
             self._id_to_bytes[token_id] = text.encode("utf-8")
         #: Number of ids (GPT-2: 50,257): the model's embedding must have this many rows.
         self.vocab_size = max(self._id_to_bytes) + 1
@@ -182,12 +174,6 @@ class Tokenizer(ABC):
     def encode(self, text: str, allowed_special: AllowedSpecial = _DEFAULT_ALLOWED) -> list[int]:
         """Token ids of ``text``; see the module docstring for ``allowed_special``."""
 
-    def encode_batch(
-        self, texts: Sequence[str], allowed_special: AllowedSpecial = _DEFAULT_ALLOWED
-    ) -> list[list[int]]:
-        """:meth:`encode` for each text."""
-        return [self.encode(text, allowed_special) for text in texts]
-
     # -- decoding ----------------------------------------------------------------------
 
     def token_bytes(self, token_id: int) -> bytes:
@@ -211,15 +197,15 @@ class Tokenizer(ABC):
         """Text of ``ids``; invalid UTF-8 (e.g. a cut-off character) becomes U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
-    def to_hf_vocab_and_merges(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
-        """This vocabulary as GPT-2's ``vocab.json`` dict and ``merges.txt`` pairs
-        (see :func:`customgpt.bpe.to_hf_vocab_and_merges`)."""
-        vocab, merges = _hf_vocab_and_merges(self)
-        return dict(vocab), list(merges)  # copies: GPT-2's are cached
+    @cached_property
+    def hf_vocab_and_merges(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        """This vocabulary as GPT-2's ``vocab.json`` dict and ``merges.txt`` pairs (see
+        :func:`customgpt.bpe.to_hf_vocab_and_merges`), derived once: GPT-2's take a second."""
+        return bpe.to_hf_vocab_and_merges(self.mergeable_ranks, self.special_tokens)
 
-    def incremental_decoder(self, errors: str = "replace") -> IncrementalDecoder:
+    def incremental_decoder(self) -> IncrementalDecoder:
         """A fresh :class:`IncrementalDecoder` over this tokenizer."""
-        return IncrementalDecoder(self, errors=errors)
+        return IncrementalDecoder(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"
@@ -238,35 +224,21 @@ class IncrementalDecoder:
         ['h', 'é', 'llo', ' ', '', '🎉', '']
     """
 
-    def __init__(self, tokenizer: Tokenizer, errors: str = "replace"):
+    def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
-        self.errors = errors
         # Python's incremental UTF-8 decoder keeps an incomplete trailing sequence buffered
         # and, with errors="replace", replaces bad bytes exactly as a one-shot decode would.
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, token_id: int) -> str:
         """Add one token; return the text it completes (possibly ``""``)."""
         return self._decoder.decode(self.tokenizer.token_bytes(token_id))
-
-    def feed_many(self, ids: Iterable[int]) -> str:
-        """Add several tokens at once; return the text they complete."""
-        return self._decoder.decode(self.tokenizer.decode_bytes(ids))
 
     def flush(self) -> str:
         """End of stream: return what is held back (an unfinished character becomes U+FFFD)."""
         text = self._decoder.decode(b"", final=True)
         self._decoder.reset()
         return text
-
-    @property
-    def pending(self) -> bytes:
-        """Bytes held back because they do not form a complete character yet."""
-        return self._decoder.getstate()[0]
-
-    def reset(self) -> None:
-        """Drop any held-back bytes and start a new stream."""
-        self._decoder.reset()
 
 
 # --------------------------------------------------------------------------- Engine 1: tiktoken
@@ -275,19 +247,13 @@ class IncrementalDecoder:
 class TiktokenTokenizer(Tokenizer):
     """GPT-2 BPE through ``tiktoken.Encoding`` (Rust), built offline from a rank table."""
 
-    def __init__(
-        self,
-        mergeable_ranks: dict[bytes, int],
-        special_tokens: Mapping[str, int],
-        name: str = "gpt2",
-        pat_str: str = R50K_PAT_STR,
-    ):
+    def __init__(self, mergeable_ranks: dict[bytes, int], special_tokens: Mapping[str, int], name: str = "gpt2"):
         import tiktoken  # imported here so `import customgpt.tokenizer` stays light
 
-        super().__init__(name, mergeable_ranks, special_tokens)
+        super().__init__(mergeable_ranks, special_tokens, name)
         self.encoding = tiktoken.Encoding(
             name=name,
-            pat_str=pat_str,
+            pat_str=R50K_PAT_STR,
             mergeable_ranks=mergeable_ranks,
             special_tokens=self.special_tokens,
             explicit_n_vocab=self.vocab_size,
@@ -313,12 +279,8 @@ class BPETokenizer(Tokenizer):
     3. UTF-8 encode each pre-token and merge its bytes by rank (:func:`customgpt.bpe.bpe_merge`);
        the ids of a pre-token are cached (LRU), since words repeat a lot in real text.
 
-    Args:
-        mergeable_ranks: token bytes -> id (must include all 256 single bytes).
-        special_tokens: special text -> id (ids after the ordinary tokens).
-        name: a short name for messages.
-        pat_str: the pre-tokenization regex (GPT-2's by default).
-        cache_size: how many distinct pre-tokens to remember.
+    ``mergeable_ranks`` must hold all 256 single bytes (:func:`load_tiktoken_ranks` checks
+    that); ``cache_size`` is how many distinct pre-tokens to remember.
     """
 
     def __init__(
@@ -326,17 +288,10 @@ class BPETokenizer(Tokenizer):
         mergeable_ranks: dict[bytes, int],
         special_tokens: Mapping[str, int],
         name: str = "bpe",
-        pat_str: str = GPT2_PAT_STR,
         cache_size: int = 1 << 16,
     ):
-        super().__init__(name, mergeable_ranks, special_tokens)
-        missing = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
-        if missing:
-            raise ConfigError(f"not a byte-level vocabulary: byte {missing[0]} has no token")
-        self.pat_str = pat_str
-        self._pattern = regex.compile(pat_str)
-        # Words repeat a lot in real text, so the ids of each pre-token are cached
-        # (functools' LRU cache: bounded, C-implemented and thread-safe).
+        super().__init__(mergeable_ranks, special_tokens, name)
+        # functools' LRU cache: bounded, C-implemented and thread-safe.
         self._encode_piece = lru_cache(maxsize=cache_size)(self._bpe_piece)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -347,13 +302,13 @@ class BPETokenizer(Tokenizer):
     def _bpe_piece(self, piece: str) -> tuple[int, ...]:
         """Ids of one pre-token (uncached; :attr:`_encode_piece` is the cached version)."""
         ranks = self.mergeable_ranks
-        return tuple(ranks[part] for part in bpe_merge(piece.encode("utf-8"), ranks))
+        return tuple(ranks[part] for part in bpe.bpe_merge(piece.encode("utf-8"), ranks))
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of ``text`` with no special-token handling at all."""
         out: list[int] = []
         encode_piece = self._encode_piece
-        for piece in self._pattern.findall(text):
+        for piece in bpe.GPT2_PATTERN.findall(text):
             out.extend(encode_piece(piece))
         return out
 
@@ -369,18 +324,12 @@ class BPETokenizer(Tokenizer):
             return self.encode_ordinary(text)
         out: list[int] = []
         start = 0
-        for match in _special_pattern(allowed).finditer(text):
+        for match in bpe.special_pattern(allowed).finditer(text):
             out.extend(self.encode_ordinary(text[start : match.start()]))
             out.append(self.special_tokens[match.group()])
             start = match.end()
         out.extend(self.encode_ordinary(text[start:]))
         return out
-
-
-@lru_cache(maxsize=64)
-def _special_pattern(allowed: frozenset[str]) -> regex.Pattern[str]:
-    # Longest first, so a special token that extends another one wins.
-    return regex.compile("|".join(regex.escape(name) for name in sorted(allowed, key=len, reverse=True)))
 
 
 # --------------------------------------------------------------------------- Entry points
@@ -444,8 +393,8 @@ def train_bpe(
     if isinstance(texts_or_file, str):
         raise ConfigError("train_bpe: pass a pathlib.Path for a file, or a list of texts (a bare str is ambiguous)")
     texts = [read_text_strict(texts_or_file)] if isinstance(texts_or_file, os.PathLike) else texts_or_file
-    counts = count_pretokens(texts, special_tokens)
-    ranks = train_bpe_ranks(counts, n_ranks, progress=progress)
+    counts = bpe.count_pretokens(texts, special_tokens)
+    ranks = bpe.train_bpe_ranks(counts, n_ranks, progress=progress)
     specials = {text: n_ranks + i for i, text in enumerate(special_tokens)}
     return BPETokenizer(ranks, specials, name=f"bpe-{vocab_size}")
 
@@ -471,18 +420,17 @@ def save_hf_tokenizer_files(
         The paths written.
     """
     tokenizer = tokenizer if tokenizer is not None else get_tokenizer("tiktoken")
-    vocab, merges = _hf_vocab_and_merges(tokenizer)
+    vocab, merges = tokenizer.hf_vocab_and_merges
     folder = Path(folder)
 
     eot = EOT_TEXT if EOT_TEXT in tokenizer.special_tokens else None
-    others = [s for s in tokenizer.special_tokens if s != eot]
-    special_map: dict[str, object] = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
-    if others:
-        special_map["additional_special_tokens"] = others
     # Without <|endoftext|>, the roles are written as null: left out, Hugging Face would
     # add <|endoftext|> as a new token (its GPT-2 default) and change the vocabulary.
-    roles = dict(special_map)
-    special_map = {k: v for k, v in special_map.items() if v is not None}
+    roles: dict[str, object] = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
+    others = [s for s in tokenizer.special_tokens if s != eot]
+    if others:
+        roles["additional_special_tokens"] = others
+    special_map = {k: v for k, v in roles.items() if v is not None}
     config = {
         "add_bos_token": False,
         "add_prefix_space": False,
@@ -515,14 +463,3 @@ def save_hf_tokenizer_files(
         atomic_write_bytes(folder / name, text.encode("utf-8"))
     return [folder / name for name in files]
 
-
-def _hf_vocab_and_merges(tokenizer: Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    # GPT-2's 50k merges take a second to derive; both engines share one rank table.
-    if tokenizer.mergeable_ranks is gpt2_ranks() and tokenizer.special_tokens == {EOT_TEXT: EOT_ID}:
-        return _gpt2_hf_vocab_and_merges()
-    return to_hf_vocab_and_merges(tokenizer.mergeable_ranks, tokenizer.special_tokens)
-
-
-@lru_cache(maxsize=1)
-def _gpt2_hf_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    return to_hf_vocab_and_merges(gpt2_ranks(), {EOT_TEXT: EOT_ID})

@@ -8,29 +8,13 @@ import pytest
 import torch
 from helpers import tiny_model
 
-import customgpt.checkpoints as ckpt
 from customgpt.checkpoints import (
     describe_model_spec,
     load_model,
     load_weights,
     save_model,
 )
-from customgpt.config import GPTConfig
 from customgpt.errors import CheckpointError
-
-# --------------------------------------------------------------------------- strict validation
-
-
-def _tensors(model) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in ckpt.state_for_saving(model).items()}
-
-
-def _write_folder(folder: Path, tensors: dict[str, torch.Tensor], config: GPTConfig) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    ckpt.save_weights(tensors, folder / "model.safetensors")
-    config.save(folder / "config.json")
-    return folder
-
 
 
 def test_truncated_safetensors_names_the_file(tmp_path):

@@ -25,18 +25,6 @@ def _files(folder: Path) -> set[str]:
 # --------------------------------------------------------------------------- strict validation
 
 
-def _tensors(model) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in ckpt.state_for_saving(model).items()}
-
-
-def _write_folder(folder: Path, tensors: dict[str, torch.Tensor], config: GPTConfig) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    ckpt.save_weights(tensors, folder / "model.safetensors")
-    config.save(folder / "config.json")
-    return folder
-
-
-
 def test_hf_layout_validation_names_tensors(tmp_path):
     hf = tiny_hf_model(seed=1)
     hf.save_pretrained(tmp_path)
@@ -59,7 +47,6 @@ def test_hf_layout_validation_names_tensors(tmp_path):
     # A config of another size: every mismatch is reported against the file.
     with pytest.raises(CheckpointError, match="model.safetensors does not match"):
         load_model(tmp_path, config=tiny_config(n_layer=3))
-
 
 
 # --------------------------------------------------------------------------- HF export

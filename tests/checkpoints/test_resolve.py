@@ -34,6 +34,8 @@ def test_lone_weights_file_needs_a_config(tmp_path):
         load_model(tmp_path / "w.safetensors")
     loaded = load_model(tmp_path / "w.safetensors", config=model.config)
     assert _same_weights(loaded, model)
+    with pytest.raises(ConfigError, match="unknown model preset 'no-such-preset'"):
+        load_model(tmp_path / "w.safetensors", config="no-such-preset")
     # HF layout in a lone .bin file, config given as a GPTConfig: the layout is detected.
     hf = tiny_hf_model(seed=5)
     torch.save(hf.state_dict(), tmp_path / "hf.bin")

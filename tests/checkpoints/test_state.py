@@ -168,6 +168,19 @@ def test_wrong_shape_is_named_with_shapes(tmp_path):
         load_model(tmp_path)
 
 
+def test_tied_head_stored_twice_must_equal_the_embedding(tmp_path):
+    model = tiny_model()
+    tensors = _tensors(model)
+    tensors["lm_head.weight"] = tensors["transformer.wte.weight"].clone()
+    _write_folder(tmp_path, tensors, model.config)
+    assert _same_weights(load_model(tmp_path), model)
+    tensors["lm_head.weight"] += 1
+    _write_folder(tmp_path, tensors, model.config)
+    assert describe_model_spec(tmp_path).parameters == model.num_parameters()  # a header has no values
+    with pytest.raises(CheckpointError, match="lm_head.weight differs from transformer.wte.weight"):
+        load_model(tmp_path)
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 

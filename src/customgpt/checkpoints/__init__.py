@@ -1,20 +1,10 @@
-"""Weights in and out, by concern:
-
-* :mod:`~customgpt.checkpoints.files`: weight files (safetensors, ``.bin`` read with
-  ``weights_only``, shards, headers);
-* :mod:`~customgpt.checkpoints.state`: our layout, models built from it, and the customgpt
-  checkpoint folder (:func:`save_model`);
-* :mod:`~customgpt.checkpoints.huggingface`: the Hugging Face GPT-2 mapping and
-  :func:`export_hf` with its model card;
-* :mod:`~customgpt.checkpoints.resolve`: model specs (presets, folders, files, hub ids),
-  :func:`load_model` and :func:`describe_model_spec`.
-
-The names below are importable from ``customgpt.checkpoints``; file names and lower-level
-checks live in their submodules. Untrusted files are never unpickled: safetensors, or
-``torch.load(weights_only=True)``.
+"""Weights in and out: weight files (:mod:`~customgpt.checkpoints.files`), our layout and the
+customgpt checkpoint folder (:mod:`~customgpt.checkpoints.state`), the Hugging Face mapping and
+export (:mod:`~customgpt.checkpoints.huggingface`), model specs and loading
+(:mod:`~customgpt.checkpoints.resolve`). Untrusted files are never unpickled.
 """
 
-from customgpt.checkpoints.files import CONFIG_NAME, load_weights, save_weights
+from customgpt.checkpoints.files import load_weights, save_weights
 from customgpt.checkpoints.huggingface import customgpt_to_hf_state, export_hf, hf_to_customgpt_state
 from customgpt.checkpoints.resolve import (
     ModelInfo,
@@ -33,11 +23,9 @@ from customgpt.checkpoints.state import (
     read_metadata,
     save_model,
     state_for_saving,
-    unwrap,
 )
 
 __all__ = [
-    "CONFIG_NAME",
     "ModelInfo",
     "ModelSource",
     "build_model",
@@ -57,5 +45,4 @@ __all__ = [
     "save_model",
     "save_weights",
     "state_for_saving",
-    "unwrap",
 ]

@@ -1,11 +1,5 @@
-"""Weight files: read and write tensors without running code.
-
-``save_weights`` writes one safetensors file atomically; ``load_weights`` reads a
-``.safetensors`` file, or a ``.bin``/``.pt`` file with ``torch.load(weights_only=True)``
-(never an unrestricted unpickle); ``read_safetensors_header`` gives names, shapes and dtypes
-without reading a tensor; ``load_shards`` reads a sharded checkpoint through its index.
-Every other module that stores tensors (LoRA adapters, exports) writes through here.
-"""
+"""Weight files: read and write tensors without running code (never an unrestricted unpickle).
+Every other module that stores tensors (LoRA adapters, exports) writes through here."""
 
 from __future__ import annotations
 
@@ -28,6 +22,7 @@ HF_BIN_NAME = "pytorch_model.bin"
 HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
 HF_BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
 
 def save_weights(tensors: Mapping[str, Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
     """Write ``tensors`` to one safetensors file, atomically (temp file + ``os.replace``).
@@ -56,19 +51,21 @@ def write_safetensors(tensors: Mapping[str, Tensor], path: Path, metadata: Mappi
 
 
 def load_weights(path: str | Path) -> dict[str, Tensor]:
-    """Read every tensor of a ``.safetensors`` file, or of a ``.bin``/``.pt`` file with
-    ``torch.load(weights_only=True)``, onto the CPU.
+    """Read every tensor of a ``.safetensors`` file, of a ``.bin``/``.pt``/``.pth`` file (with
+    ``torch.load(weights_only=True)``) or of the shards a ``*.index.json`` lists, onto the CPU.
 
     Raises:
         CheckpointError: missing, corrupt or truncated file (the message names it).
     """
     path = Path(path)
+    if path.name.endswith(".index.json"):
+        return {k: v for shard in shard_files(path) for k, v in load_weights(shard).items()}
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         with _safe_open(path) as f:
             return {key: f.get_tensor(key) for key in f.keys()}
-    if path.suffix in (".bin", ".pt", ".pth"):
+    if path.suffix in WEIGHT_SUFFIXES:
         try:
             # weights_only=True: a plain state dict loads, a pickle that runs code does not.
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -94,11 +91,15 @@ def _safe_open(path: Path) -> Iterator[Any]:
         raise CheckpointError(f"cannot read {path}: corrupt or truncated safetensors file ({exc})") from exc
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
-    """Names → (shape, dtype) and the metadata of a safetensors file, without reading tensors."""
+def read_safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Names → (shape, dtype name such as ``float32``) of a safetensors file, or of the shards
+    a ``*.safetensors.index.json`` lists, without reading a tensor."""
+    if path.name.endswith(".index.json"):
+        return {k: v for shard in shard_files(path) for k, v in read_safetensors_header(shard).items()}
+    names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
     with _safe_open(path) as f:
-        info = {key: (tuple(f.get_slice(key).get_shape()), str(f.get_slice(key).get_dtype())) for key in f.keys()}
-        return info, dict(f.metadata() or {})
+        slices = {key: f.get_slice(key) for key in f.keys()}
+        return {key: (tuple(s.get_shape()), names.get(s.get_dtype(), s.get_dtype())) for key, s in slices.items()}
 
 
 def shard_files(index: Path) -> list[Path]:
@@ -108,8 +109,3 @@ def shard_files(index: Path) -> list[Path]:
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"cannot read shard index {index}: {exc}") from exc
     return [index.parent / shard for shard in sorted(set(weight_map.values()))]
-
-
-def load_shards(index: Path) -> dict[str, Tensor]:
-    """Read a sharded Hugging Face checkpoint through its ``*.index.json``."""
-    return {k: v for shard in shard_files(index) for k, v in load_weights(shard).items()}

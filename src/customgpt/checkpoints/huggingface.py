@@ -1,11 +1,5 @@
-"""The Hugging Face GPT-2 layout: mapping its tensors to ours and back, and the export.
-
-Hugging Face's ``GPT2LMHeadModel`` stores ``Conv1D`` weights as (in, out), with or without
-the ``transformer.`` prefix; :func:`hf_to_customgpt_state` maps such tensors to our state
-dict, strictly validated. :func:`export_hf` writes a folder (weights, config, generation
-config, tokenizer files, a model card) that ``GPT2LMHeadModel.from_pretrained`` loads
-without a warning.
-"""
+"""Layouts: a checkpoint's tensors (ours or Hugging Face GPT-2's) to our state dict, strictly
+validated; ours to Hugging Face's; and :func:`export_hf`, a folder with its model card."""
 
 from __future__ import annotations
 
@@ -18,13 +12,7 @@ import torch
 from torch import Tensor
 
 from customgpt.checkpoints.files import CONFIG_NAME, WEIGHTS_NAME, write_safetensors
-from customgpt.checkpoints.state import (
-    embedding_parameters,
-    expected_shapes,
-    problems_message,
-    state_for_saving,
-    unwrap,
-)
+from customgpt.checkpoints.state import embedding_parameters, state_for_saving, unwrap
 from customgpt.config import GPTConfig
 from customgpt.constants import GPT2_VOCAB_SIZE
 from customgpt.errors import CheckpointError
@@ -37,71 +25,76 @@ _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight
 # Non-parameter buffers that old GPT-2 checkpoints carry (the causal mask and its fill value).
 _HF_BUFFER = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$")
 
-def detect_layout(tensors: Mapping[str, Any], config: GPTConfig) -> str:
-    """``"hf"`` (Conv1D, (in, out)) or ``"customgpt"`` (nn.Linear, (out, in)).
 
-    Told apart by the fused q/k/v weight, which is (C, 3C) in one layout and (3C, C) in the
-    other, so the answer never depends on file names. ``tensors`` may map names to tensors
-    or to shapes. Defaults to ``"hf"`` when no such weight is present.
+def _listing(items: list[str], limit: int = 6) -> str:
+    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def hf_to_customgpt_state(
+    tensors: Mapping[str, Tensor], config: GPTConfig, *, source: str = "checkpoint", hf: bool = True
+) -> dict[str, Tensor]:
+    """A checkpoint's tensors → our state dict, strictly validated against ``config``.
+
+    With ``hf`` (Hugging Face / OpenAI GPT-2) keys may lack the ``transformer.`` prefix, the
+    Conv1D weights are transposed and the attention-mask buffers dropped; with ``hf=False``
+    the tensors are in our layout (:func:`~customgpt.checkpoints.save_model`) already. A
+    ``lm_head.weight`` that the config ties must equal the token embedding (meta tensors, the
+    shapes of a safetensors header, are checked by shape only) and is left out.
+
+    Raises:
+        CheckpointError: missing, unexpected or wrongly shaped tensors, named as in the file
+            with the file's and the expected shape; a tied head that differs.
     """
-    for key, value in tensors.items():
-        if key.endswith("attn.c_attn.weight"):
-            shape = tuple(value.shape) if isinstance(value, Tensor) else tuple(value)
-            return "customgpt" if shape == (3 * config.n_embd, config.n_embd) else "hf"
-    return "hf"
-
-
-def hf_to_customgpt_state(tensors: Mapping[str, Tensor], config: GPTConfig, *, source: str = "checkpoint") -> dict[str, Tensor]:
-    """Hugging Face / OpenAI GPT-2 tensors → our state dict, strictly validated.
-
-    Accepts keys with or without the ``transformer.`` prefix, transposes the Conv1D weights,
-    drops the attention-mask buffers, and checks the optional ``lm_head.weight`` equals the
-    token embedding it is tied to. Any missing, unexpected or wrongly shaped tensor raises
-    :class:`CheckpointError` naming it (with the file's and the expected shape).
-    """
-    expected = expected_shapes(config)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+    if config.tie_embeddings:
+        del expected["lm_head.weight"]
     out: dict[str, Tensor] = {}
     origin: dict[str, str] = {}  # our name -> the file's name, for messages
     unexpected: list[str] = []
     wrong: list[str] = []
     head: Tensor | None = None
     for key, tensor in tensors.items():
-        name = key.removeprefix("transformer.")
-        if _HF_BUFFER.search(name):
-            continue
-        if name == "lm_head.weight":
-            ours = "lm_head.weight"
-            if config.tie_embeddings:
-                head = tensor
+        ours = key
+        if hf:
+            name = key.removeprefix("transformer.")
+            if _HF_BUFFER.search(name):
                 continue
-        else:
-            ours = "transformer." + name
+            ours = name if name == "lm_head.weight" else "transformer." + name
+        if ours == "lm_head.weight" and config.tie_embeddings:
+            head = tensor
+            continue
         if ours not in expected:
             unexpected.append(key)
             continue
         if ours in origin:
             raise CheckpointError(f"{source} holds {ours!r} twice (as {origin[ours]!r} and {key!r})")
         origin[ours] = key
-        conv1d = ours.endswith(_CONV1D_SUFFIXES)
+        conv1d = hf and ours.endswith(_CONV1D_SUFFIXES)
         want = expected[ours][::-1] if conv1d else expected[ours]
         if tuple(tensor.shape) != want:
             wrong.append(f"{key} is {tuple(tensor.shape)}, expected {want}")
             continue
         out[ours] = tensor.t().contiguous() if conv1d else tensor
     # Name missing tensors the way this file names the others (with or without the prefix).
-    prefix = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
+    prefix = "transformer." if not hf or any(k.startswith("transformer.") for k in tensors) else ""
     missing = [
         k if k == "lm_head.weight" else prefix + k.removeprefix("transformer.") for k in expected if k not in origin
     ]
     if missing or unexpected or wrong:
-        raise CheckpointError(problems_message(source, missing, unexpected, wrong))
+        parts = []
+        if missing:
+            parts.append(f"missing tensor(s): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected tensor(s): {_listing(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shape(s): {_listing(wrong, 4)}")
+        raise CheckpointError(f"{source} does not match the model config: " + "; ".join(parts))
     if head is not None:
         wte = out["transformer.wte.weight"]
-        if head.shape != wte.shape or not torch.equal(head.to(wte.dtype), wte):
-            raise CheckpointError(
-                f"{source}: lm_head.weight differs from transformer.wte.weight, but GPT-2 ties them "
-                "(this checkpoint is not a GPT-2 with a tied LM head)"
-            )
+        if head.shape != wte.shape or not (head.is_meta or torch.equal(head.to(wte.dtype), wte)):
+            raise CheckpointError(f"{source}: lm_head.weight differs from transformer.wte.weight, but the config ties them")
     return out
 
 

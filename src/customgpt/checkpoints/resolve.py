@@ -26,25 +26,15 @@ from customgpt.checkpoints.files import (
     HF_SAFETENSORS_INDEX,
     WEIGHT_SUFFIXES,
     WEIGHTS_NAME,
-    load_shards,
     load_weights,
     read_safetensors_header,
-    shard_files,
 )
-from customgpt.checkpoints.huggingface import detect_layout, hf_to_customgpt_state
-from customgpt.checkpoints.state import (
-    build_model,
-    check_customgpt_state,
-    embedding_parameters,
-    random_model,
-    read_metadata,
-)
+from customgpt.checkpoints.huggingface import hf_to_customgpt_state
+from customgpt.checkpoints.state import build_model, embedding_parameters, random_model, read_metadata
 from customgpt.config import HF_HUB_IDS, GPTConfig, is_preset, list_presets
 from customgpt.errors import CheckpointError, ConfigError, CustomGPTError
 from customgpt.io import read_json_object
 from customgpt.model import GPT
-
-# =========================================================================== the resolver
 
 
 @dataclass
@@ -56,7 +46,8 @@ class ModelSource:
         kind: ``"preset"`` (random init), ``"customgpt"`` (our folder), ``"hf"`` (a Hugging
             Face folder), ``"file"`` (a lone weights file) or ``"hub"`` (downloaded by id).
         config: the model config.
-        weights: the weights file(s), or an index json for sharded ones; empty for a preset.
+        weights: the weights file, or the index json of a sharded one; None for a preset (or
+            a hub model whose weights were not fetched).
         layout: ``"customgpt"`` or ``"hf"`` (how the weights are stored), None for a preset.
         hub_id: the hub repository for ``kind == "hub"``.
         metadata: ``metadata.json`` of a customgpt folder.
@@ -65,7 +56,7 @@ class ModelSource:
     spec: str
     kind: str
     config: GPTConfig
-    weights: list[Path] = field(default_factory=list)
+    weights: Path | None = None
     layout: str | None = None
     hub_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -73,11 +64,10 @@ class ModelSource:
     def describe(self) -> str:
         if self.kind == "preset":
             return f"preset {self.config.name} (random initialisation)"
-        where = ", ".join(str(p) for p in self.weights)
         if self.kind == "hub":
-            return f"Hugging Face hub {self.hub_id} ({where or 'weights not downloaded yet'})"
+            return f"Hugging Face hub {self.hub_id} ({self.weights or 'weights not downloaded yet'})"
         label = {"customgpt": "customgpt checkpoint", "hf": "Hugging Face GPT-2 folder", "file": "weights file"}
-        return f"{label[self.kind]} {where}"
+        return f"{label[self.kind]} {self.weights}"
 
 
 def _config_from_json(path: Path) -> tuple[GPTConfig, str]:
@@ -91,23 +81,10 @@ def _config_from_json(path: Path) -> tuple[GPTConfig, str]:
     return GPTConfig.from_dict(data, where=str(path)), "customgpt"
 
 
-def _config_from_arg(config: GPTConfig | str | None) -> GPTConfig | None:
-    if config is None or isinstance(config, GPTConfig):
-        return config
-    if is_preset(config):
-        return GPTConfig.from_preset(config)
-    path = Path(config)
-    if path.is_dir():
-        path = path / CONFIG_NAME
-    if path.is_file():
-        return _config_from_json(path)[0]
-    raise ConfigError(f"config {config!r} is neither a preset nor a config.json file")
-
-
-def _folder_weights(folder: Path) -> list[Path]:
+def _folder_weights(folder: Path) -> Path:
     for name in (WEIGHTS_NAME, HF_SAFETENSORS_INDEX, HF_BIN_NAME, HF_BIN_INDEX):
         if (folder / name).is_file():
-            return [folder / name]
+            return folder / name
     found = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
     hint = f" (found {', '.join(found)}: pass the file itself with a config)" if found else ""
     raise CheckpointError(f"{folder} holds no {WEIGHTS_NAME} or {HF_BIN_NAME}{hint}")
@@ -118,14 +95,14 @@ def _resolve_folder(folder: Path, spec: str, config: GPTConfig | None, require_w
     if not cfg_path.is_file():
         if config is None:
             raise CheckpointError(f"{folder} has no {CONFIG_NAME}; pass a config (a preset name) for its weights")
-        return ModelSource(spec, "file", config, _folder_weights(folder), None)
+        return ModelSource(spec, "file", config, _folder_weights(folder))
     folder_config, layout = _config_from_json(cfg_path)
     try:
-        weights = _folder_weights(folder)
+        weights: Path | None = _folder_weights(folder)
     except CheckpointError:
         if require_weights:
             raise
-        weights = []
+        weights = None
     metadata = read_metadata(folder) if layout == "customgpt" else {}
     return ModelSource(spec, layout, config or folder_config, weights, layout, metadata=metadata)
 
@@ -167,12 +144,12 @@ def resolve_model_spec(
     an existing weights file (config from a ``config.json`` beside it or from ``config``),
     a preset name such as ``gpt2-124M`` or ``cpu-tiny`` (random weights), then a hub id
     (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl`` or ``owner/name``), downloaded
-    into the hub cache. ``config`` (a :class:`GPTConfig` or preset name) overrides the
-    config found. ``download_weights=False`` fetches only a hub model's ``config.json``
-    (its ``weights`` are then empty unless already cached).
+    into the hub cache. ``config`` (a :class:`GPTConfig` or preset name; an unknown name is
+    a :class:`ConfigError`) overrides the config found. ``download_weights=False`` fetches
+    only a hub model's ``config.json`` (its ``weights`` are then None unless already cached).
     """
     text = str(spec)
-    cfg = _config_from_arg(config)
+    cfg = GPTConfig.from_preset(config) if isinstance(config, str) else config
     path = Path(text).expanduser()
     if path.is_dir():
         return _resolve_folder(path, text, cfg)
@@ -189,7 +166,7 @@ def resolve_model_spec(
                     "e.g. --config gpt2-124M)"
                 )
             cfg = _config_from_json(beside)[0]
-        return ModelSource(text, "file", cfg, [path], None)
+        return ModelSource(text, "file", cfg, path)
     if isinstance(spec, str) and spec not in hub.HUB_ALIASES and is_preset(spec):
         return ModelSource(text, "preset", cfg or GPTConfig.from_preset(spec))
     repo_id = hub.hub_repo_id(text) if isinstance(spec, str) and not _only_local(text) else None
@@ -213,17 +190,20 @@ def resolve_model_spec(
 
 
 def load_state(source: ModelSource) -> dict[str, Tensor]:
-    """Read and validate the tensors of a resolved source, in our layout."""
-    if source.kind == "preset":
-        raise CheckpointError(f"{source.spec} is a preset: it has no weights to read")
-    (path,) = source.weights
-    return _our_layout(source, load_shards(path) if path.name.endswith(".index.json") else load_weights(path))
+    """Read the tensors of a resolved source that has weights (not a preset), validated and in
+    our layout."""
+    return _our_layout(source, load_weights(source.weights))
 
 
 def _our_layout(source: ModelSource, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``tensors`` of ``source`` checked against its config and mapped to our layout."""
-    check = hf_to_customgpt_state if (source.layout or detect_layout(tensors, source.config)) == "hf" else check_customgpt_state
-    return check(tensors, source.config, source=str(source.weights[0]))
+    """``tensors`` of ``source`` checked against its config and mapped to our layout. A lone
+    file's layout is told by its fused q/k/v weight, (3C, C) in ours and (C, 3C) in Conv1D's,
+    so it never depends on file names."""
+    layout = source.layout
+    if layout is None:
+        qkv = next((t.shape for k, t in tensors.items() if k.endswith("attn.c_attn.weight")), None)
+        layout = "customgpt" if qkv == (3 * source.config.n_embd, source.config.n_embd) else "hf"
+    return hf_to_customgpt_state(tensors, source.config, source=str(source.weights), hf=layout == "hf")
 
 
 def load_model(
@@ -301,22 +281,6 @@ class ModelInfo:
         return out | {"metadata": self.metadata}
 
 
-def check_shapes(source: ModelSource, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Check tensor names and shapes (from a safetensors header) against ``source.config``
-    exactly as :func:`load_state` checks the tensors themselves, without reading them.
-
-    Raises:
-        CheckpointError: the same message loading would give (missing, unexpected or wrongly
-            shaped tensors, naming the file).
-    """
-    tensors = {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
-    if source.config.tie_embeddings and "lm_head.weight" in tensors:
-        wte = tensors.get("transformer.wte.weight", tensors.get("wte.weight"))
-        if wte is not None and wte.shape == tensors["lm_head.weight"].shape:
-            del tensors["lm_head.weight"]  # its values are compared when the tensors are read
-    _our_layout(source, tensors)
-
-
 def describe_model_spec(spec: str | Path, *, config: GPTConfig | str | None = None) -> ModelInfo:
     """Summarise a model without loading its tensors (only the safetensors header is read).
 
@@ -328,6 +292,7 @@ def describe_model_spec(spec: str | Path, *, config: GPTConfig | str | None = No
     not in the cache and cannot be fetched (offline) is described from its preset, with the
     source saying so.
     """
+    where = None
     try:
         source = resolve_model_spec(spec, config=config, download_weights=False)
     except hub.HubUnavailableError:
@@ -335,31 +300,22 @@ def describe_model_spec(spec: str | Path, *, config: GPTConfig | str | None = No
         preset = {v: k for k, v in HF_HUB_IDS.items()}.get(repo or "")
         if preset is None:
             raise
-        cfg = GPTConfig.from_preset(preset)
-        return ModelInfo(
-            str(spec), "hub", f"Hugging Face hub {repo} (not downloaded; shape of preset {preset})",
-            cfg, cfg.num_parameters(), embedding_parameters(cfg), [], None, repo,
-        )
-    dtype = None
-    if source.kind == "preset":
-        dtype = "float32"
-    elif source.weights and source.weights[0].name.endswith((".safetensors", ".safetensors.index.json")):
-        path = source.weights[0]
-        shards = shard_files(path) if path.name.endswith(".index.json") else [path]
-        header = {k: v for shard in shards for k, v in read_safetensors_header(shard)[0].items()}
-        check_shapes(source, {k: shape for k, (shape, _) in header.items()})
-        dtypes = sorted({d for _, d in header.values()})
-        dtype = ",".join(dtypes) if dtypes else None
-        dtype = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}.get(dtype or "", dtype)
+        source = ModelSource(str(spec), "hub", GPTConfig.from_preset(preset), hub_id=repo)
+        where = f"Hugging Face hub {repo} (not downloaded; shape of preset {preset})"
+    dtype = "float32" if source.kind == "preset" else None
+    if source.weights is not None and source.weights.name.endswith((".safetensors", ".safetensors.index.json")):
+        header = read_safetensors_header(source.weights)
+        _our_layout(source, {k: torch.empty(shape, device="meta") for k, (shape, _) in header.items()})
+        dtype = ",".join(sorted({d for _, d in header.values()})) or None
     cfg = source.config
     return ModelInfo(
         spec=str(spec),
         kind=source.kind,
-        source=source.describe(),
+        source=where or source.describe(),
         config=cfg,
         parameters=cfg.num_parameters(),
         embedding_parameters=embedding_parameters(cfg),
-        weights=[str(p) for p in source.weights],
+        weights=[str(source.weights)] if source.weights else [],
         dtype=dtype,
         hub_id=source.hub_id,
         metadata=source.metadata,
@@ -374,7 +330,7 @@ def provenance_of(source: ModelSource) -> dict[str, Any]:
     elif source.kind == "preset":
         prov["source weights"] = f"random initialisation of preset {source.config.name}"
     else:
-        prov["source weights"] = ", ".join(str(p) for p in source.weights)
+        prov["source weights"] = str(source.weights)
     for key, value in source.metadata.items():
         if key not in ("format", "customgpt_version"):
             prov[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)

@@ -1,5 +1,4 @@
-"""Our layout: state dicts checked against a config, models built from them, and the
-customgpt checkpoint folder.
+"""Our layout: models built from a state dict, and the customgpt checkpoint folder.
 
 A customgpt checkpoint is a folder with ``model.safetensors`` (our ``nn.Linear`` layout, the
 tied LM head stored once as ``transformer.wte.weight``), ``config.json``
@@ -23,52 +22,6 @@ from customgpt.device import resolve_device, resolve_dtype
 from customgpt.errors import CheckpointError, CustomGPTError
 from customgpt.io import read_json_object, staged_files
 from customgpt.model import GPT
-
-
-def expected_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """Our parameter names → shapes, for the tensors a checkpoint must hold (tied head once)."""
-    with torch.device("meta"):
-        model = GPT(config)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if config.tie_embeddings:
-        del shapes["lm_head.weight"]
-    return shapes
-
-
-def problems_message(source: str, missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
-    def listing(items: list[str], limit: int = 6) -> str:
-        more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
-        return ", ".join(items[:limit]) + more
-
-    parts = []
-    if missing:
-        parts.append(f"missing tensor(s): {listing(missing)}")
-    if unexpected:
-        parts.append(f"unexpected tensor(s): {listing(unexpected)}")
-    if wrong:
-        parts.append(f"wrong shape(s): {listing(wrong, 4)}")
-    return f"{source} does not match the model config: " + "; ".join(parts)
-
-
-def check_customgpt_state(tensors: Mapping[str, Tensor], config: GPTConfig, *, source: str = "checkpoint") -> dict[str, Tensor]:
-    """Validate a state dict in our layout against ``config`` (strict: names and shapes)."""
-    expected = expected_shapes(config)
-    tensors = dict(tensors)
-    if config.tie_embeddings and "lm_head.weight" in tensors:
-        head = tensors.pop("lm_head.weight")
-        wte = tensors.get("transformer.wte.weight")
-        if wte is None or head.shape != wte.shape or not torch.equal(head, wte):
-            raise CheckpointError(f"{source}: lm_head.weight differs from transformer.wte.weight, but the config ties them")
-    unexpected = [k for k in tensors if k not in expected]
-    wrong = [
-        f"{k} is {tuple(t.shape)}, expected {expected[k]}"
-        for k, t in tensors.items()
-        if k in expected and tuple(t.shape) != expected[k]
-    ]
-    missing = [k for k in expected if k not in tensors]
-    if missing or unexpected or wrong:
-        raise CheckpointError(problems_message(source, missing, unexpected, wrong))
-    return tensors
 
 
 def unwrap(model: GPT) -> GPT:
@@ -166,7 +119,6 @@ def save_model(model: GPT, folder: str | Path, metadata: Mapping[str, Any] | Non
         json.dumps(meta)
     except TypeError as exc:
         raise CustomGPTError(f"checkpoint metadata must be JSON-serialisable: {exc}") from exc
-    model = unwrap(model)
     with staged_files(folder) as stage:
         write_safetensors(state_for_saving(model), stage.path(WEIGHTS_NAME), {"customgpt_format": "1"})
         stage.write_json(CONFIG_NAME, model.config.to_dict())

@@ -10,7 +10,9 @@ exit 2; a closed output pipe (``| head -1``) ends the command quietly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -51,8 +53,6 @@ def _usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``customgpt`` console script."""
-    from customgpt.errors import CustomGPTError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -76,28 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = int(module.run(args) or 0)
         sys.stdout.flush()  # a closed pipe or a full disk shows here, not at the interpreter's exit
         return status
-    except CustomGPTError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         return _closed_pipe()
-    except OSError as exc:
-        from customgpt.io import os_error_message
-
-        if exc.filename == "standard output":
-            _closed_pipe()  # the interpreter's exit must not fail on it again
-        if _is_network_error(exc):
-            print(f"error: {_network_message(exc)}", file=sys.stderr)
-        else:
-            print(f"error: {os_error_message(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if not _is_network_error(exc):
+        message = _error_message(exc)
+        if message is None:
             raise
-        print(f"error: {_network_message(exc)}", file=sys.stderr)
+        if getattr(exc, "filename", None) == "standard output":
+            _closed_pipe()  # the interpreter's exit must not fail on it again
+        print(f"error: {message}", file=sys.stderr)
         return 2
     finally:
         sys.stdout = stdout
@@ -110,13 +100,9 @@ CLOSED_PIPE_STATUS = 141
 def _closed_pipe() -> int:
     """The reader of standard output closed it (``| head -1``): stop quietly. Standard
     output is pointed at /dev/null so the interpreter's final flush does not fail again."""
-    import os
-
-    try:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
     return CLOSED_PIPE_STATUS
 
 
@@ -146,22 +132,25 @@ class _NamedStdout:
         return getattr(self._stream, name)
 
 
-def _is_network_error(exc: BaseException) -> bool:
-    from customgpt.hub import is_network_error
+def _error_message(exc: Exception) -> str | None:
+    """The one line for a user mistake, a network failure or an operating-system error; None
+    for anything else (a bug: its traceback is shown)."""
+    from customgpt.errors import CustomGPTError
+    from customgpt.hub import first_line, is_network_error
+    from customgpt.io import os_error_message
 
-    return is_network_error(exc, ("httpx", "httpcore", "requests", "urllib3", "huggingface_hub", "aiohttp"))
-
-
-def _network_message(exc: BaseException) -> str:
-    from customgpt.hub import first_line
-
-    reason = first_line(exc)
-    try:  # httpx raises when an error without a request is asked for it
-        host = exc.request.url.host  # type: ignore[attr-defined]
-    except Exception:
-        host = None
-    where = f" {host}" if isinstance(host, str) and host else ""
-    return f"network error: cannot reach{where or ' the server'}: {reason} ({type(exc).__name__})"
+    if isinstance(exc, CustomGPTError):
+        return str(exc)
+    if is_network_error(exc, ("httpx", "httpcore", "requests", "urllib3", "huggingface_hub", "aiohttp")):
+        try:  # httpx raises when an error without a request is asked for it
+            host = exc.request.url.host  # type: ignore[attr-defined]
+        except Exception:
+            host = None
+        where = f" {host}" if isinstance(host, str) and host else " the server"
+        return f"network error: cannot reach{where}: {first_line(exc)} ({type(exc).__name__})"
+    if isinstance(exc, OSError):
+        return os_error_message(exc)
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     source = checkpoints.resolve_model_spec(args.src, config=args.config)
     if source.kind == "preset":
         raise CustomGPTError(f"{args.src!r} is a preset (random weights), not a model to convert")
-    check_output_folder(dst, [p.parent for p in source.weights], force=True, what="model being converted")
+    check_output_folder(dst, [source.weights.parent], force=True, what="model being converted")
     model = checkpoints.build_model(source.config, checkpoints.load_state(source), dtype=args.dtype)
     provenance = checkpoints.provenance_of(source)
     if args.to == "hf":

@@ -37,13 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from customgpt.errors import CustomGPTError
 
     out = Path(args.out)
-    check_output_folder(out, [], force=args.force)
     meta = lora.read_adapter_config(args.adapter)
     base_info = meta.get("base_model") or {}
     base = args.base or base_info.get("spec")
     if not base:
         raise CustomGPTError(f"{args.adapter} does not record its base model; pass --base MODEL")
-    check_output_folder(out, [Path(args.adapter), Path(base).expanduser()], force=True, what="adapter or base model")
+    inputs = [Path(args.adapter), Path(base).expanduser()]
+    check_output_folder(out, inputs, force=args.force, what="adapter or base model")
     # A preset base means random weights: only the seed recorded with the adapter rebuilds them.
     seed = base_info.get("seed") if base == base_info.get("spec") else None
     model = checkpoints.load_model(base, seed=seed)

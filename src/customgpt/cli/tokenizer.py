@@ -15,14 +15,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from customgpt.constants import EOT_TEXT
 from customgpt.errors import CustomGPTError
 from customgpt.io import read_text_strict
 
-_EOT = "<|endoftext|>"
-
 
 def _add_special_token(parser: argparse.ArgumentParser, help_: str) -> None:
-    parser.add_argument("--special-token", action="append", default=None, metavar="TEXT", help=f"{help_} (default: {_EOT})")
+    parser.add_argument(
+        "--special-token", action="append", default=None, metavar="TEXT", help=f"{help_} (default: {EOT_TEXT})"
+    )
 
 
 def _add_vocab_options(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,6 @@ def _add_vocab_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vocab",
-        default=None,
         metavar="PATH",
         help="use a vocabulary trained with 'customgpt tokenizer train' instead of GPT-2's",
     )
@@ -51,7 +51,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         "--allowed-special",
         choices=("all", "none"),
         default="all",
-        help=f"all: {_EOT} in the text becomes its special id; none: it is encoded as plain text "
+        help=f"all: {EOT_TEXT} in the text becomes its special id; none: it is encoded as plain text "
         "(default: %(default)s)",
     )
     p_enc.add_argument("--show", action="store_true", help="print one token per line: id and its text")
@@ -80,7 +80,7 @@ def _load(args: argparse.Namespace):
     from customgpt.tokenizer import get_tokenizer, load_bpe
 
     if args.vocab is not None:
-        return load_bpe(args.vocab, special_tokens=args.special_token or [_EOT])
+        return load_bpe(args.vocab, special_tokens=args.special_token or [EOT_TEXT])
     if args.special_token:
         raise CustomGPTError("--special-token only applies with --vocab (GPT-2's special token is fixed)")
     return get_tokenizer(args.engine)
@@ -159,7 +159,7 @@ def _train(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CustomGPTError(f"training file not found: {path}")
     _check_outputs(path, Path(args.out), None if args.hf_dir is None else Path(args.hf_dir), force=args.force)
-    specials = args.special_token or [_EOT]
+    specials = args.special_token or [EOT_TEXT]
 
     bar = None
 
@@ -187,7 +187,7 @@ def _train(args: argparse.Namespace) -> int:
         f"{len(specials)} special) in {seconds:.2f} s -> {out}"
     )
     print(f"{path.name}: {path.stat().st_size:,} bytes -> {n_ids:,} tokens")
-    if specials != [_EOT]:
+    if specials != [EOT_TEXT]:
         print(f"special tokens (pass them again with --special-token when loading): {', '.join(specials)}")
     if args.hf_dir is not None:
         written = save_hf_tokenizer_files(args.hf_dir, tok)
