@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from customgpt.checkpoints import build_model, load_model, save_model, unwrap
+from customgpt.checkpoints import build_model, load_model, save_model
 from customgpt.errors import CheckpointError
 from customgpt.io import atomic_folder, atomic_open, atomic_write_text, sha256_file
 from customgpt.lora import lora_layers, merged_state_dict
@@ -118,7 +118,7 @@ def save_merged_model(model: nn.Module, folder: str | Path, metadata: Mapping[st
     """Save ``model`` as a plain customgpt model folder (``customgpt.checkpoints.save_model``);
     LoRA adapters, if any, are merged into a copy of the weights (``model`` keeps training
     unmerged). Returns the folder."""
-    model = unwrap(model)
+    model = getattr(model, "_orig_mod", model)  # the module inside a torch.compile wrapper
     if lora_layers(model):
         state = {k: v.detach().clone() for k, v in merged_state_dict(model).items()}
         model = build_model(model.config, state)
@@ -242,7 +242,7 @@ def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
     state = load_trainer_state(folder)
     loaded = load_model(Path(folder), device="cpu", dtype=torch.float32)
     try:
-        unwrap(model).load_state_dict(loaded.state_dict(), strict=True)
+        model.load_state_dict(loaded.state_dict(), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {folder} does not match the model: {exc}") from exc
     return state

@@ -61,7 +61,7 @@ class Runtime:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Move to the device and optionally ``torch.compile`` (the plain module stays reachable
-        via :func:`customgpt.checkpoints.unwrap`)."""
+        as ``._orig_mod``)."""
         model = model.to(self.device)
         if self.compile:
             model = torch.compile(model)
