@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -93,16 +92,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
-    """``DistributedDataParallel(model)`` when running with several processes, else ``model``.
-
-    DDP broadcasts rank 0's weights at construction, so every process starts identical.
-    """
-    if not info.enabled:
-        return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def sync_context(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:

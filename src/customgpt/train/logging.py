@@ -53,7 +53,9 @@ class MetricsLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [] if resume_step is None else [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
+        kept = []
+        if resume_step is not None:
+            kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
         if tensorboard:
@@ -105,7 +107,8 @@ class Progress:
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
 
-    def update(self, *, loss: float | None = None, lr: float | None = None, tokens_per_s: float | None = None) -> None:
+    def update(self, *, loss: float | None = None, lr: float | None = None,
+               tokens_per_s: float | None = None) -> None:
         if self._bar is None:
             return
         values = {"loss": (loss, ".3f"), "lr": (lr, ".2e"), "tok/s": (tokens_per_s, ",.0f")}
@@ -154,7 +157,8 @@ def metric_series(records: Iterable[dict[str, Any]], key: str) -> tuple[list[int
 def line_figure(path: Path, lines: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *, xlabel: str,
                 ylabel: str, title: str | None = None, figsize: tuple[float, float] = (7, 4.5), dpi: int = 110) -> Path:
     """Draw ``lines`` (label, xs, ys, matplotlib style such as ``"o-"``; empty ones skipped) on one
-    set of axes and write it as a PNG atomically; the legend appears with two or more lines. Returns ``path``."""
+    set of axes and write it to ``path`` as a PNG, atomically; the legend appears with two or
+    more lines. Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # files only; works without a display

@@ -44,7 +44,8 @@ def build_optimizer(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     fused = cfg.fused if cfg.fused is not None else device.type in ("cuda", "cpu")
     kwargs: dict = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
+    groups = param_groups(model, cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:

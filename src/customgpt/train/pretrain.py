@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from customgpt.checkpoints import save_model
 from customgpt.data.pretrain import (
@@ -195,7 +196,10 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
                 scaler.load_state_dict(state["scaler"])
             rngs = state["rng"]
             ckpt.restore_rng_state(rngs[min(info.rank, len(rngs) - 1)])
-        ddp = dist.wrap_model(objective, info, rt.device)
+        ddp = objective
+        if info.enabled:  # DDP broadcasts rank 0's weights at construction: every process starts identical
+            device_ids = [rt.device.index] if rt.device.type == "cuda" else None
+            ddp = DistributedDataParallel(objective, device_ids=device_ids)
 
         step, best = int(state["step"]), float(state["best_val_loss"])
         tokens, elapsed0 = int(state["tokens"]), float(state["elapsed"])
@@ -214,7 +218,8 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
                 record["val_loss"], record["val_ppl"] = val, math.exp(min(val, 50.0))
             if tokenizer is not None and info.is_main:  # greedy: a deterministic progress check
                 ids = encode_prompt(tokenizer, cfg.sample.prompt)
-                greedy = SamplingParams(max_new_tokens=cfg.sample.max_new_tokens, temperature=0.0, stop_at_eot=False)
+                greedy = SamplingParams(max_new_tokens=cfg.sample.max_new_tokens, temperature=0.0,
+                                        stop_at_eot=False)
                 # fast_path=False: the weights being trained keep their memory layout
                 ids += [s.token_id for s in generate_tokens(model, ids, greedy, fast_path=False)]
                 record["sample"] = tokenizer.decode(ids)
