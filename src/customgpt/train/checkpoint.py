@@ -40,10 +40,9 @@ CHECKPOINTS_DIR = "checkpoints"
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, PyTorch (CPU and every CUDA device) generator states, as tensors and
     plain values only (loadable with ``weights_only=True``)."""
-    version, internal, gauss = random.getstate()
     np_kind, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
+        "python": random.getstate(),  # (version, tuple of ints, gauss): plain values
         "numpy": {
             "kind": str(np_kind),
             "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64).copy()),
