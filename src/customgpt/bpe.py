@@ -153,7 +153,8 @@ def train_bpe_ranks(
     n_ranks: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[bytes, int]:
-    """Learn a byte-level rank table with ``n_ranks`` tokens (256 bytes + learned merges).
+    """Learn a byte-level rank table with ``n_ranks`` tokens (256 bytes + learned merges; at
+    least 256, which :func:`customgpt.tokenizer.train_bpe` checks).
 
     Greedy BPE: repeatedly merge the most frequent adjacent pair of tokens, counting over
     distinct pre-tokens weighted by how often they occur. Ties go to the pair whose tokens

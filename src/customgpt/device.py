@@ -1,11 +1,7 @@
-"""Where the math runs: the one resolver of device and dtype names.
-
-``resolve_device`` turns ``auto``/``cpu``/``cuda``/``cuda:N``/``mps`` into a usable
-:class:`torch.device`; ``resolve_dtype`` turns ``auto``/``float32``/``bf16``/... into a
-:class:`torch.dtype` (or None: keep the stored dtype). The library, the training loops and
-the command line all use these two; torch is imported inside them so that importing this
-module stays free (the CLI's ``--help`` imports it).
-"""
+"""Where the math runs: the one resolver of device names (:func:`resolve_device`) and dtype
+names (:func:`resolve_dtype`) for the library, the training loops and the command line.
+torch is imported inside them, so importing this module stays free (the CLI's ``--help``
+imports it)."""
 
 from __future__ import annotations
 

@@ -182,7 +182,8 @@ class StagedFiles:
         self.staged: list[tuple[Path, Path, int]] = []
 
     def path(self, name: str) -> Path:
-        """A temporary path to write ``name`` to (by name); it becomes ``folder/name`` on commit."""
+        """A temporary path to write ``name`` to (by name); it becomes ``folder/name`` when the
+        :func:`staged_files` block ends."""
         if not name or Path(name).name != name or name in (".", ".."):
             raise ValueError(f"staged file name must be a plain file name, got {name!r}")
         final = self.folder / name
@@ -196,21 +197,6 @@ class StagedFiles:
     def write_json(self, name: str, data: Any) -> None:
         self.write_text(name, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
-    def commit(self) -> None:
-        """fsync every staged file, then rename each over its final name."""
-        for tmp, _, mode in self.staged:
-            _fsync_file(tmp)  # on disk before the rename makes it visible
-            os.chmod(tmp, mode)  # the writer may have recreated it as 0600
-        for tmp, final, _ in self.staged:
-            os.replace(tmp, final)
-        self.staged.clear()
-
-    def abort(self) -> None:
-        """Remove every staged temporary file (the final names are not touched)."""
-        for tmp, _, _ in self.staged:
-            _discard(tmp)
-        self.staged.clear()
-
 
 @contextlib.contextmanager
 def staged_files(folder: str | os.PathLike[str]) -> Iterator[StagedFiles]:
@@ -220,12 +206,17 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[StagedFiles]:
     stage = StagedFiles(folder)
     try:
         yield stage
-        stage.commit()
+        for tmp, _, mode in stage.staged:
+            _fsync_file(tmp)  # on disk before the rename makes it visible
+            os.chmod(tmp, mode)  # the writer may have recreated it as 0600
+        for tmp, final, _ in stage.staged:
+            os.replace(tmp, final)
     except BaseException as exc:
         # Name the file that failed: the one its temporary name belongs to, else the last staged.
         failed = [(tmp, final) for tmp, final, _ in stage.staged if str(tmp) == str(getattr(exc, "filename", ""))]
         tmp, final = failed[0] if failed else (None, stage.staged[-1][1] if stage.staged else folder)
-        stage.abort()
+        for leftover, _, _ in stage.staged:
+            _discard(leftover)  # the final names are not touched
         with _naming(final, tmp):
             raise
 

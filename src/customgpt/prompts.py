@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from customgpt.errors import ConfigError
+from customgpt.io import read_json_object
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -101,10 +102,6 @@ class PromptStyle:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
-
-ALPACA_PREAMBLE = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
 
 #: Each part of a :class:`TemplateStyle` -> the placeholder it holds exactly once (None: it holds none).
 PARTS = {"preamble": None, "instruction": "{instruction}", "input": "{input}", "response": "{output}",
@@ -211,7 +208,8 @@ class AlpacaStyle(TemplateStyle):
 
     name = "alpaca"
     stop_strings = ("### Instruction:", "### Input:", "### Response:")
-    preamble = ALPACA_PREAMBLE
+    preamble = ("Below is an instruction that describes a task. "
+                "Write a response that appropriately completes the request.")
     instruction = "\n\n### Instruction:\n{instruction}"
     input = "\n\n### Input:\n{input}"
     response = "\n\n### Response:\n{output}"
@@ -390,8 +388,6 @@ def saved_prompt_style(folder: str | os.PathLike[str]) -> PromptStyle | None:
         ConfigError: a recorded style that cannot be rebuilt (see :func:`prompt_style_from_dict`).
         CheckpointError: a ``metadata.json`` that is not a JSON object.
     """
-    from customgpt.io import read_json_object
-
     path = Path(folder).expanduser() / "metadata.json"
     if not path.is_file():
         return None

@@ -178,7 +178,8 @@ class Tokenizer(ABC):
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes of one token (a special token's bytes are its UTF-8 text); numpy and 0-d
-        torch integers are accepted (``__index__``)."""
+        torch integers are accepted (``__index__``), an id outside the vocabulary is a
+        :class:`DataError`."""
         try:
             return self._id_to_bytes[operator.index(token_id)]
         except (KeyError, TypeError):
@@ -200,7 +201,8 @@ class Tokenizer(ABC):
     @cached_property
     def hf_vocab_and_merges(self) -> tuple[dict[str, int], list[tuple[str, str]]]:
         """This vocabulary as GPT-2's ``vocab.json`` dict and ``merges.txt`` pairs (see
-        :func:`customgpt.bpe.to_hf_vocab_and_merges`), derived once: GPT-2's take a second."""
+        :func:`customgpt.bpe.to_hf_vocab_and_merges`), derived once (GPT-2's take a second) and
+        shared by every caller: treat them as read-only."""
         return bpe.to_hf_vocab_and_merges(self.mergeable_ranks, self.special_tokens)
 
     def incremental_decoder(self) -> IncrementalDecoder:

@@ -93,7 +93,11 @@ def _safe_open(path: Path) -> Iterator[Any]:
 
 def read_safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """Names → (shape, dtype name such as ``float32``) of a safetensors file, or of the shards
-    a ``*.safetensors.index.json`` lists, without reading a tensor."""
+    a ``*.safetensors.index.json`` lists, without reading a tensor.
+
+    Raises:
+        CheckpointError: a missing, corrupt or truncated file, or an unreadable index.
+    """
     if path.name.endswith(".index.json"):
         return {k: v for shard in shard_files(path) for k, v in read_safetensors_header(shard).items()}
     names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
@@ -103,7 +107,8 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]
 
 
 def shard_files(index: Path) -> list[Path]:
-    """The shard files that a sharded Hugging Face checkpoint's ``*.index.json`` lists."""
+    """The shard files that a sharded Hugging Face checkpoint's ``*.index.json`` lists
+    (:class:`CheckpointError` when it cannot be read or has no ``weight_map``)."""
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from customgpt import __version__
 from customgpt.checkpoints.files import CONFIG_NAME, WEIGHTS_NAME, write_safetensors
 from customgpt.checkpoints.state import embedding_parameters, state_for_saving, unwrap
 from customgpt.config import GPTConfig
@@ -18,6 +19,7 @@ from customgpt.constants import GPT2_VOCAB_SIZE
 from customgpt.errors import CheckpointError
 from customgpt.io import staged_files
 from customgpt.model import GPT
+from customgpt.tokenizer import save_hf_tokenizer_files
 
 # Hugging Face's GPT-2 uses Conv1D, which stores its weight as (in, out); nn.Linear stores
 # (out, in). These weights are transposed on the way in and out.
@@ -114,8 +116,6 @@ def customgpt_to_hf_state(state: Mapping[str, Tensor], config: GPTConfig) -> dic
 
 
 def _model_card(config: GPTConfig, name: str, dtype: str, provenance: Mapping[str, Any], tokenizer: bool) -> str:
-    from customgpt import __version__
-
     total, emb = config.num_parameters(), embedding_parameters(config)
     rows = {
         "vocab_size": config.vocab_size,
@@ -227,7 +227,5 @@ def export_hf(
         stage.write_json("generation_config.json", generation)
         stage.write_text("README.md", _model_card(config, folder.resolve().name, dtype, provenance or {}, include_tokenizer))
     if include_tokenizer:
-        from customgpt.tokenizer import save_hf_tokenizer_files
-
         save_hf_tokenizer_files(folder, model_max_length=config.context_length)
     return folder

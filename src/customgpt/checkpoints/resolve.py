@@ -1,10 +1,6 @@
-"""Model resolution: what a model spec names, and loading or describing it.
-
-:func:`resolve_model_spec` turns a spec (preset name, folder, weights file, hub id) into a
-:class:`ModelSource` without reading a tensor; :func:`load_model` builds the model from it;
-:func:`describe_model_spec` summarises one from its config and safetensors header
-(``customgpt info``).
-"""
+"""Model specs (preset name, folder, weights file, hub id): what one names
+(:func:`resolve_model_spec`), loading it (:func:`load_model`), describing it
+(:func:`describe_model_spec`, for ``customgpt info``)."""
 
 from __future__ import annotations
 
@@ -117,24 +113,6 @@ def _only_local(text: str) -> bool:
     return str(parent) not in ("", ".") and parent.is_dir()
 
 
-def check_vocab_covers(config: GPTConfig, tokenizer_vocab_size: int, *, source: str = "the model") -> None:
-    """Refuse a model whose vocabulary is smaller than its tokenizer's.
-
-    The tokenizer would produce ids past the end of the token embedding (an index error in
-    the middle of a forward pass). A *larger* model vocabulary (padded, as nanoGPT's 50,304)
-    is fine: generation masks the ids the tokenizer cannot decode.
-
-    Raises:
-        CheckpointError: naming both sizes and the model.
-    """
-    if config.vocab_size < tokenizer_vocab_size:
-        raise CheckpointError(
-            f"{source} has a vocabulary of {config.vocab_size:,} ids, smaller than its tokenizer's "
-            f"{tokenizer_vocab_size:,}: the tokenizer would produce ids the model has no embedding for; "
-            "use the tokenizer the model was trained with"
-        )
-
-
 def resolve_model_spec(
     spec: str | Path, *, config: GPTConfig | str | None = None, download_weights: bool = True
 ) -> ModelSource:
@@ -191,7 +169,11 @@ def resolve_model_spec(
 
 def load_state(source: ModelSource) -> dict[str, Tensor]:
     """Read the tensors of a resolved source that has weights (not a preset), validated and in
-    our layout."""
+    our layout.
+
+    Raises:
+        CheckpointError: a missing, corrupt or mismatched weights file, naming file and tensor.
+    """
     return _our_layout(source, load_weights(source.weights))
 
 
@@ -228,21 +210,28 @@ def load_model(
         seed: seeds the random initialisation of a preset.
         overrides: config fields to change that do not alter shapes (``dropout``, ``impl``).
         tokenizer_vocab_size: the vocabulary size of the tokenizer the model will be used
-            with; a smaller model vocabulary is refused before any tensor is read
-            (:func:`check_vocab_covers`).
+            with; a smaller model vocabulary is refused before any tensor is read (the tokenizer
+            would produce ids past the end of the token embedding). A larger one (padded, as
+            nanoGPT's 50,304) is fine: generation masks the ids the tokenizer cannot decode.
 
     Returns:
         The model in eval mode (call ``.train()`` to fine-tune).
 
     Raises:
-        CheckpointError: a missing, corrupt or mismatched checkpoint, naming file and tensor.
+        CheckpointError: a missing, corrupt or mismatched checkpoint, naming file and tensor;
+            a vocabulary smaller than ``tokenizer_vocab_size``, naming both sizes.
         CustomGPTError: an unknown spec, or a hub id that cannot be downloaded.
     """
     source = resolve_model_spec(spec, config=config)
     if overrides:
         source.config = source.config.replace(**dict(overrides))
-    if tokenizer_vocab_size is not None:
-        check_vocab_covers(source.config, tokenizer_vocab_size, source=source.describe())
+    vocab_size = source.config.vocab_size
+    if tokenizer_vocab_size is not None and vocab_size < tokenizer_vocab_size:
+        raise CheckpointError(
+            f"{source.describe()} has a vocabulary of {vocab_size:,} ids, smaller than its tokenizer's "
+            f"{tokenizer_vocab_size:,}: the tokenizer would produce ids the model has no embedding for; "
+            "use the tokenizer the model was trained with"
+        )
     if source.kind == "preset":
         return random_model(source.config, seed=seed, device=device, dtype=dtype)
     return build_model(source.config, load_state(source), device=device, dtype=dtype)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from customgpt import __version__
 from customgpt.checkpoints.files import CONFIG_NAME, METADATA_NAME, WEIGHTS_NAME, write_safetensors
 from customgpt.config import GPTConfig
 from customgpt.device import resolve_device, resolve_dtype
@@ -111,8 +112,6 @@ def save_model(model: GPT, folder: str | Path, metadata: Mapping[str, Any] | Non
     when complete: an interruption leaves the previous checkpoint (if any) intact and no
     half-written file under a final name.
     """
-    from customgpt import __version__
-
     folder = Path(folder)
     meta = {"format": "customgpt", "customgpt_version": __version__, **dict(metadata or {})}
     try:

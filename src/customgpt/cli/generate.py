@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from customgpt.cli._common import add_device_argument, add_dtype_argument
 from customgpt.io import decode_utf8_strict, read_text_strict
+from customgpt.prompts import PROMPT_STYLES
 
 if TYPE_CHECKING:
     from customgpt.generate import SamplingParams
     from customgpt.model import GPT
     from customgpt.tokenizer import Tokenizer
 
-STYLE_NAMES = ("alpaca", "phi3", "plain")
+STYLE_NAMES = tuple(PROMPT_STYLES)
 
 
 def one_line_errors(parser: argparse.ArgumentParser) -> None:

@@ -188,10 +188,13 @@ def sample(
 
 
 class TokenStats:
-    """What the penalties need, kept on the device: which tokens were seen (prompt + output)
-    and how often each occurs in the output; None for a penalty that is off."""
+    """What the penalties need, kept on the device: :attr:`seen`, (B, V) bool, the tokens of
+    each row's prompt and output, and :attr:`counts`, (B, V) float32, how often each token
+    occurs in the output; each None while its penalty is off."""
 
-    def __init__(self, rows: Sequence[Sequence[int]], vocab_size: int, params: SamplingParams, device) -> None:
+    def __init__(
+        self, rows: Sequence[Sequence[int]], vocab_size: int, params: SamplingParams, device: torch.device | str
+    ) -> None:
         B = len(rows)
         self.seen: Tensor | None = None
         self.counts: Tensor | None = None
@@ -203,6 +206,7 @@ class TokenStats:
             self.counts = torch.zeros(B, vocab_size, dtype=torch.float32, device=device)
 
     def update(self, tokens: Tensor) -> None:
+        """Count the ids just sampled, ``tokens`` (B,)."""
         index = tokens[:, None]
         if self.seen is not None:
             self.seen.scatter_(1, index, True)

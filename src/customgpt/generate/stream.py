@@ -208,6 +208,9 @@ class TextStream:
     ``allowed_special`` says otherwise). ``on_context_full`` is called once, the first time
     prompt + output no longer fit the context window and generation goes on from a window
     cropped on the left; ``on_finish`` is called with the result once, however the stream ends.
+
+    Raises:
+        GenerationError: the prompt holds an id outside the model's vocabulary.
     """
 
     def __init__(
