@@ -18,7 +18,7 @@ import re
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -419,43 +419,6 @@ class ModelSection(Section):
         from customgpt.checkpoints import load_model
 
         return load_model(self.init, device="cpu", dtype="float32", overrides=self._changes() or None).train()
-
-
-@dataclass
-class LoRASection(Section):
-    """Low-rank adapters (the ``lora`` section, used when the task's ``trainable`` is lora)."""
-
-    r: int = 8
-    """Rank of each update (A is r x in, B is out x r)."""
-    alpha: float = 16.0
-    """Scale numerator: the update is (alpha / r) B A (alpha / sqrt(r) with rslora)."""
-    dropout: float = 0.0
-    """Dropout on the input of the adapter path while training."""
-    targets: list[str] = field(default_factory=lambda: ["c_attn"])
-    """Module names to adapt (c_attn, attn.c_proj, c_fc, mlp.c_proj, c_proj)."""
-    rslora: bool = False
-    """Rank-stabilised scaling alpha / sqrt(r)."""
-
-    def validate(self) -> None:
-        if self.r < 1:
-            raise FieldError("r", f"must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise FieldError("dropout", f"must be in [0, 1), got {self.dropout}")
-
-    def apply(self, model):  # -> list[str]
-        """Wrap ``model``'s target linears in adapters and freeze everything but them, in place.
-
-        Returns the names of the adapted modules. A caller that trains more than the
-        adapters (a classification head) unfreezes it afterwards.
-
-        Raises:
-            ConfigError: a target the model lacks, a tied weight, or adapters already there.
-        """
-        from customgpt.lora import LoRAConfig, inject_lora, mark_only_lora_trainable
-
-        names = inject_lora(model, LoRAConfig(self.r, self.alpha, self.dropout, tuple(self.targets), self.rslora))
-        mark_only_lora_trainable(model)
-        return names
 
 
 @dataclass
