@@ -15,7 +15,6 @@ import importlib
 import json
 import math
 import re
-import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, is_dataclass
@@ -29,7 +28,7 @@ import yaml
 from customgpt.config import GPTConfig
 from customgpt.errors import ConfigError
 from customgpt.io import atomic_write_text
-from customgpt.sections import FieldError, Section, to_dict
+from customgpt.sections import FieldError, Section, to_dict, unwrap_optional
 
 T = TypeVar("T")
 
@@ -40,15 +39,6 @@ FLAG = object()  # a command-line key given without a value (``--runtime.compile
 
 
 # --------------------------------------------------------------------------- the schema's keys
-
-
-def _unwrap_optional(tp: Any) -> tuple[bool, Any]:
-    """(True, X) for ``X | None``, else (False, tp)."""
-    if get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return True, args[0]
-    return False, tp
 
 
 @functools.cache
@@ -70,7 +60,7 @@ def schema_keys(schema: type) -> dict[str, Any]:
 
 def describe_type(tp: Any) -> str:
     """A short human name for a field type, used in error messages."""
-    optional, inner = _unwrap_optional(tp)
+    optional, inner = unwrap_optional(tp)
     if optional:
         return f"{describe_type(inner)} or none"
     origin = get_origin(inner)
@@ -90,7 +80,7 @@ def describe_type(tp: Any) -> str:
 
 def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
     """One value (a command-line string, FLAG, or a YAML object) as jsonargparse's text for ``--key``."""
-    optional, inner = _unwrap_optional(tp)
+    optional, inner = unwrap_optional(tp)
     origin = get_origin(inner)
     if value is FLAG:
         if inner is bool:
