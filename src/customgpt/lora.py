@@ -63,14 +63,12 @@ class LoRAConfig(Section):
     """Rank-stabilised scaling alpha / sqrt(r), which keeps the update's size steady as r grows."""
 
     def validate(self) -> None:
-        def number(x: object) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-        if not (number(self.r) and isinstance(self.r, int) and self.r > 0):
+        # type() rather than isinstance(): a bool is an int, but never a rank or a scale
+        if type(self.r) is not int or self.r < 1:
             raise FieldError("r", f"must be a positive integer, got {self.r!r}")
-        if not (number(self.alpha) and self.alpha > 0):
+        if type(self.alpha) not in (int, float) or self.alpha <= 0:
             raise FieldError("alpha", f"must be a number > 0, got {self.alpha!r}")
-        if not (number(self.dropout) and 0.0 <= self.dropout < 1.0):
+        if type(self.dropout) not in (int, float) or not 0.0 <= self.dropout < 1.0:
             raise FieldError("dropout", f"must be a number in [0, 1), got {self.dropout!r}")
         if not isinstance(self.rslora, bool):
             raise FieldError("rslora", f"must be true or false, got {self.rslora!r}")
