@@ -266,10 +266,9 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         return path
     name = str(name_or_path)
     if "/" not in name and "\\" not in name:
-        for candidate in (name, f"{name}.yaml", f"{name}.yml"):
-            packaged = _packaged_configs() / candidate
-            if packaged.is_file():
-                return packaged
+        packaged = _packaged_configs() / f"{name.removesuffix('.yaml')}.yaml"  # the presets are *.yaml
+        if packaged.is_file():
+            return packaged
     if path.exists():
         raise ConfigError(f"config {name!r} is not a file")
     presets = ", ".join(list_config_presets()) or "none"
