@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -38,6 +39,8 @@ from customgpt.lora import (
     unmerge_lora,
 )
 from customgpt.model import GPT
+from customgpt.sections import FieldError, Section, to_dict
+from customgpt.train.config import keys_help, load_config
 
 
 class TinyClassifier(nn.Module):
@@ -84,17 +87,39 @@ def train_step(model: nn.Module, idx: torch.Tensor, lr: float = 1e-2) -> None:
     ],
 )
 def test_config_rejects_bad_values(kwargs, key):
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(FieldError) as info:
         LoRAConfig(**kwargs)
+    assert info.value.key == key.removeprefix("lora.") or key in info.value.reason
+    with pytest.raises(ConfigError, match=key):
+        LoRAConfig.from_dict(kwargs)
 
 
 def test_config_from_dict_and_scaling():
     cfg = LoRAConfig.from_dict({"r": 4, "alpha": 8, "dropout": 0.1, "targets": ["c_attn", "c_fc"]})
     assert cfg.targets == ("c_attn", "c_fc") and cfg.scaling == 2.0
-    assert LoRAConfig.from_dict(cfg.to_dict()) == cfg
+    assert LoRAConfig.from_dict(to_dict(cfg)) == cfg
+    assert to_dict(cfg) == {"r": 4, "alpha": 8, "dropout": 0.1, "targets": ["c_attn", "c_fc"], "rslora": False}
     assert LoRAConfig(r=16, alpha=8, rslora=True).scaling == pytest.approx(8 / math.sqrt(16))
     with pytest.raises(ConfigError, match="unknown key.*rank"):
         LoRAConfig.from_dict({"rank": 4})
+
+
+@dataclass
+class _Root(Section):
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+
+def test_config_is_a_config_section():
+    cfg = load_config(_Root, None, ["--lora.targets", "c_attn,c_fc", "--lora.r", "4", "--lora.rslora"])
+    assert cfg.lora == LoRAConfig(r=4, targets=("c_attn", "c_fc"), rslora=True)
+    with pytest.raises(ConfigError) as info:
+        load_config(_Root, None, ["--lora.r", "0"])
+    assert str(info.value) == "lora.r: must be a positive integer, got 0 (set in --lora.r)"
+    with pytest.raises(ConfigError, match=r"^lora\.targets: unknown target 'q_proj' .*\(set in --lora\.targets\)$"):
+        load_config(_Root, None, ["--lora.targets", "q_proj"])
+    text = " ".join(keys_help(_Root).split())
+    assert "--lora.alpha ALPHA Scale numerator: the update is (alpha / r) B A" in text
+    assert "(type: float, default: 16.0)" in text and "--lora.targets" in text
 
 
 # --------------------------------------------------------------------------- the layer

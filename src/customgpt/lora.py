@@ -17,7 +17,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from customgpt.checkpoints.files import load_weights, save_weights
 from customgpt.errors import CheckpointError, ConfigError
 from customgpt.io import atomic_write_text, read_json_object
+from customgpt.sections import FieldError, Section, to_dict
 
 #: Target names :class:`LoRAConfig` accepts (``c_proj``: both projections; ``score``: a
 #: classification head). A target selects every ``nn.Linear`` whose name is it or ends with ``"." + it``.
@@ -45,69 +46,76 @@ _PEFT_PREFIX = "base_model.model."
 # --------------------------------------------------------------------------- config
 
 
-@dataclass(frozen=True)
-class LoRAConfig:
-    """What to adapt and how strongly; validated on construction.
-
-    Attributes:
-        r: rank of the update (``A`` is (r, in), ``B`` is (out, r)).
-        alpha: the update is scaled by ``alpha / r`` (or ``alpha / sqrt(r)`` with ``rslora``).
-        dropout: dropout on the input of the LoRA path only (training mode only).
-        targets: module-name suffixes to adapt, from :data:`KNOWN_TARGETS`.
-        rslora: rank-stabilised scaling ``alpha / sqrt(r)``, which keeps the update's size
-            steady as ``r`` grows.
-    """
+@dataclass
+class LoRAConfig(Section):
+    """Low-rank adapters: what to adapt and how strongly (a fine-tuning config's ``lora`` section,
+    used when the task's ``trainable`` is lora); validated on construction."""
 
     r: int = 8
+    """Rank of each update (A is r x in, B is out x r)."""
     alpha: float = 16.0
+    """Scale numerator: the update is (alpha / r) B A (alpha / sqrt(r) with rslora)."""
     dropout: float = 0.0
+    """Dropout on the input of the adapter path while training."""
     targets: tuple[str, ...] = ("c_attn",)
+    """Module names to adapt (c_attn, attn.c_proj, c_fc, mlp.c_proj, c_proj)."""
     rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r), which keeps the update's size steady as r grows."""
 
-    def __post_init__(self) -> None:
-        def number(x: object) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-        if not (number(self.r) and isinstance(self.r, int) and self.r > 0):
-            raise ConfigError(f"lora.r must be a positive integer, got {self.r!r}")
-        if not (number(self.alpha) and self.alpha > 0):
-            raise ConfigError(f"lora.alpha must be a number > 0, got {self.alpha!r}")
-        if not (number(self.dropout) and 0.0 <= self.dropout < 1.0):
-            raise ConfigError(f"lora.dropout must be a number in [0, 1), got {self.dropout!r}")
+    def validate(self) -> None:
+        # type() rather than isinstance(): a bool is an int, but never a rank or a scale
+        if type(self.r) is not int or self.r < 1:
+            raise FieldError("r", f"must be a positive integer, got {self.r!r}")
+        if type(self.alpha) not in (int, float) or self.alpha <= 0:
+            raise FieldError("alpha", f"must be a number > 0, got {self.alpha!r}")
+        if type(self.dropout) not in (int, float) or not 0.0 <= self.dropout < 1.0:
+            raise FieldError("dropout", f"must be a number in [0, 1), got {self.dropout!r}")
         if not isinstance(self.rslora, bool):
-            raise ConfigError(f"lora.rslora must be true or false, got {self.rslora!r}")
-        targets = self.targets
+            raise FieldError("rslora", f"must be true or false, got {self.rslora!r}")
         # A bare string would otherwise be read as a sequence of one-letter targets.
-        if isinstance(targets, str) or not isinstance(targets, Iterable):
-            raise ConfigError(f"lora.targets must be a list of module names, got {targets!r}")
-        targets = tuple(targets)
+        if isinstance(self.targets, str) or not isinstance(self.targets, Iterable):
+            raise FieldError("targets", f"must be a list of module names, got {self.targets!r}")
+        self.targets = tuple(self.targets)
         known = ", ".join(KNOWN_TARGETS)
-        if not targets:
-            raise ConfigError(f"lora.targets must name at least one module (known: {known})")
-        for t in targets:
+        if not self.targets:
+            raise FieldError("targets", f"must name at least one module (known: {known})")
+        for t in self.targets:
             if t not in KNOWN_TARGETS:
-                raise ConfigError(f"lora.targets: unknown target {t!r} (known: {known})")
-        if len(set(targets)) != len(targets):
-            raise ConfigError(f"lora.targets lists a module twice: {list(targets)}")
-        object.__setattr__(self, "targets", targets)  # frozen: store the normalised tuple
+                raise FieldError("targets", f"unknown target {t!r} (known: {known})")
+        if len(set(self.targets)) != len(self.targets):
+            raise FieldError("targets", f"lists a module twice: {list(self.targets)}")
 
     @property
     def scaling(self) -> float:
         return self.alpha / math.sqrt(self.r) if self.rslora else self.alpha / self.r
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "targets": list(self.targets)}
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "lora") -> LoRAConfig:
-        """Build from a mapping (a training config's ``lora:`` section); unknown keys are an error."""
+        """Build from a mapping (an adapter's saved ``lora`` config); unknown keys are an error,
+        and every error names ``where`` and the key."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except FieldError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+
+    def apply(self, model: nn.Module) -> list[str]:
+        """Wrap ``model``'s target linears in adapters and freeze everything but them, in place.
+
+        Returns the names of the adapted modules. A caller that trains more than the
+        adapters (a classification head) unfreezes it afterwards.
+
+        Raises:
+            ConfigError: a target the model lacks, a tied weight, or adapters already there.
+        """
+        names = inject_lora(model, self)
+        mark_only_lora_trainable(model)
+        return names
 
 
 # --------------------------------------------------------------------------- the layer
@@ -469,7 +477,7 @@ def save_adapter(
     meta = {
         "format": ADAPTER_FORMAT,
         "format_version": ADAPTER_FORMAT_VERSION,
-        "lora": cfg.to_dict(),
+        "lora": to_dict(cfg),
         "base_model": info,
         "modules_to_save": extras,
         "layers": list(lora_layers(model)),

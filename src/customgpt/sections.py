@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import types
 import typing
 from typing import Any
 
@@ -29,15 +30,13 @@ class FieldError(ConfigError):
 _hints = functools.cache(typing.get_type_hints)
 
 
-def _choices(tp: Any) -> tuple[Any, ...] | None:
-    """The allowed values of a ``Literal[...]`` (or ``Literal[...] | None``) type, else None."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is typing.Literal:
-        return args
-    literal = [a for a in args if typing.get_origin(a) is typing.Literal]
-    if literal and type(None) in args:
-        return (*typing.get_args(literal[0]), None)
-    return None
+def unwrap_optional(tp: Any) -> tuple[bool, Any]:
+    """(True, X) for ``X | None``, else (False, tp)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return True, args[0]
+    return False, tp
 
 
 @dataclasses.dataclass
@@ -55,10 +54,10 @@ class Section:
                 if isinstance(v, float) and not math.isfinite(v):
                     key = f.name if values is not value else f"{f.name}[{i}]"
                     raise FieldError(key, f"must be a finite number, got {v!r}")
-            choices = _choices(hints[f.name])
-            if choices is not None and value not in choices:
-                raise FieldError(f.name, "expected one of " + ", ".join(repr(c) for c in choices if c is not None)
-                                 + f", got {value!r}")
+            optional, tp = unwrap_optional(hints[f.name])
+            choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+            if choices is not None and value not in choices and not (optional and value is None):
+                raise FieldError(f.name, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -76,4 +75,4 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["FieldError", "Section", "to_dict"]
+__all__ = ["FieldError", "Section", "to_dict", "unwrap_optional"]

@@ -136,14 +136,14 @@ def test_lora_trains_the_adapters_only_and_saves_merged_models(tmp_path):
     import torch
 
     from customgpt.checkpoints import load_model
-    from customgpt.train.config import LoRASection
+    from customgpt.lora import LoRAConfig
 
     records = _write_records(tmp_path / "facts.json")
     cfg = InstructConfig(
         model=ModelSection(preset="cpu-tiny", context_length=64),
         data=InstructDataConfig(dataset=None, train_file=str(records), val_file=str(records)),
         instruct=InstructSection(trainable="lora", responses_split="none", sample_max_new_tokens=0),
-        lora=LoRASection(r=4, alpha=8.0, targets=["c_attn", "c_fc"]),
+        lora=LoRAConfig(r=4, alpha=8.0, targets=["c_attn", "c_fc"]),
         train=TrainConfig(max_steps=3, batch_size=10, lr=1e-2, schedule="constant", eval_every=0, seed=1),
     )
     cfg.logging.out_dir, cfg.logging.progress, cfg.logging.plots = str(tmp_path / "run"), False, False

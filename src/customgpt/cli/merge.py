@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from customgpt import checkpoints, lora
     from customgpt.device import resolve_dtype
     from customgpt.errors import CustomGPTError
+    from customgpt.sections import to_dict
 
     out = Path(args.out)
     meta = lora.read_adapter_config(args.adapter)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.hf:
         checkpoints.export_hf(model, out, provenance=provenance)
     else:
-        checkpoints.save_model(model, out, metadata={"merged_from": provenance, "lora": cfg.to_dict()})
+        checkpoints.save_model(model, out, metadata={"merged_from": provenance, "lora": to_dict(cfg)})
     kind = "Hugging Face" if args.hf else "customgpt"
     print(
         f"merged LoRA (r={cfg.r}, alpha={cfg.alpha:g}, targets {', '.join(cfg.targets)}) into {base}; "

@@ -33,13 +33,13 @@ from customgpt.data.classification import (
 )
 from customgpt.errors import ConfigError
 from customgpt.io import atomic_open, atomic_write_text
+from customgpt.lora import LoRAConfig
 from customgpt.losses import ClassificationLoss, FocalLoss, causal_lm_loss
 from customgpt.metrics import classification_report, format_report
 from customgpt.sections import FieldError
 from customgpt.tokenizer import get_tokenizer
 from customgpt.train.config import (
     LoggingConfig,
-    LoRASection,
     ModelSection,
     OptimConfig,
     RuntimeConfig,
@@ -107,7 +107,7 @@ class ClassifyConfig(Section):
     model: ModelSection = field(default_factory=ModelSection)
     data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
     classifier: ClassifierSection = field(default_factory=ClassifierSection)
-    lora: LoRASection = field(default_factory=LoRASection)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=5e-5, eval_every=0))
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

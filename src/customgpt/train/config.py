@@ -15,10 +15,9 @@ import importlib
 import json
 import math
 import re
-import types
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -29,7 +28,7 @@ import yaml
 from customgpt.config import GPTConfig
 from customgpt.errors import ConfigError
 from customgpt.io import atomic_write_text
-from customgpt.sections import FieldError, Section, to_dict
+from customgpt.sections import FieldError, Section, to_dict, unwrap_optional
 
 T = TypeVar("T")
 
@@ -40,15 +39,6 @@ FLAG = object()  # a command-line key given without a value (``--runtime.compile
 
 
 # --------------------------------------------------------------------------- the schema's keys
-
-
-def _unwrap_optional(tp: Any) -> tuple[bool, Any]:
-    """(True, X) for ``X | None``, else (False, tp)."""
-    if get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return True, args[0]
-    return False, tp
 
 
 @functools.cache
@@ -70,7 +60,7 @@ def schema_keys(schema: type) -> dict[str, Any]:
 
 def describe_type(tp: Any) -> str:
     """A short human name for a field type, used in error messages."""
-    optional, inner = _unwrap_optional(tp)
+    optional, inner = unwrap_optional(tp)
     if optional:
         return f"{describe_type(inner)} or none"
     origin = get_origin(inner)
@@ -90,7 +80,7 @@ def describe_type(tp: Any) -> str:
 
 def _to_arg(key: str, tp: Any, value: Any, where: str) -> str:
     """One value (a command-line string, FLAG, or a YAML object) as jsonargparse's text for ``--key``."""
-    optional, inner = _unwrap_optional(tp)
+    optional, inner = unwrap_optional(tp)
     origin = get_origin(inner)
     if value is FLAG:
         if inner is bool:
@@ -276,10 +266,9 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         return path
     name = str(name_or_path)
     if "/" not in name and "\\" not in name:
-        for candidate in (name, f"{name}.yaml", f"{name}.yml"):
-            packaged = _packaged_configs() / candidate
-            if packaged.is_file():
-                return packaged
+        packaged = _packaged_configs() / f"{name.removesuffix('.yaml')}.yaml"  # the presets are *.yaml
+        if packaged.is_file():
+            return packaged
     if path.exists():
         raise ConfigError(f"config {name!r} is not a file")
     presets = ", ".join(list_config_presets()) or "none"
@@ -419,43 +408,6 @@ class ModelSection(Section):
         from customgpt.checkpoints import load_model
 
         return load_model(self.init, device="cpu", dtype="float32", overrides=self._changes() or None).train()
-
-
-@dataclass
-class LoRASection(Section):
-    """Low-rank adapters (the ``lora`` section, used when the task's ``trainable`` is lora)."""
-
-    r: int = 8
-    """Rank of each update (A is r x in, B is out x r)."""
-    alpha: float = 16.0
-    """Scale numerator: the update is (alpha / r) B A (alpha / sqrt(r) with rslora)."""
-    dropout: float = 0.0
-    """Dropout on the input of the adapter path while training."""
-    targets: list[str] = field(default_factory=lambda: ["c_attn"])
-    """Module names to adapt (c_attn, attn.c_proj, c_fc, mlp.c_proj, c_proj)."""
-    rslora: bool = False
-    """Rank-stabilised scaling alpha / sqrt(r)."""
-
-    def validate(self) -> None:
-        if self.r < 1:
-            raise FieldError("r", f"must be >= 1, got {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise FieldError("dropout", f"must be in [0, 1), got {self.dropout}")
-
-    def apply(self, model):  # -> list[str]
-        """Wrap ``model``'s target linears in adapters and freeze everything but them, in place.
-
-        Returns the names of the adapted modules. A caller that trains more than the
-        adapters (a classification head) unfreezes it afterwards.
-
-        Raises:
-            ConfigError: a target the model lacks, a tied weight, or adapters already there.
-        """
-        from customgpt.lora import LoRAConfig, inject_lora, mark_only_lora_trainable
-
-        names = inject_lora(model, LoRAConfig(self.r, self.alpha, self.dropout, tuple(self.targets), self.rslora))
-        mark_only_lora_trainable(model)
-        return names
 
 
 @dataclass

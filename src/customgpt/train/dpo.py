@@ -37,6 +37,7 @@ from customgpt.evaluate.overlap import rouge_l
 from customgpt.evaluate.perplexity import eval_mode
 from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 from customgpt.io import atomic_write_bytes, atomic_write_text
+from customgpt.lora import LoRAConfig
 from customgpt.losses import (
     PREFERENCE_LOSSES,
     DPOLoss,
@@ -53,7 +54,6 @@ from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     FieldError,
     LoggingConfig,
-    LoRASection,
     ModelSection,
     OptimConfig,
     RuntimeConfig,
@@ -155,7 +155,7 @@ class DPOConfig(Section):
     """The preference records and their splits."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
     """The prompt style (the one the model was instruction-tuned with)."""
-    lora: LoRASection = field(default_factory=LoRASection)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     """LoRA adapters (with train.trainable: lora)."""
     train: DPOTrainConfig = field(default_factory=lambda: DPOTrainConfig(lr=5e-6, schedule="constant", eval_every=20))
     """The loop, the loss, the reference and the collapse guard."""

@@ -34,13 +34,13 @@ from customgpt.errors import ConfigError
 from customgpt.evaluate.overlap import score_responses
 from customgpt.evaluate.perplexity import perplexity_of, response_perplexity, summed_loss
 from customgpt.evaluate.responses import generate_responses, with_responses, write_json
+from customgpt.lora import LoRAConfig
 from customgpt.losses import model_lm_loss
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
 from customgpt.sections import Section
 from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     LoggingConfig,
-    LoRASection,
     ModelSection,
     OptimConfig,
     RuntimeConfig,
@@ -101,7 +101,7 @@ class InstructConfig(Section):
     """The prompt style (a registered one or a template)."""
     instruct: InstructSection = field(default_factory=InstructSection)
     """What trains and what is generated."""
-    lora: LoRASection = field(default_factory=LoRASection)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     """Adapters, with instruct.trainable lora."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=2, batch_size=8, lr=5e-5, schedule="constant", grad_clip=None, eval_every=5, eval_iters=5))
