@@ -104,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _records(args: argparse.Namespace):
-    from customgpt.data.instruct import Fields, read_instruction_file, resolve_source, split_records
+    from customgpt.data.instruct import read_instruction_file, resolve_source, split_records
     from customgpt.errors import CustomGPTError
 
     keys = [k.strip() for k in args.fields.split(",")]
     if len(keys) != 3 or not all(keys) or len(set(keys)) != 3:
         raise CustomGPTError(f"--fields needs three different keys (instruction,input,output), got {args.fields!r}")
-    records = read_instruction_file(resolve_source(args.data, args.data_dir), Fields(*keys))
+    records = read_instruction_file(resolve_source(args.data, args.data_dir), keys)
     if args.split != "all":
         records = split_records(records, method=args.split_method, seed=args.seed).get(args.split)
     if not records:

@@ -14,24 +14,24 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID, IGNORE_INDEX
-from customgpt.errors import ConfigError, DataError
+from customgpt.data import R, Splits, raise_problems
+from customgpt.errors import DataError
 from customgpt.io import decode_utf8_strict
 from customgpt.prompts import PromptStyle
-
-#: At most this many bad records are listed in one error (the count says how many in all).
-MAX_REPORTED = 20
+from customgpt.sections import FieldError, Section
 
 #: The registry's instruction dataset, the default source.
 DEFAULT_DATASET = "instruction-data"
 
-R = TypeVar("R")
+#: The record keys of the instruction, the input and the output.
+FIELDS = ("instruction", "input", "output")
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,6 @@ class InstructionRecord:
     source: str = ""
     index: int = 0
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Fields:
-    """The record keys of the three texts."""
-
-    instruction: str = "instruction"
-    input: str = "input"
-    output: str = "output"
 
 
 # --------------------------------------------------------------------------- reading
@@ -106,8 +97,8 @@ def read_records(path: str | Path, keys: Sequence[str], optional: Sequence[str],
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, no records,
-            or naming the file and every bad record by index (the first :data:`MAX_REPORTED`
-            of them, then the count).
+            or naming the file and every bad record by index
+            (:func:`~customgpt.data.raise_problems`).
     """
     try:
         data = Path(path).read_bytes()
@@ -135,65 +126,43 @@ def read_records(path: str | Path, keys: Sequence[str], optional: Sequence[str],
             problems.append(f"{where}: empty {' and '.join(map(repr, empty))}")
             continue
         records.append(build(index, value))
-    if problems:
-        shown = problems[:MAX_REPORTED]
-        more = f"; ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        raise DataError(f"{path}: {len(problems)} malformed record(s): " + "; ".join(shown) + more)
+    raise_problems(path, "malformed record(s)", problems)
     if not records:
         raise DataError(f"{path}: no records")
     return records
 
 
-def read_instruction_file(path: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
+def read_instruction_file(path: str | Path, fields: Sequence[str] = FIELDS) -> list[InstructionRecord]:
     """Read and validate a JSON list or JSON Lines file of instruction records
-    (:func:`read_records`): instruction and output non-empty strings, input a string when present.
+    (:func:`read_records`; ``fields``: the record keys of instruction, input and output):
+    instruction and output non-empty strings, input a string when present.
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
     """
-    return read_records(path, (fields.instruction, fields.input, fields.output), (fields.input,),
-                        lambda index, value: InstructionRecord(value[fields.instruction], value.get(fields.input, ""),
-                                                               value[fields.output], str(path), index, value))
+    instruction, input_, output = fields
+    return read_records(path, fields, (input_,),
+                        lambda index, value: InstructionRecord(value[instruction], value.get(input_, ""),
+                                                               value[output], str(path), index, value))
 
 
 # --------------------------------------------------------------------------- splits
 
 
-@dataclass
-class InstructionSplits:
-    """The train / validation / test records of a run."""
-
-    train: list[InstructionRecord]
-    val: list[InstructionRecord]
-    test: list[InstructionRecord] = field(default_factory=list)
-
-    def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
-
-    def get(self, name: str) -> list[InstructionRecord]:
-        if name == "all":
-            return self.train + self.test + self.val
-        if name not in ("train", "val", "test"):
-            raise ConfigError(f"unknown split {name!r}; use train, val, test or all")
-        return getattr(self, name)
-
-
-def split_records(records: Sequence[InstructionRecord], *, method: Literal["order", "random"] = "order",
-                  train_fraction: float = 0.85, test_fraction: float = 0.10, seed: int = 123) -> InstructionSplits:
+def split_records(records: Sequence[R], *, method: Literal["order", "random"] = "order",
+                  train_fraction: float = 0.85, test_fraction: float = 0.10, seed: int = 123) -> Splits[R]:
     """Split as the reference recipe does: ``int(train_fraction n)`` train, the next
     ``int(test_fraction n)`` test, the rest validation; in file order (``order``) or after a
     shuffle seeded with ``seed`` (``random``). 1,100 records give 935 / 110 / 55."""
     items = list(records)
     if method == "random":
         random.Random(seed).shuffle(items)
-    elif method != "order":
-        raise ConfigError(f"unknown split method {method!r}; use order or random")
     n_train, n_test = int(len(items) * train_fraction), int(len(items) * test_fraction)
-    return InstructionSplits(items[:n_train], items[n_train + n_test:], items[n_train:n_train + n_test])
+    return Splits(items[:n_train], items[n_train + n_test:], items[n_train:n_train + n_test])
 
 
 @dataclass
-class RecordsDataConfig:
+class RecordsDataConfig(Section):
     """Where records come from and how they are split: the keys that instruction and
     preference data share (each task's section adds its own record keys and lengths)."""
 
@@ -224,25 +193,24 @@ class RecordsDataConfig:
     cache_dir: str | None = None
     """Registry download folder."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         """Exactly one of dataset, path or train_file (with val_file); train / test fractions
-        in [0, 1] that leave records to validate. Raises ConfigError naming the ``data.`` key."""
+        in [0, 1] that leave records to validate."""
         sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
         if len(sources) != 1:
-            raise ConfigError("data.dataset: give exactly one data source: data.dataset (a registered name), "
-                              "data.path (one file to split) or data.train_file with data.val_file (explicit "
-                              f"splits); got {', '.join('data.' + s for s in sources) or 'none'}")
+            raise FieldError("dataset", "give exactly one data source: data.dataset (a registered name), data.path "
+                             "(one file to split) or data.train_file with data.val_file (explicit splits); got "
+                             f"{', '.join('data.' + s for s in sources) or 'none'}")
         if self.train_file and not self.val_file:
-            raise ConfigError("data.val_file: explicit splits need a validation file beside data.train_file")
+            raise FieldError("val_file", "explicit splits need a validation file beside data.train_file")
         if (self.val_file or self.test_file) and not self.train_file:
-            raise ConfigError("data.val_file: data.val_file / data.test_file go with data.train_file")
+            raise FieldError("val_file", "data.val_file / data.test_file go with data.train_file")
         for key in ("train_fraction", "test_fraction"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0 or value != value:
-                raise ConfigError(f"data.{key}: must be in [0, 1], got {value}")
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise FieldError(key, f"must be in [0, 1], got {getattr(self, key)}")
         if self.train_fraction <= 0 or self.train_fraction + self.test_fraction >= 1.0:
-            raise ConfigError(f"data.train_fraction: train ({self.train_fraction}) and test ({self.test_fraction}) "
-                              "fractions must leave records for validation")
+            raise FieldError("train_fraction", f"train ({self.train_fraction}) and test ({self.test_fraction}) "
+                             "fractions must leave records for validation")
 
 
 @dataclass
@@ -256,17 +224,14 @@ class InstructDataConfig(RecordsDataConfig):
     mask_instructions: bool = False
     """Loss on the response tokens only (the prompt's targets are ignored)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        super().validate()
         if self.max_length is not None and self.max_length < 1:
-            raise ConfigError(f"data.max_length: must be >= 1 or none, got {self.max_length}")
-        names = [self.instruction_field, self.input_field, self.output_field]
+            raise FieldError("max_length", f"must be >= 1 or none, got {self.max_length}")
+        names = (self.instruction_field, self.input_field, self.output_field)
         if len(set(names)) != 3 or not all(names):
-            raise ConfigError(f"data.instruction_field / input_field / output_field must be three different keys, got {names}")
-
-    @property
-    def fields(self) -> Fields:
-        return Fields(self.instruction_field, self.input_field, self.output_field)
+            raise FieldError("instruction_field", f"instruction_field, input_field and output_field must be three "
+                             f"different keys, got {list(names)}")
 
 
 def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | None = None, *,
@@ -283,7 +248,7 @@ def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | No
     raise DataError(f"{source}: no such file, and not a registered dataset ({', '.join(DATASETS)})")
 
 
-def split_sources(cfg: RecordsDataConfig, read: Callable[[str | Path], list[Any]], limit: int | None = None) -> InstructionSplits:
+def split_sources(cfg: RecordsDataConfig, read: Callable[[str | Path], list[R]], limit: int | None = None) -> Splits[R]:
     """Read the files of ``cfg`` (explicit splits, or one file or registered
     dataset to split by ``cfg.split``) with ``read``; ``limit``: only the first records of
     the one file. Every file is read and checked before anything else happens.
@@ -292,7 +257,7 @@ def split_sources(cfg: RecordsDataConfig, read: Callable[[str | Path], list[Any]
         DataError: a bad file or record, an empty training or validation split.
     """
     if cfg.train_file:
-        splits = InstructionSplits(read(cfg.train_file), read(cfg.val_file), read(cfg.test_file) if cfg.test_file else [])
+        splits = Splits(read(cfg.train_file), read(cfg.val_file), read(cfg.test_file) if cfg.test_file else [])
     else:
         path = resolve_source(cfg.path or cfg.dataset, cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir")
         records = read(path)[:limit]
@@ -305,13 +270,14 @@ def split_sources(cfg: RecordsDataConfig, read: Callable[[str | Path], list[Any]
     return splits
 
 
-def prepare_splits(cfg: InstructDataConfig) -> InstructionSplits:
+def prepare_splits(cfg: InstructDataConfig) -> Splits[InstructionRecord]:
     """Read, validate and split the records of ``cfg`` (:func:`split_sources`).
 
     Raises:
         DataError: a bad file or record, an empty training or validation split.
     """
-    return split_sources(cfg, lambda path: read_instruction_file(path, cfg.fields))
+    fields = (cfg.instruction_field, cfg.input_field, cfg.output_field)
+    return split_sources(cfg, lambda path: read_instruction_file(path, fields))
 
 
 # --------------------------------------------------------------------------- tokens
@@ -368,8 +334,6 @@ def collate_instructions(
     the pad id being the end-of-text id; the rule here is by position, so it holds even for
     ids that contain the end-of-text id.
     """
-    if not batch:
-        raise ValueError("an empty batch")
     longest = max(len(ids) for ids, _ in batch)
     inputs = torch.full((len(batch), longest), eot_id, dtype=torch.long)
     targets = torch.full((len(batch), longest), ignore_index, dtype=torch.long)

@@ -21,15 +21,11 @@ import torch
 from torch import Tensor
 
 from customgpt.constants import EOT_ID
-from customgpt.data.instruct import (
-    MAX_REPORTED,
-    InstructionSplits,
-    RecordsDataConfig,
-    read_records,
-    split_sources,
-)
-from customgpt.errors import ConfigError, DataError
+from customgpt.data import MAX_REPORTED, Splits
+from customgpt.data.instruct import RecordsDataConfig, read_records, split_sources
+from customgpt.errors import DataError
 from customgpt.prompts import PromptStyle
+from customgpt.sections import FieldError
 
 #: The registry's preference dataset, the default source.
 DEFAULT_DATASET = "instruction-data-with-preference"
@@ -61,28 +57,22 @@ class PreferenceRecord:
         return self.chosen
 
 
-@dataclass(frozen=True)
-class PreferenceFields:
-    """The record keys of the four texts."""
-
-    instruction: str = "instruction"
-    input: str = "input"
-    chosen: str = "chosen"
-    rejected: str = "rejected"
+#: The record keys of the instruction, the input, the chosen and the rejected response.
+FIELDS = ("instruction", "input", "chosen", "rejected")
 
 
-def read_preference_file(path: str | Path, fields: PreferenceFields = PreferenceFields()) -> list[PreferenceRecord]:
+def read_preference_file(path: str | Path, fields: Sequence[str] = FIELDS) -> list[PreferenceRecord]:
     """Read and validate a JSON list or JSON Lines file of preference records
-    (:func:`~customgpt.data.instruct.read_records`): instruction, chosen and rejected
-    non-empty strings, input a string when present.
+    (:func:`~customgpt.data.instruct.read_records`; ``fields``: the record keys in
+    :data:`FIELDS` order): instruction, chosen and rejected non-empty strings, input a string when present.
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
     """
-    return read_records(path, (fields.instruction, fields.chosen, fields.rejected, fields.input), (fields.input,),
-                        lambda index, value: PreferenceRecord(value[fields.instruction], value.get(fields.input, ""),
-                                                              value[fields.chosen], value[fields.rejected],
-                                                              str(path), index, value))
+    instruction, input_, chosen, rejected = fields
+    return read_records(path, (instruction, chosen, rejected, input_), (input_,),
+                        lambda index, value: PreferenceRecord(value[instruction], value.get(input_, ""), value[chosen],
+                                                              value[rejected], str(path), index, value))
 
 
 @dataclass
@@ -100,30 +90,25 @@ class PreferenceDataConfig(RecordsDataConfig):
     max_length: int | None = None
     """Tokens per sequence (prompt + response); longer ones are truncated and counted. None: the model's context length."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.limit is not None and self.limit < 2:
-            raise ConfigError(f"data.limit: must be >= 2 or none, got {self.limit}")
-        if self.max_length is not None and self.max_length < 2:
-            raise ConfigError(f"data.max_length: must be >= 2 or none, got {self.max_length}")
-        names = [self.instruction_field, self.input_field, self.chosen_field, self.rejected_field]
+    def validate(self) -> None:
+        super().validate()
+        for key in ("limit", "max_length"):
+            if getattr(self, key) is not None and getattr(self, key) < 2:
+                raise FieldError(key, f"must be >= 2 or none, got {getattr(self, key)}")
+        names = (self.instruction_field, self.input_field, self.chosen_field, self.rejected_field)
         if len(set(names)) != 4 or not all(names):
-            raise ConfigError(f"data.instruction_field / input_field / chosen_field / rejected_field must be four "
-                              f"different keys, got {names}")
-
-    @property
-    def fields(self) -> PreferenceFields:
-        return PreferenceFields(self.instruction_field, self.input_field, self.chosen_field, self.rejected_field)
+            raise FieldError("instruction_field", "instruction_field, input_field, chosen_field and rejected_field "
+                             f"must be four different keys, got {list(names)}")
 
 
-def prepare_preference_splits(cfg: PreferenceDataConfig) -> InstructionSplits:
-    """Read, validate and split the records of ``cfg`` (every file checked before training);
-    the splits hold :class:`PreferenceRecord` objects.
+def prepare_preference_splits(cfg: PreferenceDataConfig) -> Splits[PreferenceRecord]:
+    """Read, validate and split the records of ``cfg`` (every file checked before training).
 
     Raises:
         DataError: a bad file or record, an empty training or validation split.
     """
-    return split_sources(cfg, lambda path: read_preference_file(path, cfg.fields), cfg.limit)
+    fields = (cfg.instruction_field, cfg.input_field, cfg.chosen_field, cfg.rejected_field)
+    return split_sources(cfg, lambda path: read_preference_file(path, fields), cfg.limit)
 
 
 # --------------------------------------------------------------------------- tokens
@@ -185,8 +170,6 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def set_reference_logps(self, logps: Tensor) -> None:
         """Store the reference model's (N, 2) (chosen, rejected) log-probs with the examples."""
-        if logps.shape != (len(self), 2):
-            raise ValueError(f"reference log-probs must have shape ({len(self)}, 2), got {tuple(logps.shape)}")
         self.reference_logps = logps.detach().to("cpu", torch.float64)
 
 
@@ -237,8 +220,6 @@ def collate_preference(batch: Sequence[tuple[int, PreferenceExample]], *, eot_id
         reference_logps: the dataset's (N, 2) precomputed reference log-probs, if any; the
             batch takes the rows of its pairs.
     """
-    if not batch:
-        raise ValueError("an empty batch")
     seqs: list[tuple[list[int], int]] = []
     for side in ("chosen_ids", "rejected_ids"):
         for _, ex in batch:

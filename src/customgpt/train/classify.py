@@ -225,7 +225,8 @@ def _better(report: dict[str, Any], best: dict[str, Any] | None, metric: str) ->
 
 
 def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
-    """Train a classifier as ``cfg`` says; returns the summary also written to ``metrics.json``.
+    """Train a classifier as ``cfg`` says; returns the summary also written to ``metrics.json``
+    (its ``message``: the lines the command prints).
 
     Raises DataError / ConfigError (naming the file, line or key) before anything is created."""
     clock = time.perf_counter()
@@ -333,6 +334,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
         "val": val_report, "test": test_report, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
         "total_seconds": time.perf_counter() - clock, "device": str(rt.device), "threads": torch.get_num_threads(),
         "seed": tcfg.seed, "run_dir": str(run_dir),
+        "message": (f"test accuracy {test_report['accuracy']:.4f}, " if test_report else "")
+        + f"training {train_seconds:.1f}s; best epoch {best_epoch}\nrun folder: {run_dir} (classifier: {run_dir}/best)",
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     if cfg.logging.plots:

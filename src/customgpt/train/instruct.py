@@ -32,11 +32,11 @@ from customgpt.data.instruct import (
 )
 from customgpt.errors import ConfigError
 from customgpt.evaluate.overlap import score_responses
-from customgpt.evaluate.perplexity import perplexity_of, response_perplexity, summed_loss
+from customgpt.evaluate.perplexity import response_perplexity
 from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 from customgpt.losses import model_lm_loss
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
-from customgpt.sections import Section
+from customgpt.sections import FieldError, Section
 from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     LoggingConfig,
@@ -60,7 +60,7 @@ METRICS_NAME = "{split}_metrics.json"
 
 
 @dataclass
-class InstructSection:
+class InstructSection(Section):
     """What trains, what is printed while training, and how the test responses are made."""
 
     trainable: Literal["all", "lora"] = "all"
@@ -80,13 +80,11 @@ class InstructSection:
     eval_batch_size: int = 8
     """Examples per batch when scoring perplexity."""
 
-    def __post_init__(self) -> None:
-        for key in ("sample_max_new_tokens", "max_new_tokens"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"instruct.{key}: must be >= 0, got {getattr(self, key)}")
-        for key in ("generation_batch_size", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"instruct.{key}: must be >= 1, got {getattr(self, key)}")
+    def validate(self) -> None:
+        for key, low in (("sample_max_new_tokens", 0), ("max_new_tokens", 0), ("generation_batch_size", 1),
+                         ("eval_batch_size", 1)):
+            if getattr(self, key) < low:
+                raise FieldError(key, f"must be >= {low}, got {getattr(self, key)}")
 
 
 @dataclass
@@ -131,17 +129,6 @@ def _epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _eval_loss(model: nn.Module, data: InstructionDataset, batch_size: int, max_batches: int | None,
-               mask: bool, rt: Runtime) -> float:
-    """Token-weighted mean loss over the first ``max_batches`` batches of ``data`` in order
-    (all with None), with the training masking."""
-    n = len(data) if max_batches is None else min(len(data), max_batches * batch_size)
-    batches = (collate_instructions([data[i] for i in range(k, min(k + batch_size, n))],
-                                    max_length=data.max_length, mask_instructions=mask)
-               for k in range(0, n, batch_size))
-    return perplexity_of(*summed_loss(model, batches, rt.device, rt.autocast)).loss
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -150,7 +137,8 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
 
     Returns:
         A summary: steps, first/last train loss, best validation loss, seconds, the test
-        perplexity / ROUGE-L / exact match when a test split is answered, the run folder.
+        perplexity / ROUGE-L / exact match (None when no split is answered), the run folder,
+        and ``message``, the lines the command prints.
 
     Raises:
         ConfigError, DataError: a bad config or data file (all checked before training).
@@ -201,13 +189,15 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     sample_record = splits.val[0]
 
     def evaluate(at: int) -> float:
-        train_loss = _eval_loss(model, train, tcfg.batch_size, tcfg.eval_iters, mask, rt)
-        val_loss = _eval_loss(model, val, tcfg.batch_size, tcfg.eval_iters, mask, rt)
-        log.log({"step": at, "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700)),
-                 "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700))})
-        bar.write(f"step {at}: train loss {train_loss:.3f} (ppl {math.exp(min(train_loss, 700)):.2f}), "
-                  f"val loss {val_loss:.3f} (ppl {math.exp(min(val_loss, 700)):.2f})")
-        return val_loss
+        """The train / validation loss and perplexity (the first train.eval_iters batches, the training masking)."""
+        tr, va = (response_perplexity(model, data, batch_size=tcfg.batch_size, max_batches=tcfg.eval_iters,
+                                      mask_instructions=mask, device=rt.device, autocast=rt.autocast)
+                  for data in (train, val))
+        log.log({"step": at, "train_loss": tr.loss, "train_ppl": tr.perplexity, "val_loss": va.loss,
+                 "val_ppl": va.perplexity})
+        bar.write(f"step {at}: train loss {tr.loss:.3f} (ppl {tr.perplexity:.2f}), val loss {va.loss:.3f} "
+                  f"(ppl {va.perplexity:.2f})")
+        return va.loss
 
     def sample(epoch: int, at: int) -> None:
         if not icfg.sample_max_new_tokens:
@@ -268,18 +258,20 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - clock
     bar.close()
     save_run_model(model, run_dir / "final", style, step=step, run=str(run_dir))
-    summary: dict[str, Any] = {
-        "steps": step, "epochs": epoch, "first_loss": first_loss, "last_loss": last_loss,
-        "best_val_loss": best, "best_step": best_step, "train_seconds": train_seconds, "run_dir": str(run_dir),
-    }
-    if icfg.responses_split != "none":
-        records = splits.get(icfg.responses_split)
-        if records:
-            summary["test"] = _answer_and_score(model, tokenizer, style, records, cfg, run_dir, max_length, rt)
+    records = [] if icfg.responses_split == "none" else splits.get(icfg.responses_split)
+    test = _answer_and_score(model, tokenizer, style, records, cfg, run_dir, max_length, rt) if records else None
     log.close()
     if cfg.logging.plots:
         plot_run(run_dir)
-    return summary
+    scores = (f"{test['split']}: perplexity {test['perplexity']:.2f}, ROUGE-L {test['rouge_l']:.1f}, "
+              f"exact match {test['exact_match']:.1f}%; " if test else "")
+    return {
+        "steps": step, "epochs": epoch, "first_loss": first_loss, "last_loss": last_loss,
+        "best_val_loss": best, "best_step": best_step, "train_seconds": train_seconds, "run_dir": str(run_dir),
+        "test": test,
+        "message": f"{scores}training {train_seconds:.1f}s, {step} steps, train loss {first_loss:.3f} -> "
+                   f"{last_loss:.3f}, best validation loss {best:.3f}\nrun folder: {run_dir} (models: final/, best/)",
+    }
 
 
 def _answer_and_score(model: nn.Module, tokenizer, style: PromptStyle, records, cfg: InstructConfig, run_dir: Path,
