@@ -45,12 +45,10 @@ class JudgeError(CustomGPTError):
     """The judge endpoint failed: refused, unreachable after the retries, or a malformed reply."""
 
 
-def judge_prompt(record: Mapping[str, Any], *, response_key: str = "model_response",
-                 instruction_key: str = "instruction", input_key: str = "input", output_key: str = "output") -> str:
+def judge_prompt(record: Mapping[str, Any], *, response_key: str = "model_response") -> str:
     """The reference prompt for one record (instruction and input in the Alpaca format)."""
-    alpaca = get_prompt_style("alpaca")
-    given = alpaca.format_input(record[instruction_key], record.get(input_key) or "")
-    parts = {"{input}": given, "{output}": record[output_key], "{response}": record[response_key]}
+    given = get_prompt_style("alpaca").format_input(record["instruction"], record.get("input") or "")
+    parts = {"{input}": given, "{output}": record["output"], "{response}": record[response_key]}
     pieces = re.split(r"(\{input\}|\{output\}|\{response\})", JUDGE_PROMPT)
     return "".join(parts.get(piece, piece) for piece in pieces)
 

@@ -32,6 +32,7 @@ from customgpt.data.classification import (
     prepare_splits,
 )
 from customgpt.errors import ConfigError
+from customgpt.evaluate.perplexity import eval_mode
 from customgpt.losses import ClassificationLoss, FocalLoss, causal_lm_loss
 from customgpt.metrics import classification_report, format_report
 from customgpt.sections import FieldError
@@ -196,17 +197,15 @@ def evaluate(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, l
              batch_size: int) -> tuple[dict[str, Any], Tensor]:
     """(report with ``loss`` added, class probabilities (N, K)) over the FULL split (plain
     cross-entropy loss). Rows are batched by length (less padding), then put back in order."""
-    was_training = model.training
-    model.eval()
     order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
     probs = torch.empty(len(data), model.num_classes)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate_classification([data[i] for i in idx], data.pad_id)
-        with rt.autocast():
-            logits = model(batch["input_ids"].to(rt.device), batch["attention_mask"].to(rt.device))
-        probs[idx] = torch.softmax(logits.float(), dim=-1).cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = collate_classification([data[i] for i in idx], data.pad_id)
+            with rt.autocast():
+                logits = model(batch["input_ids"].to(rt.device), batch["attention_mask"].to(rt.device))
+            probs[idx] = torch.softmax(logits.float(), dim=-1).cpu()
     report = classification_report(data.labels, probs.argmax(-1).tolist(), labels)
     targets = torch.tensor(data.labels)
     report["loss"] = float(-torch.log(probs[torch.arange(len(data)), targets].clamp_min(1e-12)).mean())

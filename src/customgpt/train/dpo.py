@@ -32,6 +32,7 @@ from customgpt.data.preference import (
     collate_preference,
     prepare_preference_splits,
 )
+from customgpt.data.registry import cache_root
 from customgpt.errors import ConfigError
 from customgpt.evaluate.overlap import rouge_l
 from customgpt.evaluate.perplexity import eval_mode
@@ -70,9 +71,6 @@ from customgpt.train.step import optimizer_step
 #: The metric names TRL's DPOTrainer logs, in its order.
 METRIC_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "logps/chosen", "logps/rejected")
-
-#: The cache subfolder of the precomputed reference log-probs.
-REFERENCE_CACHE = "reference-logps"
 
 
 # --------------------------------------------------------------------------- config
@@ -241,14 +239,6 @@ def precompute_reference_logps(model: nn.Module, dataset: PreferenceDataset, *, 
             out[batch.indices, 0] = chosen.double().cpu()
             out[batch.indices, 1] = rejected.double().cpu()
     return out
-
-
-def reference_cache_dir(cache_dir: str | None = None) -> Path:
-    """Where precomputed reference log-probs live: ``cache_dir/reference-logps`` (the data
-    section's cache folder) if given, else under customgpt's cache root."""
-    from customgpt.data.registry import cache_root
-
-    return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / REFERENCE_CACHE
 
 
 def attach_reference_logps(model: nn.Module, datasets: dict[str, PreferenceDataset], *, reduction: str,
@@ -422,19 +412,18 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     eval_bs = tcfg.eval_batch_size or tcfg.batch_size
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    bar_out = Progress(0, enabled=False, echo=True)  # plain lines, with or without the bar
-    bar_out.write(f"preference tuning: {tcfg.loss} (reference: {mode}, reduction: {loss_fn.reduction}); pairs "
-                  f"train {len(data['train'])}, val {len(data['val'])}, test {len(splits.test)}; "
-                  f"{sum(d.n_truncated for d in data.values())} truncated to {max_length} tokens")
+    print(f"preference tuning: {tcfg.loss} (reference: {mode}, reduction: {loss_fn.reduction}); pairs "
+          f"train {len(data['train'])}, val {len(data['val'])}, test {len(splits.test)}; "
+          f"{sum(d.n_truncated for d in data.values())} truncated to {max_length} tokens", flush=True)
     if mode == "precomputed":
+        folder = (Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_root()) / "reference-logps"
         path, reused = attach_reference_logps(policy, data, reduction=loss_fn.reduction, batch_size=eval_bs, rt=rt,
-                                              folder=reference_cache_dir(cfg.data.cache_dir))
-        bar_out.write(f"reference log-probs {'read from' if reused else 'computed into'} {path}")
+                                              folder=folder)
+        print(f"reference log-probs {'read from' if reused else 'computed into'} {path}", flush=True)
 
     micro, _ = tcfg.accumulation(1)
     steps_per_epoch = math.ceil(len(data["train"]) / tcfg.batch_size)
-    total = steps_per_epoch * tcfg.epochs if tcfg.max_steps is None else min(tcfg.max_steps,
-                                                                             steps_per_epoch * tcfg.epochs)
+    total = min(tcfg.max_steps or steps_per_epoch * tcfg.epochs, steps_per_epoch * tcfg.epochs)
     schedule = build_schedule(tcfg, total)
     optimizer = build_optimizer(policy, cfg.optim, schedule(0), rt.device)
     probe_records = splits.val[: tcfg.collapse_prompts]
@@ -576,5 +565,5 @@ def write_test_responses(run_dir: Path, cfg: DPOConfig, style: PromptStyle, toke
 __all__ = [
     "DPOConfig", "DPOTrainConfig", "METRIC_NAMES", "Reference", "attach_reference_logps",
     "batch_logps", "collapse_probe", "collapsed", "degeneration", "evaluate", "finetune_dpo", "pair_loss",
-    "precompute_reference_logps", "reference_cache_dir", "write_test_responses",
+    "precompute_reference_logps", "write_test_responses",
 ]

@@ -53,11 +53,6 @@ from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule
 from customgpt.train.step import count_targets, micro_loss_weight, optimizer_step
 
-#: The files a run writes beside ``metrics.jsonl`` and the ``best`` / ``final`` models
-#: (``{split}``: ``instruct.responses_split``, ``test`` by default).
-RESPONSES_NAME = "{split}_responses.json"
-METRICS_NAME = "{split}_metrics.json"
-
 
 @dataclass
 class InstructSection(Section):
@@ -290,14 +285,14 @@ def _answer_and_score(model: nn.Module, tokenizer, style: PromptStyle, records, 
                                              use_stop_strings=icfg.use_stop_strings, progress=cfg.logging.progress)
     settings = {**settings, "model": str(run_dir / icfg.responses_model)}
     rows = with_responses(records, responses, settings)
-    responses_path = run_dir / RESPONSES_NAME.format(split=icfg.responses_split)
+    responses_path = run_dir / f"{icfg.responses_split}_responses.json"
     write_json(responses_path, rows)
     per_record, overlap = score_responses(rows)
     result = {"split": icfg.responses_split, "records": len(records), "loss": ppl.loss,
               "perplexity": ppl.perplexity, "response_tokens": ppl.tokens, "rouge_l": overlap["rouge_l"],
               "exact_match": overlap["exact_match"], "generation_seconds": time.perf_counter() - clock,
               "truncated": data.n_truncated, "generation": settings}
-    write_json(run_dir / METRICS_NAME.format(split=icfg.responses_split), {**result, "per_record": per_record})
+    write_json(run_dir / f"{icfg.responses_split}_metrics.json", {**result, "per_record": per_record})
     print(f"{icfg.responses_split}: perplexity {ppl.perplexity:.2f} (loss {ppl.loss:.3f}) on {ppl.tokens} response "
           f"tokens; ROUGE-L {overlap['rouge_l']:.1f}, exact match {overlap['exact_match']:.1f}% "
           f"({len(records)} records, responses in {responses_path})", flush=True)
