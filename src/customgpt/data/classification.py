@@ -25,10 +25,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID
-from customgpt.data import MAX_REPORTED, Splits, raise_problems
+from customgpt.data import MAX_REPORTED, SourceConfig, Splits, raise_problems
 from customgpt.data.registry import fetch
 from customgpt.errors import DataError
-from customgpt.sections import FieldError, Section
+from customgpt.sections import FieldError
 
 #: The SMS Spam Collection's class names, in class-id order (ham = 0, spam = 1).
 SPAM_LABELS = ("ham", "spam")
@@ -368,19 +368,14 @@ def collate_classification(batch: Sequence[tuple[list[int], int]], pad_id: int =
 
 
 @dataclass
-class ClassifyDataConfig(Section):
-    """Where the labelled texts come from, how they are split and batched (the ``data`` section)."""
+class ClassifyDataConfig(SourceConfig):
+    """Where the labelled texts come from (one CSV / TSV / JSONL file, or explicit split files
+    with an optional validation and test file), how they are split and batched (the ``data`` section)."""
 
     dataset: str | None = "sms-spam"
     """A registered dataset (sms-spam), fetched through the registry; none when the data comes from path or train_file."""
-    path: str | None = None
-    """One CSV / TSV / JSONL file, split by data.split (stratified)."""
-    train_file: str | None = None
-    """The training file of explicit splits."""
     val_file: str | None = None
-    """The validation file (none: a stratified data.val_fraction of the training file)."""
-    test_file: str | None = None
-    """The test file (none: no test set)."""
+    """Explicit splits: the validation file (none: a stratified data.val_fraction of the training file)."""
     format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
     """File format; auto: from the extension (.csv, .tsv/.tab, .jsonl/.ndjson)."""
     text_column: str = "text"
@@ -403,18 +398,9 @@ class ClassifyDataConfig(Section):
     """Id used for right padding (never seen by the pooled token)."""
     bucket_by_length: bool = False
     """Batch training texts of similar length together (less padding; batches stay random)."""
-    data_dir: str | None = None
-    """Registry mirror folder (else $CUSTOMGPT_DATA_DIR, else the cache, else a download)."""
-    cache_dir: str | None = None
-    """Registry download folder."""
 
     def validate(self) -> None:
-        sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
-        if len(sources) != 1:
-            raise FieldError("dataset", "give exactly one data source: data.dataset (a registered name), data.path "
-                             f"(one file to split) or data.train_file (explicit splits); got {', '.join(sources) or 'none'}")
-        if (self.val_file or self.test_file) and not self.train_file:
-            raise FieldError("val_file", "data.val_file / data.test_file need data.train_file")
+        super().validate()
         if self.split == "reference" and not self.dataset and not self.train_file:
             raise FieldError("split", "the reference split is defined for data.dataset: sms-spam; use stratified")
         for key in ("val_fraction", "test_fraction"):

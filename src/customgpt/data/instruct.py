@@ -21,11 +21,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID, IGNORE_INDEX
-from customgpt.data import R, Splits, raise_problems
+from customgpt.data import R, SourceConfig, Splits, raise_problems
 from customgpt.errors import DataError
 from customgpt.io import decode_utf8_strict
 from customgpt.prompts import PromptStyle
-from customgpt.sections import FieldError, Section
+from customgpt.sections import FieldError
 
 #: The registry's instruction dataset, the default source.
 DEFAULT_DATASET = "instruction-data"
@@ -162,20 +162,12 @@ def split_records(records: Sequence[R], *, method: Literal["order", "random"] = 
 
 
 @dataclass
-class RecordsDataConfig(Section):
+class RecordsDataConfig(SourceConfig):
     """Where records come from and how they are split: the keys that instruction and
     preference data share (each task's section adds its own record keys and lengths)."""
 
     dataset: str | None = DEFAULT_DATASET
     """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
-    path: str | None = None
-    """One JSON list or JSONL file of records, split by split (instead of dataset)."""
-    train_file: str | None = None
-    """Explicit splits: the training file (with val_file; instead of dataset or path)."""
-    val_file: str | None = None
-    """Explicit splits: the validation file."""
-    test_file: str | None = None
-    """Explicit splits: the test file (optional)."""
     instruction_field: str = "instruction"
     """The record key of the instruction."""
     input_field: str = "input"
@@ -188,23 +180,13 @@ class RecordsDataConfig(Section):
     """Share of the records that test (the rest validate)."""
     split_seed: int = 123
     """Seed of the random split."""
-    data_dir: str | None = None
-    """Registry mirror folder (default $CUSTOMGPT_DATA_DIR)."""
-    cache_dir: str | None = None
-    """Registry download folder."""
 
     def validate(self) -> None:
-        """Exactly one of dataset, path or train_file (with val_file); train / test fractions
+        """One data source (explicit splits with a validation file); train / test fractions
         in [0, 1] that leave records to validate."""
-        sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
-        if len(sources) != 1:
-            raise FieldError("dataset", "give exactly one data source: data.dataset (a registered name), data.path "
-                             "(one file to split) or data.train_file with data.val_file (explicit splits); got "
-                             f"{', '.join('data.' + s for s in sources) or 'none'}")
+        super().validate()
         if self.train_file and not self.val_file:
             raise FieldError("val_file", "explicit splits need a validation file beside data.train_file")
-        if (self.val_file or self.test_file) and not self.train_file:
-            raise FieldError("val_file", "data.val_file / data.test_file go with data.train_file")
         for key in ("train_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise FieldError(key, f"must be in [0, 1], got {getattr(self, key)}")

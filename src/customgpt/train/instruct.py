@@ -166,15 +166,13 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     if icfg.trainable == "lora":
         cfg.lora.apply(model)
     model = model.to(rt.device).train()
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     steps_per_epoch = max(len(train) // tcfg.batch_size, 1)
     total_steps = tcfg.max_steps or tcfg.epochs * steps_per_epoch
     schedule = build_schedule(tcfg, total_steps)
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
     scaler = rt.grad_scaler()
     params = [p for p in model.parameters() if p.requires_grad]
-    print(f"model: {n_params:,} parameters, {n_trainable:,} trainable ({icfg.trainable}); "
+    print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(True):,} trainable ({icfg.trainable}); "
           f"{total_steps} steps of {tcfg.batch_size} examples", flush=True)
 
     run_dir.mkdir(parents=True, exist_ok=True)
