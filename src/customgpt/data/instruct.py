@@ -302,15 +302,14 @@ def collate_instructions(
     eot_id: int = EOT_ID,
     max_length: int | None = None,
     mask_instructions: bool = False,
-    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[Tensor, Tensor]:
     """Inputs and targets, both (B, T), of a batch of ``(ids, prompt_length)`` examples.
 
     Each example becomes ``ids + [eot_id]``, right-padded with ``eot_id`` to the longest
     (``T = max(len(ids))``, at most ``max_length``); inputs are its first ``T`` tokens,
     targets the tokens one to the right. The target of the first end-of-text (right after
-    the last real token) is kept; every padding target after it is ``ignore_index``. With
-    ``mask_instructions`` the targets that predict prompt tokens are ``ignore_index`` too
+    the last real token) is kept; every padding target after it is ``IGNORE_INDEX``. With
+    ``mask_instructions`` the targets that predict prompt tokens are ``IGNORE_INDEX`` too
     (the first response token's stays). This is the reference's ``custom_collate_fn``
     (LLMs-from-scratch, chapter 7, with exercise 7.2's masking) and gives the same tensors,
     the pad id being the end-of-text id; the rule here is by position, so it holds even for
@@ -318,7 +317,7 @@ def collate_instructions(
     """
     longest = max(len(ids) for ids, _ in batch)
     inputs = torch.full((len(batch), longest), eot_id, dtype=torch.long)
-    targets = torch.full((len(batch), longest), ignore_index, dtype=torch.long)
+    targets = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
     for row, (ids, prompt_length) in enumerate(batch):
         n = len(ids)
         if n == 0:
@@ -328,7 +327,7 @@ def collate_instructions(
         targets[row, : n - 1] = seq[1:]
         targets[row, n - 1] = eot_id
         if mask_instructions:
-            targets[row, : max(prompt_length - 1, 0)] = ignore_index
+            targets[row, : max(prompt_length - 1, 0)] = IGNORE_INDEX
     if max_length is not None:
         inputs, targets = inputs[:, :max_length], targets[:, :max_length]
     return inputs, targets

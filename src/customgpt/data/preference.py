@@ -123,7 +123,7 @@ class PreferenceExample:
     rejected_ids: list[int]
 
 
-def encode_preference(tokenizer, style: PromptStyle, record: PreferenceRecord, *, eot_id: int = EOT_ID) -> PreferenceExample:
+def encode_preference(tokenizer, style: PromptStyle, record: PreferenceRecord) -> PreferenceExample:
     """A record as token ids: the style's prompt, and each response (with the style's response
     end, then the end-of-text id), all encoded as plain text."""
     prompt, chosen = style.format_example(record.instruction, record.input, record.chosen)
@@ -132,7 +132,7 @@ def encode_preference(tokenizer, style: PromptStyle, record: PreferenceRecord, *
     def enc(text: str) -> list[int]:
         return tokenizer.encode(text, allowed_special="none")
 
-    return PreferenceExample(enc(prompt), enc(chosen) + [eot_id], enc(rejected) + [eot_id])
+    return PreferenceExample(enc(prompt), enc(chosen) + [EOT_ID], enc(rejected) + [EOT_ID])
 
 
 class PreferenceDataset(torch.utils.data.Dataset):
@@ -145,11 +145,10 @@ class PreferenceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, records: Sequence[PreferenceRecord], tokenizer, style: PromptStyle,
-                 max_length: int | None = None, *, eot_id: int = EOT_ID) -> None:
+                 max_length: int | None = None) -> None:
         self.records = list(records)
-        self.examples = [encode_preference(tokenizer, style, r, eot_id=eot_id) for r in self.records]
+        self.examples = [encode_preference(tokenizer, style, r) for r in self.records]
         self.max_length = max_length
-        self.eot_id = eot_id
         self.reference_logps: Tensor | None = None
         if max_length is not None:
             self.n_truncated = sum(len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) > max_length

@@ -259,7 +259,6 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     schedule = build_schedule(tcfg, total_steps)
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
     scaler = rt.grad_scaler()
-    params = [p for p in model.parameters() if p.requires_grad]
     print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(True):,} trainable "
           f"({ccfg.trainable}); {total_steps} steps", flush=True)
     # What is evaluated and saved: the model, or a moving average of its weights (smoother on
@@ -286,7 +285,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
             set_lr(optimizer, lr)
             batch = {k: v.to(rt.device) for k, v in batch.items()}
             stats = accumulate_gradients(model, batch, loss_fn, micro, **aux)
-            grad_norm, _ = optimizer_step(optimizer, scaler, params, tcfg.grad_clip)
+            grad_norm, _ = optimizer_step(optimizer, scaler, model.parameters(), tcfg.grad_clip)
             if ema is not None:
                 ema.update_parameters(model)
             step, n = step + 1, len(batch["labels"])

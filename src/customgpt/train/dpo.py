@@ -113,14 +113,12 @@ class DPOTrainConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta is not None and not (self.beta > 0 and math.isfinite(self.beta)):
-            raise FieldError("beta", f"must be a finite number > 0, got {self.beta}")
+        if self.beta is not None and not self.beta > 0:  # finite: Section
+            raise FieldError("beta", f"must be > 0, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise FieldError("label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
         if self.label_smoothing and self.loss != "dpo":
             raise FieldError("label_smoothing", f"applies to loss dpo only, not {self.loss}")
-        if not math.isfinite(self.simpo_gamma):
-            raise FieldError("simpo_gamma", f"must be finite, got {self.simpo_gamma}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
             raise FieldError("eval_batch_size", f"must be >= 1 or none, got {self.eval_batch_size}")
         if self.collapse_prompts < 0 or self.collapse_max_new_tokens < 1 or self.response_max_new_tokens < 1:
@@ -283,8 +281,7 @@ def pair_loss(policy: nn.Module, reference: Reference, loss_fn: PreferenceLoss, 
 def _batches(dataset: PreferenceDataset, batch_size: int, order: Sequence[int]) -> Iterator[PreferenceBatch]:
     for start in range(0, len(order), batch_size):
         items = [dataset[i] for i in order[start:start + batch_size]]
-        yield collate_preference(items, eot_id=dataset.eot_id, max_length=dataset.max_length,
-                                 reference_logps=dataset.reference_logps)
+        yield collate_preference(items, max_length=dataset.max_length, reference_logps=dataset.reference_logps)
 
 
 @torch.no_grad()
@@ -402,8 +399,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     if tcfg.trainable == "lora":
         cfg.lora.apply(policy)  # only the adapters train
     max_length = min(cfg.data.max_length or policy.config.context_length, policy.config.context_length)
-    data = {name: PreferenceDataset(splits.get(name), tokenizer, style, max_length, eot_id=tokenizer.eot_id)
-            for name in ("train", "val")}
+    data = {name: PreferenceDataset(splits.get(name), tokenizer, style, max_length) for name in ("train", "val")}
     policy = policy.to(rt.device).train()
     loss_fn = tcfg.build_loss()
     mode = tcfg.reference if loss_fn.needs_reference else "none"
@@ -561,9 +557,3 @@ def write_test_responses(run_dir: Path, cfg: DPOConfig, style: PromptStyle, toke
         row.setdefault("output", record.chosen)
     return write_json(run_dir / "test_responses.json", rows)
 
-
-__all__ = [
-    "DPOConfig", "DPOTrainConfig", "METRIC_NAMES", "Reference", "attach_reference_logps",
-    "batch_logps", "collapse_probe", "collapsed", "degeneration", "evaluate", "finetune_dpo", "pair_loss",
-    "precompute_reference_logps", "write_test_responses",
-]

@@ -171,7 +171,6 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     schedule = build_schedule(tcfg, total_steps)
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
     scaler = rt.grad_scaler()
-    params = [p for p in model.parameters() if p.requires_grad]
     print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(True):,} trainable ({icfg.trainable}); "
           f"{total_steps} steps of {tcfg.batch_size} examples", flush=True)
 
@@ -227,7 +226,7 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
                     loss = model_lm_loss(model, x, y)  # mean over this micro-batch
                 scaler.scale(loss * micro_loss_weight(count_targets(y), n_targets)).backward()
                 loss_sum += float(loss.detach()) * count_targets(y)
-            grad_norm, applied = optimizer_step(optimizer, scaler, params, tcfg.grad_clip)
+            grad_norm, applied = optimizer_step(optimizer, scaler, model.parameters(), tcfg.grad_clip)
             step += 1
             last_loss = loss_sum / max(n_targets, 1)
             if not math.isfinite(last_loss):
