@@ -282,8 +282,7 @@ class InstructionDataset(Dataset):
 
     def __init__(self, records: Sequence[InstructionRecord], tokenizer, style: PromptStyle,
                  max_length: int | None = None) -> None:
-        self.records = list(records)
-        encoded = [encode_example(tokenizer, style, r) for r in self.records]
+        encoded = [encode_example(tokenizer, style, r) for r in records]
         self.ids = [ids for ids, _ in encoded]
         self.prompt_lengths = [p for _, p in encoded]
         self.max_length = max_length

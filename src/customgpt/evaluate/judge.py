@@ -5,15 +5,10 @@ customgpt's own server): :class:`JudgeClient` posts to ``{url}/chat/completions`
 temperature 0 and a fixed seed, so a deterministic server answers the same every time.
 
 The prompt is the reference recipe's (LLMs-from-scratch, chapter 7, ``ollama_evaluate.py``),
-word for word, with the record's instruction and input written in the Alpaca format::
-
-    Given the input `{alpaca instruction and input}` and correct output `{output}`, score the
-    model response `{model_response}` on a scale from 0 to 100, where 100 is the best score.
-    Respond with the integer number only.
-
-As in the reference, an empty response scores 0 without asking. An answer that is not a
-whole number from 0 to 100 (surrounding whitespace allowed) is reported and left out of the
-mean, never guessed. Connection errors, timeouts and HTTP 408 / 429 / 5xx are retried with
+word for word (:data:`JUDGE_PROMPT`), with the record's instruction and input written in the
+Alpaca format. As in the reference, an empty response scores 0 without asking. An answer that
+is not a whole number from 0 to 100 (surrounding whitespace allowed) is reported and left out
+of the mean, never guessed. Connection errors, timeouts and HTTP 408 / 429 / 5xx are retried with
 exponential backoff (``Retry-After`` honoured); other HTTP errors stop the run at once.
 """
 

@@ -419,7 +419,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
 
     micro, _ = tcfg.accumulation(1)
     steps_per_epoch = math.ceil(len(data["train"]) / tcfg.batch_size)
-    total = min(tcfg.max_steps or steps_per_epoch * tcfg.epochs, steps_per_epoch * tcfg.epochs)
+    total = int(min(tcfg.max_steps or math.inf, steps_per_epoch * tcfg.epochs))
     schedule = build_schedule(tcfg, total)
     optimizer = build_optimizer(policy, cfg.optim, schedule(0), rt.device)
     probe_records = splits.val[: tcfg.collapse_prompts]
@@ -433,7 +433,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     warnings: list[dict[str, Any]] = []
     diverged = False
 
-    def run_eval(step: int) -> dict[str, Any]:
+    def run_eval(step: int) -> None:
         nonlocal start_probe, healthy_step, healthy_state, stop_reason
         record: dict[str, Any] = {"step": step, "kind": "eval", "epoch": step / steps_per_epoch}
         record.update(evaluate(policy, reference, loss_fn, data["train"], rt, eval_bs, tcfg.eval_iters))
@@ -461,7 +461,6 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
                   f"{record['rewards/accuracies']:.2f} / val {record['eval_rewards/accuracies']:.2f}"
                   + (f", repeat4 {record['probe/repeat4']:.2f}, distinct2 {record['probe/distinct2']:.2f}, "
                      f"rouge-L {record['probe/rouge_l']:.3f}" if probe_records else ""))
-        return record
 
     bar = Progress(total, enabled=cfg.logging.progress, echo=True, desc="dpo")
     train_start = time.perf_counter()
