@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID, IGNORE_INDEX
 from customgpt.data import R, SourceConfig, Splits, raise_problems
+from customgpt.data.registry import DATASETS, fetch
 from customgpt.errors import DataError
 from customgpt.io import decode_utf8_strict
 from customgpt.prompts import PromptStyle
@@ -167,7 +168,6 @@ class RecordsDataConfig(SourceConfig):
     preference data share (each task's section adds its own record keys and lengths)."""
 
     dataset: str | None = DEFAULT_DATASET
-    """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
     instruction_field: str = "instruction"
     """The record key of the instruction."""
     input_field: str = "input"
@@ -223,8 +223,6 @@ def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | No
     path = Path(source).expanduser()
     if path.is_file():
         return path
-    from customgpt.data.registry import DATASETS, fetch
-
     if source in DATASETS:
         return fetch(source, data_dir, cache_dir, data_dir_option=data_dir_option)
     raise DataError(f"{source}: no such file, and not a registered dataset ({', '.join(DATASETS)})")

@@ -80,7 +80,6 @@ class PreferenceDataConfig(RecordsDataConfig):
     """Where the preference records come from and how they are split and tokenized."""
 
     dataset: str | None = DEFAULT_DATASET
-    """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
     chosen_field: str = "chosen"
     """The record key of the preferred response."""
     rejected_field: str = "rejected"

@@ -67,13 +67,13 @@ class JudgeClient:
         timeout: seconds to wait for each answer.
         max_retries: further tries after a transient failure.
         backoff: seconds before the first retry; doubled for each further one.
-        seed, temperature: sent with every request (deterministic answers).
-        transport: an ``httpx`` transport (tests); ``sleep``: the wait function (tests).
+        seed: sent with every request, with temperature 0 (deterministic answers).
+        sleep: the wait function (tests).
     """
 
     def __init__(self, url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0,
-                 max_retries: int = 3, backoff: float = 1.0, seed: int = 123, temperature: float = 0.0,
-                 transport: Any = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 max_retries: int = 3, backoff: float = 1.0, seed: int = 123,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         import httpx
 
         if not url.startswith(("http://", "https://")):
@@ -82,10 +82,10 @@ class JudgeClient:
             raise JudgeError("judge: max_retries and backoff must be >= 0 and timeout > 0")
         base = url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        self.model, self.seed, self.temperature = model, seed, temperature
+        self.model, self.seed = model, seed
         self.max_retries, self.backoff, self.sleep = max_retries, backoff, sleep
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
+        self._client = httpx.Client(timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._client.close()
@@ -115,7 +115,7 @@ class JudgeClient:
         import httpx
 
         payload = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                   "temperature": self.temperature, "seed": self.seed, "stream": False}
+                   "temperature": 0.0, "seed": self.seed, "stream": False}
         last = ""
         for attempt in range(self.max_retries + 1):
             retry_after = None
