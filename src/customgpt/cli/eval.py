@@ -132,12 +132,12 @@ def _beside(path: str, suffix: str) -> Path:
     return p.with_name(p.stem + suffix)
 
 
-def _check_positive(**values: int | None) -> None:
+def _check_at_least(low: int, **values: int | None) -> None:
     from customgpt.errors import CustomGPTError
 
     for name, value in values.items():
-        if value is not None and value < 1:
-            raise CustomGPTError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if value is not None and value < low:
+            raise CustomGPTError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
 # --------------------------------------------------------------------------- commands
@@ -148,9 +148,8 @@ def _responses(args: argparse.Namespace) -> int:
     from customgpt.evaluate.responses import generate_responses, with_responses, write_json
     from customgpt.tokenizer import get_tokenizer
 
-    _check_positive(batch_size=args.batch_size, limit=args.limit)
-    if args.max_new_tokens < 0:
-        raise CustomGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    _check_at_least(1, batch_size=args.batch_size, limit=args.limit)
+    _check_at_least(0, max_new_tokens=args.max_new_tokens)
     out = Path(args.out or f"responses-{args.split}.json")
     if out.exists() and not args.force:  # before any work
         raise CustomGPTError(f"{out} exists; pass --force to replace it, or choose another --out")
@@ -172,7 +171,7 @@ def _perplexity(args: argparse.Namespace) -> int:
     from customgpt.evaluate.perplexity import response_perplexity, text_perplexity
     from customgpt.tokenizer import get_tokenizer
 
-    _check_positive(batch_size=args.batch_size, max_length=args.max_length)
+    _check_at_least(1, batch_size=args.batch_size, max_length=args.max_length)
     model, style = _model_and_style(args)
     context = model.config.context_length
     if args.max_length and args.max_length > context:

@@ -38,6 +38,7 @@ from customgpt.evaluate.overlap import rouge_l
 from customgpt.evaluate.perplexity import eval_mode
 from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 from customgpt.io import atomic_write_bytes, atomic_write_text
+from customgpt.lora import disable_adapters
 from customgpt.losses import (
     PREFERENCE_LOSSES,
     DPOLoss,
@@ -203,8 +204,6 @@ class Reference:
             ref = batch.reference_logps.to(rt.device, torch.float32)
             return ref[:, 0], ref[:, 1]
         if self.mode == "adapters":
-            from customgpt.lora import disable_adapters
-
             with disable_adapters(self.policy), eval_mode(self.policy), rt.autocast():
                 return batch_logps(self.policy, batch, self.reduction)
         assert self.model is not None
