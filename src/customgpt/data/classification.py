@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID
@@ -354,12 +355,9 @@ class ClassificationDataset(Dataset):
 def collate_classification(batch: Sequence[tuple[list[int], int]], pad_id: int = EOT_ID) -> dict[str, Tensor]:
     """Right-pad a batch to its longest row: ``input_ids`` (B, T), ``attention_mask`` (B, T) with 1
     for real tokens, ``labels`` (B,)."""
-    longest = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.long)
-    for i, (ids, _) in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[i, : len(ids)] = 1
+    input_ids = pad_sequence([torch.tensor(ids, dtype=torch.long) for ids, _ in batch], batch_first=True,
+                             padding_value=pad_id)
+    mask = pad_sequence([torch.ones(len(ids), dtype=torch.long) for ids, _ in batch], batch_first=True)
     labels = torch.tensor([label for _, label in batch], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 

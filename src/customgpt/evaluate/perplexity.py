@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from customgpt.constants import IGNORE_INDEX
 from customgpt.data.instruct import InstructionDataset, collate_instructions
@@ -88,19 +89,8 @@ def text_perplexity(model: nn.Module, ids: Sequence[int], *, context_length: int
     is a target once."""
     context = context_length or model.config.context_length
     ids = torch.as_tensor(list(ids), dtype=torch.long)
-    windows = []
-    for start in range(0, max(len(ids) - 1, 0), context):
-        chunk = ids[start:start + context + 1]
-        windows.append((chunk[:-1], chunk[1:]))
-
-    def batches():
-        for k in range(0, len(windows), batch_size):
-            part = windows[k:k + batch_size]
-            width = max(len(x) for x, _ in part)
-            x = torch.full((len(part), width), 0, dtype=torch.long)
-            y = torch.full((len(part), width), IGNORE_INDEX, dtype=torch.long)
-            for row, (a, b) in enumerate(part):
-                x[row, :len(a)], y[row, :len(b)] = a, b
-            yield x, y
-
-    return perplexity_of(*summed_loss(model, batches(), device))
+    windows = [ids[start:start + context + 1] for start in range(0, max(len(ids) - 1, 0), context)]
+    batches = ((pad_sequence([w[:-1] for w in part], batch_first=True),
+                pad_sequence([w[1:] for w in part], batch_first=True, padding_value=IGNORE_INDEX))
+               for part in (windows[k:k + batch_size] for k in range(0, len(windows), batch_size)))
+    return perplexity_of(*summed_loss(model, batches, device))
