@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from customgpt.constants import EOT_ID
 from customgpt.data import MAX_REPORTED, Splits
@@ -145,20 +146,18 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: Sequence[PreferenceRecord], tokenizer, style: PromptStyle,
                  max_length: int | None = None) -> None:
-        self.records = list(records)
-        self.examples = [encode_preference(tokenizer, style, r) for r in self.records]
+        self.examples = [encode_preference(tokenizer, style, r) for r in records]
         self.max_length = max_length
         self.reference_logps: Tensor | None = None
+        self.n_truncated = 0
         if max_length is not None:
             self.n_truncated = sum(len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) > max_length
                                    for e in self.examples)
-            no_room = [r.index for r, e in zip(self.records, self.examples) if len(e.prompt_ids) >= max_length]
+            no_room = [r.index for r, e in zip(records, self.examples) if len(e.prompt_ids) >= max_length]
             if no_room:
                 raise DataError(f"{len(no_room)} record(s) have prompts of {max_length} tokens or more, leaving no "
                                 f"response token within data.max_length (records {no_room[:MAX_REPORTED]}); raise "
                                 "data.max_length or shorten them")
-        else:
-            self.n_truncated = 0
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -218,19 +217,11 @@ def collate_preference(batch: Sequence[tuple[int, PreferenceExample]], *, eot_id
         reference_logps: the dataset's (N, 2) precomputed reference log-probs, if any; the
             batch takes the rows of its pairs.
     """
-    seqs: list[tuple[list[int], int]] = []
-    for side in ("chosen_ids", "rejected_ids"):
-        for _, ex in batch:
-            seq = ex.prompt_ids + getattr(ex, side)
-            if max_length is not None:
-                seq = seq[:max_length]
-            seqs.append((seq, len(ex.prompt_ids)))
-    T = max(len(s) for s, _ in seqs) - 1
-    ids = torch.full((len(seqs), T + 1), eot_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T + 1, dtype=torch.bool)
-    for row, (seq, n_prompt) in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, n_prompt: len(seq)] = True  # response tokens as they sit in the sequence
+    seqs = [(torch.tensor((ex.prompt_ids + getattr(ex, side))[:max_length], dtype=torch.long), len(ex.prompt_ids))
+            for side in ("chosen_ids", "rejected_ids") for _, ex in batch]
+    ids = pad_sequence([seq for seq, _ in seqs], batch_first=True, padding_value=eot_id)
+    # true at the response tokens as they sit in the sequence
+    mask = pad_sequence([torch.arange(len(seq)) >= n_prompt for seq, n_prompt in seqs], batch_first=True)
     indices = torch.tensor([i for i, _ in batch], dtype=torch.long)
     ref = reference_logps[indices] if reference_logps is not None else None
     return PreferenceBatch(ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), mask[:, 1:].contiguous(), indices, ref)
