@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from customgpt.checkpoints import load_model
 from customgpt.data.preference import (
     PreferenceBatch,
     PreferenceDataConfig,
@@ -51,6 +52,7 @@ from customgpt.losses import (
     preference_metrics,
 )
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
+from customgpt.tokenizer import get_tokenizer
 from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     FieldError,
@@ -390,8 +392,6 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     tcfg = cfg.train
     rt = setup_runtime(cfg.runtime, distributed=False)
     seed_everything(tcfg.seed)
-    from customgpt.tokenizer import get_tokenizer
-
     tokenizer = get_tokenizer()
     style = cfg.prompt.build()
     policy = cfg.model.build()
@@ -544,8 +544,6 @@ def write_test_responses(run_dir: Path, cfg: DPOConfig, style: PromptStyle, toke
     """Greedy responses of the run's model to the test records, written as the instruction
     task writes them (each record plus ``model_response``; ``output`` is the chosen response
     when the record has none), so ``customgpt eval rouge`` and ``eval judge`` read it."""
-    from customgpt.checkpoints import load_model
-
     model = load_model(run_dir / "model", device=rt.device, dtype="float32").eval()
     texts, settings = generate_responses(model, tokenizer, style, records,
                                          max_new_tokens=cfg.train.response_max_new_tokens,

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from customgpt.checkpoints import load_model
 from customgpt.data.instruct import (
     InstructDataConfig,
     InstructionDataset,
@@ -37,6 +38,7 @@ from customgpt.evaluate.responses import generate_responses, with_responses, wri
 from customgpt.losses import model_lm_loss
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
 from customgpt.sections import FieldError, Section
+from customgpt.tokenizer import get_tokenizer
 from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     LoggingConfig,
@@ -138,8 +140,6 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     Raises:
         ConfigError, DataError: a bad config or data file (all checked before training).
     """
-    from customgpt.tokenizer import get_tokenizer
-
     run_dir = cfg.logging.run_folder("metrics.jsonl", "final")
     style = cfg.prompt.build()
     splits = prepare_splits(cfg.data)
@@ -271,9 +271,7 @@ def _answer_and_score(model: nn.Module, tokenizer, style: PromptStyle, records, 
     """Perplexity, greedy responses, ROUGE-L and exact match on ``records``; files in ``run_dir``."""
     icfg = cfg.instruct
     if icfg.responses_model == "best" and (run_dir / "best").is_dir():
-        from customgpt.checkpoints import load_model
-
-        model = load_model(run_dir / "best", device=rt.device, dtype=torch.float32)
+            model = load_model(run_dir / "best", device=rt.device, dtype=torch.float32)
     data = InstructionDataset(records, tokenizer, style, max_length)
     ppl = response_perplexity(model, data, batch_size=icfg.eval_batch_size, device=rt.device)
     clock = time.perf_counter()
