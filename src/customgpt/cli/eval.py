@@ -127,11 +127,6 @@ def _model_and_style(args: argparse.Namespace):
     return model.eval(), style_for_model(args.prompt_style, args.model, "alpaca")
 
 
-def _beside(path: str, suffix: str) -> Path:
-    p = Path(path)
-    return p.with_name(p.stem + suffix)
-
-
 def _check_at_least(low: int, **values: int | None) -> None:
     from customgpt.errors import CustomGPTError
 
@@ -200,7 +195,7 @@ def _rouge(args: argparse.Namespace) -> int:
     from customgpt.evaluate.overlap import score_responses
     from customgpt.evaluate.responses import read_responses, write_json
 
-    out = Path(args.out) if args.out else _beside(args.responses, ".rouge.json")
+    out = Path(args.out) if args.out else Path(args.responses).with_suffix(".rouge.json")
     records = read_responses(args.responses, (args.reference_key, args.response_key))
     rows, summary = score_responses(records, response_key=args.response_key, reference_key=args.reference_key)
     write_json(out, {"summary": summary, "records": rows}, force=args.force, inputs=[args.responses])
@@ -214,7 +209,7 @@ def _judge(args: argparse.Namespace) -> int:
     from customgpt.evaluate.judge import JudgeClient, judge_responses
     from customgpt.evaluate.responses import read_responses, write_json
 
-    out = Path(args.out) if args.out else _beside(args.responses, ".judge.json")
+    out = Path(args.out) if args.out else Path(args.responses).with_suffix(".judge.json")
     if out.exists() and not args.force:  # before asking the judge anything
         raise CustomGPTError(f"{out} exists; pass --force to replace it, or choose another --out")
     if args.retries < 0 or not args.timeout > 0:
