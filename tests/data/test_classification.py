@@ -162,8 +162,8 @@ def test_header_with_a_duplicate_column_is_an_error(tmp_path):
 def test_text_column_equal_to_label_column_is_an_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         ClassifyDataConfig(dataset=None, path="x.csv", split="stratified", text_column="label")
-    assert str(err.value) == ("data.text_column: equals data.label_column ('label'); the texts and the labels "
-                              "must be two different columns")
+    assert str(err.value) == ("text_column: equals data.label_column ('label'); the texts and the labels "
+                              "must be two different columns")  # the config loader adds "data." and the origin
     path = _write(tmp_path, "same.csv", "body,label\nhi,a\n")
     with pytest.raises(DataError) as err:
         read_labelled_file(path, text_column="body", label_column="body")
@@ -325,7 +325,7 @@ def test_data_config_errors():
         ClassifyDataConfig(dataset=None, path="x.csv")
     with pytest.raises(DataError, match="not a classification dataset"):
         prepare_splits(ClassifyDataConfig(dataset="the-verdict"))
-    with pytest.raises(ConfigError, match=r"^data\.val_fraction: must be in \[0, 1\), got 1\.0$"):
+    with pytest.raises(ConfigError, match=r"^val_fraction: must be in \[0, 1\), got 1\.0$"):
         ClassifyDataConfig(val_fraction=1.0)
 
 

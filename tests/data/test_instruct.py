@@ -10,7 +10,6 @@ import torch
 
 from customgpt.constants import EOT_ID, IGNORE_INDEX
 from customgpt.data.instruct import (
-    Fields,
     InstructDataConfig,
     InstructionDataset,
     InstructionRecord,
@@ -138,7 +137,7 @@ def test_reads_json_lists_and_jsonl(tmp_path, jsonl):
 
 def test_field_names_are_configurable(tmp_path):
     path = _write(tmp_path, "d.json", [{"prompt": "Say hi.", "context": "", "answer": "Hi"}])
-    (record,) = read_instruction_file(path, Fields("prompt", "context", "answer"))
+    (record,) = read_instruction_file(path, ("prompt", "context", "answer"))
     assert (record.instruction, record.output) == ("Say hi.", "Hi")
     with pytest.raises(DataError, match=r"record 0: missing 'instruction', 'output'"):
         read_instruction_file(path)
@@ -222,7 +221,7 @@ def test_explicit_files(tmp_path):
         (dict(dataset=None, train_file="t.json"), "need a validation file"),
         (dict(test_file="t.json"), "go with data.train_file"),
         (dict(train_fraction=0.9, test_fraction=0.1), "leave records for validation"),
-        (dict(train_fraction=float("nan")), "must be in"),
+        (dict(train_fraction=float("nan")), "must be a finite number"),
         (dict(max_length=0), "max_length"),
         (dict(output_field="instruction"), "three different keys"),
     ],

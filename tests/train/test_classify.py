@@ -145,6 +145,9 @@ def test_print_config(capsys):
     (["--classifier.loss", "focal", "--classifier.label_smoothing", "0.1"],
      "classifier.label_smoothing: applies to loss: cross_entropy only"),
     (["--classifier.ema_decay", "1"], "classifier.ema_decay: must be in [0, 1), got 1.0"),
+    (["--data.val_fraction", "1"], "data.val_fraction: must be in [0, 1), got 1.0 (set in --data.val_fraction)"),
+    (["--data.text_column", "label"], "data.text_column: equals data.label_column ('label'); the texts and the "
+     "labels must be two different columns (set in --data.text_column)"),
 ])
 def test_classifier_section_errors_name_the_key(options, expected, capsys):
     assert main(["finetune", "classify", "--print-config", *options]) == 2

@@ -104,13 +104,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _records(args: argparse.Namespace):
-    from customgpt.data.instruct import Fields, read_instruction_file, resolve_source, split_records
+    from customgpt.data.instruct import read_instruction_file, resolve_source, split_records
     from customgpt.errors import CustomGPTError
 
     keys = [k.strip() for k in args.fields.split(",")]
     if len(keys) != 3 or not all(keys) or len(set(keys)) != 3:
         raise CustomGPTError(f"--fields needs three different keys (instruction,input,output), got {args.fields!r}")
-    records = read_instruction_file(resolve_source(args.data, args.data_dir), Fields(*keys))
+    records = read_instruction_file(resolve_source(args.data, args.data_dir), keys)
     if args.split != "all":
         records = split_records(records, method=args.split_method, seed=args.seed).get(args.split)
     if not records:
@@ -127,17 +127,12 @@ def _model_and_style(args: argparse.Namespace):
     return model.eval(), style_for_model(args.prompt_style, args.model, "alpaca")
 
 
-def _beside(path: str, suffix: str) -> Path:
-    p = Path(path)
-    return p.with_name(p.stem + suffix)
-
-
-def _check_positive(**values: int | None) -> None:
+def _check_at_least(low: int, **values: int | None) -> None:
     from customgpt.errors import CustomGPTError
 
     for name, value in values.items():
-        if value is not None and value < 1:
-            raise CustomGPTError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if value is not None and value < low:
+            raise CustomGPTError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
 # --------------------------------------------------------------------------- commands
@@ -148,9 +143,8 @@ def _responses(args: argparse.Namespace) -> int:
     from customgpt.evaluate.responses import generate_responses, with_responses, write_json
     from customgpt.tokenizer import get_tokenizer
 
-    _check_positive(batch_size=args.batch_size, limit=args.limit)
-    if args.max_new_tokens < 0:
-        raise CustomGPTError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    _check_at_least(1, batch_size=args.batch_size, limit=args.limit)
+    _check_at_least(0, max_new_tokens=args.max_new_tokens)
     out = Path(args.out or f"responses-{args.split}.json")
     if out.exists() and not args.force:  # before any work
         raise CustomGPTError(f"{out} exists; pass --force to replace it, or choose another --out")
@@ -172,7 +166,7 @@ def _perplexity(args: argparse.Namespace) -> int:
     from customgpt.evaluate.perplexity import response_perplexity, text_perplexity
     from customgpt.tokenizer import get_tokenizer
 
-    _check_positive(batch_size=args.batch_size, max_length=args.max_length)
+    _check_at_least(1, batch_size=args.batch_size, max_length=args.max_length)
     model, style = _model_and_style(args)
     context = model.config.context_length
     if args.max_length and args.max_length > context:
@@ -201,7 +195,7 @@ def _rouge(args: argparse.Namespace) -> int:
     from customgpt.evaluate.overlap import score_responses
     from customgpt.evaluate.responses import read_responses, write_json
 
-    out = Path(args.out) if args.out else _beside(args.responses, ".rouge.json")
+    out = Path(args.out) if args.out else Path(args.responses).with_suffix(".rouge.json")
     records = read_responses(args.responses, (args.reference_key, args.response_key))
     rows, summary = score_responses(records, response_key=args.response_key, reference_key=args.reference_key)
     write_json(out, {"summary": summary, "records": rows}, force=args.force, inputs=[args.responses])
@@ -215,7 +209,7 @@ def _judge(args: argparse.Namespace) -> int:
     from customgpt.evaluate.judge import JudgeClient, judge_responses
     from customgpt.evaluate.responses import read_responses, write_json
 
-    out = Path(args.out) if args.out else _beside(args.responses, ".judge.json")
+    out = Path(args.out) if args.out else Path(args.responses).with_suffix(".judge.json")
     if out.exists() and not args.force:  # before asking the judge anything
         raise CustomGPTError(f"{out} exists; pass --force to replace it, or choose another --out")
     if args.retries < 0 or not args.timeout > 0:

@@ -48,20 +48,5 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    summary = getattr(module, fn_name)(cfg)
-    if args.task == "instruct":
-        test = summary.get("test")
-        scores = (f"{test['split']}: perplexity {test['perplexity']:.2f}, ROUGE-L {test['rouge_l']:.1f}, "
-                  f"exact match {test['exact_match']:.1f}%; " if test else "")
-        print(f"{scores}training {summary['train_seconds']:.1f}s, {summary['steps']} steps, train loss "
-              f"{summary['first_loss']:.3f} -> {summary['last_loss']:.3f}, best validation loss "
-              f"{summary['best_val_loss']:.3f}\nrun folder: {summary['run_dir']} (models: final/, best/)")
-        return 0
-    if args.task == "dpo":
-        print(summary["message"])
-        return 0
-    test = summary.get("test")
-    result = f"test accuracy {test['accuracy']:.4f}, " if test else ""
-    print(f"{result}training {summary['train_seconds']:.1f}s; best epoch {summary['best_epoch']}\n"
-          f"run folder: {summary['run_dir']} (classifier: {summary['run_dir']}/best)")
+    print(getattr(module, fn_name)(cfg)["message"])
     return 0

@@ -15,21 +15,22 @@ import json
 import sys
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID
+from customgpt.data import MAX_REPORTED, SourceConfig, Splits, raise_problems
 from customgpt.data.registry import fetch
-from customgpt.errors import ConfigError, DataError
+from customgpt.errors import DataError
+from customgpt.sections import FieldError
 
-#: Most bad rows listed in one error message (the total is always given).
-MAX_REPORTED_ERRORS = 20
 #: The SMS Spam Collection's class names, in class-id order (ham = 0, spam = 1).
 SPAM_LABELS = ("ham", "spam")
 #: The file format of each extension (``data.format: auto``).
@@ -46,37 +47,6 @@ class LabelledText:
     line: int = 0
 
 
-@dataclass
-class Splits:
-    """Train / validation / test examples (``test`` may be empty when no test set is given)."""
-
-    train: list[LabelledText]
-    val: list[LabelledText]
-    test: list[LabelledText] = field(default_factory=list)
-
-    def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
-
-
-class _Problems:
-    """Collects bad rows of one file and raises a single DataError listing them."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self.items: list[str] = []
-
-    def add(self, line: int, what: str) -> None:
-        self.items.append(f"line {line}: {what}")
-
-    def raise_if_any(self) -> None:
-        if not self.items:
-            return
-        shown = self.items[:MAX_REPORTED_ERRORS]
-        more = len(self.items) - len(shown)
-        tail = f"; ... and {more} more" if more else ""
-        raise DataError(f"{self.path}: {len(self.items)} bad row(s): " + "; ".join(shown) + tail)
-
-
 # --------------------------------------------------------------------------- decoding and records
 
 
@@ -85,13 +55,13 @@ def decode_utf8(data: bytes, source: str | Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        problems = _Problems(source)
+        problems: list[str] = []
         for number, raw in enumerate(data.split(b"\n"), start=1):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                problems.add(number, f"invalid UTF-8 byte {raw[exc.start]:#04x} at column {exc.start + 1}")
-        problems.raise_if_any()
+                problems.append(f"line {number}: invalid UTF-8 byte {raw[exc.start]:#04x} at column {exc.start + 1}")
+        raise_problems(source, "bad row(s)", problems)
         raise  # unreachable: some line failed to decode
 
 
@@ -146,20 +116,20 @@ def read_sms_spam(path: str | Path) -> list[LabelledText]:
         data = path.read_bytes()
         source = str(path)
     records = read_records(decode_utf8(data, source), source, "\t")
-    problems = _Problems(source)
+    problems: list[str] = []
     rows = []
     for line, fields in records:
         if len(fields) != 2:
-            problems.add(line, f"expected 2 tab-separated fields (label, text), got {len(fields)}")
+            problems.append(f"line {line}: expected 2 tab-separated fields (label, text), got {len(fields)}")
         elif fields[0] not in SPAM_LABELS:
-            problems.add(line, f"unknown label {fields[0]!r} (expected ham or spam)")
+            problems.append(f"line {line}: unknown label {fields[0]!r} (expected ham or spam)")
         elif not fields[1].strip():
-            problems.add(line, "empty text")
+            problems.append(f"line {line}: empty text")
         else:
             rows.append(LabelledText(fields[1], fields[0], source, line))
     if not records:
         raise DataError(f"{source}: the file is empty")
-    problems.raise_if_any()
+    raise_problems(source, "bad row(s)", problems)
     return rows
 
 
@@ -250,26 +220,26 @@ def read_labelled_file(
     if not data.strip():
         raise DataError(f"{path}: the file is empty")
     text = decode_utf8(data, path)
-    problems = _Problems(path)
+    problems: list[str] = []
     declared = set(labels) if labels is not None else None
     rows: list[LabelledText] = []
     label_types: dict[type, int] = {}  # JSONL: the first line of each type of label
 
     def check(line: int, raw_text: object, raw_label: object) -> None:
         if not isinstance(raw_text, str):
-            problems.add(line, f"{text_column!r} must be a string, got {type(raw_text).__name__}")
+            problems.append(f"line {line}: {text_column!r} must be a string, got {type(raw_text).__name__}")
             return
         if isinstance(raw_label, bool) or not isinstance(raw_label, (str, int)):
-            problems.add(line, f"{label_column!r} must be a string or an integer, got {raw_label!r}")
+            problems.append(f"line {line}: {label_column!r} must be a string or an integer, got {raw_label!r}")
             return
         label_types.setdefault(type(raw_label), line)
         label = str(raw_label).strip()
         if not raw_text.strip():
-            problems.add(line, f"empty text in column {text_column!r}")
+            problems.append(f"line {line}: empty text in column {text_column!r}")
         elif not label:
-            problems.add(line, f"empty label in column {label_column!r}")
+            problems.append(f"line {line}: empty label in column {label_column!r}")
         elif declared is not None and label not in declared:
-            problems.add(line, f"unknown label {label!r} (declared labels: {', '.join(labels or ())})")
+            problems.append(f"line {line}: unknown label {label!r} (declared labels: {', '.join(labels or ())})")
         else:
             rows.append(LabelledText(raw_text, label, str(path), line))
 
@@ -280,14 +250,15 @@ def read_labelled_file(
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as exc:
-                problems.add(number, f"invalid JSON ({exc.msg})")
+                problems.append(f"line {number}: invalid JSON ({exc.msg})")
                 continue
             if not isinstance(obj, dict):
-                problems.add(number, "expected a JSON object")
+                problems.append(f"line {number}: expected a JSON object")
                 continue
             missing = [c for c in (text_column, label_column) if c not in obj]
             if missing:
-                problems.add(number, f"missing key(s) {', '.join(map(repr, missing))} (keys: {', '.join(obj)})")
+                problems.append(f"line {number}: missing key(s) {', '.join(map(repr, missing))} "
+                                f"(keys: {', '.join(obj)})")
                 continue
             check(number, obj[text_column], obj[label_column])
         if len(label_types) > 1:
@@ -303,12 +274,12 @@ def read_labelled_file(
             if record == [""]:
                 continue  # a blank TSV line
             if len(record) != len(header):
-                problems.add(line, f"expected {len(header)} fields, got {len(record)}")
+                problems.append(f"line {line}: expected {len(header)} fields, got {len(record)}")
                 continue
             check(line, record[t_idx], record[l_idx])
-    if not rows and not problems.items:
+    if not rows and not problems:
         raise DataError(f"{path}: no rows after the header" if fmt != "jsonl" else f"{path}: the file is empty")
-    problems.raise_if_any()
+    raise_problems(path, "bad row(s)", problems)
     return rows
 
 
@@ -340,7 +311,7 @@ def resolve_labels(splits: Splits, declared: Sequence[str] | None) -> list[str]:
     known = set(names)
     bad = [r for part in (splits.train, splits.val, splits.test) for r in part if r.label not in known]
     if bad:
-        shown = "; ".join(f"{r.source}: line {r.line}: label {r.label!r}" for r in bad[:MAX_REPORTED_ERRORS])
+        shown = "; ".join(f"{r.source}: line {r.line}: label {r.label!r}" for r in bad[:MAX_REPORTED])
         raise DataError(f"{len(bad)} row(s) have a label absent from the training set ({', '.join(names)}): {shown}")
     return names
 
@@ -384,12 +355,9 @@ class ClassificationDataset(Dataset):
 def collate_classification(batch: Sequence[tuple[list[int], int]], pad_id: int = EOT_ID) -> dict[str, Tensor]:
     """Right-pad a batch to its longest row: ``input_ids`` (B, T), ``attention_mask`` (B, T) with 1
     for real tokens, ``labels`` (B,)."""
-    longest = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.long)
-    for i, (ids, _) in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[i, : len(ids)] = 1
+    input_ids = pad_sequence([torch.tensor(ids, dtype=torch.long) for ids, _ in batch], batch_first=True,
+                             padding_value=pad_id)
+    mask = pad_sequence([torch.ones(len(ids), dtype=torch.long) for ids, _ in batch], batch_first=True)
     labels = torch.tensor([label for _, label in batch], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
@@ -398,22 +366,14 @@ def collate_classification(batch: Sequence[tuple[list[int], int]], pad_id: int =
 
 
 @dataclass
-class ClassifyDataConfig:
-    """Where the labelled texts come from, how they are split and batched (the ``data`` section).
-
-    Checked on construction: a bad value raises ConfigError naming the key (``data.KEY``).
-    """
+class ClassifyDataConfig(SourceConfig):
+    """Where the labelled texts come from (one CSV / TSV / JSONL file, or explicit split files
+    with an optional validation and test file), how they are split and batched (the ``data`` section)."""
 
     dataset: str | None = "sms-spam"
     """A registered dataset (sms-spam), fetched through the registry; none when the data comes from path or train_file."""
-    path: str | None = None
-    """One CSV / TSV / JSONL file, split by data.split (stratified)."""
-    train_file: str | None = None
-    """The training file of explicit splits."""
     val_file: str | None = None
-    """The validation file (none: a stratified data.val_fraction of the training file)."""
-    test_file: str | None = None
-    """The test file (none: no test set)."""
+    """Explicit splits: the validation file (none: a stratified data.val_fraction of the training file)."""
     format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
     """File format; auto: from the extension (.csv, .tsv/.tab, .jsonl/.ndjson)."""
     text_column: str = "text"
@@ -436,31 +396,21 @@ class ClassifyDataConfig:
     """Id used for right padding (never seen by the pooled token)."""
     bucket_by_length: bool = False
     """Batch training texts of similar length together (less padding; batches stay random)."""
-    data_dir: str | None = None
-    """Registry mirror folder (else $CUSTOMGPT_DATA_DIR, else the cache, else a download)."""
-    cache_dir: str | None = None
-    """Registry download folder."""
 
-    def __post_init__(self) -> None:
-        sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
-        if len(sources) != 1:
-            raise ConfigError(
-                "data.dataset: give exactly one data source: data.dataset (a registered name), data.path "
-                f"(one file to split) or data.train_file (explicit splits); got {', '.join(sources) or 'none'}")
-        if (self.val_file or self.test_file) and not self.train_file:
-            raise ConfigError("data.val_file: data.val_file / data.test_file need data.train_file")
+    def validate(self) -> None:
+        super().validate()
         if self.split == "reference" and not self.dataset and not self.train_file:
-            raise ConfigError("data.split: the reference split is defined for data.dataset: sms-spam; use stratified")
+            raise FieldError("split", "the reference split is defined for data.dataset: sms-spam; use stratified")
         for key in ("val_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"data.{key}: must be in [0, 1), got {getattr(self, key)}")
+                raise FieldError(key, f"must be in [0, 1), got {getattr(self, key)}")
         if self.max_length is not None and self.max_length < 1:
-            raise ConfigError(f"data.max_length: must be >= 1 or none, got {self.max_length}")
+            raise FieldError("max_length", f"must be >= 1 or none, got {self.max_length}")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
-            raise ConfigError(f"data.labels: has duplicates: {self.labels}")
+            raise FieldError("labels", f"has duplicates: {self.labels}")
         if self.text_column == self.label_column:
-            raise ConfigError(f"data.text_column: equals data.label_column ({self.text_column!r}); "
-                              "the texts and the labels must be two different columns")
+            raise FieldError("text_column", f"equals data.label_column ({self.text_column!r}); the texts and the "
+                             "labels must be two different columns")
 
 
 def prepare_splits(cfg: ClassifyDataConfig) -> tuple[Splits, list[str]]:

@@ -14,24 +14,25 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from customgpt.constants import EOT_ID, IGNORE_INDEX
-from customgpt.errors import ConfigError, DataError
+from customgpt.data import R, SourceConfig, Splits, raise_problems
+from customgpt.data.registry import DATASETS, fetch
+from customgpt.errors import DataError
 from customgpt.io import decode_utf8_strict
 from customgpt.prompts import PromptStyle
-
-#: At most this many bad records are listed in one error (the count says how many in all).
-MAX_REPORTED = 20
+from customgpt.sections import FieldError
 
 #: The registry's instruction dataset, the default source.
 DEFAULT_DATASET = "instruction-data"
 
-R = TypeVar("R")
+#: The record keys of the instruction, the input and the output.
+FIELDS = ("instruction", "input", "output")
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,6 @@ class InstructionRecord:
     source: str = ""
     index: int = 0
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Fields:
-    """The record keys of the three texts."""
-
-    instruction: str = "instruction"
-    input: str = "input"
-    output: str = "output"
 
 
 # --------------------------------------------------------------------------- reading
@@ -106,8 +98,8 @@ def read_records(path: str | Path, keys: Sequence[str], optional: Sequence[str],
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, no records,
-            or naming the file and every bad record by index (the first :data:`MAX_REPORTED`
-            of them, then the count).
+            or naming the file and every bad record by index
+            (:func:`~customgpt.data.raise_problems`).
     """
     try:
         data = Path(path).read_bytes()
@@ -135,78 +127,47 @@ def read_records(path: str | Path, keys: Sequence[str], optional: Sequence[str],
             problems.append(f"{where}: empty {' and '.join(map(repr, empty))}")
             continue
         records.append(build(index, value))
-    if problems:
-        shown = problems[:MAX_REPORTED]
-        more = f"; ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        raise DataError(f"{path}: {len(problems)} malformed record(s): " + "; ".join(shown) + more)
+    raise_problems(path, "malformed record(s)", problems)
     if not records:
         raise DataError(f"{path}: no records")
     return records
 
 
-def read_instruction_file(path: str | Path, fields: Fields = Fields()) -> list[InstructionRecord]:
+def read_instruction_file(path: str | Path, fields: Sequence[str] = FIELDS) -> list[InstructionRecord]:
     """Read and validate a JSON list or JSON Lines file of instruction records
-    (:func:`read_records`): instruction and output non-empty strings, input a string when present.
+    (:func:`read_records`; ``fields``: the record keys of instruction, input and output):
+    instruction and output non-empty strings, input a string when present.
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
     """
-    return read_records(path, (fields.instruction, fields.input, fields.output), (fields.input,),
-                        lambda index, value: InstructionRecord(value[fields.instruction], value.get(fields.input, ""),
-                                                               value[fields.output], str(path), index, value))
+    instruction, input_, output = fields
+    return read_records(path, fields, (input_,),
+                        lambda index, value: InstructionRecord(value[instruction], value.get(input_, ""),
+                                                               value[output], str(path), index, value))
 
 
 # --------------------------------------------------------------------------- splits
 
 
-@dataclass
-class InstructionSplits:
-    """The train / validation / test records of a run."""
-
-    train: list[InstructionRecord]
-    val: list[InstructionRecord]
-    test: list[InstructionRecord] = field(default_factory=list)
-
-    def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
-
-    def get(self, name: str) -> list[InstructionRecord]:
-        if name == "all":
-            return self.train + self.test + self.val
-        if name not in ("train", "val", "test"):
-            raise ConfigError(f"unknown split {name!r}; use train, val, test or all")
-        return getattr(self, name)
-
-
-def split_records(records: Sequence[InstructionRecord], *, method: Literal["order", "random"] = "order",
-                  train_fraction: float = 0.85, test_fraction: float = 0.10, seed: int = 123) -> InstructionSplits:
+def split_records(records: Sequence[R], *, method: Literal["order", "random"] = "order",
+                  train_fraction: float = 0.85, test_fraction: float = 0.10, seed: int = 123) -> Splits[R]:
     """Split as the reference recipe does: ``int(train_fraction n)`` train, the next
     ``int(test_fraction n)`` test, the rest validation; in file order (``order``) or after a
     shuffle seeded with ``seed`` (``random``). 1,100 records give 935 / 110 / 55."""
     items = list(records)
     if method == "random":
         random.Random(seed).shuffle(items)
-    elif method != "order":
-        raise ConfigError(f"unknown split method {method!r}; use order or random")
     n_train, n_test = int(len(items) * train_fraction), int(len(items) * test_fraction)
-    return InstructionSplits(items[:n_train], items[n_train + n_test:], items[n_train:n_train + n_test])
+    return Splits(items[:n_train], items[n_train + n_test:], items[n_train:n_train + n_test])
 
 
 @dataclass
-class RecordsDataConfig:
+class RecordsDataConfig(SourceConfig):
     """Where records come from and how they are split: the keys that instruction and
     preference data share (each task's section adds its own record keys and lengths)."""
 
     dataset: str | None = DEFAULT_DATASET
-    """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
-    path: str | None = None
-    """One JSON list or JSONL file of records, split by split (instead of dataset)."""
-    train_file: str | None = None
-    """Explicit splits: the training file (with val_file; instead of dataset or path)."""
-    val_file: str | None = None
-    """Explicit splits: the validation file."""
-    test_file: str | None = None
-    """Explicit splits: the test file (optional)."""
     instruction_field: str = "instruction"
     """The record key of the instruction."""
     input_field: str = "input"
@@ -219,30 +180,19 @@ class RecordsDataConfig:
     """Share of the records that test (the rest validate)."""
     split_seed: int = 123
     """Seed of the random split."""
-    data_dir: str | None = None
-    """Registry mirror folder (default $CUSTOMGPT_DATA_DIR)."""
-    cache_dir: str | None = None
-    """Registry download folder."""
 
-    def __post_init__(self) -> None:
-        """Exactly one of dataset, path or train_file (with val_file); train / test fractions
-        in [0, 1] that leave records to validate. Raises ConfigError naming the ``data.`` key."""
-        sources = [k for k in ("dataset", "path", "train_file") if getattr(self, k)]
-        if len(sources) != 1:
-            raise ConfigError("data.dataset: give exactly one data source: data.dataset (a registered name), "
-                              "data.path (one file to split) or data.train_file with data.val_file (explicit "
-                              f"splits); got {', '.join('data.' + s for s in sources) or 'none'}")
+    def validate(self) -> None:
+        """One data source (explicit splits with a validation file); train / test fractions
+        in [0, 1] that leave records to validate."""
+        super().validate()
         if self.train_file and not self.val_file:
-            raise ConfigError("data.val_file: explicit splits need a validation file beside data.train_file")
-        if (self.val_file or self.test_file) and not self.train_file:
-            raise ConfigError("data.val_file: data.val_file / data.test_file go with data.train_file")
+            raise FieldError("val_file", "explicit splits need a validation file beside data.train_file")
         for key in ("train_fraction", "test_fraction"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0 or value != value:
-                raise ConfigError(f"data.{key}: must be in [0, 1], got {value}")
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise FieldError(key, f"must be in [0, 1], got {getattr(self, key)}")
         if self.train_fraction <= 0 or self.train_fraction + self.test_fraction >= 1.0:
-            raise ConfigError(f"data.train_fraction: train ({self.train_fraction}) and test ({self.test_fraction}) "
-                              "fractions must leave records for validation")
+            raise FieldError("train_fraction", f"train ({self.train_fraction}) and test ({self.test_fraction}) "
+                             "fractions must leave records for validation")
 
 
 @dataclass
@@ -256,17 +206,14 @@ class InstructDataConfig(RecordsDataConfig):
     mask_instructions: bool = False
     """Loss on the response tokens only (the prompt's targets are ignored)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        super().validate()
         if self.max_length is not None and self.max_length < 1:
-            raise ConfigError(f"data.max_length: must be >= 1 or none, got {self.max_length}")
-        names = [self.instruction_field, self.input_field, self.output_field]
+            raise FieldError("max_length", f"must be >= 1 or none, got {self.max_length}")
+        names = (self.instruction_field, self.input_field, self.output_field)
         if len(set(names)) != 3 or not all(names):
-            raise ConfigError(f"data.instruction_field / input_field / output_field must be three different keys, got {names}")
-
-    @property
-    def fields(self) -> Fields:
-        return Fields(self.instruction_field, self.input_field, self.output_field)
+            raise FieldError("instruction_field", f"instruction_field, input_field and output_field must be three "
+                             f"different keys, got {list(names)}")
 
 
 def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | None = None, *,
@@ -276,14 +223,12 @@ def resolve_source(source: str, data_dir: str | None = None, cache_dir: str | No
     path = Path(source).expanduser()
     if path.is_file():
         return path
-    from customgpt.data.registry import DATASETS, fetch
-
     if source in DATASETS:
         return fetch(source, data_dir, cache_dir, data_dir_option=data_dir_option)
     raise DataError(f"{source}: no such file, and not a registered dataset ({', '.join(DATASETS)})")
 
 
-def split_sources(cfg: RecordsDataConfig, read: Callable[[str | Path], list[Any]], limit: int | None = None) -> InstructionSplits:
+def split_sources(cfg: RecordsDataConfig, read: Callable[[str | Path], list[R]], limit: int | None = None) -> Splits[R]:
     """Read the files of ``cfg`` (explicit splits, or one file or registered
     dataset to split by ``cfg.split``) with ``read``; ``limit``: only the first records of
     the one file. Every file is read and checked before anything else happens.
@@ -292,7 +237,7 @@ def split_sources(cfg: RecordsDataConfig, read: Callable[[str | Path], list[Any]
         DataError: a bad file or record, an empty training or validation split.
     """
     if cfg.train_file:
-        splits = InstructionSplits(read(cfg.train_file), read(cfg.val_file), read(cfg.test_file) if cfg.test_file else [])
+        splits = Splits(read(cfg.train_file), read(cfg.val_file), read(cfg.test_file) if cfg.test_file else [])
     else:
         path = resolve_source(cfg.path or cfg.dataset, cfg.data_dir, cfg.cache_dir, data_dir_option="--data.data_dir")
         records = read(path)[:limit]
@@ -305,13 +250,14 @@ def split_sources(cfg: RecordsDataConfig, read: Callable[[str | Path], list[Any]
     return splits
 
 
-def prepare_splits(cfg: InstructDataConfig) -> InstructionSplits:
+def prepare_splits(cfg: InstructDataConfig) -> Splits[InstructionRecord]:
     """Read, validate and split the records of ``cfg`` (:func:`split_sources`).
 
     Raises:
         DataError: a bad file or record, an empty training or validation split.
     """
-    return split_sources(cfg, lambda path: read_instruction_file(path, cfg.fields))
+    fields = (cfg.instruction_field, cfg.input_field, cfg.output_field)
+    return split_sources(cfg, lambda path: read_instruction_file(path, fields))
 
 
 # --------------------------------------------------------------------------- tokens
@@ -334,8 +280,7 @@ class InstructionDataset(Dataset):
 
     def __init__(self, records: Sequence[InstructionRecord], tokenizer, style: PromptStyle,
                  max_length: int | None = None) -> None:
-        self.records = list(records)
-        encoded = [encode_example(tokenizer, style, r) for r in self.records]
+        encoded = [encode_example(tokenizer, style, r) for r in records]
         self.ids = [ids for ids, _ in encoded]
         self.prompt_lengths = [p for _, p in encoded]
         self.max_length = max_length
@@ -354,25 +299,22 @@ def collate_instructions(
     eot_id: int = EOT_ID,
     max_length: int | None = None,
     mask_instructions: bool = False,
-    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[Tensor, Tensor]:
     """Inputs and targets, both (B, T), of a batch of ``(ids, prompt_length)`` examples.
 
     Each example becomes ``ids + [eot_id]``, right-padded with ``eot_id`` to the longest
     (``T = max(len(ids))``, at most ``max_length``); inputs are its first ``T`` tokens,
     targets the tokens one to the right. The target of the first end-of-text (right after
-    the last real token) is kept; every padding target after it is ``ignore_index``. With
-    ``mask_instructions`` the targets that predict prompt tokens are ``ignore_index`` too
+    the last real token) is kept; every padding target after it is ``IGNORE_INDEX``. With
+    ``mask_instructions`` the targets that predict prompt tokens are ``IGNORE_INDEX`` too
     (the first response token's stays). This is the reference's ``custom_collate_fn``
     (LLMs-from-scratch, chapter 7, with exercise 7.2's masking) and gives the same tensors,
     the pad id being the end-of-text id; the rule here is by position, so it holds even for
     ids that contain the end-of-text id.
     """
-    if not batch:
-        raise ValueError("an empty batch")
     longest = max(len(ids) for ids, _ in batch)
     inputs = torch.full((len(batch), longest), eot_id, dtype=torch.long)
-    targets = torch.full((len(batch), longest), ignore_index, dtype=torch.long)
+    targets = torch.full((len(batch), longest), IGNORE_INDEX, dtype=torch.long)
     for row, (ids, prompt_length) in enumerate(batch):
         n = len(ids)
         if n == 0:
@@ -382,7 +324,7 @@ def collate_instructions(
         targets[row, : n - 1] = seq[1:]
         targets[row, n - 1] = eot_id
         if mask_instructions:
-            targets[row, : max(prompt_length - 1, 0)] = ignore_index
+            targets[row, : max(prompt_length - 1, 0)] = IGNORE_INDEX
     if max_length is not None:
         inputs, targets = inputs[:, :max_length], targets[:, :max_length]
     return inputs, targets

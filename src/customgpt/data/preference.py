@@ -19,17 +19,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from customgpt.constants import EOT_ID
-from customgpt.data.instruct import (
-    MAX_REPORTED,
-    InstructionSplits,
-    RecordsDataConfig,
-    read_records,
-    split_sources,
-)
-from customgpt.errors import ConfigError, DataError
+from customgpt.data import MAX_REPORTED, Splits
+from customgpt.data.instruct import RecordsDataConfig, read_records, split_sources
+from customgpt.errors import DataError
 from customgpt.prompts import PromptStyle
+from customgpt.sections import FieldError
 
 #: The registry's preference dataset, the default source.
 DEFAULT_DATASET = "instruction-data-with-preference"
@@ -61,28 +58,22 @@ class PreferenceRecord:
         return self.chosen
 
 
-@dataclass(frozen=True)
-class PreferenceFields:
-    """The record keys of the four texts."""
-
-    instruction: str = "instruction"
-    input: str = "input"
-    chosen: str = "chosen"
-    rejected: str = "rejected"
+#: The record keys of the instruction, the input, the chosen and the rejected response.
+FIELDS = ("instruction", "input", "chosen", "rejected")
 
 
-def read_preference_file(path: str | Path, fields: PreferenceFields = PreferenceFields()) -> list[PreferenceRecord]:
+def read_preference_file(path: str | Path, fields: Sequence[str] = FIELDS) -> list[PreferenceRecord]:
     """Read and validate a JSON list or JSON Lines file of preference records
-    (:func:`~customgpt.data.instruct.read_records`): instruction, chosen and rejected
-    non-empty strings, input a string when present.
+    (:func:`~customgpt.data.instruct.read_records`; ``fields``: the record keys in
+    :data:`FIELDS` order): instruction, chosen and rejected non-empty strings, input a string when present.
 
     Raises:
         DataError: unreadable file, invalid UTF-8 (byte offset), invalid JSON, malformed records.
     """
-    return read_records(path, (fields.instruction, fields.chosen, fields.rejected, fields.input), (fields.input,),
-                        lambda index, value: PreferenceRecord(value[fields.instruction], value.get(fields.input, ""),
-                                                              value[fields.chosen], value[fields.rejected],
-                                                              str(path), index, value))
+    instruction, input_, chosen, rejected = fields
+    return read_records(path, (instruction, chosen, rejected, input_), (input_,),
+                        lambda index, value: PreferenceRecord(value[instruction], value.get(input_, ""), value[chosen],
+                                                              value[rejected], str(path), index, value))
 
 
 @dataclass
@@ -90,7 +81,6 @@ class PreferenceDataConfig(RecordsDataConfig):
     """Where the preference records come from and how they are split and tokenized."""
 
     dataset: str | None = DEFAULT_DATASET
-    """A registered dataset, fetched through the registry (mirror data_dir or $CUSTOMGPT_DATA_DIR, else cache, else download)."""
     chosen_field: str = "chosen"
     """The record key of the preferred response."""
     rejected_field: str = "rejected"
@@ -100,30 +90,25 @@ class PreferenceDataConfig(RecordsDataConfig):
     max_length: int | None = None
     """Tokens per sequence (prompt + response); longer ones are truncated and counted. None: the model's context length."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.limit is not None and self.limit < 2:
-            raise ConfigError(f"data.limit: must be >= 2 or none, got {self.limit}")
-        if self.max_length is not None and self.max_length < 2:
-            raise ConfigError(f"data.max_length: must be >= 2 or none, got {self.max_length}")
-        names = [self.instruction_field, self.input_field, self.chosen_field, self.rejected_field]
+    def validate(self) -> None:
+        super().validate()
+        for key in ("limit", "max_length"):
+            if getattr(self, key) is not None and getattr(self, key) < 2:
+                raise FieldError(key, f"must be >= 2 or none, got {getattr(self, key)}")
+        names = (self.instruction_field, self.input_field, self.chosen_field, self.rejected_field)
         if len(set(names)) != 4 or not all(names):
-            raise ConfigError(f"data.instruction_field / input_field / chosen_field / rejected_field must be four "
-                              f"different keys, got {names}")
-
-    @property
-    def fields(self) -> PreferenceFields:
-        return PreferenceFields(self.instruction_field, self.input_field, self.chosen_field, self.rejected_field)
+            raise FieldError("instruction_field", "instruction_field, input_field, chosen_field and rejected_field "
+                             f"must be four different keys, got {list(names)}")
 
 
-def prepare_preference_splits(cfg: PreferenceDataConfig) -> InstructionSplits:
-    """Read, validate and split the records of ``cfg`` (every file checked before training);
-    the splits hold :class:`PreferenceRecord` objects.
+def prepare_preference_splits(cfg: PreferenceDataConfig) -> Splits[PreferenceRecord]:
+    """Read, validate and split the records of ``cfg`` (every file checked before training).
 
     Raises:
         DataError: a bad file or record, an empty training or validation split.
     """
-    return split_sources(cfg, lambda path: read_preference_file(path, cfg.fields), cfg.limit)
+    fields = (cfg.instruction_field, cfg.input_field, cfg.chosen_field, cfg.rejected_field)
+    return split_sources(cfg, lambda path: read_preference_file(path, fields), cfg.limit)
 
 
 # --------------------------------------------------------------------------- tokens
@@ -138,7 +123,7 @@ class PreferenceExample:
     rejected_ids: list[int]
 
 
-def encode_preference(tokenizer, style: PromptStyle, record: PreferenceRecord, *, eot_id: int = EOT_ID) -> PreferenceExample:
+def encode_preference(tokenizer, style: PromptStyle, record: PreferenceRecord) -> PreferenceExample:
     """A record as token ids: the style's prompt, and each response (with the style's response
     end, then the end-of-text id), all encoded as plain text."""
     prompt, chosen = style.format_example(record.instruction, record.input, record.chosen)
@@ -147,7 +132,7 @@ def encode_preference(tokenizer, style: PromptStyle, record: PreferenceRecord, *
     def enc(text: str) -> list[int]:
         return tokenizer.encode(text, allowed_special="none")
 
-    return PreferenceExample(enc(prompt), enc(chosen) + [eot_id], enc(rejected) + [eot_id])
+    return PreferenceExample(enc(prompt), enc(chosen) + [EOT_ID], enc(rejected) + [EOT_ID])
 
 
 class PreferenceDataset(torch.utils.data.Dataset):
@@ -160,22 +145,19 @@ class PreferenceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, records: Sequence[PreferenceRecord], tokenizer, style: PromptStyle,
-                 max_length: int | None = None, *, eot_id: int = EOT_ID) -> None:
-        self.records = list(records)
-        self.examples = [encode_preference(tokenizer, style, r, eot_id=eot_id) for r in self.records]
+                 max_length: int | None = None) -> None:
+        self.examples = [encode_preference(tokenizer, style, r) for r in records]
         self.max_length = max_length
-        self.eot_id = eot_id
         self.reference_logps: Tensor | None = None
+        self.n_truncated = 0
         if max_length is not None:
             self.n_truncated = sum(len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) > max_length
                                    for e in self.examples)
-            no_room = [r.index for r, e in zip(self.records, self.examples) if len(e.prompt_ids) >= max_length]
+            no_room = [r.index for r, e in zip(records, self.examples) if len(e.prompt_ids) >= max_length]
             if no_room:
                 raise DataError(f"{len(no_room)} record(s) have prompts of {max_length} tokens or more, leaving no "
                                 f"response token within data.max_length (records {no_room[:MAX_REPORTED]}); raise "
                                 "data.max_length or shorten them")
-        else:
-            self.n_truncated = 0
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -185,8 +167,6 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def set_reference_logps(self, logps: Tensor) -> None:
         """Store the reference model's (N, 2) (chosen, rejected) log-probs with the examples."""
-        if logps.shape != (len(self), 2):
-            raise ValueError(f"reference log-probs must have shape ({len(self)}, 2), got {tuple(logps.shape)}")
         self.reference_logps = logps.detach().to("cpu", torch.float64)
 
 
@@ -237,21 +217,11 @@ def collate_preference(batch: Sequence[tuple[int, PreferenceExample]], *, eot_id
         reference_logps: the dataset's (N, 2) precomputed reference log-probs, if any; the
             batch takes the rows of its pairs.
     """
-    if not batch:
-        raise ValueError("an empty batch")
-    seqs: list[tuple[list[int], int]] = []
-    for side in ("chosen_ids", "rejected_ids"):
-        for _, ex in batch:
-            seq = ex.prompt_ids + getattr(ex, side)
-            if max_length is not None:
-                seq = seq[:max_length]
-            seqs.append((seq, len(ex.prompt_ids)))
-    T = max(len(s) for s, _ in seqs) - 1
-    ids = torch.full((len(seqs), T + 1), eot_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T + 1, dtype=torch.bool)
-    for row, (seq, n_prompt) in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, n_prompt: len(seq)] = True  # response tokens as they sit in the sequence
+    seqs = [(torch.tensor((ex.prompt_ids + getattr(ex, side))[:max_length], dtype=torch.long), len(ex.prompt_ids))
+            for side in ("chosen_ids", "rejected_ids") for _, ex in batch]
+    ids = pad_sequence([seq for seq, _ in seqs], batch_first=True, padding_value=eot_id)
+    # true at the response tokens as they sit in the sequence
+    mask = pad_sequence([torch.arange(len(seq)) >= n_prompt for seq, n_prompt in seqs], batch_first=True)
     indices = torch.tensor([i for i, _ in batch], dtype=torch.long)
     ref = reference_logps[indices] if reference_logps is not None else None
     return PreferenceBatch(ids[:, :-1].contiguous(), ids[:, 1:].contiguous(), mask[:, 1:].contiguous(), indices, ref)

@@ -5,15 +5,10 @@ customgpt's own server): :class:`JudgeClient` posts to ``{url}/chat/completions`
 temperature 0 and a fixed seed, so a deterministic server answers the same every time.
 
 The prompt is the reference recipe's (LLMs-from-scratch, chapter 7, ``ollama_evaluate.py``),
-word for word, with the record's instruction and input written in the Alpaca format::
-
-    Given the input `{alpaca instruction and input}` and correct output `{output}`, score the
-    model response `{model_response}` on a scale from 0 to 100, where 100 is the best score.
-    Respond with the integer number only.
-
-As in the reference, an empty response scores 0 without asking. An answer that is not a
-whole number from 0 to 100 (surrounding whitespace allowed) is reported and left out of the
-mean, never guessed. Connection errors, timeouts and HTTP 408 / 429 / 5xx are retried with
+word for word (:data:`JUDGE_PROMPT`), with the record's instruction and input written in the
+Alpaca format. As in the reference, an empty response scores 0 without asking. An answer that
+is not a whole number from 0 to 100 (surrounding whitespace allowed) is reported and left out
+of the mean, never guessed. Connection errors, timeouts and HTTP 408 / 429 / 5xx are retried with
 exponential backoff (``Retry-After`` honoured); other HTTP errors stop the run at once.
 """
 
@@ -45,12 +40,10 @@ class JudgeError(CustomGPTError):
     """The judge endpoint failed: refused, unreachable after the retries, or a malformed reply."""
 
 
-def judge_prompt(record: Mapping[str, Any], *, response_key: str = "model_response",
-                 instruction_key: str = "instruction", input_key: str = "input", output_key: str = "output") -> str:
+def judge_prompt(record: Mapping[str, Any], *, response_key: str = "model_response") -> str:
     """The reference prompt for one record (instruction and input in the Alpaca format)."""
-    alpaca = get_prompt_style("alpaca")
-    given = alpaca.format_input(record[instruction_key], record.get(input_key) or "")
-    parts = {"{input}": given, "{output}": record[output_key], "{response}": record[response_key]}
+    given = get_prompt_style("alpaca").format_input(record["instruction"], record.get("input") or "")
+    parts = {"{input}": given, "{output}": record["output"], "{response}": record[response_key]}
     pieces = re.split(r"(\{input\}|\{output\}|\{response\})", JUDGE_PROMPT)
     return "".join(parts.get(piece, piece) for piece in pieces)
 
@@ -74,13 +67,13 @@ class JudgeClient:
         timeout: seconds to wait for each answer.
         max_retries: further tries after a transient failure.
         backoff: seconds before the first retry; doubled for each further one.
-        seed, temperature: sent with every request (deterministic answers).
-        transport: an ``httpx`` transport (tests); ``sleep``: the wait function (tests).
+        seed: sent with every request, with temperature 0 (deterministic answers).
+        sleep: the wait function (tests).
     """
 
     def __init__(self, url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0,
-                 max_retries: int = 3, backoff: float = 1.0, seed: int = 123, temperature: float = 0.0,
-                 transport: Any = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 max_retries: int = 3, backoff: float = 1.0, seed: int = 123,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         import httpx
 
         if not url.startswith(("http://", "https://")):
@@ -89,10 +82,10 @@ class JudgeClient:
             raise JudgeError("judge: max_retries and backoff must be >= 0 and timeout > 0")
         base = url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        self.model, self.seed, self.temperature = model, seed, temperature
+        self.model, self.seed = model, seed
         self.max_retries, self.backoff, self.sleep = max_retries, backoff, sleep
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
+        self._client = httpx.Client(timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._client.close()
@@ -122,7 +115,7 @@ class JudgeClient:
         import httpx
 
         payload = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                   "temperature": self.temperature, "seed": self.seed, "stream": False}
+                   "temperature": 0.0, "seed": self.seed, "stream": False}
         last = ""
         for attempt in range(self.max_retries + 1):
             retry_after = None

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
-from customgpt.constants import EOT_ID, IGNORE_INDEX
+from customgpt.constants import IGNORE_INDEX
 from customgpt.data.instruct import InstructionDataset, collate_instructions
 from customgpt.losses import model_lm_loss
 
@@ -69,14 +70,16 @@ def summed_loss(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], devi
 
 
 def response_perplexity(model: nn.Module, dataset: InstructionDataset, *, batch_size: int = 8,
-                        eot_id: int = EOT_ID, device: torch.device | str | None = None) -> Perplexity:
-    """Perplexity on the response tokens of every example (each response's end-of-text
-    included, prompt tokens excluded), truncated to the dataset's ``max_length``."""
-    order = range(len(dataset))
-    batches = (collate_instructions([dataset[i] for i in order[k:k + batch_size]], eot_id=eot_id,
-                                    max_length=dataset.max_length, mask_instructions=True)
-               for k in range(0, len(dataset), batch_size))
-    return perplexity_of(*summed_loss(model, batches, device))
+                        max_batches: int | None = None, mask_instructions: bool = True,
+                        device: torch.device | str | None = None, autocast=None) -> Perplexity:
+    """Perplexity on the response tokens of the examples in the first ``max_batches`` batches
+    (all with None), each response's end-of-text included, prompt tokens excluded (included
+    too without ``mask_instructions``), truncated to the dataset's ``max_length``."""
+    n = len(dataset) if max_batches is None else min(len(dataset), max_batches * batch_size)
+    batches = (collate_instructions([dataset[i] for i in range(k, min(k + batch_size, n))],
+                                    max_length=dataset.max_length, mask_instructions=mask_instructions)
+               for k in range(0, n, batch_size))
+    return perplexity_of(*summed_loss(model, batches, device, autocast))
 
 
 def text_perplexity(model: nn.Module, ids: Sequence[int], *, context_length: int | None = None,
@@ -86,19 +89,8 @@ def text_perplexity(model: nn.Module, ids: Sequence[int], *, context_length: int
     is a target once."""
     context = context_length or model.config.context_length
     ids = torch.as_tensor(list(ids), dtype=torch.long)
-    windows = []
-    for start in range(0, max(len(ids) - 1, 0), context):
-        chunk = ids[start:start + context + 1]
-        windows.append((chunk[:-1], chunk[1:]))
-
-    def batches():
-        for k in range(0, len(windows), batch_size):
-            part = windows[k:k + batch_size]
-            width = max(len(x) for x, _ in part)
-            x = torch.full((len(part), width), 0, dtype=torch.long)
-            y = torch.full((len(part), width), IGNORE_INDEX, dtype=torch.long)
-            for row, (a, b) in enumerate(part):
-                x[row, :len(a)], y[row, :len(b)] = a, b
-            yield x, y
-
-    return perplexity_of(*summed_loss(model, batches(), device))
+    windows = [ids[start:start + context + 1] for start in range(0, max(len(ids) - 1, 0), context)]
+    batches = ((pad_sequence([w[:-1] for w in part], batch_first=True),
+                pad_sequence([w[1:] for w in part], batch_first=True, padding_value=IGNORE_INDEX))
+               for part in (windows[k:k + batch_size] for k in range(0, len(windows), batch_size)))
+    return perplexity_of(*summed_loss(model, batches, device))

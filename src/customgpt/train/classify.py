@@ -32,6 +32,7 @@ from customgpt.data.classification import (
     prepare_splits,
 )
 from customgpt.errors import ConfigError
+from customgpt.evaluate.perplexity import eval_mode
 from customgpt.io import atomic_open, atomic_write_text
 from customgpt.lora import LoRAConfig
 from customgpt.losses import ClassificationLoss, FocalLoss, causal_lm_loss
@@ -196,17 +197,15 @@ def evaluate(model: torch.nn.Module, data: ClassificationDataset, rt: Runtime, l
              batch_size: int) -> tuple[dict[str, Any], Tensor]:
     """(report with ``loss`` added, class probabilities (N, K)) over the FULL split (plain
     cross-entropy loss). Rows are batched by length (less padding), then put back in order."""
-    was_training = model.training
-    model.eval()
     order = sorted(range(len(data)), key=lambda i: len(data.ids[i]))
     probs = torch.empty(len(data), model.num_classes)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate_classification([data[i] for i in idx], data.pad_id)
-        with rt.autocast():
-            logits = model(batch["input_ids"].to(rt.device), batch["attention_mask"].to(rt.device))
-        probs[idx] = torch.softmax(logits.float(), dim=-1).cpu()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = collate_classification([data[i] for i in idx], data.pad_id)
+            with rt.autocast():
+                logits = model(batch["input_ids"].to(rt.device), batch["attention_mask"].to(rt.device))
+            probs[idx] = torch.softmax(logits.float(), dim=-1).cpu()
     report = classification_report(data.labels, probs.argmax(-1).tolist(), labels)
     targets = torch.tensor(data.labels)
     report["loss"] = float(-torch.log(probs[torch.arange(len(data)), targets].clamp_min(1e-12)).mean())
@@ -225,7 +224,8 @@ def _better(report: dict[str, Any], best: dict[str, Any] | None, metric: str) ->
 
 
 def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
-    """Train a classifier as ``cfg`` says; returns the summary also written to ``metrics.json``.
+    """Train a classifier as ``cfg`` says; returns the summary also written to ``metrics.json``
+    (its ``message``: the lines the command prints).
 
     Raises DataError / ConfigError (naming the file, line or key) before anything is created."""
     clock = time.perf_counter()
@@ -259,7 +259,6 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
     schedule = build_schedule(tcfg, total_steps)
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
     scaler = rt.grad_scaler()
-    params = [p for p in model.parameters() if p.requires_grad]
     print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(True):,} trainable "
           f"({ccfg.trainable}); {total_steps} steps", flush=True)
     # What is evaluated and saved: the model, or a moving average of its weights (smoother on
@@ -286,7 +285,7 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
             set_lr(optimizer, lr)
             batch = {k: v.to(rt.device) for k, v in batch.items()}
             stats = accumulate_gradients(model, batch, loss_fn, micro, **aux)
-            grad_norm, _ = optimizer_step(optimizer, scaler, params, tcfg.grad_clip)
+            grad_norm, _ = optimizer_step(optimizer, scaler, model.parameters(), tcfg.grad_clip)
             if ema is not None:
                 ema.update_parameters(model)
             step, n = step + 1, len(batch["labels"])
@@ -333,6 +332,8 @@ def finetune_classify(cfg: ClassifyConfig) -> dict[str, Any]:
         "val": val_report, "test": test_report, "train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds,
         "total_seconds": time.perf_counter() - clock, "device": str(rt.device), "threads": torch.get_num_threads(),
         "seed": tcfg.seed, "run_dir": str(run_dir),
+        "message": (f"test accuracy {test_report['accuracy']:.4f}, " if test_report else "")
+        + f"training {train_seconds:.1f}s; best epoch {best_epoch}\nrun folder: {run_dir} (classifier: {run_dir}/best)",
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     if cfg.logging.plots:

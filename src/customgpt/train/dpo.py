@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from customgpt.checkpoints import load_model
 from customgpt.data.preference import (
     PreferenceBatch,
     PreferenceDataConfig,
@@ -32,12 +33,13 @@ from customgpt.data.preference import (
     collate_preference,
     prepare_preference_splits,
 )
+from customgpt.data.registry import cache_root
 from customgpt.errors import ConfigError
 from customgpt.evaluate.overlap import rouge_l
 from customgpt.evaluate.perplexity import eval_mode
 from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 from customgpt.io import atomic_write_bytes, atomic_write_text
-from customgpt.lora import LoRAConfig
+from customgpt.lora import LoRAConfig, disable_adapters
 from customgpt.losses import (
     PREFERENCE_LOSSES,
     DPOLoss,
@@ -50,6 +52,7 @@ from customgpt.losses import (
     preference_metrics,
 )
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
+from customgpt.tokenizer import get_tokenizer
 from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     FieldError,
@@ -70,9 +73,6 @@ from customgpt.train.step import optimizer_step
 #: The metric names TRL's DPOTrainer logs, in its order.
 METRIC_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "logps/chosen", "logps/rejected")
-
-#: The cache subfolder of the precomputed reference log-probs.
-REFERENCE_CACHE = "reference-logps"
 
 
 # --------------------------------------------------------------------------- config
@@ -115,14 +115,12 @@ class DPOTrainConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta is not None and not (self.beta > 0 and math.isfinite(self.beta)):
-            raise FieldError("beta", f"must be a finite number > 0, got {self.beta}")
+        if self.beta is not None and not self.beta > 0:  # finite: Section
+            raise FieldError("beta", f"must be > 0, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise FieldError("label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
         if self.label_smoothing and self.loss != "dpo":
             raise FieldError("label_smoothing", f"applies to loss dpo only, not {self.loss}")
-        if not math.isfinite(self.simpo_gamma):
-            raise FieldError("simpo_gamma", f"must be finite, got {self.simpo_gamma}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
             raise FieldError("eval_batch_size", f"must be >= 1 or none, got {self.eval_batch_size}")
         if self.collapse_prompts < 0 or self.collapse_max_new_tokens < 1 or self.response_max_new_tokens < 1:
@@ -207,8 +205,6 @@ class Reference:
             ref = batch.reference_logps.to(rt.device, torch.float32)
             return ref[:, 0], ref[:, 1]
         if self.mode == "adapters":
-            from customgpt.lora import disable_adapters
-
             with disable_adapters(self.policy), eval_mode(self.policy), rt.autocast():
                 return batch_logps(self.policy, batch, self.reduction)
         assert self.model is not None
@@ -241,14 +237,6 @@ def precompute_reference_logps(model: nn.Module, dataset: PreferenceDataset, *, 
             out[batch.indices, 0] = chosen.double().cpu()
             out[batch.indices, 1] = rejected.double().cpu()
     return out
-
-
-def reference_cache_dir(cache_dir: str | None = None) -> Path:
-    """Where precomputed reference log-probs live: ``cache_dir/reference-logps`` (the data
-    section's cache folder) if given, else under customgpt's cache root."""
-    from customgpt.data.registry import cache_root
-
-    return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / REFERENCE_CACHE
 
 
 def attach_reference_logps(model: nn.Module, datasets: dict[str, PreferenceDataset], *, reduction: str,
@@ -293,8 +281,7 @@ def pair_loss(policy: nn.Module, reference: Reference, loss_fn: PreferenceLoss, 
 def _batches(dataset: PreferenceDataset, batch_size: int, order: Sequence[int]) -> Iterator[PreferenceBatch]:
     for start in range(0, len(order), batch_size):
         items = [dataset[i] for i in order[start:start + batch_size]]
-        yield collate_preference(items, eot_id=dataset.eot_id, max_length=dataset.max_length,
-                                 reference_logps=dataset.reference_logps)
+        yield collate_preference(items, max_length=dataset.max_length, reference_logps=dataset.reference_logps)
 
 
 @torch.no_grad()
@@ -404,16 +391,13 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     tcfg = cfg.train
     rt = setup_runtime(cfg.runtime, distributed=False)
     seed_everything(tcfg.seed)
-    from customgpt.tokenizer import get_tokenizer
-
     tokenizer = get_tokenizer()
     style = cfg.prompt.build()
     policy = cfg.model.build()
     if tcfg.trainable == "lora":
         cfg.lora.apply(policy)  # only the adapters train
     max_length = min(cfg.data.max_length or policy.config.context_length, policy.config.context_length)
-    data = {name: PreferenceDataset(splits.get(name), tokenizer, style, max_length, eot_id=tokenizer.eot_id)
-            for name in ("train", "val")}
+    data = {name: PreferenceDataset(splits.get(name), tokenizer, style, max_length) for name in ("train", "val")}
     policy = policy.to(rt.device).train()
     loss_fn = tcfg.build_loss()
     mode = tcfg.reference if loss_fn.needs_reference else "none"
@@ -422,19 +406,18 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     eval_bs = tcfg.eval_batch_size or tcfg.batch_size
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    bar_out = Progress(0, enabled=False, echo=True)  # plain lines, with or without the bar
-    bar_out.write(f"preference tuning: {tcfg.loss} (reference: {mode}, reduction: {loss_fn.reduction}); pairs "
-                  f"train {len(data['train'])}, val {len(data['val'])}, test {len(splits.test)}; "
-                  f"{sum(d.n_truncated for d in data.values())} truncated to {max_length} tokens")
+    print(f"preference tuning: {tcfg.loss} (reference: {mode}, reduction: {loss_fn.reduction}); pairs "
+          f"train {len(data['train'])}, val {len(data['val'])}, test {len(splits.test)}; "
+          f"{sum(d.n_truncated for d in data.values())} truncated to {max_length} tokens", flush=True)
     if mode == "precomputed":
+        folder = (Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_root()) / "reference-logps"
         path, reused = attach_reference_logps(policy, data, reduction=loss_fn.reduction, batch_size=eval_bs, rt=rt,
-                                              folder=reference_cache_dir(cfg.data.cache_dir))
-        bar_out.write(f"reference log-probs {'read from' if reused else 'computed into'} {path}")
+                                              folder=folder)
+        print(f"reference log-probs {'read from' if reused else 'computed into'} {path}", flush=True)
 
     micro, _ = tcfg.accumulation(1)
     steps_per_epoch = math.ceil(len(data["train"]) / tcfg.batch_size)
-    total = steps_per_epoch * tcfg.epochs if tcfg.max_steps is None else min(tcfg.max_steps,
-                                                                             steps_per_epoch * tcfg.epochs)
+    total = int(min(tcfg.max_steps or math.inf, steps_per_epoch * tcfg.epochs))
     schedule = build_schedule(tcfg, total)
     optimizer = build_optimizer(policy, cfg.optim, schedule(0), rt.device)
     probe_records = splits.val[: tcfg.collapse_prompts]
@@ -448,7 +431,7 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
     warnings: list[dict[str, Any]] = []
     diverged = False
 
-    def run_eval(step: int) -> dict[str, Any]:
+    def run_eval(step: int) -> None:
         nonlocal start_probe, healthy_step, healthy_state, stop_reason
         record: dict[str, Any] = {"step": step, "kind": "eval", "epoch": step / steps_per_epoch}
         record.update(evaluate(policy, reference, loss_fn, data["train"], rt, eval_bs, tcfg.eval_iters))
@@ -476,7 +459,6 @@ def finetune_dpo(cfg: DPOConfig) -> dict[str, Any]:
                   f"{record['rewards/accuracies']:.2f} / val {record['eval_rewards/accuracies']:.2f}"
                   + (f", repeat4 {record['probe/repeat4']:.2f}, distinct2 {record['probe/distinct2']:.2f}, "
                      f"rouge-L {record['probe/rouge_l']:.3f}" if probe_records else ""))
-        return record
 
     bar = Progress(total, enabled=cfg.logging.progress, echo=True, desc="dpo")
     train_start = time.perf_counter()
@@ -561,8 +543,6 @@ def write_test_responses(run_dir: Path, cfg: DPOConfig, style: PromptStyle, toke
     """Greedy responses of the run's model to the test records, written as the instruction
     task writes them (each record plus ``model_response``; ``output`` is the chosen response
     when the record has none), so ``customgpt eval rouge`` and ``eval judge`` read it."""
-    from customgpt.checkpoints import load_model
-
     model = load_model(run_dir / "model", device=rt.device, dtype="float32").eval()
     texts, settings = generate_responses(model, tokenizer, style, records,
                                          max_new_tokens=cfg.train.response_max_new_tokens,
@@ -572,9 +552,3 @@ def write_test_responses(run_dir: Path, cfg: DPOConfig, style: PromptStyle, toke
         row.setdefault("output", record.chosen)
     return write_json(run_dir / "test_responses.json", rows)
 
-
-__all__ = [
-    "DPOConfig", "DPOTrainConfig", "METRIC_NAMES", "Reference", "attach_reference_logps",
-    "batch_logps", "collapse_probe", "collapsed", "degeneration", "evaluate", "finetune_dpo", "pair_loss",
-    "precompute_reference_logps", "reference_cache_dir", "write_test_responses",
-]

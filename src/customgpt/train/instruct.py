@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from customgpt.checkpoints import load_model
 from customgpt.data.instruct import (
     InstructDataConfig,
     InstructionDataset,
@@ -32,12 +33,13 @@ from customgpt.data.instruct import (
 )
 from customgpt.errors import ConfigError
 from customgpt.evaluate.overlap import score_responses
-from customgpt.evaluate.perplexity import perplexity_of, response_perplexity, summed_loss
+from customgpt.evaluate.perplexity import response_perplexity
 from customgpt.evaluate.responses import generate_responses, with_responses, write_json
 from customgpt.lora import LoRAConfig
 from customgpt.losses import model_lm_loss
 from customgpt.prompts import PromptConfig, PromptStyle, prompt_style_to_dict
-from customgpt.sections import Section
+from customgpt.sections import FieldError, Section
+from customgpt.tokenizer import get_tokenizer
 from customgpt.train.checkpoint import save_merged_model
 from customgpt.train.config import (
     LoggingConfig,
@@ -53,14 +55,9 @@ from customgpt.train.runtime import Runtime, seed_everything, setup_runtime
 from customgpt.train.schedule import build_schedule
 from customgpt.train.step import count_targets, micro_loss_weight, optimizer_step
 
-#: The files a run writes beside ``metrics.jsonl`` and the ``best`` / ``final`` models
-#: (``{split}``: ``instruct.responses_split``, ``test`` by default).
-RESPONSES_NAME = "{split}_responses.json"
-METRICS_NAME = "{split}_metrics.json"
-
 
 @dataclass
-class InstructSection:
+class InstructSection(Section):
     """What trains, what is printed while training, and how the test responses are made."""
 
     trainable: Literal["all", "lora"] = "all"
@@ -80,13 +77,11 @@ class InstructSection:
     eval_batch_size: int = 8
     """Examples per batch when scoring perplexity."""
 
-    def __post_init__(self) -> None:
-        for key in ("sample_max_new_tokens", "max_new_tokens"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"instruct.{key}: must be >= 0, got {getattr(self, key)}")
-        for key in ("generation_batch_size", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"instruct.{key}: must be >= 1, got {getattr(self, key)}")
+    def validate(self) -> None:
+        for key, low in (("sample_max_new_tokens", 0), ("max_new_tokens", 0), ("generation_batch_size", 1),
+                         ("eval_batch_size", 1)):
+            if getattr(self, key) < low:
+                raise FieldError(key, f"must be >= {low}, got {getattr(self, key)}")
 
 
 @dataclass
@@ -131,17 +126,6 @@ def _epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _eval_loss(model: nn.Module, data: InstructionDataset, batch_size: int, max_batches: int | None,
-               mask: bool, rt: Runtime) -> float:
-    """Token-weighted mean loss over the first ``max_batches`` batches of ``data`` in order
-    (all with None), with the training masking."""
-    n = len(data) if max_batches is None else min(len(data), max_batches * batch_size)
-    batches = (collate_instructions([data[i] for i in range(k, min(k + batch_size, n))],
-                                    max_length=data.max_length, mask_instructions=mask)
-               for k in range(0, n, batch_size))
-    return perplexity_of(*summed_loss(model, batches, rt.device, rt.autocast)).loss
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -150,13 +134,12 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
 
     Returns:
         A summary: steps, first/last train loss, best validation loss, seconds, the test
-        perplexity / ROUGE-L / exact match when a test split is answered, the run folder.
+        perplexity / ROUGE-L / exact match (None when no split is answered), the run folder,
+        and ``message``, the lines the command prints.
 
     Raises:
         ConfigError, DataError: a bad config or data file (all checked before training).
     """
-    from customgpt.tokenizer import get_tokenizer
-
     run_dir = cfg.logging.run_folder("metrics.jsonl", "final")
     style = cfg.prompt.build()
     splits = prepare_splits(cfg.data)
@@ -183,15 +166,12 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     if icfg.trainable == "lora":
         cfg.lora.apply(model)
     model = model.to(rt.device).train()
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     steps_per_epoch = max(len(train) // tcfg.batch_size, 1)
     total_steps = tcfg.max_steps or tcfg.epochs * steps_per_epoch
     schedule = build_schedule(tcfg, total_steps)
     optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
     scaler = rt.grad_scaler()
-    params = [p for p in model.parameters() if p.requires_grad]
-    print(f"model: {n_params:,} parameters, {n_trainable:,} trainable ({icfg.trainable}); "
+    print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(True):,} trainable ({icfg.trainable}); "
           f"{total_steps} steps of {tcfg.batch_size} examples", flush=True)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -201,13 +181,15 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     sample_record = splits.val[0]
 
     def evaluate(at: int) -> float:
-        train_loss = _eval_loss(model, train, tcfg.batch_size, tcfg.eval_iters, mask, rt)
-        val_loss = _eval_loss(model, val, tcfg.batch_size, tcfg.eval_iters, mask, rt)
-        log.log({"step": at, "train_loss": train_loss, "train_ppl": math.exp(min(train_loss, 700)),
-                 "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700))})
-        bar.write(f"step {at}: train loss {train_loss:.3f} (ppl {math.exp(min(train_loss, 700)):.2f}), "
-                  f"val loss {val_loss:.3f} (ppl {math.exp(min(val_loss, 700)):.2f})")
-        return val_loss
+        """The train / validation loss and perplexity (the first train.eval_iters batches, the training masking)."""
+        tr, va = (response_perplexity(model, data, batch_size=tcfg.batch_size, max_batches=tcfg.eval_iters,
+                                      mask_instructions=mask, device=rt.device, autocast=rt.autocast)
+                  for data in (train, val))
+        log.log({"step": at, "train_loss": tr.loss, "train_ppl": tr.perplexity, "val_loss": va.loss,
+                 "val_ppl": va.perplexity})
+        bar.write(f"step {at}: train loss {tr.loss:.3f} (ppl {tr.perplexity:.2f}), val loss {va.loss:.3f} "
+                  f"(ppl {va.perplexity:.2f})")
+        return va.loss
 
     def sample(epoch: int, at: int) -> None:
         if not icfg.sample_max_new_tokens:
@@ -244,7 +226,7 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
                     loss = model_lm_loss(model, x, y)  # mean over this micro-batch
                 scaler.scale(loss * micro_loss_weight(count_targets(y), n_targets)).backward()
                 loss_sum += float(loss.detach()) * count_targets(y)
-            grad_norm, applied = optimizer_step(optimizer, scaler, params, tcfg.grad_clip)
+            grad_norm, applied = optimizer_step(optimizer, scaler, model.parameters(), tcfg.grad_clip)
             step += 1
             last_loss = loss_sum / max(n_targets, 1)
             if not math.isfinite(last_loss):
@@ -268,18 +250,20 @@ def finetune_instruct(cfg: InstructConfig) -> dict[str, Any]:
     train_seconds = time.perf_counter() - clock
     bar.close()
     save_run_model(model, run_dir / "final", style, step=step, run=str(run_dir))
-    summary: dict[str, Any] = {
-        "steps": step, "epochs": epoch, "first_loss": first_loss, "last_loss": last_loss,
-        "best_val_loss": best, "best_step": best_step, "train_seconds": train_seconds, "run_dir": str(run_dir),
-    }
-    if icfg.responses_split != "none":
-        records = splits.get(icfg.responses_split)
-        if records:
-            summary["test"] = _answer_and_score(model, tokenizer, style, records, cfg, run_dir, max_length, rt)
+    records = [] if icfg.responses_split == "none" else splits.get(icfg.responses_split)
+    test = _answer_and_score(model, tokenizer, style, records, cfg, run_dir, max_length, rt) if records else None
     log.close()
     if cfg.logging.plots:
         plot_run(run_dir)
-    return summary
+    scores = (f"{test['split']}: perplexity {test['perplexity']:.2f}, ROUGE-L {test['rouge_l']:.1f}, "
+              f"exact match {test['exact_match']:.1f}%; " if test else "")
+    return {
+        "steps": step, "epochs": epoch, "first_loss": first_loss, "last_loss": last_loss,
+        "best_val_loss": best, "best_step": best_step, "train_seconds": train_seconds, "run_dir": str(run_dir),
+        "test": test,
+        "message": f"{scores}training {train_seconds:.1f}s, {step} steps, train loss {first_loss:.3f} -> "
+                   f"{last_loss:.3f}, best validation loss {best:.3f}\nrun folder: {run_dir} (models: final/, best/)",
+    }
 
 
 def _answer_and_score(model: nn.Module, tokenizer, style: PromptStyle, records, cfg: InstructConfig, run_dir: Path,
@@ -287,9 +271,7 @@ def _answer_and_score(model: nn.Module, tokenizer, style: PromptStyle, records, 
     """Perplexity, greedy responses, ROUGE-L and exact match on ``records``; files in ``run_dir``."""
     icfg = cfg.instruct
     if icfg.responses_model == "best" and (run_dir / "best").is_dir():
-        from customgpt.checkpoints import load_model
-
-        model = load_model(run_dir / "best", device=rt.device, dtype=torch.float32)
+            model = load_model(run_dir / "best", device=rt.device, dtype=torch.float32)
     data = InstructionDataset(records, tokenizer, style, max_length)
     ppl = response_perplexity(model, data, batch_size=icfg.eval_batch_size, device=rt.device)
     clock = time.perf_counter()
@@ -298,14 +280,14 @@ def _answer_and_score(model: nn.Module, tokenizer, style: PromptStyle, records, 
                                              use_stop_strings=icfg.use_stop_strings, progress=cfg.logging.progress)
     settings = {**settings, "model": str(run_dir / icfg.responses_model)}
     rows = with_responses(records, responses, settings)
-    responses_path = run_dir / RESPONSES_NAME.format(split=icfg.responses_split)
+    responses_path = run_dir / f"{icfg.responses_split}_responses.json"
     write_json(responses_path, rows)
     per_record, overlap = score_responses(rows)
     result = {"split": icfg.responses_split, "records": len(records), "loss": ppl.loss,
               "perplexity": ppl.perplexity, "response_tokens": ppl.tokens, "rouge_l": overlap["rouge_l"],
               "exact_match": overlap["exact_match"], "generation_seconds": time.perf_counter() - clock,
               "truncated": data.n_truncated, "generation": settings}
-    write_json(run_dir / METRICS_NAME.format(split=icfg.responses_split), {**result, "per_record": per_record})
+    write_json(run_dir / f"{icfg.responses_split}_metrics.json", {**result, "per_record": per_record})
     print(f"{icfg.responses_split}: perplexity {ppl.perplexity:.2f} (loss {ppl.loss:.3f}) on {ppl.tokens} response "
           f"tokens; ROUGE-L {overlap['rouge_l']:.1f}, exact match {overlap['exact_match']:.1f}% "
           f"({len(records)} records, responses in {responses_path})", flush=True)
