@@ -147,14 +147,13 @@ class _AuthMiddleware:
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
             header = Headers(scope=scope).get("authorization", "")
             scheme, _, token = header.partition(" ")
+            message = None
             if not header:
-                error = APIError(401, "missing API key: send the header 'Authorization: Bearer KEY'",
-                                 code="invalid_api_key")
-                await error.response()(scope, receive, send)
-                return
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), self.key):
-                await APIError(401, "incorrect API key provided", code="invalid_api_key").response()(
-                    scope, receive, send)
+                message = "missing API key: send the header 'Authorization: Bearer KEY'"
+            elif scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), self.key):
+                message = "incorrect API key provided"
+            if message is not None:
+                await APIError(401, message, code="invalid_api_key").response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -239,26 +238,22 @@ class _Server:
         return min(default if value is None else value, self.config.max_tokens)
 
     def sampling(self, req, prompt_len: int, max_tokens: int, extra_stop: Sequence[str] = ()) -> SamplingParams:
-        """The request's :class:`SamplingParams`; ``max_tokens`` also capped by the window."""
-        if req.n != 1:
-            raise _bad("only n = 1 is supported", "n")
+        """The request's :class:`SamplingParams`; ``max_tokens`` also capped by the window
+        (the request model's ranges are within what :class:`SamplingParams` accepts)."""
         if req.logit_bias:
             raise _bad("logit_bias is not supported", "logit_bias")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if any(not s for s in stop):
             raise _bad("stop strings must not be empty", "stop")
-        try:
-            return SamplingParams(
-                max_new_tokens=max(0, min(max_tokens, self.ctx + 1 - prompt_len)),
-                temperature=req.temperature,
-                top_p=req.top_p,
-                presence_penalty=req.presence_penalty,
-                frequency_penalty=req.frequency_penalty,
-                stop=tuple(dict.fromkeys([*stop, *extra_stop])),
-                seed=req.seed,
-            )
-        except ConfigError as exc:
-            raise _bad(str(exc)) from None
+        return SamplingParams(
+            max_new_tokens=max(0, min(max_tokens, self.ctx + 1 - prompt_len)),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            stop=tuple(dict.fromkeys([*stop, *extra_stop])),
+            seed=req.seed,
+        )
 
     def submit(self, job: GenerationJob) -> RequestHandle:
         with _engine_errors():
@@ -523,8 +518,6 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         server.check_model(req.model)
-        if req.best_of not in (None, 1):
-            raise _bad("only best_of = 1 is supported", "best_of")
         if req.suffix:
             raise _bad("suffix is not supported", "suffix")
         if req.stream and req.echo and req.logprobs is not None:
@@ -620,22 +613,16 @@ def create_app(
 
 def _embed(model: GPT, rows: list[list[int]], pooling: str, batch_size: int = 16) -> list[Any]:
     """Pooled final hidden states (after ``ln_f``) of each row: (C,) float32 CPU tensors."""
-    import torch
-
     from customgpt.classifier import pool_hidden
+    from customgpt.data.classification import collate_classification
 
     out = []
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        T = max(len(r) for r in chunk)
-        ids = torch.zeros(len(chunk), T, dtype=torch.long, device=model.device)
-        am = torch.zeros(len(chunk), T, dtype=torch.long, device=model.device)
-        for b, r in enumerate(chunk):  # right padding: real tokens never see it (causal)
-            ids[b, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-            am[b, : len(r)] = 1
-        hidden = model.forward_hidden(ids, attention_mask=am)
-        pooled = pool_hidden(hidden, am, pooling).float().cpu()
-        out += list(pooled)
+        # Right padding: real tokens never see it (causal).
+        batch = collate_classification([(r, 0) for r in rows[start:start + batch_size]], pad_id=0)
+        am = batch["attention_mask"].to(model.device)
+        hidden = model.forward_hidden(batch["input_ids"].to(model.device), attention_mask=am)
+        out += list(pool_hidden(hidden, am, pooling).float().cpu())
     return out
 
 

@@ -43,7 +43,6 @@ from customgpt.errors import CustomGPTError
 from customgpt.generate import (
     CPUDecodeStep,
     SamplingParams,
-    StopStringBuffer,
     cpu_decode_unsupported,
     lm_head_for_generation,
     make_generator,
@@ -51,6 +50,7 @@ from customgpt.generate import (
     sampled_vocab_size,
 )
 from customgpt.generate.sampling import TokenStats
+from customgpt.generate.stream import _Row as RowOutput
 
 if TYPE_CHECKING:
     from customgpt.model import GPT, KVCache
@@ -167,14 +167,10 @@ class _Call:
 class _Row:
     handle: RequestHandle
     length: int  # tokens of this row in the cache
-    last_token: int
-    generated: int
-    decoder: Any
-    stops: StopStringBuffer
+    out: RowOutput  # the text, stop strings, token count and finish reason, as single generation keeps them
     generator: torch.Generator | None
     stats: TokenStats  # the penalties' token counts
-    text: list[str]
-    t_first: float | None = None
+    last_token: int = -1
     prompt_logprobs: list[TokenLogprob] | None = None
 
 
@@ -192,8 +188,6 @@ class BatchEngine:
     """
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, *, max_batch: int = 16, max_queue: int = 64) -> None:
-        if max_batch < 1 or max_queue < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
         if model.config.vocab_size < tokenizer.vocab_size:
             raise CustomGPTError(
                 f"the model's vocabulary ({model.config.vocab_size} ids) is smaller than the tokenizer's "
@@ -394,13 +388,9 @@ class BatchEngine:
         return _Row(
             handle=handle,
             length=len(job.prompt_ids),
-            last_token=-1,
-            generated=0,
-            decoder=self.tokenizer.incremental_decoder(),
-            stops=StopStringBuffer(params.stop),
+            out=RowOutput(len(job.prompt_ids), params, self.eot_id, self.tokenizer, self.ctx),
             generator=None if params.greedy else make_generator(params.seed, self.device),
             stats=TokenStats([job.prompt_ids], self.vocab, params, self.device),
-            text=[],
         )
 
     def _logprob(self, logprobs: Tensor, token: int, k: int) -> TokenLogprob:
@@ -420,37 +410,24 @@ class BatchEngine:
             logits[:, self.decodable :] = float("-inf")
         tokens = sample(logits, params, row.generator, seen=row.stats.seen, output_counts=row.stats.counts)
         token = int(tokens[0])
-        if row.t_first is None:
-            row.t_first = time.perf_counter()
-        row.generated += 1
         row.last_token = token
         row.stats.update(tokens)
-        handle = row.handle
-        k = handle.job.logprobs
+        k = row.handle.job.logprobs
         lp = self._logprob(torch.log_softmax(logits[0].float(), dim=-1), token, k) if k is not None else None
-        if params.stop_at_eot and token == self.eot_id:
-            if lp is not None:  # listed with the log-probs (no text), as the last token
-                handle._post(TokenEvent(token, "", lp))
-            return self._finish(row, "stop")
-        piece = row.stops.push(row.decoder.feed(token))
-        row.text.append(piece)
-        handle._post(TokenEvent(token, piece, lp))
-        if row.stops.stopped:
-            return self._finish(row, "stop")
-        if row.generated >= params.max_new_tokens:
-            return self._finish(row, "length")
-        return False
+        piece = row.out.add(token)
+        if row.out.reason != "eot" or lp is not None:  # an end-of-text token is listed with its log-prob only
+            row.handle._post(TokenEvent(token, piece, lp))
+        if row.out.reason is None:
+            return False
+        return self._finish(row, "length" if row.out.reason == "length" else "stop")
 
     def _finish(self, row: _Row, reason: str) -> bool:
-        handle = row.handle
-        if not row.stops.stopped:
-            tail = row.stops.push(row.decoder.flush()) + row.stops.flush()
-            if tail:
-                row.text.append(tail)
-                handle._post(TokenEvent(-1, tail, None))
-        ttft = None if row.t_first is None else row.t_first - handle.submitted_at
-        handle._post(FinishEvent(reason, len(handle.job.prompt_ids), row.generated, "".join(row.text),
-                                 row.prompt_logprobs, ttft))
+        handle, out = row.handle, row.out
+        tail = out.flush()
+        if tail:
+            handle._post(TokenEvent(-1, tail, None))
+        ttft = None if out.t_first is None else out.t_first - handle.submitted_at
+        handle._post(FinishEvent(reason, out.prompt_tokens, out.sampled, "".join(out.text), row.prompt_logprobs, ttft))
         return True
 
     # ------------------------------------------------------------------ prefill and decode
