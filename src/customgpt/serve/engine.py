@@ -1,30 +1,14 @@
-"""The batch engine: every model forward of the server runs in ONE worker thread
-(docs/serve.md, "Batched decoding", says what it does for a client).
+"""The batch engine: every model forward of the server runs in ONE worker thread, which
+decodes the running requests together, one token per row per step, as rows of one KV cache
+(docs/serve.md, "Batched decoding", says how rows are laid out, join, leave and share the window).
 
 Requests come in through :meth:`BatchEngine.submit` (from the asyncio event loop or any
-thread) and wait in a bounded queue (full: :class:`QueueFullError`, the server's 429). The
-worker decodes the running requests together, one token per row per step:
-
-* **Rows and the shared KV cache.** Each running request is a row of the engine's
-  :class:`~customgpt.model.KVCache` (``k`` and ``v`` of shape (L, B, H, context_length, D)),
-  passed to ``forward_hidden`` with ``input_pos = n``. Rows are right-aligned at a common
-  cache end ``n`` (left padding): a row of ``length`` tokens fills slots ``[n - length, n)``,
-  and a (B, ``context_length``) padding mask says which slots hold real tokens, so a row
-  computes what it computes alone.
-* **Joining.** Newcomers are prefilled together (left-padded, in a cache of their own), their
-  keys and values copied into free rows of the running cache. A prompt longer than ``n``
-  first shifts the running rows to the right; when ``n`` reaches the context window the
-  rows shift left by their common padding.
-* **Leaving.** A row is freed when it finishes (end-of-text token, stop string, token budget)
-  or when its client went away (:meth:`RequestHandle.cancel`); free rows are reused by the
-  next arrivals and dropped from the cache when no one waits.
-
-Results go back as events (:class:`TokenEvent`, :class:`FinishEvent`, :class:`ErrorEvent`)
-on an :class:`asyncio.Queue` per request, posted with ``loop.call_soon_threadsafe``.
-Other model work (embeddings, classification) runs on the same thread between decode steps
-through :meth:`BatchEngine.call`.
+thread) and wait in a bounded queue (full: :class:`QueueFullError`, the server's 429). Results
+go back as events (:class:`TokenEvent`, :class:`FinishEvent`, :class:`ErrorEvent`) on an
+:class:`asyncio.Queue` per request, posted with ``loop.call_soon_threadsafe``. Other model work
+(embeddings, classification) runs on the same thread between decode steps through
+:meth:`BatchEngine.call`.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -33,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -158,12 +142,6 @@ class RequestHandle:
 
 
 @dataclass
-class _Call:
-    fn: Callable[[], Any]
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-
-
-@dataclass
 class _Row:
     handle: RequestHandle
     length: int  # tokens of this row in the cache
@@ -209,7 +187,7 @@ class BatchEngine:
         self.eot_id = tokenizer.eot_id
         self._cond = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()
-        self._calls: deque[_Call] = deque()
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._rows: list[_Row | None] = []
         self._kv: KVCache | None = None  # the batch's cache, (L, B, H, ctx, D)
         self._mask: Tensor | None = None  # (B, ctx) long, 1 = real token
@@ -274,15 +252,15 @@ class BatchEngine:
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run ``fn()`` on the engine thread between decode steps (for other model work)."""
-        item = _Call(fn)
+        future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if not self.alive or self._stopping:
                 raise EngineStoppedError("the generation engine is not running")
             if len(self._calls) >= max(self.max_queue, 1):
                 raise QueueFullError(f"the server is busy: {len(self._calls)} calls are waiting")
-            self._calls.append(item)
+            self._calls.append((fn, future))
             self._cond.notify_all()
-        return item.future
+        return future
 
     # ------------------------------------------------------------------ the worker
     def _run(self) -> None:
@@ -299,13 +277,13 @@ class BatchEngine:
                     handle = self._waiting.popleft()
                     if not handle.cancelled:
                         new.append(handle)
-            for item in calls:
-                if item.future.set_running_or_notify_cancel():
+            for fn, future in calls:
+                if future.set_running_or_notify_cancel():
                     try:
                         with torch.inference_mode():
-                            item.future.set_result(item.fn())
+                            future.set_result(fn())
                     except BaseException as exc:  # delivered to the caller
-                        item.future.set_exception(exc)
+                        future.set_exception(exc)
             try:
                 with torch.inference_mode():
                     if new:

@@ -1,24 +1,12 @@
 """The app's settings (from ``customgpt ui``'s options or the environment) and its Chainlit folder.
 
-The Chainlit app (:mod:`customgpt.ui.app`) reads its models from environment variables, so the
-same file runs from ``customgpt ui`` and from ``chainlit run``:
-
-=============================  ===================================================  =========
-variable                       meaning                                              default
-=============================  ===================================================  =========
-``CUSTOMGPT_UI_CHAT``          the chat model (anything ``customgpt generate`` takes)  none
-``CUSTOMGPT_UI_COMPARE``       a second chat model, for the Compare profile          none
-``CUSTOMGPT_UI_CLASSIFIER``    a classifier folder, for the Classification profile   none
-``CUSTOMGPT_UI_PROMPT_STYLE``  the chat's prompt style (``alpaca``, ``phi3``, ...)   alpaca
-``CUSTOMGPT_UI_DEVICE``        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``     auto
-=============================  ===================================================  =========
-
-Chainlit reads its own configuration from ``.chainlit/config.toml`` in its app folder (the
-``CHAINLIT_APP_ROOT`` variable, else the current folder) and writes a default one there if it
-is missing. ``customgpt ui`` writes the app's own config into a temporary folder instead
-(:func:`write_app_folder`), so nothing is left in the user's folder.
+The Chainlit app (:mod:`customgpt.ui.app`) reads its models from ``CUSTOMGPT_UI_*`` environment
+variables (:meth:`AppConfig.from_env`; docs/ui.md lists them), so the same file runs from
+``customgpt ui`` and from ``chainlit run``. Chainlit reads its own configuration from
+``.chainlit/config.toml`` in its app folder (``CHAINLIT_APP_ROOT``, else the current folder) and
+writes a default one there if it is missing; ``customgpt ui`` writes the app's own config into a
+temporary folder instead (:func:`write_app_folder`), so nothing is left in the user's folder.
 """
-
 from __future__ import annotations
 
 import os

@@ -239,13 +239,11 @@ def sampling_params(values: Mapping[str, Any], context_length: int, extra_stop: 
 
 
 def _number(value: Any, default: float) -> float:
-    if isinstance(value, bool):
-        return default
     try:
         number = float(value)
     except (TypeError, ValueError):
         return default
-    return number if math.isfinite(number) else default
+    return number if math.isfinite(number) and not isinstance(value, bool) else default
 
 
 # =========================================================================== generation
@@ -261,11 +259,13 @@ class Generation:
 
     ``session`` is the user's :class:`~customgpt.generate.ChatSession` (the history inside
     the context window, user text encoded as plain text); ``params`` are this message's
-    settings. The worker checks :attr:`stop_event` before each token, so :meth:`stop` (or
+    settings. The worker checks :attr:`stop_event` after each piece, so :meth:`stop` (or
     cancelling the task that iterates) ends the reply within one token; the reply then joins
     the history as far as it was handed out (what the page showed). The reply starts inside
     the model's lock, after the previous reply of the session was recorded. Notices (history
-    left out, window full) arrive through ``on_notice`` on the event loop.
+    left out, window full) arrive through ``on_notice`` on the event loop. Pieces go out at
+    most once per ``min_interval`` seconds, those made meanwhile together (a page redrawn for
+    every token of a fast model would take the CPU the model needs); the first at once.
     """
 
     def __init__(
@@ -327,13 +327,18 @@ class Generation:
 
                 stream = session.send(self.user_text, on_context_full=context_full)
                 self.prompt_ids = list(stream.prompt_ids)
+                chunk, sent = "", 0.0
                 try:
-                    while not self.stop_event.is_set():  # checked before each token is generated
-                        try:
-                            piece = next(stream)
-                        except StopIteration:
+                    for piece in stream:
+                        chunk += piece
+                        if time.perf_counter() - sent >= self.min_interval:
+                            self._put("piece", chunk)
+                            chunk, sent = "", time.perf_counter()
+                        if self.stop_event.is_set():
                             break
-                        self._put("piece", piece)
+                    else:
+                        if chunk:
+                            self._put("piece", chunk)
                 finally:
                     stream.close()  # the session records the reply
                     self.result = stream.result
@@ -355,35 +360,17 @@ class Generation:
         start = time.perf_counter()
         self._thread = threading.Thread(target=self._work, name="customgpt-ui-generate", daemon=True)
         self._thread.start()
-        pending: tuple[str, Any] | None = None
-        last = 0.0  # when the last pieces went out
         try:
             while True:
-                kind, value = pending or await self._queue.get()
-                pending = None
+                kind, value = await self._queue.get()
                 if kind == "piece":
                     if self.time_to_first_piece is None:
                         self.time_to_first_piece = time.perf_counter() - start
-                    # At most one update per ``min_interval``: the pieces that arrive meanwhile
-                    # go out together (a page redrawn for every token of a fast model would
-                    # take the CPU the model needs). The first piece goes out at once.
-                    wait = self.min_interval - (time.perf_counter() - last)
-                    if wait > 0 and not self.stop_event.is_set():
-                        await asyncio.sleep(wait)
-                    pieces = [value]
-                    while not self._queue.empty():
-                        item = self._queue.get_nowait()
-                        if item[0] != "piece":
-                            pending = item
-                            break
-                        pieces.append(item[1])
-                    chunk = "".join(pieces)
                     with self._shown_lock:
                         if self.stop_event.is_set():
                             return
-                        self._shown.append(chunk)
-                    yield chunk
-                    last = time.perf_counter()
+                        self._shown.append(value)
+                    yield value
                 elif kind == "notice":
                     notice = self.on_notice(value) if self.on_notice is not None else None
                     if asyncio.iscoroutine(notice):
