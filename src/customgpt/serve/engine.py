@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,7 +104,6 @@ class FinishEvent:
     completion_tokens: int
     text: str = ""
     prompt_logprobs: list[TokenLogprob] | None = None
-    time_to_first_token: float | None = None
 
 
 @dataclass
@@ -123,7 +121,6 @@ class RequestHandle:
         self.sync_events: list[Any] = []
         self.done = threading.Event()
         self.cancelled = False
-        self.submitted_at = time.perf_counter()
 
     def cancel(self) -> None:
         """The client went away: the engine frees the row at its next step."""
@@ -194,7 +191,7 @@ class BatchEngine:
         self._n = 0  # shared cache end
         self._stopping = False
         self._thread: threading.Thread | None = None
-        #: Decode steps run and the largest batch seen (for tests and /health).
+        #: Decode steps run and the largest batch seen (for tests).
         self.steps = 0
         self.max_rows_seen = 0
 
@@ -294,14 +291,12 @@ class BatchEngine:
                     self._compact()
             except Exception as exc:  # a failed forward must not take the server down
                 self._fail_all(new, f"generation failed: {type(exc).__name__}: {exc}")
-        self._fail_all([], "the server is shutting down")
         with self._cond:
             waiting, self._waiting = list(self._waiting), deque()
-        for handle in waiting:
-            handle._post(ErrorEvent("the server is shutting down"))
+        self._fail_all(waiting, "the server is shutting down")
 
-    def _fail_all(self, new: list[RequestHandle], message: str) -> None:
-        handles = {id(h): h for h in new}
+    def _fail_all(self, handles_not_in_rows: list[RequestHandle], message: str) -> None:
+        handles = {id(h): h for h in handles_not_in_rows}
         handles.update({id(r.handle): r.handle for r in self._rows if r is not None})
         for handle in handles.values():
             if not handle.done.is_set():
@@ -312,18 +307,16 @@ class BatchEngine:
     def _resize_rows(self, keep: list[int], extra: int) -> None:
         """Keep the rows at indices ``keep`` (in that order) and append ``extra`` free rows."""
         B = len(keep) + extra
-        old = self._kv
+        old, old_mask = self._kv, self._mask
         self._kv = self.model.new_kv_cache(B, self.ctx)  # zeros: padded columns are finite
+        self._mask = torch.zeros(B, self.ctx, dtype=torch.long, device=self.device)
         if old is None:
-            self._mask = torch.zeros(B, self.ctx, dtype=torch.long, device=self.device)
             return
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         n = self._n
         self._kv.k[:, : len(keep), :, :n] = old.k[:, :, :, :n].index_select(1, index)
         self._kv.v[:, : len(keep), :, :n] = old.v[:, :, :, :n].index_select(1, index)
-        mask = torch.zeros(B, self.ctx, dtype=torch.long, device=self.device)
-        mask[: len(keep)] = self._mask.index_select(0, index)
-        self._mask = mask
+        self._mask[: len(keep)] = old_mask.index_select(0, index)
 
     def _shift(self, by: int) -> None:
         """Move every row's cache slots by ``by`` (> 0: right, < 0: left); ``n`` follows."""
@@ -404,8 +397,7 @@ class BatchEngine:
         tail = out.flush()
         if tail:
             handle._post(TokenEvent(-1, tail, None))
-        ttft = None if out.t_first is None else out.t_first - handle.submitted_at
-        handle._post(FinishEvent(reason, out.prompt_tokens, out.sampled, "".join(out.text), row.prompt_logprobs, ttft))
+        handle._post(FinishEvent(reason, out.prompt_tokens, out.sampled, "".join(out.text), row.prompt_logprobs))
         return True
 
     # ------------------------------------------------------------------ prefill and decode
