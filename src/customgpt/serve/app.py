@@ -29,7 +29,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from customgpt.errors import ConfigError
-from customgpt.generate import PLAIN_TEXT, SamplingParams
+from customgpt.generate import PLAIN_TEXT, GenerationError, SamplingParams, check_prompt
 from customgpt.prompts import Message, PromptStyle, get_prompt_style
 from customgpt.serve.engine import (
     BatchEngine,
@@ -197,13 +197,10 @@ class _Server:
         return text
 
     def check_ids(self, ids: Sequence[int], param: str) -> list[int]:
-        if not ids:
-            raise _bad(f"{param} is empty", param)
-        vocab = self.tokenizer.vocab_size
-        for i in ids:
-            if not 0 <= i < vocab:
-                raise _bad(f"{param} holds token id {i}, outside the vocabulary (0..{vocab - 1})", param)
-        return list(ids)
+        try:
+            return check_prompt(ids, self.tokenizer.vocab_size, param)
+        except GenerationError as exc:
+            raise _bad(str(exc), param) from None
 
     def fit_prompt(self, ids: list[int], max_tokens: int, param: str) -> list[int]:
         """Refuse (or, with ``crop_prompt``, crop from the left) a prompt past the window."""

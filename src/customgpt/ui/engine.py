@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("customgpt.ui")
 
-#: The file that makes a folder a classifier (``customgpt finetune classify`` writes it).
-CLASSIFIER_MARKER = "classifier.json"
-
 
 # =========================================================================== loading
 
@@ -100,13 +97,14 @@ def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_
     ``tokenizer_vocab_size``: a model whose vocabulary is smaller than the tokenizer's is
     refused here (the tokenizer would give it ids it has no embedding for)."""
     from customgpt.checkpoints import load_model, resolve_model_spec
+    from customgpt.classifier import HEAD_CONFIG  # the file that makes a folder a classifier
 
     loaded = LoadedModel(role, spec)
 
     def load() -> None:
-        if (Path(spec).expanduser() / CLASSIFIER_MARKER).is_file():
+        if (Path(spec).expanduser() / HEAD_CONFIG).is_file():
             raise ConfigError(
-                f"{spec} is a classifier (it holds {CLASSIFIER_MARKER}), not a language model: give it "
+                f"{spec} is a classifier (it holds {HEAD_CONFIG}), not a language model: give it "
                 f"with --classifier, and a language model with --{role}"
             )
         source = resolve_model_spec(spec)
