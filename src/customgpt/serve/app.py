@@ -28,6 +28,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from customgpt.classifier import pool_hidden, predict_texts
+from customgpt.data.classification import collate_classification
 from customgpt.errors import ConfigError
 from customgpt.generate import PLAIN_TEXT, GenerationError, SamplingParams, check_prompt
 from customgpt.prompts import Message, PromptStyle, get_prompt_style
@@ -597,7 +599,9 @@ def create_app(
         if not texts:
             raise _bad("input is empty", "input")
         labels = [str(x) for x in server.classifier_info.get("labels", [])]
-        probs = await server.call(lambda: _classify(server, texts))
+        classifier = server.classifier  # predict_texts crops each text to the classifier's window
+        probs = await server.call(lambda: predict_texts(classifier, texts, server.encode,
+                                                        max_length=classifier.config.context_length))
         data = []
         for i, row in enumerate(probs.tolist()):
             best = max(range(len(row)), key=row.__getitem__)
@@ -610,9 +614,6 @@ def create_app(
 
 def _embed(model: GPT, rows: list[list[int]], pooling: str, batch_size: int = 16) -> list[Any]:
     """Pooled final hidden states (after ``ln_f``) of each row: (C,) float32 CPU tensors."""
-    from customgpt.classifier import pool_hidden
-    from customgpt.data.classification import collate_classification
-
     out = []
     for start in range(0, len(rows), batch_size):
         # Right padding: real tokens never see it (causal).
@@ -621,11 +622,3 @@ def _embed(model: GPT, rows: list[list[int]], pooling: str, batch_size: int = 16
         hidden = model.forward_hidden(batch["input_ids"].to(model.device), attention_mask=am)
         out += list(pool_hidden(hidden, am, pooling).float().cpu())
     return out
-
-
-def _classify(server: _Server, texts: list[str]):
-    from customgpt.classifier import predict_texts
-
-    config = getattr(server.classifier, "config", None)
-    max_length = config.context_length if config is not None else 1 << 30
-    return predict_texts(server.classifier, texts, server.encode, max_length=max_length)
