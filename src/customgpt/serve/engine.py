@@ -432,18 +432,13 @@ class BatchEngine:
                 joining.append((row, g))
         if not joining:
             return
-        if self._kv is None:
-            self._resize_rows([], len(joining))
-            self._rows = [None] * len(joining)
-            self._n = P
-        else:
-            free = [i for i, r in enumerate(self._rows) if r is None]
-            if len(free) < len(joining):
-                extra = len(joining) - len(free)
-                self._resize_rows(list(range(len(self._rows))), extra)
-                self._rows += [None] * extra
-            if P > self._n:
-                self._shift(P - self._n)
+        free = [i for i, r in enumerate(self._rows) if r is None]
+        if len(free) < len(joining):  # (no batch yet: no rows, no cache, n = 0)
+            extra = len(joining) - len(free)
+            self._resize_rows(list(range(len(self._rows))), extra)
+            self._rows += [None] * extra
+        if P > self._n:
+            self._shift(P - self._n)
         n = self._n
         free = [i for i, r in enumerate(self._rows) if r is None]
         for (row, g), slot in zip(joining, free):
