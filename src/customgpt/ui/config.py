@@ -10,11 +10,15 @@ temporary folder instead (:func:`write_app_folder`), so nothing is left in the u
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from customgpt.errors import ConfigError
+from customgpt.io import atomic_write_text
+from customgpt.prompts import get_prompt_style
 
 ENV_PREFIX = "CUSTOMGPT_UI_"
 #: The Chainlit app file (what ``chainlit run`` takes).
@@ -54,8 +58,6 @@ class AppConfig:
             raise ConfigError("give a chat model (--chat MODEL) or a classifier (--classifier MODEL), or both")
         if self.compare and not self.chat:
             raise ConfigError("--compare needs --chat: the two chat models answer side by side")
-        from customgpt.prompts import get_prompt_style
-
         get_prompt_style(self.prompt_style)  # an unknown style names the known ones
         return self
 
@@ -102,8 +104,6 @@ def chainlit_config_toml(name: str = "customgpt") -> str:
     the version stamp Chainlit checks. No file upload (nothing reads files), no message
     editing (a chat's history is the model's context), HTML never rendered, and the user's
     messages shown as typed (not as Markdown)."""
-    from importlib.metadata import version
-
     return f"""{_TOML_HEADER}
 [project]
 session_timeout = 3600
@@ -132,8 +132,6 @@ generated_by = "{version('chainlit')}"
 def write_app_folder(folder: str | Path, config: AppConfig) -> Path:
     """Write the Chainlit app folder: ``.chainlit/config.toml`` and ``chainlit.md`` (the
     readme Chainlit shows), into ``folder`` (created). Returns the folder."""
-    from customgpt.io import atomic_write_text
-
     folder = Path(folder)
     (folder / ".chainlit").mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / ".chainlit" / "config.toml", chainlit_config_toml())
@@ -148,8 +146,6 @@ def remove_app_folder(folder: str | Path | None) -> bool:
     Returns True when it was removed."""
     if not folder:
         return False
-    import shutil
-
     folder = Path(folder)
     toml = folder / ".chainlit" / "config.toml"
     try:

@@ -16,18 +16,18 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from customgpt.checkpoints import load_model, resolve_model_spec
+from customgpt.classifier import HEAD_CONFIG, load_classifier, predict_texts
 from customgpt.device import resolve_device
 from customgpt.errors import ConfigError, CustomGPTError
+from customgpt.generate import ChatSession, GenerationResult, SamplingParams
+from customgpt.prompts import Message, PromptStyle, get_prompt_style
+from customgpt.tokenizer import Tokenizer, get_tokenizer
 from customgpt.ui.config import AppConfig
-
-if TYPE_CHECKING:
-    import torch
-
-    from customgpt.generate import ChatSession, GenerationResult, SamplingParams
-    from customgpt.prompts import PromptStyle
-    from customgpt.tokenizer import Tokenizer
 
 log = logging.getLogger("customgpt.ui")
 
@@ -96,13 +96,10 @@ def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_
 
     ``tokenizer_vocab_size``: a model whose vocabulary is smaller than the tokenizer's is
     refused here (the tokenizer would give it ids it has no embedding for)."""
-    from customgpt.checkpoints import load_model, resolve_model_spec
-    from customgpt.classifier import HEAD_CONFIG  # the file that makes a folder a classifier
-
     loaded = LoadedModel(role, spec)
 
     def load() -> None:
-        if (Path(spec).expanduser() / HEAD_CONFIG).is_file():
+        if (Path(spec).expanduser() / HEAD_CONFIG).is_file():  # the file that makes a folder a classifier
             raise ConfigError(
                 f"{spec} is a classifier (it holds {HEAD_CONFIG}), not a language model: give it "
                 f"with --classifier, and a language model with --{role}"
@@ -118,8 +115,6 @@ def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_
 
 def load_classifier_model(spec: str, device: torch.device) -> LoadedModel:
     """Load a classifier folder; any failure is kept in ``error`` (and logged)."""
-    from customgpt.classifier import load_classifier
-
     loaded = LoadedModel("classifier", spec, description="a customgpt classifier")
 
     def load() -> None:
@@ -144,9 +139,6 @@ class AppState:
 
     @classmethod
     def load(cls, config: AppConfig) -> AppState:
-        from customgpt.prompts import get_prompt_style
-        from customgpt.tokenizer import get_tokenizer
-
         tokenizer = get_tokenizer()
         try:
             style = get_prompt_style(config.prompt_style)
@@ -223,8 +215,6 @@ def sampling_params(values: Mapping[str, Any], context_length: int, extra_stop: 
     panel's ranges (a browser can send anything). A seed of -1 (or none) becomes a fresh
     random seed, so the reply can be reproduced from the seed shown in the log.
     """
-    from customgpt.generate import SamplingParams
-
     out: dict[str, Any] = {}
     for s in chat_settings(context_length):
         value = _number(values.get(s.id), s.initial)
@@ -304,8 +294,6 @@ class Generation:
             self.stop_event.set()
 
     def _work(self) -> None:
-        from customgpt.prompts import Message
-
         try:
             with self.lock:
                 session = self.session
@@ -392,8 +380,6 @@ class Generation:
 def classify_lines(loaded: LoadedModel, tokenizer: Tokenizer, text: str) -> tuple[list[str], torch.Tensor]:
     """Classify each non-empty line of ``text`` (the whole text if it has one line):
     (the lines, probabilities (N, K))."""
-    from customgpt.classifier import predict_texts
-
     lines = [line.strip() for line in text.splitlines() if line.strip()] or [text.strip()]
     with loaded.lock:
         probs = predict_texts(
