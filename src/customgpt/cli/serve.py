@@ -15,8 +15,10 @@ import argparse
 import os
 import socket
 import sys
+from pathlib import Path
 
 from customgpt.cli._common import add_device_argument, add_dtype_argument
+from customgpt.errors import CustomGPTError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -33,8 +35,6 @@ def listen(host: str, port: int) -> socket.socket:
             sock.close()
             raise
     except OSError as exc:
-        from customgpt.errors import CustomGPTError
-
         raise CustomGPTError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
                              "(choose another --port or --host)") from None
     return sock
@@ -78,8 +78,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from customgpt.errors import CustomGPTError
-
     try:
         import uvicorn
 
@@ -113,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = load_for_generation(args)  # warns when the weights are a preset's random ones
         classifier = classifier_info = None
         if args.classifier is not None:
-            from pathlib import Path
-
             from customgpt.classifier import load_classifier
 
             classifier, classifier_info = load_classifier(args.classifier, device=model.device)
