@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from customgpt.classifier import pool_hidden, predict_texts
 from customgpt.data.classification import collate_classification
 from customgpt.errors import ConfigError
-from customgpt.generate import PLAIN_TEXT, GenerationError, SamplingParams, check_prompt
+from customgpt.generate import PLAIN_TEXT, GenerationError, SamplingParams, check_prompt, encode_prompt
 from customgpt.prompts import Message, PromptStyle, get_prompt_style
 from customgpt.serve.engine import (
     BatchEngine,
@@ -227,7 +227,7 @@ class _Server:
         rows = []
         for item in value:
             if isinstance(item, str):
-                ids = self.encode(self.check_text(item, param)) or [self.tokenizer.eot_id]
+                ids = encode_prompt(self.tokenizer, self.check_text(item, param))
             else:
                 ids = self.check_ids(item, param)
             rows.append(self.fit_prompt(ids, max_tokens, param))
