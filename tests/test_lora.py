@@ -171,7 +171,7 @@ def test_target_suffixes_select_the_right_layers():
     assert len(names) == 2 * TINY.n_layer
     with pytest.raises(ConfigError, match="already has LoRA"):
         inject_lora(model, LoRAConfig())
-    with pytest.raises(ConfigError, match="'score' match no linear"):
+    with pytest.raises(ConfigError, match="'score' matches no linear"):
         inject_lora(tiny_gpt(), LoRAConfig(targets=("c_attn", "score")))
 
 

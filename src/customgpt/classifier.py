@@ -1,24 +1,13 @@
 """A text classifier on top of the GPT: the same network's hidden states, pooled, into a new head.
 
-The classifier *composes* the model (``self.gpt`` is an ordinary :class:`~customgpt.model.GPT`);
-it adds one linear layer, ``score`` (the name Hugging Face uses for GPT-2's classification head,
-and a LoRA target name in :mod:`customgpt.lora`), that maps a pooled hidden state to class logits.
-
-Pooling, under right padding (real tokens first, then pads):
-
-* ``last``: the hidden state of the last real token. In a causal model it is the only one that
-  has seen the whole text. Its index comes from the attention mask, never from the pad id, so
-  a pad id that also occurs in the text (GPT-2 pads with ``<|endoftext|>``) changes nothing.
-* ``mean``: the average hidden state over the real tokens.
-
-Because attention is causal, a pad that comes *after* every real token can never influence a
-real token's hidden state, so right-padded batches need no attention mask in the forward pass
-(and keep PyTorch's fast causal attention path); the mask is used only for pooling.
-
-A saved classifier is a customgpt model folder (``model.safetensors``, ``config.json``,
-``metadata.json``: the body, loadable by :func:`customgpt.checkpoints.load_model`) plus
-``classifier.safetensors`` (the head) and ``classifier.json`` (labels, pooling, max length).
-The classification losses are modules in :mod:`customgpt.losses`.
+The classifier *composes* the model (``self.gpt`` is an ordinary :class:`~customgpt.model.GPT`)
+and adds one linear layer, ``score`` (Hugging Face's name for GPT-2's classification head, and
+a LoRA target name), that maps a pooled hidden state to class logits. Batches are right-padded:
+a pad after every real token cannot influence a real token of a causal model, so the body runs
+without an attention mask and the mask serves only the pooling. A saved classifier is a
+customgpt model folder (the body) plus ``classifier.safetensors`` (the head) and
+``classifier.json`` (labels, pooling, max length). Details: docs/classification.md; the
+classification losses are modules in :mod:`customgpt.losses`.
 """
 
 from __future__ import annotations
@@ -31,7 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from customgpt.checkpoints import build_model, load_model, load_weights, save_model, save_weights
+from customgpt.constants import EOT_ID
+from customgpt.data.classification import collate_classification
 from customgpt.errors import CheckpointError, ConfigError
+from customgpt.io import atomic_folder, atomic_write_text, read_json_object
+from customgpt.lora import lora_layers, mark_only_lora_trainable, merged_state_dict
 from customgpt.model import GPT
 
 POOLINGS = ("last", "mean", "max")
@@ -53,17 +47,15 @@ def pool_hidden(hidden: Tensor, attention_mask: Tensor | None, pooling: str = "l
     B, T, _ = hidden.shape
     if attention_mask is None:
         attention_mask = torch.ones(B, T, dtype=torch.long, device=hidden.device)
+    lengths = attention_mask.long().sum(dim=1)  # (B,)
+    if pooling in ("last", "max") and bool((lengths == 0).any()):
+        raise ValueError("a row of the batch has no real tokens")
     if pooling == "last":
-        lengths = attention_mask.long().sum(dim=1)  # (B,)
-        if bool((lengths == 0).any()):
-            raise ValueError("a row of the batch has no real tokens")
         return hidden[torch.arange(B, device=hidden.device), lengths - 1]  # (B, C)
     if pooling == "mean":
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
     if pooling == "max":
-        if bool((attention_mask.sum(dim=1) == 0).any()):
-            raise ValueError("a row of the batch has no real tokens")
         pads = (attention_mask == 0).unsqueeze(-1)  # (B, T, 1)
         return hidden.masked_fill(pads, float("-inf")).amax(dim=1)
     raise ConfigError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
@@ -118,8 +110,6 @@ class GPTClassifier(nn.Module):
         if mode not in TRAINABLE:
             raise ConfigError(f"classifier.trainable must be one of {', '.join(TRAINABLE)}, got {mode!r}")
         if mode == "lora":
-            from customgpt.lora import mark_only_lora_trainable
-
             mark_only_lora_trainable(self, extra_trainable=("score",))
             return
         self.requires_grad_(mode == "all")
@@ -147,14 +137,9 @@ def save_classifier(
     max_length: int,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Save a classifier folder atomically: written as ``<folder>.tmp``, then swapped in
-    (:func:`customgpt.io.atomic_folder`), so an interrupted save never leaves a half-written
-    folder behind. LoRA adapters, if any, are merged into the saved body, so the folder is a
-    plain model. Raises ConfigError if ``labels`` does not have one name per class."""
-    from customgpt.checkpoints import build_model, save_model, save_weights
-    from customgpt.io import atomic_folder, atomic_write_text
-    from customgpt.lora import lora_layers, merged_state_dict
-
+    """Save a classifier folder atomically (:func:`customgpt.io.atomic_folder`), LoRA adapters,
+    if any, merged into the saved body. Raises ConfigError if ``labels`` does not have one name
+    per class."""
     if len(labels) != model.num_classes:
         raise ConfigError(f"{len(labels)} label names for a {model.num_classes}-class head")
     head_info = {"format": FORMAT, "labels": list(labels), "pooling": model.pooling,
@@ -179,23 +164,16 @@ REMOVED_OPTIONS = (
 
 
 def read_classifier_config(folder: str | Path) -> dict[str, Any]:
-    """``classifier.json`` of a saved classifier (a CheckpointError if absent or malformed)."""
-    path = Path(folder) / HEAD_CONFIG
+    """``classifier.json`` of a saved classifier; a CheckpointError if it is absent or malformed,
+    or if the folder was saved with a removed option (naming the folder and the option)."""
+    folder = Path(folder)
+    path = folder / HEAD_CONFIG
     if not path.is_file():
         raise CheckpointError(f"{folder} is not a classifier folder: no {HEAD_CONFIG} (train one with "
                               "`customgpt finetune classify`)")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(info, dict) or info.get("format") != FORMAT or not isinstance(info.get("labels"), list):
+    info = read_json_object(path)
+    if info.get("format") != FORMAT or not isinstance(info.get("labels"), list):
         raise CheckpointError(f"{path} is not a customgpt classifier config")
-    _refuse_removed_options(Path(folder), info)
-    return info
-
-
-def _refuse_removed_options(folder: Path, info: dict[str, Any]) -> None:
-    """A CheckpointError naming the folder and the option if it was saved with a removed one."""
     found = [what for key, what in REMOVED_OPTIONS if key in info]
     if info.get("kind") == "char_ngram":
         found.append("a character n-gram classifier (classifier.char_ngram_weight)")
@@ -209,6 +187,7 @@ def _refuse_removed_options(folder: Path, info: dict[str, Any]) -> None:
         raise CheckpointError(
             f"{folder} was saved with {found[0]}, an option this version no longer has; it cannot be "
             "loaded. Train the classifier again with `customgpt finetune classify`")
+    return info
 
 
 def load_classifier(
@@ -218,8 +197,6 @@ def load_classifier(
 
     Raises CheckpointError for a folder that is not a classifier, was saved with a removed
     option, or whose head does not match its body."""
-    from customgpt.checkpoints import load_model, load_weights
-
     folder = Path(folder)
     info = read_classifier_config(folder)
     gpt = load_model(folder, device=device, dtype=torch.float32)
@@ -240,22 +217,16 @@ def predict_texts(
     *,
     max_length: int,
     batch_size: int = 32,
-    pad_id: int | None = None,
 ) -> Tensor:
     """Class probabilities (N, K) of raw ``texts`` (each truncated to ``max_length`` tokens).
 
-    ``pad_id`` None pads with GPT-2's end-of-text id, or 0 when the vocabulary is smaller;
-    under right padding the pad id never reaches a pooled state, so any valid id will do.
-    An empty text is classified as the single pad token.
+    Rows are right-padded with GPT-2's end-of-text id (0 for a smaller vocabulary), which never
+    reaches a pooled state; an empty text is classified as that single pad token.
     """
-    from customgpt.constants import EOT_ID
-    from customgpt.data.classification import collate_classification
-
     model.eval()
     device = next(iter([*model.parameters(), *model.buffers()])).device
     config = model.config
-    if pad_id is None:
-        pad_id = EOT_ID if EOT_ID < config.vocab_size else 0
+    pad_id = EOT_ID if EOT_ID < config.vocab_size else 0
     limit = min(max_length, config.context_length)
     out = []
     for start in range(0, len(texts), batch_size):

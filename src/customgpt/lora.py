@@ -3,17 +3,9 @@
 A target linear ``y = W x + b`` becomes ``y = W x + b + (B A dropout(x)) * scaling`` with
 ``A`` (r, in) and ``B`` (out, r), ``B`` zero at first (Hu et al. 2021, arXiv:2106.09685).
 :class:`LoRALinear` keeps the original linear as ``base_layer`` (``attn.c_attn.base_layer.weight``,
-``attn.c_attn.lora_A``, ``attn.c_attn.lora_B``). Typical use::
-
-    inject_lora(model, LoRAConfig(r=8, alpha=16, targets=("c_attn", "c_fc")))
-    mark_only_lora_trainable(model, extra_trainable=("score",))
-    ...train...
-    save_adapter(model, "runs/adapter", base_model_info="gpt2-124M")
-    with disable_adapters(model):      # the base model (DPO reference)
-        ref_logits = model(idx)
-
-The tensors are oriented as PEFT orients them for GPT-2, so :func:`export_peft` and
-:func:`import_peft` only rename the keys.
+``attn.c_attn.lora_A``, ``attn.c_attn.lora_B``). The tensors are oriented as PEFT orients them
+for GPT-2, so :func:`export_peft` and :func:`import_peft` only rename the keys. Usage, file
+formats and the measured savings: docs/lora.md.
 """
 
 from __future__ import annotations
@@ -37,21 +29,16 @@ from customgpt.checkpoints.files import load_weights, save_weights
 from customgpt.errors import CheckpointError, ConfigError
 from customgpt.io import atomic_write_text, read_json_object
 
-#: Target names :class:`LoRAConfig` accepts. A target selects every ``nn.Linear`` whose
-#: module name is the target or ends with ``"." + target``: ``c_attn`` is GPT-2's fused
-#: q/k/v projection, ``attn.c_proj`` the attention output, ``c_fc`` and ``mlp.c_proj`` the
-#: MLP, ``c_proj`` both projections, ``score`` a classification head.
+#: Target names :class:`LoRAConfig` accepts (``c_proj``: both projections; ``score``: a
+#: classification head). A target selects every ``nn.Linear`` whose name is it or ends with ``"." + it``.
 KNOWN_TARGETS: tuple[str, ...] = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj", "c_proj", "score")
 
-#: Files written by :func:`save_adapter`.
+#: Files written by :func:`save_adapter`; a PEFT adapter folder names its config alike.
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FORMAT = "customgpt-lora"
 ADAPTER_FORMAT_VERSION = 1
-
-#: Files of a Hugging Face PEFT adapter folder.
 PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
 _PEFT_PREFIX = "base_model.model."
 
 
@@ -129,10 +116,9 @@ class LoRAConfig:
 class LoRALinear(nn.Module):
     """An ``nn.Linear`` plus a trainable low-rank update: ``base(x) + B A dropout(x) * scaling``.
 
-    ``merge()`` folds the update into ``base_layer.weight`` (for inference or export) and
-    ``unmerge()`` takes it out again by subtraction, which restores the weight to within float
-    rounding (about 1e-7 relative), not bit for bit: no copy of the weight is kept, so merging
-    costs no memory. ``disabled`` skips the update (the base model's output, exactly).
+    ``merge()`` folds the update into ``base_layer.weight`` and ``unmerge()`` subtracts it again
+    (no copy is kept: the weight comes back within float rounding, not bit for bit).
+    ``disabled`` skips the update (the base model's output, exactly).
     """
 
     def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False):
@@ -153,15 +139,6 @@ class LoRALinear(nn.Module):
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.disabled = False
-
-    # The wrapped layer's tensors, for code that reads ``module.weight`` of a linear.
-    @property
-    def weight(self) -> Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        return self.base_layer.bias
 
     def delta_weight(self) -> Tensor:
         """The update ``scaling * B @ A`` as an (out, in) matrix, computed in float32."""
@@ -207,26 +184,32 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def _matches(name: str, pattern: str) -> bool:
-    """A module name matches a pattern that equals it, ends it after a dot, or globs it."""
-    return name == pattern or name.endswith("." + pattern) or fnmatch.fnmatchcase(name, pattern)
+def _select(
+    model: nn.Module, patterns: Sequence[str], what: str, kind: type[nn.Module] = nn.Module
+) -> dict[str, nn.Module]:
+    """The ``kind`` modules that ``patterns`` select (see :func:`mark_only_lora_trainable`), by
+    name in module order, the outermost of nested ones only; a pattern selecting none is an error."""
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    modules = {name: m for name, m in model.named_modules() if name and isinstance(m, kind)}
+    selected: set[str] = set()
+    for pattern in patterns:
+        hits = {n for n in modules if n.endswith("." + pattern) or fnmatch.fnmatchcase(n, pattern)}
+        if not hits:
+            noun = "linear layer" if kind is nn.Linear else "module"
+            raise ConfigError(f"{what}: {pattern!r} matches no {noun} of this model")
+        selected |= hits
+    outermost = [n for n in modules if n in selected and not any(n.startswith(o + ".") for o in selected)]
+    return {n: modules[n] for n in outermost}
 
 
-def _target_linears(model: nn.Module, cfg: LoRAConfig) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` modules that ``cfg.targets`` select; every target must select one."""
-    found: dict[str, nn.Linear] = {}
-    used: set[str] = set()
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        hits = [t for t in cfg.targets if name == t or name.endswith("." + t)]
-        if hits:
-            found[name] = module
-            used.update(hits)
-    missing = [t for t in cfg.targets if t not in used]
-    if missing:
-        raise ConfigError(f"lora.targets: {', '.join(map(repr, missing))} match no linear layer of this model")
-    return found
+def _tied_outside(model: nn.Module, modules: Sequence[str]) -> str | None:
+    """The name of a parameter outside ``modules`` that is the same tensor as one inside, if any."""
+    inside = {id(p) for m in modules for p in model.get_submodule(m).parameters()}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in inside and not any(name.startswith(m + ".") for m in modules):
+            return name
+    return None
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -240,39 +223,21 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
 
     Returns the names of the replaced modules. The adapters start with ``B = 0``, so the
     model's outputs are unchanged until training moves ``B``. The config is kept as
-    ``model.lora_config`` for :func:`save_adapter` and :func:`export_peft`.
+    ``model.lora_config`` for :func:`save_adapter` and :func:`export_peft`. Raises
+    ConfigError for a target that selects no linear or whose weight is tied to another
+    module's (merging would change both).
     """
     if lora_layers(model):
         raise ConfigError("the model already has LoRA adapters; inject into a plain model")
-    targets = _target_linears(model, cfg)
-    # A weight shared with another module (the LM head tied to the token embedding) would
-    # change both on merge; refuse rather than silently edit the embedding.
-    owners: dict[int, list[str]] = {}
-    for p_name, p in model.named_parameters(remove_duplicate=False):
-        owners.setdefault(id(p), []).append(p_name)
-    for name, linear in targets.items():
-        shared = owners.get(id(linear.weight), [])
-        if len(shared) > 1:
+    targets = _select(model, cfg.targets, "lora.targets", nn.Linear)
+    for name in targets:
+        shared = _tied_outside(model, [name])
+        if shared:
             raise ConfigError(f"lora.targets: {name}.weight is shared with {shared}; a tied weight cannot be adapted")
     for name, linear in targets.items():
         _set_submodule(model, name, LoRALinear(linear, cfg.r, cfg.alpha, cfg.dropout, cfg.rslora))
     model.lora_config = cfg
     return list(targets)
-
-
-def _modules_matching(model: nn.Module, patterns: Sequence[str], *, what: str) -> list[str]:
-    """Names of the modules that ``patterns`` select; a pattern that selects nothing is an error."""
-    if isinstance(patterns, str):
-        patterns = (patterns,)
-    names = [name for name, _ in model.named_modules() if name]
-    selected: list[str] = []
-    for pattern in patterns:
-        hits = [n for n in names if _matches(n, pattern)]
-        if not hits:
-            raise ConfigError(f"{what}: {pattern!r} matches no module of this model")
-        selected += [h for h in hits if h not in selected]
-    # Keep only the outermost of nested selections (``transformer.h.1`` covers its children).
-    return [n for n in selected if not any(n.startswith(o + ".") for o in selected)]
 
 
 def mark_only_lora_trainable(model: nn.Module, extra_trainable: Sequence[str] = ()) -> list[str]:
@@ -286,7 +251,7 @@ def mark_only_lora_trainable(model: nn.Module, extra_trainable: Sequence[str] = 
     layers = lora_layers(model)
     if not layers:
         raise ConfigError("the model has no LoRA adapters; call inject_lora first")
-    extras = _modules_matching(model, extra_trainable, what="extra_trainable")
+    extras = list(_select(model, extra_trainable, "extra_trainable"))
     model.requires_grad_(False)
     for layer in layers.values():
         layer.lora_A.requires_grad_(True)
@@ -335,7 +300,6 @@ def remove_lora(model: nn.Module) -> nn.Module:
     keys and the merged weights (what :func:`customgpt.checkpoints.save_model` expects).
     """
     for name, layer in lora_layers(model).items():
-        layer.disabled = False
         layer.merge()
         _set_submodule(model, name, layer.base_layer)
     if hasattr(model, "lora_config"):
@@ -440,11 +404,9 @@ def load_base_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> 
 
 
 def base_checksum(model: nn.Module, exclude_modules: Sequence[str] = ()) -> str:
-    """sha256 over the base model's tensors, in sorted key order, as float32 for floats.
-
-    Each tensor contributes its name, shape and bytes. Floating tensors are hashed as float32
-    so a bf16 checkpoint and its exact float32 upcast hash alike. Tensors under the modules
-    in ``exclude_modules`` (heads saved with the adapter) are left out.
+    """sha256 over the base model's tensors in sorted key order: each one's name, shape and
+    bytes, floating tensors as float32 (a bf16 checkpoint and its float32 upcast hash alike).
+    Tensors under the modules in ``exclude_modules`` (heads saved with the adapter) are left out.
     """
     digest = hashlib.sha256()
     for key, tensor in sorted(base_state_dict(model).items()):
@@ -486,13 +448,14 @@ def save_adapter(
     """
     cfg = _config_of(model)
     folder = Path(folder)
-    extras = _modules_matching(model, extra_trainable, what="extra_trainable") if extra_trainable else []
-    # A saved module must own its tensors: a weight tied to a module outside (the LM head and
-    # the token embedding) would be trained yet also counted in the base checksum.
-    saved_ids = {id(p) for m in extras for p in model.get_submodule(m).parameters()}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in saved_ids and not any(name.startswith(m + ".") for m in extras):
-            raise ConfigError(f"extra_trainable: a saved module shares its weight with {name}; tied weights cannot be saved")
+    extras = list(_select(model, extra_trainable, "extra_trainable"))
+    # A weight tied to a module outside (the LM head and the token embedding) would be saved
+    # yet also counted in the base checksum.
+    shared = _tied_outside(model, extras)
+    if shared:
+        raise ConfigError(
+            f"extra_trainable: a saved module shares its weight with {shared}; tied weights cannot be saved"
+        )
     info = {"spec": base_model_info} if isinstance(base_model_info, str) else dict(base_model_info or {})
     if hasattr(getattr(model, "config", None), "to_dict"):
         info["config"] = model.config.to_dict()
@@ -533,7 +496,7 @@ def _check_fit(model: nn.Module, cfg: LoRAConfig, tensors: Mapping[str, Tensor],
     if lora_layers(model):
         raise CheckpointError(f"{source}: the model already has LoRA adapters; load onto a plain base model")
     try:
-        targets = _target_linears(model, cfg)
+        targets = _select(model, cfg.targets, "lora.targets", nn.Linear)
     except ConfigError as exc:
         raise CheckpointError(f"{source}: {exc}") from exc
     wanted = {f"{n}.lora_A": (cfg.r, m.in_features) for n, m in targets.items()}
@@ -608,16 +571,12 @@ def export_peft(
     model: nn.Module,
     folder: str | os.PathLike[str],
     base_model_name_or_path: str | None = None,
-    *,
-    task_type: str = "CAUSAL_LM",
 ) -> Path:
     """Write the adapters as a Hugging Face PEFT LoRA folder for ``GPT2LMHeadModel``.
 
-    Files: ``adapter_config.json`` (``peft_type`` LORA, ``fan_in_fan_out`` true because
-    Hugging Face's GPT-2 uses ``Conv1D`` layers) and ``adapter_model.safetensors`` with keys
-    ``base_model.model.<module>.lora_A.weight`` (r, in) and ``...lora_B.weight`` (out, r).
-    customgpt's module names are GPT-2's, so the keys map one to one and the tensors are
-    copied unchanged. Load with
+    Files: ``adapter_config.json`` (``peft_type`` LORA, ``fan_in_fan_out`` true for GPT-2's
+    ``Conv1D``) and ``adapter_model.safetensors`` with keys ``base_model.model.<module>.lora_A.weight``
+    (r, in) and ``...lora_B.weight`` (out, r), the tensors unchanged. Load with
     ``PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(hf_folder), folder)``.
     """
     cfg = _config_of(model)
@@ -627,7 +586,7 @@ def export_peft(
     }
     config = {
         "peft_type": "LORA",
-        "task_type": task_type,
+        "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
         "inference_mode": True,
         "r": cfg.r,
@@ -639,7 +598,7 @@ def export_peft(
         "bias": "none",
     }
     save_weights(tensors, folder / PEFT_WEIGHTS)
-    atomic_write_text(folder / PEFT_CONFIG, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(folder / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
     return folder
 
 
@@ -650,23 +609,20 @@ def import_peft(model: nn.Module, folder: str | os.PathLike[str]) -> LoRAConfig:
     saved modules) on customgpt's target names. Returns the resulting :class:`LoRAConfig`.
     """
     folder = Path(folder)
-    path = folder / PEFT_CONFIG
+    path = folder / ADAPTER_CONFIG
     meta = read_json_object(path)
     if meta.get("peft_type") != "LORA":
         raise CheckpointError(f"{path}: peft_type is {meta.get('peft_type')!r}, only 'LORA' is supported")
-    unsupported = {
-        "use_dora": bool(meta.get("use_dora")),
-        "bias": meta.get("bias", "none") != "none",
-        "lora_bias": bool(meta.get("lora_bias")),
-        "rank_pattern": bool(meta.get("rank_pattern")),
-        "alpha_pattern": bool(meta.get("alpha_pattern")),
-        "layers_to_transform": meta.get("layers_to_transform") is not None,
-        "modules_to_save": bool(meta.get("modules_to_save")),
-        "layer_replication": bool(meta.get("layer_replication")),
-    }
-    for key, bad in unsupported.items():
-        if bad:
-            raise CheckpointError(f"{path}: {key}={meta[key]!r} is not supported by customgpt's LoRA")
+    extensions = ("use_dora", "lora_bias", "rank_pattern", "alpha_pattern", "modules_to_save",
+                  "layer_replication")
+    unsupported = [key for key in extensions if meta.get(key)]
+    if meta.get("bias", "none") != "none":
+        unsupported.append("bias")
+    if meta.get("layers_to_transform") is not None:
+        unsupported.append("layers_to_transform")
+    if unsupported:
+        key = unsupported[0]
+        raise CheckpointError(f"{path}: {key}={meta[key]!r} is not supported by customgpt's LoRA")
     targets = meta.get("target_modules")
     if not isinstance(targets, list):
         raise CheckpointError(f"{path}: target_modules must be a list of names, got {targets!r}")

@@ -5,16 +5,10 @@ The language-model loss has two implementations with the same results:
 * the **reference** path, :func:`lm_loss_from_logits` on ``hidden @ weight.T``: the full
   (N, V) logits are built, then ``F.cross_entropy``. Simple, and the one to read first.
 * the **fused** path, :func:`fused_linear_cross_entropy` (what :func:`causal_lm_loss` runs by
-  default). With GPT-2's 50,257-word vocabulary the logits of a 4 x 256 batch are 206 MB in
-  fp32, and the plain path writes them, reads them for the softmax, writes the log-probs,
-  then builds a gradient of the same size in backward: memory traffic, and on CPU fresh
-  page-faulting allocations each step. The fused path walks over the rows in chunks of at
-  most 512 rows (about 100 MB of logits, one buffer reused by every chunk). For each chunk
-  it computes the logits, their log-sum-exp and the loss, and, when gradients are wanted,
-  ``softmax - onehot`` in place and from it the gradients w.r.t. the hidden states and
-  the weight, all in the forward pass. The full logits and their gradient never exist;
-  the backward pass only scales the stored gradients by the incoming one (1 for a plain
-  ``loss.backward()``: nothing to do).
+  default): chunks of at most 512 rows share one logits buffer; each chunk's loss and, when
+  wanted, its gradients w.r.t. the hidden states and the weight (``softmax - onehot`` in
+  place) are computed in the forward pass, so the full (N, V) logits and their gradient never
+  exist and backward only scales the stored gradients. Why and how fast: benchmarks/README.md.
 
 Conventions shared by every LM loss here:
 
@@ -41,20 +35,16 @@ from torch.autograd.function import once_differentiable
 from customgpt.constants import IGNORE_INDEX
 
 #: Upper bound on the bytes of one chunk of fp32 logits in the fused loss (512 rows for
-#: GPT-2's vocabulary). Each chunk reads the weight three times (logits, gradient of the
-#: hidden states, gradient of the weight), so larger chunks read it less often. Measured on
-#: 2 CPU cores, forward + backward of 1,024 x 50,257: 128 rows 1.81 s, 256 rows 1.69 s,
-#: 512 rows 1.65 s, 1,024 rows 1.60 s (reference 2.04 s); 512 keeps most of the gain at
-#: half the memory. One buffer of this size serves all chunks of a call, where the
-#: reference path holds several (N, V) tensors (206 MB each for 1,024 x 50,257).
+#: GPT-2's vocabulary). Each chunk reads the weight three times, so larger chunks read it
+#: less often; 256 to 1,024 rows run within a few percent of each other (benchmarks/README.md).
 FUSED_CHUNK_BYTES = 100 * 2**20
 
 #: :func:`causal_lm_loss` takes the reference path when the full fp32 logits would be at
 #: most this large: there the plain kernels win (forward + backward, one CPU thread: 8 x
-#: 50,257 logits 8.5 ms reference vs 12.8 ms fused; 32 x 50,257: 21 ms vs 14 ms; 1,024 x
-#: 50,257: 3.8 s vs 2.9 s).
+#: 50,257 logits 8.5 ms reference vs 12.8 ms fused; 32 x 50,257: 21 ms vs 14 ms).
 FUSED_MIN_LOGITS_BYTES = 4 * 2**20
 
+#: The reductions of the LM losses and of :func:`sequence_logprobs`.
 REDUCTIONS = ("mean", "sum")
 
 
@@ -165,13 +155,10 @@ def _loss_and_grads(
         grad_w = torch.empty(weight.shape, dtype=acc_dtype, device=weight.device)
         if low_precision or n_valid == 0:
             grad_w.zero_()
-    # The chunk's logits are computed transposed, (V, c) = weight @ h_c.T: on CPU this
-    # orientation of the big matmul runs ~1.4x faster than h_c @ weight.T, and the softmax
-    # then reduces over dim 0, vectorised across the c columns. In fp32 one buffer serves
-    # every chunk (``out=``). Its rows are padded to a multiple of 16 floats (64 bytes):
-    # MKL writes a (V, 508) result at ~60% of the speed of a (V, 512) one, so a chunk whose
-    # width is not a multiple of 16 gets zero rows appended to its hidden states and the
-    # extra columns are never read.
+    # The chunk's logits are computed transposed, (V, c) = weight @ h_c.T (faster on CPU), and
+    # the softmax reduces over dim 0. In fp32 one buffer serves every chunk (``out=``); its rows
+    # are padded to a multiple of 16 floats (64 bytes, which MKL writes much faster) by zero
+    # rows appended to the hidden states, whose extra columns are never read.
     step = _balanced_chunk(n_valid, chunk_size)
     buffer = None
     if weight.dtype == acc_dtype and n_valid > 0:
@@ -344,12 +331,9 @@ def causal_lm_loss(
     return lm_loss_from_logits(hidden @ lm_head_weight.t(), targets, reduction=reduction)
 
 
-def model_lm_loss(
-    model: torch.nn.Module, idx: Tensor, targets: Tensor, *, reduction: str = "mean", **forward_kwargs
-) -> Tensor:
+def model_lm_loss(model: nn.Module, idx: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
     """Run a :class:`~customgpt.model.GPT` on ``idx`` and return its LM loss against ``targets``."""
-    hidden = model.forward_hidden(idx, **forward_kwargs)
-    return causal_lm_loss(hidden, model.lm_head.weight, targets, reduction=reduction)
+    return causal_lm_loss(model.forward_hidden(idx), model.lm_head.weight, targets, reduction=reduction)
 
 
 # --------------------------------------------------------------------------- classification
@@ -358,8 +342,8 @@ def model_lm_loss(
 class ClassificationLoss(nn.Module):
     """Cross-entropy of class logits, with optional class weights and label smoothing.
 
-    ``forward(logits (B, K), targets (B,))`` returns the per-example losses (B,) with
-    ``reduction="none"``, their sum with ``"sum"``, or the weighted mean with ``"mean"``
+    ``forward(logits (B, K), targets (B,))`` returns the sum of the per-example losses (B,)
+    (:meth:`per_example`) with ``reduction="sum"``, or their weighted mean with ``"mean"``
     (PyTorch's: ``sum_i loss_i / sum_i w[y_i]``). Per example, with ``w`` the class weights
     (all 1 when none), ``eps`` the smoothing and K classes (as ``F.cross_entropy``)::
 
@@ -387,19 +371,17 @@ class ClassificationLoss(nn.Module):
         return None if self.class_weights is None else self.class_weights.to(dtype)
 
     def per_example(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The losses (B,) of logits (B, K) against class ids (B,)."""
         logits = logits.to(_loss_dtype(logits.dtype))
         return F.cross_entropy(logits, targets, weight=self._weights(logits.dtype),
                                label_smoothing=self.label_smoothing, reduction="none")
 
     def forward(self, logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
-        losses = self.per_example(logits, targets)  # (B,)
-        if reduction == "none":
-            return losses
+        _check_reduction(reduction)
+        total = self.per_example(logits, targets).sum()
         if reduction == "sum":
-            return losses.sum()
-        if reduction == "mean":
-            return losses.sum() / self.normaliser(targets)
-        raise ValueError(f"reduction must be none, sum or mean, got {reduction!r}")
+            return total
+        return total / self.normaliser(targets)
 
 
 class FocalLoss(ClassificationLoss):
@@ -424,29 +406,18 @@ class FocalLoss(ClassificationLoss):
 
 # =========================================================================== preference losses
 #
-# Preference tuning (DPO and its relatives) scores whole responses. Its inputs are the
-# *sequence log-probs* of a chosen and a rejected response under the policy (and, for the
-# losses that need one, under a frozen reference model); each loss module below turns them
-# into per-example losses and per-example "rewards" (the quantities TRL logs as
-# ``rewards/chosen`` and ``rewards/rejected``). The modules know nothing about models or
-# batches: log-probs in, losses out, so each is checked against hand-worked numbers and the
-# same module serves every reference mode of the training loop.
-
-LOGPS_REDUCTIONS = ("sum", "mean")
+# Sequence log-probs of a chosen and a rejected response in (docs/preference.md), per-example
+# losses and rewards out: the modules know nothing about models or batches.
 
 
-def _check_logps_reduction(reduction: str) -> None:
-    if reduction not in LOGPS_REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(LOGPS_REDUCTIONS)}, got {reduction!r}")
-
-
-def _reduce_token_logps(token_logps: Tensor, mask: Tensor, reduction: str) -> Tensor:
-    """(B, T) per-token log-probs and a (B, T) mask → (B,) sum or mean over the masked tokens."""
-    mask = mask.to(token_logps.dtype)
-    total = (token_logps * mask).sum(dim=-1)
-    if reduction == "sum":
-        return total
-    return total / mask.sum(dim=-1).clamp_min(1)
+def _response_logps(logits: Tensor, targets: Tensor, mask: Tensor, reduction: str) -> Tensor:
+    """(B,) log-probs of the responses from the (N, V) logits and (N,) targets at the N true
+    positions of the (B, T) bool ``mask`` (row-major order): log-softmax over the vocabulary,
+    gathered at the targets, summed or averaged over each row's response tokens."""
+    logp = torch.log_softmax(logits.to(_loss_dtype(logits.dtype)), dim=-1)
+    picked = logp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)  # (N,)
+    total = picked.new_zeros(mask.shape).masked_scatter(mask, picked).sum(dim=-1)
+    return total if reduction == "sum" else total / mask.sum(dim=-1).clamp_min(1)
 
 
 def sequence_logprobs(logits: Tensor, targets: Tensor, mask: Tensor, *, reduction: str = "sum") -> Tensor:
@@ -471,17 +442,14 @@ def sequence_logprobs(logits: Tensor, targets: Tensor, mask: Tensor, *, reductio
     Raises:
         ValueError: shapes that do not match, an unknown reduction.
     """
-    _check_logps_reduction(reduction)
+    _check_reduction(reduction)
     if targets.shape != logits.shape[:-1] or mask.shape != targets.shape:
         raise ValueError(
             f"logits (B, T, V), targets and mask (B, T) must match, got {tuple(logits.shape)}, "
             f"{tuple(targets.shape)} and {tuple(mask.shape)}"
         )
     mask = mask.bool()
-    safe = targets.masked_fill(~mask, 0).long()
-    logp = torch.log_softmax(logits.to(_loss_dtype(logits.dtype)), dim=-1)
-    token_logps = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return _reduce_token_logps(token_logps, mask, reduction)
+    return _response_logps(logits[mask], targets[mask], mask, reduction)
 
 
 def model_sequence_logprobs(
@@ -491,40 +459,26 @@ def model_sequence_logprobs(
     mask: Tensor,
     *,
     reduction: str = "sum",
-    attention_mask: Tensor | None = None,
 ) -> Tensor:
     """:func:`sequence_logprobs` of a :class:`~customgpt.model.GPT` on ``input_ids`` without the
     full (B, T, V) logits: the LM head runs only at the response positions (prompt and padding
-    rows cost nothing), then the same log-softmax and gather. Same numbers as
-    ``sequence_logprobs(model(input_ids), targets, mask)``.
+    rows cost nothing). Same numbers as ``sequence_logprobs(model(input_ids), targets, mask)``.
 
     Args:
         model: a GPT (anything with ``forward_hidden`` and ``lm_head``).
-        input_ids: (B, T) token ids.
-        targets: (B, T) next-token ids (``input_ids`` shifted left by one).
-        mask: (B, T) true where ``targets`` is a response token.
-        reduction: ``"sum"`` or ``"mean"``.
-        attention_mask: optional (B, T), 1 for real tokens (right padding needs none: no
-            real token attends to a later padding token).
-
-    Returns:
-        (B,) log-probs.
+        input_ids: (B, T) token ids; ``targets`` (``input_ids`` shifted left by one), ``mask``
+            and ``reduction`` as in :func:`sequence_logprobs`, which gives the (B,) result.
+            Right padding needs no attention mask: no real token attends to a later pad.
     """
-    _check_logps_reduction(reduction)
+    _check_reduction(reduction)
     if targets.shape != input_ids.shape or mask.shape != input_ids.shape:
         raise ValueError(
             f"input_ids, targets and mask must have the same shape (B, T), got {tuple(input_ids.shape)}, "
             f"{tuple(targets.shape)} and {tuple(mask.shape)}"
         )
-    hidden = model.forward_hidden(input_ids, attention_mask=attention_mask)  # (B, T, C)
+    hidden = model.forward_hidden(input_ids)  # (B, T, C)
     mask = mask.bool()
-    rows = mask.reshape(-1).nonzero().squeeze(1)
-    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (N, C), response positions only
-    logits = model.lm_head(h)  # (N, V)
-    logp = torch.log_softmax(logits.to(_loss_dtype(logits.dtype)), dim=-1)
-    picked = logp.gather(-1, targets.reshape(-1).index_select(0, rows).long().unsqueeze(-1)).squeeze(-1)
-    token_logps = torch.zeros(mask.numel(), dtype=picked.dtype, device=picked.device).index_put((rows,), picked)
-    return _reduce_token_logps(token_logps.view(mask.shape), mask, reduction)
+    return _response_logps(model.lm_head(hidden[mask]), targets[mask], mask, reduction)
 
 
 class PreferenceLossOutput(NamedTuple):
@@ -541,18 +495,23 @@ class PreferenceLossOutput(NamedTuple):
 class PreferenceLoss(nn.Module):
     """Base of the preference losses: sequence log-probs in, :class:`PreferenceLossOutput` out.
 
+    ``forward`` takes (B,) sequence log-probs of the policy (and reference) for the chosen and
+    rejected responses, reduced as :attr:`reduction` says, and (B,) response token counts (for
+    the losses that average summed log-probs); :meth:`pair_losses` gets the log-ratios
+    ``log pi - log pi_ref``, or the policy's log-probs when no reference is needed. Missing
+    reference log-probs or lengths that the loss needs are a ValueError.
+
     Attributes:
         needs_reference: whether the loss uses a reference model's log-probs.
-        reduction: how the incoming log-probs were reduced over the response tokens
-            (``"sum"`` or ``"mean"``, :func:`sequence_logprobs`); a loss defined on averages
-            divides summed log-probs by the lengths.
+        reduction: ``"sum"`` or ``"mean"``, how the incoming log-probs were reduced over the
+            response tokens (:func:`sequence_logprobs`).
     """
 
     needs_reference: bool = True
 
     def __init__(self, reduction: str = "sum") -> None:
         super().__init__()
-        _check_logps_reduction(reduction)
+        _check_reduction(reduction)
         self.reduction = reduction
 
     def _average(self, logps: Tensor, lengths: Tensor | None) -> Tensor:
@@ -563,11 +522,6 @@ class PreferenceLoss(nn.Module):
             raise ValueError(f"{type(self).__name__} needs the response lengths to average summed log-probs")
         return logps / lengths.to(logps.dtype).clamp_min(1)
 
-    def _reference(self, ref_chosen: Tensor | None, ref_rejected: Tensor | None) -> tuple[Tensor, Tensor]:
-        if ref_chosen is None or ref_rejected is None:
-            raise ValueError(f"{type(self).__name__} needs the reference model's log-probs")
-        return ref_chosen, ref_rejected
-
     def forward(
         self,
         policy_chosen_logps: Tensor,
@@ -577,9 +531,20 @@ class PreferenceLoss(nn.Module):
         chosen_lengths: Tensor | None = None,
         rejected_lengths: Tensor | None = None,
     ) -> PreferenceLossOutput:
-        """Args: (B,) sequence log-probs of the policy (and reference) for the chosen and
-        rejected responses, reduced as :attr:`reduction` says; (B,) response token counts
-        (needed by the losses that average summed log-probs)."""
+        chosen, rejected = policy_chosen_logps, policy_rejected_logps
+        if self.needs_reference:
+            if reference_chosen_logps is None or reference_rejected_logps is None:
+                raise ValueError(f"{type(self).__name__} needs the reference model's log-probs")
+            chosen, rejected = chosen - reference_chosen_logps, rejected - reference_rejected_logps
+        losses, chosen_rewards, rejected_rewards = self.pair_losses(
+            chosen, rejected, chosen_lengths, rejected_lengths
+        )
+        return PreferenceLossOutput(losses, chosen_rewards.detach(), rejected_rewards.detach())
+
+    def pair_losses(
+        self, chosen: Tensor, rejected: Tensor, chosen_lengths: Tensor | None, rejected_lengths: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(B,) losses, chosen rewards and rejected rewards (see the class docstring)."""
         raise NotImplementedError
 
 
@@ -592,10 +557,8 @@ class DPOLoss(PreferenceLoss):
         rewards: beta * r_c, beta * r_r
 
     ``eps`` (``label_smoothing``) > 0 is conservative DPO (Mitchell 2023, "A note on DPO with
-    noisy preferences"): the preference labels are assumed flipped with probability eps.
-
-    Defaults: ``beta=0.1`` (the DPO paper's main setting, TRL's ``DPOConfig.beta``, the
-    book's), ``label_smoothing=0`` (TRL's ``loss_type="sigmoid"``).
+    noisy preferences"). Defaults: ``beta=0.1`` (the DPO paper's main setting, TRL's), ``eps=0``
+    (TRL's ``loss_type="sigmoid"``).
     """
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, reduction: str = "sum") -> None:
@@ -606,21 +569,17 @@ class DPOLoss(PreferenceLoss):
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
         self.beta, self.label_smoothing = float(beta), float(label_smoothing)
 
-    def forward(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=None,
-                reference_rejected_logps=None, chosen_lengths=None, rejected_lengths=None) -> PreferenceLossOutput:
-        ref_c, ref_r = self._reference(reference_chosen_logps, reference_rejected_logps)
-        r_c, r_r = policy_chosen_logps - ref_c, policy_rejected_logps - ref_r
+    def pair_losses(self, r_c, r_r, chosen_lengths, rejected_lengths):
         z = self.beta * (r_c - r_r)
         eps = self.label_smoothing
         losses = -F.logsigmoid(z) * (1 - eps) - F.logsigmoid(-z) * eps if eps else -F.logsigmoid(z)
-        return PreferenceLossOutput(losses, (self.beta * r_c).detach(), (self.beta * r_r).detach())
+        return losses, self.beta * r_c, self.beta * r_r
 
 
 class IPOLoss(PreferenceLoss):
     """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
-    Preferences", eq. 17), as TRL computes it: the log-ratios are averaged per response token
-    (TRL divides its summed log-ratios by the response lengths; the IPO authors confirmed this
-    is the form behind the paper's results)::
+    Preferences", eq. 17), with the log-ratios averaged per response token as TRL does (the
+    form the IPO authors confirmed is behind the paper's results)::
 
         h = r_c / n_c - r_r / n_r            (r: summed log-ratio, n: response tokens)
         loss = (h - 1 / (2 * beta)) ** 2
@@ -635,13 +594,9 @@ class IPOLoss(PreferenceLoss):
             raise ValueError(f"beta must be > 0, got {beta}")
         self.beta = float(beta)
 
-    def forward(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=None,
-                reference_rejected_logps=None, chosen_lengths=None, rejected_lengths=None) -> PreferenceLossOutput:
-        ref_c, ref_r = self._reference(reference_chosen_logps, reference_rejected_logps)
-        r_c, r_r = policy_chosen_logps - ref_c, policy_rejected_logps - ref_r
+    def pair_losses(self, r_c, r_r, chosen_lengths, rejected_lengths):
         h = self._average(r_c, chosen_lengths) - self._average(r_r, rejected_lengths)
-        losses = (h - 1 / (2 * self.beta)) ** 2
-        return PreferenceLossOutput(losses, (self.beta * r_c).detach(), (self.beta * r_r).detach())
+        return (h - 1 / (2 * self.beta)) ** 2, self.beta * r_c, self.beta * r_r
 
 
 class SimPOLoss(PreferenceLoss):
@@ -664,12 +619,9 @@ class SimPOLoss(PreferenceLoss):
             raise ValueError(f"beta must be > 0, got {beta}")
         self.beta, self.gamma = float(beta), float(gamma)
 
-    def forward(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=None,
-                reference_rejected_logps=None, chosen_lengths=None, rejected_lengths=None) -> PreferenceLossOutput:
-        a_c = self._average(policy_chosen_logps, chosen_lengths)
-        a_r = self._average(policy_rejected_logps, rejected_lengths)
-        losses = -F.logsigmoid(self.beta * (a_c - a_r) - self.gamma)
-        return PreferenceLossOutput(losses, (self.beta * a_c).detach(), (self.beta * a_r).detach())
+    def pair_losses(self, logps_c, logps_r, chosen_lengths, rejected_lengths):
+        a_c, a_r = self._average(logps_c, chosen_lengths), self._average(logps_r, rejected_lengths)
+        return -F.logsigmoid(self.beta * (a_c - a_r) - self.gamma), self.beta * a_c, self.beta * a_r
 
 
 class ORPOLoss(PreferenceLoss):
@@ -681,9 +633,8 @@ class ORPOLoss(PreferenceLoss):
         loss = -a_c - lam * log sigmoid(log odds(y_c) - log odds(y_r))
         rewards: lam * a_c, lam * a_r          (TRL's ORPOTrainer logs these)
 
-    The NLL here is per example (each chosen response's mean token loss); the paper and TRL
-    average the chosen tokens over the whole batch, which weighs long responses more.
-    Default ``lam=0.1`` (the paper's lambda; TRL's ``ORPOConfig.beta``).
+    The NLL is per example (each chosen response's mean token loss), where the paper and TRL
+    average over the batch's chosen tokens. Default ``lam=0.1`` (TRL's ``ORPOConfig.beta``).
     """
 
     needs_reference = False
@@ -699,13 +650,10 @@ class ORPOLoss(PreferenceLoss):
         """``log(p / (1 - p))`` for ``p = exp(avg_logps)``, stable near p = 1."""
         return avg_logps - torch.log1p(-torch.exp(avg_logps.clamp_max(-1e-6)))
 
-    def forward(self, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps=None,
-                reference_rejected_logps=None, chosen_lengths=None, rejected_lengths=None) -> PreferenceLossOutput:
-        a_c = self._average(policy_chosen_logps, chosen_lengths)
-        a_r = self._average(policy_rejected_logps, rejected_lengths)
+    def pair_losses(self, logps_c, logps_r, chosen_lengths, rejected_lengths):
+        a_c, a_r = self._average(logps_c, chosen_lengths), self._average(logps_r, rejected_lengths)
         ratio = F.logsigmoid(self.log_odds(a_c) - self.log_odds(a_r))
-        losses = -a_c - self.lam * ratio
-        return PreferenceLossOutput(losses, (self.lam * a_c).detach(), (self.lam * a_r).detach())
+        return -a_c - self.lam * ratio, self.lam * a_c, self.lam * a_r
 
 
 #: ``train.loss`` name → loss module class.

@@ -12,10 +12,10 @@ import torch
 from customgpt.checkpoints import load_model
 from customgpt.config import GPTConfig
 from customgpt.errors import CheckpointError
+from customgpt.io import atomic_open, atomic_write_text
 from customgpt.model import GPT
 from customgpt.train import checkpoint as ckpt
 from customgpt.train.config import OptimConfig
-from customgpt.train.files import atomic_open, atomic_write_text
 from customgpt.train.optim import build_optimizer
 
 TINY = GPTConfig(vocab_size=97, context_length=16, n_embd=16, n_layer=1, n_head=2)

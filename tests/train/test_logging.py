@@ -18,9 +18,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _log(run_dir, records, **kwargs) -> None:
-    with MetricsLogger(run_dir, **kwargs) as logger:
-        for record in records:
-            logger.log(record)
+    logger = MetricsLogger(run_dir, **kwargs)
+    for record in records:
+        logger.log(record)
+    logger.close()
 
 
 def test_records_round_trip_and_are_on_disk_before_close(tmp_path):

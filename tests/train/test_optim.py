@@ -9,7 +9,7 @@ from customgpt.config import GPTConfig
 from customgpt.losses import causal_lm_loss
 from customgpt.model import GPT
 from customgpt.train.config import OptimConfig
-from customgpt.train.optim import build_optimizer, param_groups
+from customgpt.train.optim import build_optimizer, param_groups, set_lr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,8 +25,9 @@ def _model(seed: int = 0) -> GPT:
 def test_decay_only_on_matrices_and_embeddings():
     model = _model()
     groups = param_groups(model, 0.1)
-    decay = {n for g in groups if g["weight_decay"] == 0.1 for n in g["names"]}
-    no_decay = {n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for g in groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
     assert "transformer.wte.weight" in decay and "transformer.wpe.weight" in decay
     assert "transformer.h.0.attn.c_attn.weight" in decay and "transformer.h.1.mlp.c_proj.weight" in decay
     assert "transformer.h.0.attn.c_attn.bias" in no_decay
@@ -66,3 +67,9 @@ def test_fused_kernel_on_cpu_by_default_and_same_steps_as_foreach():
         steps[fused] = {n: p.detach() for n, p in model.named_parameters()}
     for name, value in steps[None].items():
         torch.testing.assert_close(value, steps[False][name], rtol=1e-4, atol=1e-4)  # steps move weights by ~1e-2
+
+
+def test_set_lr_sets_every_group_and_returns_the_rate():
+    opt = build_optimizer(_model(), OptimConfig(weight_decay=0.1), lr=1e-3)
+    assert set_lr(opt, 2.5e-4) == 2.5e-4
+    assert [g["lr"] for g in opt.param_groups] == [2.5e-4, 2.5e-4]

@@ -21,7 +21,7 @@ def test_runtime_on_cpu():
     with pytest.raises(ConfigError, match="fp16 is not supported on the CPU"):
         resolve_precision("fp16", torch.device("cpu"))
     rt = setup_runtime(RuntimeConfig(device="cpu"), distributed=False)
-    assert rt.device.type == "cpu" and rt.precision == "fp32" and not rt.grad_scaler().is_enabled()
+    assert rt.device.type == "cpu" and rt.dtype == torch.float32 and not rt.grad_scaler().is_enabled()
     if not torch.cuda.is_available():
         with pytest.raises(CustomGPTError, match="CUDA is not available"):
             resolve_device("cuda")
@@ -30,7 +30,7 @@ def test_runtime_on_cpu():
 
 def test_bf16_runtime_autocasts_matmuls_and_needs_no_scaler():
     rt = Runtime(device=torch.device("cpu"), dtype=torch.bfloat16)
-    assert rt.precision == "bf16" and not rt.grad_scaler().is_enabled()
+    assert not rt.grad_scaler().is_enabled()
     a = torch.randn(4, 4)
     with rt.autocast():
         assert (a @ a).dtype == torch.bfloat16

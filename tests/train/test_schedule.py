@@ -7,7 +7,7 @@ import math
 import pytest
 
 from customgpt.train.config import TrainConfig
-from customgpt.train.schedule import LRSchedule, build_schedule, lr_at
+from customgpt.train.schedule import build_schedule, lr_at
 
 # peak 1e-3 from 1e-4 over 10 warmup steps, then down to 1e-5 at step 110 (100 decay steps)
 KW = dict(peak_lr=1e-3, total_steps=110, warmup_steps=10, initial_lr=1e-4, min_lr=1e-5)
@@ -45,7 +45,9 @@ def test_no_warmup_starts_at_peak():
 
 def test_build_schedule_from_config():
     s = build_schedule(TrainConfig(lr=2e-3, warmup_fraction=0.1, min_lr=1e-4, schedule="linear"), 200)
-    assert s == LRSchedule(peak_lr=2e-3, total_steps=200, warmup_steps=20, min_lr=1e-4, kind="linear")
+    expected = dict(peak_lr=2e-3, total_steps=200, warmup_steps=20, min_lr=1e-4, kind="linear")
+    assert [s(step) for step in range(0, 250, 5)] == [lr_at(step, **expected) for step in range(0, 250, 5)]
     assert s(10) == pytest.approx(1e-3)  # halfway up from initial_lr = 0
     assert s(110) == pytest.approx(2e-3 + (1e-4 - 2e-3) * 0.5)
-    assert build_schedule(TrainConfig(warmup_steps=7), 50).warmup_steps == 7
+    seven = build_schedule(TrainConfig(warmup_steps=7), 50)
+    assert seven(6) < seven(7) == TrainConfig().lr  # the peak comes after 7 warmup steps

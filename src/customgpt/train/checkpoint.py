@@ -1,25 +1,11 @@
 """Training checkpoints: everything needed to continue a run exactly where it stopped.
 
-A checkpoint is a folder::
-
-    checkpoints/last/
-        model.safetensors, config.json, metadata.json   the weights (customgpt.checkpoints format,
-                                                        so the folder also loads with load_model)
-        trainer_state.pt    optimizer, grad scaler, step, epoch, position in the epoch,
-                            RNG states of every process, best metric, counters
-        train_config.yaml   the resolved training config of the run
-        manifest.json       size and sha256 of every file above (written last)
-
-``trainer_state.pt`` is written with ``torch.save`` and read with
-``torch.load(weights_only=True)``: it holds only tensors and plain Python values (NumPy's
-RNG state is converted to a tensor), so loading never unpickles arbitrary objects.
-
-Atomicity: a checkpoint is written whole into ``<name>.tmp/``, verified complete, then
-renamed into place: the old folder moves to ``<name>.prev/``, the new one to ``<name>/``,
-and ``.prev`` is deleted. A crash at any point leaves a complete ``<name>/`` or, between
-the two renames, a complete ``<name>.prev/`` that :func:`find_checkpoint` falls back to.
-A folder whose files do not match its manifest (truncated, corrupted) raises
-:class:`~customgpt.errors.CheckpointError` naming the file.
+A checkpoint folder (layout: docs/training.md, "Checkpoints and resume") holds the weights
+in the :mod:`customgpt.checkpoints` format (it also loads with ``load_model``),
+``trainer_state.pt`` (tensors and plain values only, read with ``torch.load(weights_only=True)``),
+``train_config.yaml`` and ``manifest.json`` (size and sha256 of every other file, written
+last). It is written whole and swapped into place (:func:`customgpt.io.atomic_folder`); a
+crash mid-swap leaves a complete ``<name>.prev/``, which :func:`find_checkpoint` falls back to.
 """
 
 from __future__ import annotations
@@ -35,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from customgpt.checkpoints import build_model, load_model, save_model
 from customgpt.errors import CheckpointError
 from customgpt.io import atomic_folder, atomic_open, atomic_write_text, sha256_file
-from customgpt.train.distributed import unwrap
+from customgpt.lora import lora_layers, merged_state_dict
 
 STATE_NAME = "trainer_state.pt"
 MANIFEST_NAME = "manifest.json"
@@ -53,10 +40,9 @@ CHECKPOINTS_DIR = "checkpoints"
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, PyTorch (CPU and every CUDA device) generator states, as tensors and
     plain values only (loadable with ``weights_only=True``)."""
-    version, internal, gauss = random.getstate()
     np_kind, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
+        "python": random.getstate(),  # (version, tuple of ints, gauss): plain values
         "numpy": {
             "kind": str(np_kind),
             "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64).copy()),
@@ -80,10 +66,8 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = list(state["cuda"])
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
+    if "cuda" in state and len(state["cuda"]) == torch.cuda.device_count():  # the same GPUs as the writer
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------- manifest
@@ -104,10 +88,8 @@ def verify_checkpoint(folder: str | Path) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint {folder} does not exist")
-    manifest_path = folder / MANIFEST_NAME
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        files = manifest["files"]
+        files = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))["files"]
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {folder} is incomplete: no {MANIFEST_NAME}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -135,10 +117,7 @@ def save_merged_model(model: nn.Module, folder: str | Path, metadata: Mapping[st
     """Save ``model`` as a plain customgpt model folder (``customgpt.checkpoints.save_model``);
     LoRA adapters, if any, are merged into a copy of the weights (``model`` keeps training
     unmerged). Returns the folder."""
-    from customgpt.checkpoints import build_model, save_model
-    from customgpt.lora import lora_layers, merged_state_dict
-
-    model = unwrap(model)
+    model = getattr(model, "_orig_mod", model)  # the module inside a torch.compile wrapper
     if lora_layers(model):
         state = {k: v.detach().clone() for k, v in merged_state_dict(model).items()}
         model = build_model(model.config, state)
@@ -159,18 +138,15 @@ def save_checkpoint(
     Args:
         root: the checkpoints folder of the run.
         name: ``last``, ``best`` or any folder name.
-        model: the model (DDP/compile wrappers are unwrapped); its weights go to
+        model: the model (or its ``torch.compile`` wrapper); its weights go to
             ``model.safetensors`` via :func:`customgpt.checkpoints.save_model`.
         state: the trainer state (tensors and plain Python values only).
         config_yaml: the run's resolved config, stored as ``train_config.yaml``.
         metadata: JSON-able extras for ``metadata.json``.
     """
-    from customgpt.checkpoints import save_model
-
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     with atomic_folder(root / name) as tmp:
-        save_model(unwrap(model), tmp, metadata={"kind": "training-checkpoint", **dict(metadata or {})})
+        save_model(model, tmp, metadata={"kind": "training-checkpoint", **dict(metadata or {})})
         with atomic_open(tmp / STATE_NAME, "wb") as fh:
             torch.save(dict(state), fh)
         if config_yaml is not None:
@@ -224,15 +200,11 @@ def checkpoint_val_loss(folder: str | Path) -> float | None:
 def reconcile_best(root: str | Path, claimed: float, *, repair: bool = True) -> float:
     """Make ``root/best`` and the best validation loss a resumed run believes agree.
 
-    ``best`` is written before ``last`` (see :func:`customgpt.train.pretrain.pretrain`), so a
-    kill between the two leaves ``best`` ahead of the ``claimed`` value in ``last``: the
-    value of ``best`` is used. A ``best`` behind ``claimed`` (a run killed between the writes
-    when ``last`` was written first) is repaired from ``last`` when ``last`` is the
-    checkpoint that set the claim; otherwise ``best``'s own value is returned, so the next
-    improvement on it rewrites ``best``.
-
-    Every process of a distributed run calls it (they must agree on the value); only the
-    main one passes ``repair=True``.
+    ``best`` is written before ``last``, so a kill between the two leaves ``best`` ahead of
+    the ``claimed`` value in ``last``: ``best``'s value is used. A ``best`` behind ``claimed``
+    (written by the older order, ``last`` first) is repaired from ``last`` when ``last`` set
+    the claim; otherwise ``best``'s own value is returned. Every process calls it (they must
+    agree on the value); only the main one passes ``repair=True``.
 
     Returns:
         The best validation loss to continue with (``inf`` when there is no ``best``).
@@ -264,14 +236,12 @@ def load_trainer_state(folder: str | Path, *, verify: bool = True) -> dict[str, 
 
 
 def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
-    """Verify ``folder``, copy its weights into ``model`` (unwrapped, any device, shapes
-    checked) and return its trainer state."""
-    from customgpt.checkpoints import load_model
-
-    state = load_trainer_state(folder, verify=True)
+    """Verify ``folder``, copy its weights into ``model`` (any device, shapes checked) and
+    return its trainer state."""
+    state = load_trainer_state(folder)
     loaded = load_model(Path(folder), device="cpu", dtype=torch.float32)
     try:
-        unwrap(model).load_state_dict(loaded.state_dict(), strict=True)
+        model.load_state_dict(loaded.state_dict(), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {folder} does not match the model: {exc}") from exc
     return state

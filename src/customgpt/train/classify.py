@@ -32,6 +32,7 @@ from customgpt.data.classification import (
     prepare_splits,
 )
 from customgpt.errors import ConfigError
+from customgpt.io import atomic_open, atomic_write_text
 from customgpt.losses import ClassificationLoss, FocalLoss, causal_lm_loss
 from customgpt.metrics import classification_report, format_report
 from customgpt.sections import FieldError
@@ -46,7 +47,6 @@ from customgpt.train.config import (
     TrainConfig,
     save_config,
 )
-from customgpt.train.files import atomic_open, atomic_write_text
 from customgpt.train.logging import MetricsLogger, Progress, line_figure
 from customgpt.train.optim import build_optimizer, set_lr
 from customgpt.train.runtime import Runtime, seed_everything, setup_runtime

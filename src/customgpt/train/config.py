@@ -28,8 +28,8 @@ import yaml
 
 from customgpt.config import GPTConfig
 from customgpt.errors import ConfigError
+from customgpt.io import atomic_write_text
 from customgpt.sections import FieldError, Section, to_dict
-from customgpt.train.files import atomic_write_text
 
 T = TypeVar("T")
 

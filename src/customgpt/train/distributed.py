@@ -1,15 +1,10 @@
-"""Data-parallel training: the same command under ``torchrun`` trains on every process.
+"""Data-parallel training: the same command under ``torchrun`` trains on every process
+(docs/training.md, "Several processes: torchrun").
 
-``torchrun`` (``python -m torch.distributed.run``) starts one process per device and sets
-``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``. :func:`init_distributed` reads them and joins
-the process group (NCCL on CUDA, Gloo on CPU); without them it is a no-op with one process.
-
-The global batch is ``micro_batch × accumulation × world_size`` sequences. Every process
-draws the same shuffled order of examples and takes its own slice of each global batch
-(:func:`shard`), so the union of what all processes see in a step is exactly the batch one
-process would see alone. Gradients are averaged by :class:`DistributedDataParallel` only on
-the last micro-batch of a step (:func:`sync_context` wraps the others in ``no_sync``).
-Only rank 0 logs and writes checkpoints; the others wait at :func:`barrier`.
+:func:`env_dist_info` reads torchrun's ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (one
+process without them). Every process takes its own slice of each global batch (:func:`shard`);
+DDP averages gradients on the last micro-batch of a step only (:func:`sync_context`); rank 0
+alone logs and writes checkpoints while the others wait at :func:`barrier`.
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,21 +47,19 @@ def env_dist_info() -> DistInfo:
     )
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group when launched by torchrun; returns this process's :class:`DistInfo`.
+def init_distributed(info: DistInfo, device_type: str) -> None:
+    """Join the process group of ``info``'s torchrun launch (nothing with one process or when joined).
 
     ``device_type`` picks the backend: ``nccl`` for CUDA, ``gloo`` otherwise. On CUDA the
     process binds to GPU ``LOCAL_RANK``.
     """
-    info = env_dist_info()
-    if not info.enabled or (dist.is_available() and dist.is_initialized()):
-        return info
+    if not info.enabled or is_initialized():
+        return
     if not dist.is_available():
         raise RuntimeError("this PyTorch build has no torch.distributed; run with one process")
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
-    return info
 
 
 def is_initialized() -> bool:
@@ -101,29 +94,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
-    """``DistributedDataParallel(model)`` when running with several processes, else ``model``.
-
-    DDP broadcasts rank 0's weights at construction, so every process starts identical.
-    """
-    if not info.enabled:
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and/or ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
-
-
 def sync_context(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     """``model.no_sync()`` on accumulation micro-steps (no gradient all-reduce), else nothing."""
     if not sync and hasattr(model, "no_sync"):
@@ -135,15 +105,10 @@ def shard(global_batch: Sequence[int], info: DistInfo, micro_batch: int, accumul
     """This process's micro-batches (lists of example indices) of one global batch.
 
     Rank ``r`` takes the ``r``-th contiguous block of ``micro_batch * accumulation`` indices
-    and cuts it into ``accumulation`` micro-batches. Deterministic, no communication.
+    and cuts it into ``accumulation`` micro-batches (:meth:`TrainConfig.accumulation` checks that
+    the global batch divides so). Deterministic, no communication.
     """
     per_rank = micro_batch * accumulation
-    if len(global_batch) != per_rank * info.world_size:
-        raise ValueError(f"global batch of {len(global_batch)} != {micro_batch} x {accumulation} x {info.world_size}")
     mine = list(global_batch[info.rank * per_rank:(info.rank + 1) * per_rank])
     return [mine[i * micro_batch:(i + 1) * micro_batch] for i in range(accumulation)]
 
-
-def iter_shard(items: Sequence[Any], info: DistInfo) -> Iterator[Any]:
-    """Every ``world_size``-th item starting at ``rank`` (to split evaluation batches)."""
-    yield from items[info.rank::info.world_size]

@@ -1,20 +1,14 @@
 """What a run reports: a progress bar, ``metrics.jsonl``, PNG plots, optional TensorBoard.
 
-``metrics.jsonl`` holds one JSON object per line, each with ``step`` and any of
-``loss`` (train loss of that step's global batch), ``lr``, ``grad_norm``, ``tokens_per_s``,
-``tokens``, ``elapsed`` (seconds), ``epoch``, ``val_loss`` and other evaluation values,
-``sample`` (generated text). Lines are flushed as written, so a killed run keeps everything
-logged before it died; on resume, lines past the checkpoint's step are dropped first, so
-the file tells one consistent story.
-
-Only rank 0 writes (pass ``enabled=False`` elsewhere). matplotlib (Agg backend, no
-display needed) and TensorBoard are imported only when used.
+``metrics.jsonl`` (its fields: docs/training.md, "Metrics and plots") holds one JSON object
+per line, flushed as written, so a killed run keeps everything logged before it died; on
+resume, lines past the checkpoint's step are dropped first. Only rank 0 writes (pass
+``enabled=False`` elsewhere). matplotlib and TensorBoard are imported only when used.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import time
@@ -23,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from customgpt.errors import ConfigError, CustomGPTError
-from customgpt.train.files import atomic_write_bytes, atomic_write_text
+from customgpt.io import atomic_path, atomic_write_text
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -54,17 +48,15 @@ class MetricsLogger:
         self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False, resume_step: int | None = None
     ) -> None:
         self.path = Path(run_dir) / METRICS_NAME
-        self.enabled = enabled
         self._fh = None
         self._tb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
         if resume_step is not None:
             kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        else:
-            atomic_write_text(self.path, "")
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the run
         if tensorboard:
             try:
@@ -98,38 +90,30 @@ class MetricsLogger:
             self._tb.close()
             self._tb = None
 
-    def __enter__(self) -> MetricsLogger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class Progress:
     """A tqdm bar over optimizer steps showing loss, LR and tokens/s (tqdm adds the ETA).
 
-    With ``enabled`` False there is no bar; :meth:`write` still prints when ``echo`` is True
-    (rank 0 with the bar turned off). ``echo`` None means the same as ``enabled``, so a
-    disabled bar (other ranks) shows nothing at all.
+    With ``enabled`` False there is no bar, and :meth:`write` prints only when ``echo`` is True
+    (rank 0 with the bar turned off; other ranks show nothing at all).
     """
 
-    def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, echo: bool | None = None,
+    def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, echo: bool = False,
                  desc: str = "train") -> None:
-        self.enabled = enabled
-        self.echo = enabled if echo is None else echo
+        self.echo = echo
         self._bar = None
         if enabled:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
 
-    def update(self, *, loss: float | None = None, lr: float | None = None, tokens_per_s: float | None = None,
-               n: int = 1) -> None:
+    def update(self, *, loss: float | None = None, lr: float | None = None,
+               tokens_per_s: float | None = None) -> None:
         if self._bar is None:
             return
         values = {"loss": (loss, ".3f"), "lr": (lr, ".2e"), "tok/s": (tokens_per_s, ",.0f")}
         self._bar.set_postfix({k: format(v, f) for k, (v, f) in values.items() if v is not None}, refresh=False)
-        self._bar.update(n)
+        self._bar.update()
 
     def write(self, text: str) -> None:
         """Print a line without breaking the bar (a plain print when there is no bar and ``echo``)."""
@@ -148,8 +132,7 @@ class Throughput:
     """Tokens per second over the steps since the last call (wall clock)."""
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self._last = self.start
+        self._last = time.perf_counter()
 
     def rate(self, tokens: int) -> float:
         now = time.perf_counter()
@@ -160,7 +143,8 @@ class Throughput:
 # --------------------------------------------------------------------------- plots
 
 
-def _series(records: Iterable[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def metric_series(records: Iterable[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of the records whose ``key`` holds a finite number, for :func:`line_figure`."""
     xs, ys = [], []
     for r in records:
         value = r.get(key)
@@ -173,7 +157,8 @@ def _series(records: Iterable[dict[str, Any]], key: str) -> tuple[list[float], l
 def line_figure(path: Path, lines: Sequence[tuple[str, Sequence[float], Sequence[float], str]], *, xlabel: str,
                 ylabel: str, title: str | None = None, figsize: tuple[float, float] = (7, 4.5), dpi: int = 110) -> Path:
     """Draw ``lines`` (label, xs, ys, matplotlib style such as ``"o-"``; empty ones skipped) on one
-    set of axes and write it as a PNG (:func:`save_figure`); the legend appears with two or more lines."""
+    set of axes and write it to ``path`` as a PNG, atomically; the legend appears with two or
+    more lines. Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # files only; works without a display
@@ -190,7 +175,11 @@ def line_figure(path: Path, lines: Sequence[tuple[str, Sequence[float], Sequence
     ax.grid(alpha=0.3)
     if len(drawn) > 1:
         ax.legend()
-    return save_figure(fig, path, dpi=dpi)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -204,25 +193,12 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         raise CustomGPTError(f"no metrics to plot: {run_dir / METRICS_NAME} is missing or empty")
     out = Path(out_dir) if out_dir is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    written = [line_figure(out / "loss.png", [("train", *_series(records, "loss"), "-"),
-                                              ("validation", *_series(records, "val_loss"), "o-")],
+    written = [line_figure(out / "loss.png", [("train", *metric_series(records, "loss"), "-"),
+                                              ("validation", *metric_series(records, "val_loss"), "o-")],
                            xlabel="optimizer step", ylabel="cross-entropy loss", title=f"loss: {run_dir.name}")]
-    xs, ys = _series(records, "lr")
+    xs, ys = metric_series(records, "lr")
     if xs:
         written.append(line_figure(out / "lr.png", [("learning rate", xs, ys, "-")], xlabel="optimizer step",
                                    ylabel="learning rate", title=f"learning rate: {run_dir.name}", figsize=(7, 3.5)))
     return written
-
-
-def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
-    """Lay out ``fig``, write it as a PNG atomically, close it; returns ``path``."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
 

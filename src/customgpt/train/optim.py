@@ -17,17 +17,17 @@ from customgpt.train.config import OptimConfig
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups of the trainable parameters: >=2-D with ``weight_decay``, the rest with 0.
 
-    ``named_parameters`` yields a tied weight (the LM head sharing ``wte``) once, so it is
+    ``parameters()`` yields a tied weight (the LM head sharing ``wte``) once, so it is
     optimised once. Frozen parameters (``requires_grad=False``, e.g. outside LoRA) are left out.
     """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
         raise ValueError("the model has no trainable parameters")
     groups = []
     for decays, decay in ((True, weight_decay), (False, 0.0)):
-        part = [(n, p) for n, p in named if (p.dim() >= 2) == decays]
+        part = [p for p in params if (p.dim() >= 2) == decays]
         if part:
-            groups.append({"params": [p for _, p in part], "weight_decay": decay, "names": [n for n, _ in part]})
+            groups.append({"params": part, "weight_decay": decay})
     return groups
 
 
@@ -44,12 +44,12 @@ def build_optimizer(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     fused = cfg.fused if cfg.fused is not None else device.type in ("cuda", "cpu")
     kwargs: dict = {"fused": True} if fused else {"foreach": True}
-    # "names" is informational; keep it out of the optimizer (its state_dict must stay plain).
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg.weight_decay)]
+    groups = param_groups(model, cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate."""
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Set every parameter group's learning rate; returns ``lr`` (``lr = set_lr(opt, schedule(step))``)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+    return lr

@@ -1,7 +1,7 @@
 """Next-token pretraining: one explicit loop built from the shared pieces of :mod:`customgpt.train`.
 
-Reading order: the config schema, the loss module that DDP wraps, evaluation and the
-sample, then :func:`pretrain` itself: set up → (resume) → for each optimizer step:
+Reading order: the config schema, the loss module that DDP wraps, evaluation, then
+:func:`pretrain` itself: set up → (resume) → for each optimizer step:
 accumulate micro-batches, clip, step, log, evaluate, checkpoint → save the final model.
 """
 
@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from customgpt.checkpoints import save_model
 from customgpt.data.pretrain import (
     PretrainDataConfig,
     TokenWindows,
@@ -24,7 +26,9 @@ from customgpt.data.pretrain import (
     split_tokens,
 )
 from customgpt.errors import ConfigError, DataError
+from customgpt.generate import SamplingParams, encode_prompt, generate_tokens
 from customgpt.losses import causal_lm_loss
+from customgpt.tokenizer import get_tokenizer
 from customgpt.train import checkpoint as ckpt
 from customgpt.train import distributed as dist
 from customgpt.train.config import (
@@ -102,7 +106,7 @@ def evaluate(objective: nn.Module, data: TokenWindows, batch_size: int, micro_ba
     n = len(data) if max_batches is None else min(len(data), max_batches * batch_size)
     chunks = [range(i, min(i + micro_batch, n)) for i in range(0, n, micro_batch)]
     loss_sum, count = 0.0, 0
-    for chunk in dist.iter_shard(chunks, rt.dist):
+    for chunk in chunks[rt.dist.rank::rt.dist.world_size]:
         x, y = data.batch(chunk)
         x, y = x.to(rt.device), y.to(rt.device)
         with rt.autocast():
@@ -114,23 +118,7 @@ def evaluate(objective: nn.Module, data: TokenWindows, batch_size: int, micro_ba
     return global_mean(loss_sum, global_count(count, rt.device), rt.device)
 
 
-@torch.no_grad()
-def greedy_sample(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, rt: Runtime) -> str:
-    """Greedy continuation (argmax each step) of ``prompt``: a deterministic progress check."""
-    was_training = model.training
-    model.eval()
-    ids = torch.tensor([tokenizer.encode(prompt)], device=rt.device)
-    for _ in range(max_new_tokens):
-        with rt.autocast():
-            logits = model(ids[:, -model.config.context_length:], last_only=True)  # (1, 1, V)
-        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    model.train(was_training)
-    return tokenizer.decode(ids[0].tolist())
-
-
 def _prepare_data(cfg: PretrainConfig, context_length: int, rt: Runtime) -> tuple[TokenWindows, TokenWindows]:
-    from customgpt.tokenizer import get_tokenizer
-
     files = resolve_sources(cfg.data.source, pattern=cfg.data.pattern, data_dir=cfg.data.data_dir)
     tokenizer = get_tokenizer()
     if rt.dist.is_main:  # one process tokenizes; the others read its cache
@@ -185,6 +173,9 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
         total_steps = tcfg.max_steps or tcfg.epochs * steps_per_epoch
         schedule = build_schedule(tcfg, total_steps)
         seed_everything(tcfg.seed + info.rank)  # each process its own dropout stream from here on
+        objective = rt.prepare_model(CausalLMObjective(model))  # to device (+ torch.compile)
+        optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
+        scaler = rt.grad_scaler()
 
         state: dict[str, Any] = {"step": 0, "best_val_loss": math.inf, "tokens": 0, "elapsed": 0.0}
         if resume_from:
@@ -200,16 +191,15 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
                 state["best_val_loss"] = ckpt.reconcile_best(resume_from.parent, float(state["best_val_loss"]),
                                                              repair=info.is_main)
             dist.barrier()
-        objective = rt.prepare_model(CausalLMObjective(model))  # to device (+ torch.compile)
-        optimizer = build_optimizer(model, cfg.optim, schedule(0), rt.device)
-        scaler = rt.grad_scaler()
-        if resume_from:
             optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             rngs = state["rng"]
             ckpt.restore_rng_state(rngs[min(info.rank, len(rngs) - 1)])
-        ddp = dist.wrap_model(objective, info, rt.device)
+        ddp = objective
+        if info.enabled:  # DDP broadcasts rank 0's weights at construction: every process starts identical
+            device_ids = [rt.device.index] if rt.device.type == "cuda" else None
+            ddp = DistributedDataParallel(objective, device_ids=device_ids)
 
         step, best = int(state["step"]), float(state["best_val_loss"])
         tokens, elapsed0 = int(state["tokens"]), float(state["elapsed"])
@@ -219,19 +209,20 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
         log = MetricsLogger(run_dir, enabled=info.is_main, tensorboard=cfg.logging.tensorboard,
                             resume_step=step if resume_from else None)
         bar = Progress(total_steps, initial=step, enabled=info.is_main and cfg.logging.progress, echo=info.is_main)
-        tokenizer = None
-        if cfg.sample.prompt and cfg.sample.max_new_tokens:
-            from customgpt.tokenizer import get_tokenizer
-
-            tokenizer = get_tokenizer()
+        tokenizer = get_tokenizer() if cfg.sample.prompt and cfg.sample.max_new_tokens else None
 
         def run_eval(at: int) -> float:
             record: dict[str, Any] = {"step": at}
             val = evaluate(objective, val_data, tcfg.batch_size, micro, tcfg.eval_iters, rt) if len(val_data) else math.nan
             if not math.isnan(val):
                 record["val_loss"], record["val_ppl"] = val, math.exp(min(val, 50.0))
-            if tokenizer is not None and info.is_main:
-                record["sample"] = greedy_sample(model, tokenizer, cfg.sample.prompt, cfg.sample.max_new_tokens, rt)
+            if tokenizer is not None and info.is_main:  # greedy: a deterministic progress check
+                ids = encode_prompt(tokenizer, cfg.sample.prompt)
+                greedy = SamplingParams(max_new_tokens=cfg.sample.max_new_tokens, temperature=0.0,
+                                        stop_at_eot=False)
+                # fast_path=False: the weights being trained keep their memory layout
+                ids += [s.token_id for s in generate_tokens(model, ids, greedy, fast_path=False)]
+                record["sample"] = tokenizer.decode(ids)
             log.log(record)
             bar.write(f"step {at}: val loss {val:.4f}" + (f" | {record['sample']!r}" if "sample" in record else ""))
             return val
@@ -251,8 +242,7 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
             global_batch = order[position * tcfg.batch_size:(position + 1) * tcfg.batch_size]
             batches = [train_data.batch(ix) for ix in dist.shard(global_batch, info, micro, accum)]
             n_global = global_count(sum(count_targets(y) for _, y in batches), rt.device)
-            lr = schedule(step)
-            set_lr(optimizer, lr)
+            lr = set_lr(optimizer, schedule(step))
             loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
             for i, (x, y) in enumerate(batches):
                 x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
@@ -309,8 +299,6 @@ def pretrain(cfg: PretrainConfig, *, resume: str | bool | None = None, stop_afte
         bar.close()
         log.close()
         if info.is_main and step == total_steps:
-            from customgpt.checkpoints import save_model
-
             save_model(model, run_dir / "final", metadata={"kind": "pretrained", "step": step, "run": str(run_dir)})
         if info.is_main and cfg.logging.plots:
             plot_run(run_dir)

@@ -49,10 +49,6 @@ class Runtime:
     dist: DistInfo = field(default_factory=DistInfo)
     compile: bool = False
 
-    @property
-    def precision(self) -> str:
-        return {v: k for k, v in _DTYPES.items()}[self.dtype]
-
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to the run's dtype for the forward pass and loss (nothing in fp32)."""
         if self.dtype == torch.float32:
@@ -65,7 +61,7 @@ class Runtime:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Move to the device and optionally ``torch.compile`` (the plain module stays reachable
-        via :func:`customgpt.train.distributed.unwrap`)."""
+        as ``._orig_mod``)."""
         model = model.to(self.device)
         if self.compile:
             model = torch.compile(model)
@@ -85,8 +81,7 @@ def setup_runtime(cfg: RuntimeConfig, *, distributed: bool = True) -> Runtime:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device, info.local_rank)
     dtype = resolve_precision(cfg.precision, device)  # config errors before joining the group
-    if info.enabled:
-        info = init_distributed(device.type)
+    init_distributed(info, device.type)
     return Runtime(device=device, dtype=dtype, dist=info, compile=cfg.compile)
 
 

@@ -16,9 +16,9 @@ at step ``s`` gives the same LR as the uninterrupted run.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import partial
 
 from customgpt.train.config import TrainConfig
 
@@ -47,23 +47,8 @@ def lr_at(
     raise ValueError(f"unknown schedule {kind!r} (cosine, linear, constant)")
 
 
-@dataclass(frozen=True)
-class LRSchedule:
-    """A schedule with its parameters bound: ``schedule(step) -> lr``."""
-
-    peak_lr: float
-    total_steps: int
-    warmup_steps: int = 0
-    initial_lr: float = 0.0
-    min_lr: float = 0.0
-    kind: str = "cosine"
-
-    def __call__(self, step: int) -> float:
-        return lr_at(step, **dataclasses.asdict(self))
-
-
-def build_schedule(cfg: TrainConfig, total_steps: int) -> LRSchedule:
-    """The schedule described by ``cfg`` for a run of ``total_steps`` optimizer steps."""
+def build_schedule(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The schedule described by ``cfg`` for a run of ``total_steps`` optimizer steps: ``step -> lr``."""
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int((cfg.warmup_fraction or 0) * total_steps)
-    return LRSchedule(peak_lr=cfg.lr, total_steps=total_steps, warmup_steps=warmup,
-                      initial_lr=cfg.initial_lr, min_lr=cfg.min_lr, kind=cfg.schedule)
+    return partial(lr_at, peak_lr=cfg.lr, total_steps=total_steps, warmup_steps=warmup,
+                   initial_lr=cfg.initial_lr, min_lr=cfg.min_lr, kind=cfg.schedule)

@@ -1,23 +1,11 @@
 """One optimizer step from several micro-batches: exact accumulation, clipping, stepping.
 
-Gradient accumulation must give the update the big batch would. With a mean loss per
-micro-batch that is only true when every micro-batch has the same number of targets.
-The exact way: every micro-batch contributes ``sum of its token losses / N``, where ``N`` is
-the number of (non-ignored) targets in the **whole global batch**, over all micro-batches
-and all processes. :func:`micro_loss_weight` gives the factor to multiply a micro-batch's
-mean loss by. Under DDP, gradients are *averaged* over processes, so the factor includes
-``world_size`` to turn that average back into the sum.
-
-Typical use (per optimizer step)::
-
-    micro = [next_batch() for _ in range(accum)]
-    n_global = global_count(sum(count_targets(y) for _, y in micro))
-    for i, (x, y) in enumerate(micro):
-        with sync_context(model, sync=i == accum - 1), runtime.autocast():
-            loss = loss_fn(model, x, y)                      # mean over this micro-batch
-        w = micro_loss_weight(count_targets(y), n_global, world_size)
-        scaler.scale(loss * w).backward()
-    grad_norm = optimizer_step(optimizer, scaler, model.parameters(), max_norm=1.0)
+Accumulation is exact (docs/training.md, "Batch sizes, accumulation and exactness"): every
+micro-batch contributes ``sum of its token losses / N``, ``N`` being the number of
+(non-ignored) targets in the whole global batch, over all micro-batches and processes.
+:func:`micro_loss_weight` gives the factor for a micro-batch's mean loss; it includes
+``world_size`` because DDP *averages* gradients over processes. :mod:`customgpt.train.pretrain`
+shows the use.
 """
 
 from __future__ import annotations
@@ -55,35 +43,24 @@ def global_mean(local_sum: float, n_global: int, device: torch.device | str = "c
     return total / n_global if n_global > 0 else math.nan
 
 
-def clip_grad_norm(parameters: Iterable[Tensor], max_norm: float | None) -> float:
-    """Clip the global L2 norm of all gradients to ``max_norm`` (None or 0: no clipping).
-
-    Returns the norm *before* clipping, which is what is worth logging: it shows how often
-    and how hard clipping acts. Under DDP the gradients are already averaged, so this is the
-    global norm on every process.
-    """
-    params = [p for p in parameters if p.grad is not None]
-    if not params:
-        return 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, float(max_norm) if max_norm else math.inf))
-
-
 def optimizer_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     parameters: Iterable[Tensor],
     max_norm: float | None = 1.0,
 ) -> tuple[float, bool]:
-    """Unscale (fp16), clip, step, update the scaler and zero the gradients.
+    """Unscale (fp16), clip the global L2 norm of the gradients to ``max_norm`` (None or 0:
+    no clipping), step, update the scaler and zero the gradients.
 
-    Returns (pre-clip gradient norm, whether the step was applied). A step is skipped when
+    Returns (gradient norm before clipping, whether the step was applied); under DDP the
+    gradients are already averaged, so the norm is the global one. A step is skipped when
     the gradient norm is not finite: the fp16 scaler then lowers its scale (normal at the
     start of fp16 training); in fp32/bf16 a skipped step means the run is diverging.
     """
-    params = list(parameters)
+    params = [p for p in parameters if p.grad is not None]
     if scaler is not None and scaler.is_enabled():
         scaler.unscale_(optimizer)
-    norm = clip_grad_norm(params, max_norm)
+    norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf)) if params else 0.0
     applied = math.isfinite(norm)
     if scaler is not None and scaler.is_enabled():
         scaler.step(optimizer)  # skips by itself on inf/nan gradients
