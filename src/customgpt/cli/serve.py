@@ -24,13 +24,15 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (port 0: a free one), or a one-line error."""
+    """A socket listening on ``host:port`` (port 0: a free one), or a one-line error. Clients
+    that connect before the server starts wait in the socket's backlog."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
+            sock.listen()
         except OSError:
             sock.close()
             raise
