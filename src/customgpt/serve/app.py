@@ -198,12 +198,6 @@ class _Server:
             raise _bad(f"{param} is not valid Unicode: a lone surrogate at character {exc.start}", param) from None
         return text
 
-    def check_ids(self, ids: Sequence[int], param: str) -> list[int]:
-        try:
-            return check_prompt(ids, self.tokenizer.vocab_size, param)
-        except GenerationError as exc:
-            raise _bad(str(exc), param) from None
-
     def fit_prompt(self, ids: list[int], max_tokens: int, param: str) -> list[int]:
         """Refuse (or, with ``crop_prompt``, crop from the left) a prompt past the window."""
         if len(ids) <= self.ctx:
@@ -226,10 +220,13 @@ class _Server:
             raise _bad(f"{param} is empty", param)
         rows = []
         for item in value:
-            if isinstance(item, str):
-                ids = encode_prompt(self.tokenizer, self.check_text(item, param))
-            else:
-                ids = self.check_ids(item, param)
+            try:
+                if isinstance(item, str):
+                    ids = encode_prompt(self.tokenizer, self.check_text(item, param))
+                else:
+                    ids = check_prompt(item, self.tokenizer.vocab_size, param)  # not empty, in the vocabulary
+            except GenerationError as exc:
+                raise _bad(str(exc), param) from None
             rows.append(self.fit_prompt(ids, max_tokens, param))
         return rows
 

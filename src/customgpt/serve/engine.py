@@ -353,17 +353,6 @@ class BatchEngine:
                 self._rows[i] = None
 
     # ------------------------------------------------------------------ sampling
-    def _new_row(self, handle: RequestHandle) -> _Row:
-        job = handle.job
-        params = job.params
-        return _Row(
-            handle=handle,
-            length=len(job.prompt_ids),
-            out=RowOutput(len(job.prompt_ids), params, self.eot_id, self.tokenizer, self.ctx),
-            generator=None if params.greedy else make_generator(params.seed, self.device),
-            stats=TokenStats([job.prompt_ids], self.vocab, params, self.device),
-        )
-
     def _logprob(self, logprobs: Tensor, token: int, k: int) -> TokenLogprob:
         """``logprobs``: (V,) log-softmax of one position."""
         top: list[tuple[int, float]] = []
@@ -418,14 +407,21 @@ class BatchEngine:
         logits = self.head(hidden[:, -1])  # (G, V)
         joining: list[tuple[_Row, int]] = []
         for g, h in enumerate(new):
-            row = self._new_row(h)
+            params = h.job.params
+            row = _Row(
+                handle=h,
+                length=lengths[g],
+                out=RowOutput(lengths[g], params, self.eot_id, self.tokenizer, self.ctx),
+                generator=None if params.greedy else make_generator(params.seed, self.device),
+                stats=TokenStats([h.job.prompt_ids], self.vocab, params, self.device),
+            )
             k = h.job.prompt_logprobs
             if k is not None:
                 # Position t predicts token t + 1: log-probs of prompt tokens 1 .. p-1.
                 lp = torch.log_softmax(self.head(hidden[g, P - lengths[g] : P - 1]).float(), dim=-1)
                 prompt = h.job.prompt_ids
                 row.prompt_logprobs = [self._logprob(lp[t], prompt[t + 1], k) for t in range(lengths[g] - 1)]
-            if h.job.params.max_new_tokens == 0:
+            if params.max_new_tokens == 0:
                 self._finish(row, "length")
                 continue
             if not self._sample_row(row, logits[g : g + 1]):
