@@ -9,6 +9,7 @@ go back as events (:class:`TokenEvent`, :class:`FinishEvent`, :class:`ErrorEvent
 (embeddings, classification) runs on the same thread between decode steps through
 :meth:`BatchEngine.call`.
 """
+
 from __future__ import annotations
 
 import asyncio

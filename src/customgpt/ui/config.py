@@ -7,6 +7,7 @@ variables (:meth:`AppConfig.from_env`; docs/ui.md lists them), so the same file 
 writes a default one there if it is missing; ``customgpt ui`` writes the app's own config into a
 temporary folder instead (:func:`write_app_folder`), so nothing is left in the user's folder.
 """
+
 from __future__ import annotations
 
 import os
