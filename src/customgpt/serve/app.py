@@ -152,7 +152,7 @@ class _AuthMiddleware:
             message = None
             if not header:
                 message = "missing API key: send the header 'Authorization: Bearer KEY'"
-            elif scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), self.key):
+            elif scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
                 message = "incorrect API key provided"
             if message is not None:
                 await APIError(401, message, code="invalid_api_key").response()(scope, receive, send)

@@ -387,7 +387,8 @@ class BatchEngine:
         tail = out.flush()
         if tail:
             handle._post(TokenEvent(-1, tail, None))
-        handle._post(FinishEvent(reason, out.prompt_tokens, out.sampled, "".join(out.text), row.prompt_logprobs))
+        text = "".join(out.text)
+        handle._post(FinishEvent(reason, out.prompt_tokens, out.sampled, text, row.prompt_logprobs))
         return True
 
     # ------------------------------------------------------------------ prefill and decode
