@@ -37,12 +37,19 @@ def test_unknown_fields_are_ignored():
     assert "store" not in CompletionRequest.model_validate({"model": "m", "prompt": "x", "store": True}).model_dump()
 
 
-def test_unsupported_fields_are_kept_for_the_app_to_refuse():
-    """n > 1, logit_bias, tools and best_of parse, so the server answers 400 naming them
-    (tests/serve/test_app.py) rather than silently giving one plain answer."""
-    chat = ChatCompletionRequest.model_validate({**CHAT, "n": 2, "logit_bias": {"50256": -100}, "tools": [{}]})
-    assert chat.n == 2 and chat.logit_bias == {"50256": -100.0} and chat.tools == [{}]
-    assert CompletionRequest.model_validate({"model": "m", "prompt": "x", "best_of": 3}).best_of == 3
+def test_unsupported_fields_are_refused_or_kept_for_the_app_to_refuse():
+    """n > 1 and best_of > 1 are refused naming the field; logit_bias and tools parse, so the
+    server answers 400 naming them (tests/serve/test_app.py) rather than silently giving one
+    plain answer."""
+    chat = ChatCompletionRequest.model_validate({**CHAT, "logit_bias": {"50256": -100}, "tools": [{}]})
+    assert chat.logit_bias == {"50256": -100.0} and chat.tools == [{}]
+    for schema, body, field in [(ChatCompletionRequest, {**CHAT, "n": 2}, "n"),
+                                (CompletionRequest, {"model": "m", "prompt": "x", "n": 3}, "n"),
+                                (CompletionRequest, {"model": "m", "prompt": "x", "best_of": 3}, "best_of")]:
+        with pytest.raises(ValidationError) as info:
+            schema.model_validate(body)
+        assert _first_loc(info)[0] == field
+    assert CompletionRequest.model_validate({"model": "m", "prompt": "x", "n": 1, "best_of": 1}).best_of == 1
 
 
 @pytest.mark.parametrize(

@@ -15,26 +15,28 @@ import argparse
 import os
 import socket
 import sys
+from pathlib import Path
 
 from customgpt.cli._common import add_device_argument, add_dtype_argument
+from customgpt.errors import CustomGPTError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (port 0: a free one), or a one-line error."""
+    """A socket listening on ``host:port`` (port 0: a free one), or a one-line error. Clients
+    that connect before the server starts wait in the socket's backlog."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
+            sock.listen()
         except OSError:
             sock.close()
             raise
     except OSError as exc:
-        from customgpt.errors import CustomGPTError
-
         raise CustomGPTError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
                              "(choose another --port or --host)") from None
     return sock
@@ -78,8 +80,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from customgpt.errors import CustomGPTError
-
     try:
         import uvicorn
 
@@ -87,10 +87,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise CustomGPTError(f"customgpt serve needs the 'serve' extra ({exc.name} is missing): "
                              "pip install -e '.[serve]' from the repository root (the serve extra)") from None
-    from customgpt.checkpoints import load_model, resolve_model_spec
-    from customgpt.device import resolve_device, resolve_dtype
+    from customgpt.cli.generate import load_for_generation
     from customgpt.prompts import style_for_model
-    from customgpt.tokenizer import get_tokenizer
 
     if not 0 <= args.port <= 65535:
         raise CustomGPTError(f"--port must be in 0..65535, got {args.port}")
@@ -112,19 +110,14 @@ def run(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-        if resolve_model_spec(args.model, config=args.config).kind == "preset":
-            print(f"warning: {args.model!r} is a preset: its weights are random and untrained", file=sys.stderr)
-        model = load_model(args.model, device=device, dtype=dtype, config=args.config, seed=args.seed)
+        model, tokenizer = load_for_generation(args)  # warns when the weights are a preset's random ones
         classifier = classifier_info = None
         if args.classifier is not None:
-            from pathlib import Path
-
             from customgpt.classifier import load_classifier
 
-            classifier, classifier_info = load_classifier(args.classifier, device=device)
+            classifier, classifier_info = load_classifier(args.classifier, device=model.device)
             classifier_info = {**classifier_info, "name": classifier_info.get("name") or Path(args.classifier).name}
-        app = create_app(model, get_tokenizer(), config, classifier=classifier, classifier_info=classifier_info)
+        app = create_app(model, tokenizer, config, classifier=classifier, classifier_info=classifier_info)
         if args.host not in LOOPBACK and config.api_key is None:
             print(f"warning: listening on {args.host} without --api-key: anyone who can reach this address "
                   "can use the model", file=sys.stderr)

@@ -7,17 +7,20 @@
 Then open http://HOST:PORT in a browser. MODEL is anything ``customgpt generate`` accepts; the
 device is chosen automatically (``--device`` to choose). The app's Chainlit folder (its
 ``config.toml`` and readme) is written to a temporary folder that is removed when the
-server stops. Needs
-the ``ui`` extra: ``pip install customgpt[ui]``.
+server stops. Needs the ``ui`` extra: ``pip install customgpt[ui]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+import tempfile
 
 from customgpt.cli._common import add_device_argument
+from customgpt.cli.serve import listen
+from customgpt.errors import ConfigError
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -38,11 +41,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import importlib.util
-    import tempfile
-
-    from customgpt.cli.serve import listen
-    from customgpt.errors import ConfigError
     from customgpt.ui.config import (
         APP_FILE,
         APP_FOLDER_ENV,

@@ -28,8 +28,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from customgpt.classifier import pool_hidden, predict_texts
+from customgpt.data.classification import collate_classification
 from customgpt.errors import ConfigError
-from customgpt.generate import PLAIN_TEXT, SamplingParams
+from customgpt.generate import PLAIN_TEXT, GenerationError, SamplingParams, check_prompt, encode_prompt
 from customgpt.prompts import Message, PromptStyle, get_prompt_style
 from customgpt.serve.engine import (
     BatchEngine,
@@ -147,14 +149,13 @@ class _AuthMiddleware:
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
             header = Headers(scope=scope).get("authorization", "")
             scheme, _, token = header.partition(" ")
+            message = None
             if not header:
-                error = APIError(401, "missing API key: send the header 'Authorization: Bearer KEY'",
-                                 code="invalid_api_key")
-                await error.response()(scope, receive, send)
-                return
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), self.key):
-                await APIError(401, "incorrect API key provided", code="invalid_api_key").response()(
-                    scope, receive, send)
+                message = "missing API key: send the header 'Authorization: Bearer KEY'"
+            elif scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
+                message = "incorrect API key provided"
+            if message is not None:
+                await APIError(401, message, code="invalid_api_key").response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -197,15 +198,6 @@ class _Server:
             raise _bad(f"{param} is not valid Unicode: a lone surrogate at character {exc.start}", param) from None
         return text
 
-    def check_ids(self, ids: Sequence[int], param: str) -> list[int]:
-        if not ids:
-            raise _bad(f"{param} is empty", param)
-        vocab = self.tokenizer.vocab_size
-        for i in ids:
-            if not 0 <= i < vocab:
-                raise _bad(f"{param} holds token id {i}, outside the vocabulary (0..{vocab - 1})", param)
-        return list(ids)
-
     def fit_prompt(self, ids: list[int], max_tokens: int, param: str) -> list[int]:
         """Refuse (or, with ``crop_prompt``, crop from the left) a prompt past the window."""
         if len(ids) <= self.ctx:
@@ -228,10 +220,13 @@ class _Server:
             raise _bad(f"{param} is empty", param)
         rows = []
         for item in value:
-            if isinstance(item, str):
-                ids = self.encode(self.check_text(item, param)) or [self.tokenizer.eot_id]
-            else:
-                ids = self.check_ids(item, param)
+            try:
+                if isinstance(item, str):
+                    ids = encode_prompt(self.tokenizer, self.check_text(item, param))
+                else:
+                    ids = check_prompt(item, self.tokenizer.vocab_size, param)  # not empty, in the vocabulary
+            except GenerationError as exc:
+                raise _bad(str(exc), param) from None
             rows.append(self.fit_prompt(ids, max_tokens, param))
         return rows
 
@@ -239,26 +234,22 @@ class _Server:
         return min(default if value is None else value, self.config.max_tokens)
 
     def sampling(self, req, prompt_len: int, max_tokens: int, extra_stop: Sequence[str] = ()) -> SamplingParams:
-        """The request's :class:`SamplingParams`; ``max_tokens`` also capped by the window."""
-        if req.n != 1:
-            raise _bad("only n = 1 is supported", "n")
+        """The request's :class:`SamplingParams`; ``max_tokens`` also capped by the window
+        (the request model's ranges are within what :class:`SamplingParams` accepts)."""
         if req.logit_bias:
             raise _bad("logit_bias is not supported", "logit_bias")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if any(not s for s in stop):
             raise _bad("stop strings must not be empty", "stop")
-        try:
-            return SamplingParams(
-                max_new_tokens=max(0, min(max_tokens, self.ctx + 1 - prompt_len)),
-                temperature=req.temperature,
-                top_p=req.top_p,
-                presence_penalty=req.presence_penalty,
-                frequency_penalty=req.frequency_penalty,
-                stop=tuple(dict.fromkeys([*stop, *extra_stop])),
-                seed=req.seed,
-            )
-        except ConfigError as exc:
-            raise _bad(str(exc)) from None
+        return SamplingParams(
+            max_new_tokens=max(0, min(max_tokens, self.ctx + 1 - prompt_len)),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            stop=tuple(dict.fromkeys([*stop, *extra_stop])),
+            seed=req.seed,
+        )
 
     def submit(self, job: GenerationJob) -> RequestHandle:
         with _engine_errors():
@@ -523,8 +514,6 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         server.check_model(req.model)
-        if req.best_of not in (None, 1):
-            raise _bad("only best_of = 1 is supported", "best_of")
         if req.suffix:
             raise _bad("suffix is not supported", "suffix")
         if req.stream and req.echo and req.logprobs is not None:
@@ -607,7 +596,9 @@ def create_app(
         if not texts:
             raise _bad("input is empty", "input")
         labels = [str(x) for x in server.classifier_info.get("labels", [])]
-        probs = await server.call(lambda: _classify(server, texts))
+        classifier = server.classifier  # predict_texts crops each text to the classifier's window
+        probs = await server.call(lambda: predict_texts(classifier, texts, server.encode,
+                                                        max_length=classifier.config.context_length))
         data = []
         for i, row in enumerate(probs.tolist()):
             best = max(range(len(row)), key=row.__getitem__)
@@ -620,28 +611,11 @@ def create_app(
 
 def _embed(model: GPT, rows: list[list[int]], pooling: str, batch_size: int = 16) -> list[Any]:
     """Pooled final hidden states (after ``ln_f``) of each row: (C,) float32 CPU tensors."""
-    import torch
-
-    from customgpt.classifier import pool_hidden
-
     out = []
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        T = max(len(r) for r in chunk)
-        ids = torch.zeros(len(chunk), T, dtype=torch.long, device=model.device)
-        am = torch.zeros(len(chunk), T, dtype=torch.long, device=model.device)
-        for b, r in enumerate(chunk):  # right padding: real tokens never see it (causal)
-            ids[b, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-            am[b, : len(r)] = 1
-        hidden = model.forward_hidden(ids, attention_mask=am)
-        pooled = pool_hidden(hidden, am, pooling).float().cpu()
-        out += list(pooled)
+        # Right padding: real tokens never see it (causal).
+        batch = collate_classification([(r, 0) for r in rows[start:start + batch_size]], pad_id=0)
+        am = batch["attention_mask"].to(model.device)
+        hidden = model.forward_hidden(batch["input_ids"].to(model.device), attention_mask=am)
+        out += list(pool_hidden(hidden, am, pooling).float().cpu())
     return out
-
-
-def _classify(server: _Server, texts: list[str]):
-    from customgpt.classifier import predict_texts
-
-    config = getattr(server.classifier, "config", None)
-    max_length = config.context_length if config is not None else 1 << 30
-    return predict_texts(server.classifier, texts, server.encode, max_length=max_length)

@@ -1,28 +1,13 @@
-"""The batch engine: every model forward of the server runs in ONE worker thread
-(docs/serve.md, "Batched decoding", says what it does for a client).
+"""The batch engine: every model forward of the server runs in ONE worker thread, which
+decodes the running requests together, one token per row per step, as rows of one KV cache
+(docs/serve.md, "Batched decoding", says how rows are laid out, join, leave and share the window).
 
 Requests come in through :meth:`BatchEngine.submit` (from the asyncio event loop or any
-thread) and wait in a bounded queue (full: :class:`QueueFullError`, the server's 429). The
-worker decodes the running requests together, one token per row per step:
-
-* **Rows and the shared KV cache.** Each running request is a row of the engine's
-  :class:`~customgpt.model.KVCache` (``k`` and ``v`` of shape (L, B, H, context_length, D)),
-  passed to ``forward_hidden`` with ``input_pos = n``. Rows are right-aligned at a common
-  cache end ``n`` (left padding): a row of ``length`` tokens fills slots ``[n - length, n)``,
-  and a (B, ``context_length``) padding mask says which slots hold real tokens, so a row
-  computes what it computes alone.
-* **Joining.** Newcomers are prefilled together (left-padded, in a cache of their own), their
-  keys and values copied into free rows of the running cache. A prompt longer than ``n``
-  first shifts the running rows to the right; when ``n`` reaches the context window the
-  rows shift left by their common padding.
-* **Leaving.** A row is freed when it finishes (end-of-text token, stop string, token budget)
-  or when its client went away (:meth:`RequestHandle.cancel`); free rows are reused by the
-  next arrivals and dropped from the cache when no one waits.
-
-Results go back as events (:class:`TokenEvent`, :class:`FinishEvent`, :class:`ErrorEvent`)
-on an :class:`asyncio.Queue` per request, posted with ``loop.call_soon_threadsafe``.
-Other model work (embeddings, classification) runs on the same thread between decode steps
-through :meth:`BatchEngine.call`.
+thread) and wait in a bounded queue (full: :class:`QueueFullError`, the server's 429). Results
+go back as events (:class:`TokenEvent`, :class:`FinishEvent`, :class:`ErrorEvent`) on an
+:class:`asyncio.Queue` per request, posted with ``loop.call_soon_threadsafe``. Other model work
+(embeddings, classification) runs on the same thread between decode steps through
+:meth:`BatchEngine.call`.
 """
 
 from __future__ import annotations
@@ -30,10 +15,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,7 +27,6 @@ from customgpt.errors import CustomGPTError
 from customgpt.generate import (
     CPUDecodeStep,
     SamplingParams,
-    StopStringBuffer,
     cpu_decode_unsupported,
     lm_head_for_generation,
     make_generator,
@@ -51,6 +34,7 @@ from customgpt.generate import (
     sampled_vocab_size,
 )
 from customgpt.generate.sampling import TokenStats
+from customgpt.generate.stream import _Row as RowOutput
 
 if TYPE_CHECKING:
     from customgpt.model import GPT, KVCache
@@ -121,7 +105,6 @@ class FinishEvent:
     completion_tokens: int
     text: str = ""
     prompt_logprobs: list[TokenLogprob] | None = None
-    time_to_first_token: float | None = None
 
 
 @dataclass
@@ -139,7 +122,6 @@ class RequestHandle:
         self.sync_events: list[Any] = []
         self.done = threading.Event()
         self.cancelled = False
-        self.submitted_at = time.perf_counter()
 
     def cancel(self) -> None:
         """The client went away: the engine frees the row at its next step."""
@@ -158,23 +140,13 @@ class RequestHandle:
 
 
 @dataclass
-class _Call:
-    fn: Callable[[], Any]
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-
-
-@dataclass
 class _Row:
     handle: RequestHandle
     length: int  # tokens of this row in the cache
-    last_token: int
-    generated: int
-    decoder: Any
-    stops: StopStringBuffer
+    out: RowOutput  # the text, stop strings, token count and finish reason, as single generation keeps them
     generator: torch.Generator | None
     stats: TokenStats  # the penalties' token counts
-    text: list[str]
-    t_first: float | None = None
+    last_token: int = -1
     prompt_logprobs: list[TokenLogprob] | None = None
 
 
@@ -192,8 +164,6 @@ class BatchEngine:
     """
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, *, max_batch: int = 16, max_queue: int = 64) -> None:
-        if max_batch < 1 or max_queue < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch}, {max_queue}")
         if model.config.vocab_size < tokenizer.vocab_size:
             raise CustomGPTError(
                 f"the model's vocabulary ({model.config.vocab_size} ids) is smaller than the tokenizer's "
@@ -215,14 +185,14 @@ class BatchEngine:
         self.eot_id = tokenizer.eot_id
         self._cond = threading.Condition()
         self._waiting: deque[RequestHandle] = deque()
-        self._calls: deque[_Call] = deque()
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._rows: list[_Row | None] = []
         self._kv: KVCache | None = None  # the batch's cache, (L, B, H, ctx, D)
         self._mask: Tensor | None = None  # (B, ctx) long, 1 = real token
         self._n = 0  # shared cache end
         self._stopping = False
         self._thread: threading.Thread | None = None
-        #: Decode steps run and the largest batch seen (for tests and /health).
+        #: Decode steps run and the largest batch seen (for tests).
         self.steps = 0
         self.max_rows_seen = 0
 
@@ -280,15 +250,15 @@ class BatchEngine:
 
     def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Run ``fn()`` on the engine thread between decode steps (for other model work)."""
-        item = _Call(fn)
+        future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if not self.alive or self._stopping:
                 raise EngineStoppedError("the generation engine is not running")
             if len(self._calls) >= max(self.max_queue, 1):
                 raise QueueFullError(f"the server is busy: {len(self._calls)} calls are waiting")
-            self._calls.append(item)
+            self._calls.append((fn, future))
             self._cond.notify_all()
-        return item.future
+        return future
 
     # ------------------------------------------------------------------ the worker
     def _run(self) -> None:
@@ -305,13 +275,13 @@ class BatchEngine:
                     handle = self._waiting.popleft()
                     if not handle.cancelled:
                         new.append(handle)
-            for item in calls:
-                if item.future.set_running_or_notify_cancel():
+            for fn, future in calls:
+                if future.set_running_or_notify_cancel():
                     try:
                         with torch.inference_mode():
-                            item.future.set_result(item.fn())
+                            future.set_result(fn())
                     except BaseException as exc:  # delivered to the caller
-                        item.future.set_exception(exc)
+                        future.set_exception(exc)
             try:
                 with torch.inference_mode():
                     if new:
@@ -322,14 +292,12 @@ class BatchEngine:
                     self._compact()
             except Exception as exc:  # a failed forward must not take the server down
                 self._fail_all(new, f"generation failed: {type(exc).__name__}: {exc}")
-        self._fail_all([], "the server is shutting down")
         with self._cond:
             waiting, self._waiting = list(self._waiting), deque()
-        for handle in waiting:
-            handle._post(ErrorEvent("the server is shutting down"))
+        self._fail_all(waiting, "the server is shutting down")
 
-    def _fail_all(self, new: list[RequestHandle], message: str) -> None:
-        handles = {id(h): h for h in new}
+    def _fail_all(self, handles_not_in_rows: list[RequestHandle], message: str) -> None:
+        handles = {id(h): h for h in handles_not_in_rows}
         handles.update({id(r.handle): r.handle for r in self._rows if r is not None})
         for handle in handles.values():
             if not handle.done.is_set():
@@ -340,18 +308,16 @@ class BatchEngine:
     def _resize_rows(self, keep: list[int], extra: int) -> None:
         """Keep the rows at indices ``keep`` (in that order) and append ``extra`` free rows."""
         B = len(keep) + extra
-        old = self._kv
+        old, old_mask = self._kv, self._mask
         self._kv = self.model.new_kv_cache(B, self.ctx)  # zeros: padded columns are finite
+        self._mask = torch.zeros(B, self.ctx, dtype=torch.long, device=self.device)
         if old is None:
-            self._mask = torch.zeros(B, self.ctx, dtype=torch.long, device=self.device)
             return
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         n = self._n
         self._kv.k[:, : len(keep), :, :n] = old.k[:, :, :, :n].index_select(1, index)
         self._kv.v[:, : len(keep), :, :n] = old.v[:, :, :, :n].index_select(1, index)
-        mask = torch.zeros(B, self.ctx, dtype=torch.long, device=self.device)
-        mask[: len(keep)] = self._mask.index_select(0, index)
-        self._mask = mask
+        self._mask[: len(keep)] = old_mask.index_select(0, index)
 
     def _shift(self, by: int) -> None:
         """Move every row's cache slots by ``by`` (> 0: right, < 0: left); ``n`` follows."""
@@ -388,21 +354,6 @@ class BatchEngine:
                 self._rows[i] = None
 
     # ------------------------------------------------------------------ sampling
-    def _new_row(self, handle: RequestHandle) -> _Row:
-        job = handle.job
-        params = job.params
-        return _Row(
-            handle=handle,
-            length=len(job.prompt_ids),
-            last_token=-1,
-            generated=0,
-            decoder=self.tokenizer.incremental_decoder(),
-            stops=StopStringBuffer(params.stop),
-            generator=None if params.greedy else make_generator(params.seed, self.device),
-            stats=TokenStats([job.prompt_ids], self.vocab, params, self.device),
-            text=[],
-        )
-
     def _logprob(self, logprobs: Tensor, token: int, k: int) -> TokenLogprob:
         """``logprobs``: (V,) log-softmax of one position."""
         top: list[tuple[int, float]] = []
@@ -420,37 +371,24 @@ class BatchEngine:
             logits[:, self.decodable :] = float("-inf")
         tokens = sample(logits, params, row.generator, seen=row.stats.seen, output_counts=row.stats.counts)
         token = int(tokens[0])
-        if row.t_first is None:
-            row.t_first = time.perf_counter()
-        row.generated += 1
         row.last_token = token
         row.stats.update(tokens)
-        handle = row.handle
-        k = handle.job.logprobs
+        k = row.handle.job.logprobs
         lp = self._logprob(torch.log_softmax(logits[0].float(), dim=-1), token, k) if k is not None else None
-        if params.stop_at_eot and token == self.eot_id:
-            if lp is not None:  # listed with the log-probs (no text), as the last token
-                handle._post(TokenEvent(token, "", lp))
-            return self._finish(row, "stop")
-        piece = row.stops.push(row.decoder.feed(token))
-        row.text.append(piece)
-        handle._post(TokenEvent(token, piece, lp))
-        if row.stops.stopped:
-            return self._finish(row, "stop")
-        if row.generated >= params.max_new_tokens:
-            return self._finish(row, "length")
-        return False
+        piece = row.out.add(token)
+        if row.out.reason != "eot" or lp is not None:  # an end-of-text token is listed with its log-prob only
+            row.handle._post(TokenEvent(token, piece, lp))
+        if row.out.reason is None:
+            return False
+        return self._finish(row, "length" if row.out.reason == "length" else "stop")
 
     def _finish(self, row: _Row, reason: str) -> bool:
-        handle = row.handle
-        if not row.stops.stopped:
-            tail = row.stops.push(row.decoder.flush()) + row.stops.flush()
-            if tail:
-                row.text.append(tail)
-                handle._post(TokenEvent(-1, tail, None))
-        ttft = None if row.t_first is None else row.t_first - handle.submitted_at
-        handle._post(FinishEvent(reason, len(handle.job.prompt_ids), row.generated, "".join(row.text),
-                                 row.prompt_logprobs, ttft))
+        handle, out = row.handle, row.out
+        tail = out.flush()
+        if tail:
+            handle._post(TokenEvent(-1, tail, None))
+        text = "".join(out.text)
+        handle._post(FinishEvent(reason, out.prompt_tokens, out.sampled, text, row.prompt_logprobs))
         return True
 
     # ------------------------------------------------------------------ prefill and decode
@@ -471,32 +409,34 @@ class BatchEngine:
         logits = self.head(hidden[:, -1])  # (G, V)
         joining: list[tuple[_Row, int]] = []
         for g, h in enumerate(new):
-            row = self._new_row(h)
+            params = h.job.params
+            row = _Row(
+                handle=h,
+                length=lengths[g],
+                out=RowOutput(lengths[g], params, self.eot_id, self.tokenizer, self.ctx),
+                generator=None if params.greedy else make_generator(params.seed, self.device),
+                stats=TokenStats([h.job.prompt_ids], self.vocab, params, self.device),
+            )
             k = h.job.prompt_logprobs
             if k is not None:
                 # Position t predicts token t + 1: log-probs of prompt tokens 1 .. p-1.
                 lp = torch.log_softmax(self.head(hidden[g, P - lengths[g] : P - 1]).float(), dim=-1)
                 prompt = h.job.prompt_ids
                 row.prompt_logprobs = [self._logprob(lp[t], prompt[t + 1], k) for t in range(lengths[g] - 1)]
-            if h.job.params.max_new_tokens == 0:
+            if params.max_new_tokens == 0:
                 self._finish(row, "length")
                 continue
             if not self._sample_row(row, logits[g : g + 1]):
                 joining.append((row, g))
         if not joining:
             return
-        if self._kv is None:
-            self._resize_rows([], len(joining))
-            self._rows = [None] * len(joining)
-            self._n = P
-        else:
-            free = [i for i, r in enumerate(self._rows) if r is None]
-            if len(free) < len(joining):
-                extra = len(joining) - len(free)
-                self._resize_rows(list(range(len(self._rows))), extra)
-                self._rows += [None] * extra
-            if P > self._n:
-                self._shift(P - self._n)
+        free = [i for i, r in enumerate(self._rows) if r is None]
+        if len(free) < len(joining):  # (no batch yet: no rows, no cache, n = 0)
+            extra = len(joining) - len(free)
+            self._resize_rows(list(range(len(self._rows))), extra)
+            self._rows += [None] * extra
+        if P > self._n:
+            self._shift(P - self._n)
         n = self._n
         free = [i for i, r in enumerate(self._rows) if r is None]
         for (row, g), slot in zip(joining, free):

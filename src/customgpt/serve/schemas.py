@@ -2,8 +2,9 @@
 
 Only the fields the server acts on are declared; unknown fields are ignored (pydantic's
 default), as OpenAI's clients send some (``user``, ``metadata``) that change nothing here.
-Fields the server cannot honour (``n`` > 1, ``logit_bias``, tools) are declared so that a
-request using them gets a clear 400 instead of a silently different answer.
+Fields the server cannot honour are declared so that a request using them gets a clear 400
+instead of a silently different answer: ``n`` and ``best_of`` here (only 1), ``logit_bias``,
+tools and the rest by the app.
 
 References: OpenAI's API reference for ``/v1/chat/completions``, ``/v1/completions`` (the
 legacy endpoint lm-evaluation-harness's ``local-completions`` model calls) and
@@ -28,7 +29,7 @@ class _Sampling(BaseModel):
     max_tokens: int | None = Field(default=None, ge=0)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    n: int = 1
+    n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -59,7 +60,7 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     #: How many top alternatives to list per position (0 lists only the chosen token's).
     logprobs: int | None = Field(default=None, ge=0, le=20)
-    best_of: int | None = None
+    best_of: Literal[1] | None = None
     suffix: str | None = None
 
 

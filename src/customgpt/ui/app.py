@@ -129,16 +129,13 @@ async def settings_updated(settings: dict[str, Any]) -> None:
     log.info("settings: %s", settings)
 
 
-@cl.on_stop
-async def stop() -> None:
-    for gen in cl.user_session.get("generations") or []:
-        gen.stop()
-
-
 @cl.on_chat_end
 async def end() -> None:
-    """The page was closed or a new chat started: a reply still running is not waited for."""
-    await stop()
+    """The page was closed or a new chat started: a reply still running is stopped, not waited
+    for. (The stop button needs no handler: Chainlit cancels the task, and :func:`_stream`
+    stops the reply.)"""
+    for gen in cl.user_session.get("generations") or []:
+        gen.stop()
 
 
 @cl.on_message

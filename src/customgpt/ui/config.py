@@ -1,32 +1,25 @@
 """The app's settings (from ``customgpt ui``'s options or the environment) and its Chainlit folder.
 
-The Chainlit app (:mod:`customgpt.ui.app`) reads its models from environment variables, so the
-same file runs from ``customgpt ui`` and from ``chainlit run``:
-
-=============================  ===================================================  =========
-variable                       meaning                                              default
-=============================  ===================================================  =========
-``CUSTOMGPT_UI_CHAT``          the chat model (anything ``customgpt generate`` takes)  none
-``CUSTOMGPT_UI_COMPARE``       a second chat model, for the Compare profile          none
-``CUSTOMGPT_UI_CLASSIFIER``    a classifier folder, for the Classification profile   none
-``CUSTOMGPT_UI_PROMPT_STYLE``  the chat's prompt style (``alpaca``, ``phi3``, ...)   alpaca
-``CUSTOMGPT_UI_DEVICE``        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``     auto
-=============================  ===================================================  =========
-
-Chainlit reads its own configuration from ``.chainlit/config.toml`` in its app folder (the
-``CHAINLIT_APP_ROOT`` variable, else the current folder) and writes a default one there if it
-is missing. ``customgpt ui`` writes the app's own config into a temporary folder instead
-(:func:`write_app_folder`), so nothing is left in the user's folder.
+The Chainlit app (:mod:`customgpt.ui.app`) reads its models from ``CUSTOMGPT_UI_*`` environment
+variables (:meth:`AppConfig.from_env`; docs/ui.md lists them), so the same file runs from
+``customgpt ui`` and from ``chainlit run``. Chainlit reads its own configuration from
+``.chainlit/config.toml`` in its app folder (``CHAINLIT_APP_ROOT``, else the current folder) and
+writes a default one there if it is missing; ``customgpt ui`` writes the app's own config into a
+temporary folder instead (:func:`write_app_folder`), so nothing is left in the user's folder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from customgpt.errors import ConfigError
+from customgpt.io import atomic_write_text
+from customgpt.prompts import get_prompt_style
 
 ENV_PREFIX = "CUSTOMGPT_UI_"
 #: The Chainlit app file (what ``chainlit run`` takes).
@@ -66,8 +59,6 @@ class AppConfig:
             raise ConfigError("give a chat model (--chat MODEL) or a classifier (--classifier MODEL), or both")
         if self.compare and not self.chat:
             raise ConfigError("--compare needs --chat: the two chat models answer side by side")
-        from customgpt.prompts import get_prompt_style
-
         get_prompt_style(self.prompt_style)  # an unknown style names the known ones
         return self
 
@@ -114,8 +105,6 @@ def chainlit_config_toml(name: str = "customgpt") -> str:
     the version stamp Chainlit checks. No file upload (nothing reads files), no message
     editing (a chat's history is the model's context), HTML never rendered, and the user's
     messages shown as typed (not as Markdown)."""
-    from importlib.metadata import version
-
     return f"""{_TOML_HEADER}
 [project]
 session_timeout = 3600
@@ -144,8 +133,6 @@ generated_by = "{version('chainlit')}"
 def write_app_folder(folder: str | Path, config: AppConfig) -> Path:
     """Write the Chainlit app folder: ``.chainlit/config.toml`` and ``chainlit.md`` (the
     readme Chainlit shows), into ``folder`` (created). Returns the folder."""
-    from customgpt.io import atomic_write_text
-
     folder = Path(folder)
     (folder / ".chainlit").mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / ".chainlit" / "config.toml", chainlit_config_toml())
@@ -160,8 +147,6 @@ def remove_app_folder(folder: str | Path | None) -> bool:
     Returns True when it was removed."""
     if not folder:
         return False
-    import shutil
-
     folder = Path(folder)
     toml = folder / ".chainlit" / "config.toml"
     try:

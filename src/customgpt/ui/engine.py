@@ -16,23 +16,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from customgpt.checkpoints import load_model, resolve_model_spec
+from customgpt.classifier import HEAD_CONFIG, load_classifier, predict_texts
 from customgpt.device import resolve_device
 from customgpt.errors import ConfigError, CustomGPTError
+from customgpt.generate import ChatSession, GenerationResult, SamplingParams
+from customgpt.prompts import Message, PromptStyle, get_prompt_style
+from customgpt.tokenizer import Tokenizer, get_tokenizer
 from customgpt.ui.config import AppConfig
 
-if TYPE_CHECKING:
-    import torch
-
-    from customgpt.generate import ChatSession, GenerationResult, SamplingParams
-    from customgpt.prompts import PromptStyle
-    from customgpt.tokenizer import Tokenizer
-
 log = logging.getLogger("customgpt.ui")
-
-#: The file that makes a folder a classifier (``customgpt finetune classify`` writes it).
-CLASSIFIER_MARKER = "classifier.json"
 
 
 # =========================================================================== loading
@@ -99,14 +96,12 @@ def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_
 
     ``tokenizer_vocab_size``: a model whose vocabulary is smaller than the tokenizer's is
     refused here (the tokenizer would give it ids it has no embedding for)."""
-    from customgpt.checkpoints import load_model, resolve_model_spec
-
     loaded = LoadedModel(role, spec)
 
     def load() -> None:
-        if (Path(spec).expanduser() / CLASSIFIER_MARKER).is_file():
+        if (Path(spec).expanduser() / HEAD_CONFIG).is_file():  # the file that makes a folder a classifier
             raise ConfigError(
-                f"{spec} is a classifier (it holds {CLASSIFIER_MARKER}), not a language model: give it "
+                f"{spec} is a classifier (it holds {HEAD_CONFIG}), not a language model: give it "
                 f"with --classifier, and a language model with --{role}"
             )
         source = resolve_model_spec(spec)
@@ -120,8 +115,6 @@ def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_
 
 def load_classifier_model(spec: str, device: torch.device) -> LoadedModel:
     """Load a classifier folder; any failure is kept in ``error`` (and logged)."""
-    from customgpt.classifier import load_classifier
-
     loaded = LoadedModel("classifier", spec, description="a customgpt classifier")
 
     def load() -> None:
@@ -146,9 +139,6 @@ class AppState:
 
     @classmethod
     def load(cls, config: AppConfig) -> AppState:
-        from customgpt.prompts import get_prompt_style
-        from customgpt.tokenizer import get_tokenizer
-
         tokenizer = get_tokenizer()
         try:
             style = get_prompt_style(config.prompt_style)
@@ -225,8 +215,6 @@ def sampling_params(values: Mapping[str, Any], context_length: int, extra_stop: 
     panel's ranges (a browser can send anything). A seed of -1 (or none) becomes a fresh
     random seed, so the reply can be reproduced from the seed shown in the log.
     """
-    from customgpt.generate import SamplingParams
-
     out: dict[str, Any] = {}
     for s in chat_settings(context_length):
         value = _number(values.get(s.id), s.initial)
@@ -239,13 +227,11 @@ def sampling_params(values: Mapping[str, Any], context_length: int, extra_stop: 
 
 
 def _number(value: Any, default: float) -> float:
-    if isinstance(value, bool):
-        return default
     try:
         number = float(value)
     except (TypeError, ValueError):
         return default
-    return number if math.isfinite(number) else default
+    return number if math.isfinite(number) and not isinstance(value, bool) else default
 
 
 # =========================================================================== generation
@@ -261,11 +247,13 @@ class Generation:
 
     ``session`` is the user's :class:`~customgpt.generate.ChatSession` (the history inside
     the context window, user text encoded as plain text); ``params`` are this message's
-    settings. The worker checks :attr:`stop_event` before each token, so :meth:`stop` (or
+    settings. The worker checks :attr:`stop_event` after each piece, so :meth:`stop` (or
     cancelling the task that iterates) ends the reply within one token; the reply then joins
     the history as far as it was handed out (what the page showed). The reply starts inside
     the model's lock, after the previous reply of the session was recorded. Notices (history
-    left out, window full) arrive through ``on_notice`` on the event loop.
+    left out, window full) arrive through ``on_notice`` on the event loop. Pieces go out at
+    most once per ``min_interval`` seconds, those made meanwhile together (a page redrawn for
+    every token of a fast model would take the CPU the model needs); the first at once.
     """
 
     def __init__(
@@ -306,8 +294,6 @@ class Generation:
             self.stop_event.set()
 
     def _work(self) -> None:
-        from customgpt.prompts import Message
-
         try:
             with self.lock:
                 session = self.session
@@ -327,13 +313,18 @@ class Generation:
 
                 stream = session.send(self.user_text, on_context_full=context_full)
                 self.prompt_ids = list(stream.prompt_ids)
+                chunk, sent = "", 0.0
                 try:
-                    while not self.stop_event.is_set():  # checked before each token is generated
-                        try:
-                            piece = next(stream)
-                        except StopIteration:
+                    for piece in stream:
+                        chunk += piece
+                        if time.perf_counter() - sent >= self.min_interval:
+                            self._put("piece", chunk)
+                            chunk, sent = "", time.perf_counter()
+                        if self.stop_event.is_set():
                             break
-                        self._put("piece", piece)
+                    else:
+                        if chunk:
+                            self._put("piece", chunk)
                 finally:
                     stream.close()  # the session records the reply
                     self.result = stream.result
@@ -355,35 +346,17 @@ class Generation:
         start = time.perf_counter()
         self._thread = threading.Thread(target=self._work, name="customgpt-ui-generate", daemon=True)
         self._thread.start()
-        pending: tuple[str, Any] | None = None
-        last = 0.0  # when the last pieces went out
         try:
             while True:
-                kind, value = pending or await self._queue.get()
-                pending = None
+                kind, value = await self._queue.get()
                 if kind == "piece":
                     if self.time_to_first_piece is None:
                         self.time_to_first_piece = time.perf_counter() - start
-                    # At most one update per ``min_interval``: the pieces that arrive meanwhile
-                    # go out together (a page redrawn for every token of a fast model would
-                    # take the CPU the model needs). The first piece goes out at once.
-                    wait = self.min_interval - (time.perf_counter() - last)
-                    if wait > 0 and not self.stop_event.is_set():
-                        await asyncio.sleep(wait)
-                    pieces = [value]
-                    while not self._queue.empty():
-                        item = self._queue.get_nowait()
-                        if item[0] != "piece":
-                            pending = item
-                            break
-                        pieces.append(item[1])
-                    chunk = "".join(pieces)
                     with self._shown_lock:
                         if self.stop_event.is_set():
                             return
-                        self._shown.append(chunk)
-                    yield chunk
-                    last = time.perf_counter()
+                        self._shown.append(value)
+                    yield value
                 elif kind == "notice":
                     notice = self.on_notice(value) if self.on_notice is not None else None
                     if asyncio.iscoroutine(notice):
@@ -407,8 +380,6 @@ class Generation:
 def classify_lines(loaded: LoadedModel, tokenizer: Tokenizer, text: str) -> tuple[list[str], torch.Tensor]:
     """Classify each non-empty line of ``text`` (the whole text if it has one line):
     (the lines, probabilities (N, K))."""
-    from customgpt.classifier import predict_texts
-
     lines = [line.strip() for line in text.splitlines() if line.strip()] or [text.strip()]
     with loaded.lock:
         probs = predict_texts(
