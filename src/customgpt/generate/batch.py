@@ -10,7 +10,7 @@ from customgpt.constants import EOT_ID
 from customgpt.errors import ConfigError
 from customgpt.generate.loop import check_prompt
 from customgpt.generate.sampling import SamplingParams
-from customgpt.generate.stream import PLAIN_TEXT, GenerationResult, _Row, _run_rows, encode_prompt
+from customgpt.generate.stream import PLAIN_TEXT, GenerationResult, RowOutput, _run_rows, encode_prompt
 
 if TYPE_CHECKING:
     from customgpt.model import GPT
@@ -46,7 +46,7 @@ def generate_batch(
         allowed_special: how text prompts are encoded (:func:`encode_prompt`: plain text).
 
     Raises:
-        GenerationError: a prompt is empty or holds an id outside the model's vocabulary.
+        GenerationError: a prompt is empty or holds an id outside the vocabulary.
         ConfigError: text prompts or stop strings without a tokenizer.
     """
     params = params or SamplingParams()
@@ -67,7 +67,7 @@ def generate_batch(
     ]
     if vocab_size is None and tokenizer is not None:
         vocab_size = tokenizer.vocab_size
-    outputs = [_Row(len(row), params, eot, tokenizer, model.config.context_length) for row in rows]
+    outputs = [RowOutput(len(row), params, eot, tokenizer, model.config.context_length) for row in rows]
     for _ in _run_rows(model, rows, outputs, params, use_cache=use_cache, fast_path=fast_path,
                        vocab_size=vocab_size):
         pass  # each row collects its own output

@@ -61,7 +61,7 @@ def check_prompt(prompt_ids: Sequence[int] | Tensor, vocab_size: int, what: str 
         raise GenerationError(f"{what} is empty: give at least one token")
     for i in ids:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
-            raise GenerationError(f"{what} holds token id {i!r}, outside the model's vocabulary of {vocab_size}")
+            raise GenerationError(f"{what} holds token id {i!r}, outside the vocabulary (ids 0 to {vocab_size - 1})")
     return ids
 
 
@@ -235,7 +235,7 @@ def generate_tokens(
             (None: every id of the model's vocabulary may be).
 
     Raises:
-        GenerationError: the prompt is empty or holds an id outside the model's vocabulary.
+        GenerationError: the prompt is empty or holds an id outside the vocabulary.
     """
     params = params or SamplingParams()
     ids = check_prompt(prompt_ids, model.config.vocab_size)

@@ -114,9 +114,10 @@ def encode_prompt(
     return ids or [tokenizer.eot_id]
 
 
-class _Row:
+class RowOutput:
     """One row's output as its tokens arrive: the ids, the text (UTF-8 safe, cut before a
-    stop string; only with a tokenizer) and, once finished, why."""
+    stop string; only with a tokenizer) and, once finished, why. Shared by the streams, batch
+    generation and the server's batching engine."""
 
     def __init__(self, prompt_tokens: int, params: SamplingParams, eot_id: int,
                  tokenizer: Tokenizer | None, context_length: int) -> None:
@@ -178,9 +179,9 @@ class _Row:
         )
 
 
-def _run_rows(model: GPT, rows: list[list[int]], outputs: list[_Row], params: SamplingParams,
+def _run_rows(model: GPT, rows: list[list[int]], outputs: list[RowOutput], params: SamplingParams,
               **loop_options: Any) -> Iterator[list[str]]:
-    """The token loop, each row's tokens fed to its :class:`_Row` until it finishes; yields
+    """The token loop, each row's tokens fed to its :class:`RowOutput` until it finishes; yields
     each step's new text per row and ends when every row has finished."""
     t_start = time.perf_counter()
     for out in outputs:
@@ -210,7 +211,7 @@ class TextStream:
     cropped on the left; ``on_finish`` is called with the result once, however the stream ends.
 
     Raises:
-        GenerationError: the prompt holds an id outside the model's vocabulary.
+        GenerationError: the prompt holds an id outside the vocabulary.
     """
 
     def __init__(
@@ -232,7 +233,7 @@ class TextStream:
         self.prompt_ids = check_prompt(ids, model.config.vocab_size)
         self.result: GenerationResult | None = None
         ctx = model.config.context_length
-        self._row = _Row(len(self.prompt_ids), self.params, tokenizer.eot_id, tokenizer, ctx)
+        self._row = RowOutput(len(self.prompt_ids), self.params, tokenizer.eot_id, tokenizer, ctx)
         self._steps = _run_rows(model, [self.prompt_ids], [self._row], self.params, use_cache=use_cache,
                                 vocab_size=tokenizer.vocab_size)
         self._pieces = self._run()

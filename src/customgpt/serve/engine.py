@@ -34,7 +34,7 @@ from customgpt.generate import (
     sampled_vocab_size,
 )
 from customgpt.generate.sampling import TokenStats
-from customgpt.generate.stream import _Row as RowOutput
+from customgpt.generate.stream import RowOutput
 
 if TYPE_CHECKING:
     from customgpt.model import GPT, KVCache
