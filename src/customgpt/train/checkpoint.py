@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from customgpt.checkpoints import build_model, load_model, save_model
+from customgpt.checkpoints import build_model, load_model, read_metadata, save_model
 from customgpt.errors import CheckpointError
 from customgpt.io import atomic_folder, atomic_open, atomic_write_text, sha256_file
 from customgpt.lora import lora_layers, merged_state_dict
@@ -188,15 +188,6 @@ def has_checkpoint(root: str | Path) -> bool:
     return root.is_dir() and any((d / MANIFEST_NAME).is_file() for d in root.iterdir() if d.is_dir())
 
 
-def checkpoint_val_loss(folder: str | Path) -> float | None:
-    """The validation loss recorded in checkpoint ``folder``'s ``metadata.json`` (None if absent)."""
-    try:
-        value = json.loads((Path(folder) / "metadata.json").read_text(encoding="utf-8")).get("val_loss")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def reconcile_best(root: str | Path, claimed: float, *, repair: bool = True) -> float:
     """Make ``root/best`` and the best validation loss a resumed run believes agree.
 
@@ -210,10 +201,11 @@ def reconcile_best(root: str | Path, claimed: float, *, repair: bool = True) -> 
         The best validation loss to continue with (``inf`` when there is no ``best``).
     """
     root = Path(root)
-    best = checkpoint_val_loss(root / BEST) if (root / BEST / MANIFEST_NAME).is_file() else None
+    # the validation loss in metadata.json: None when absent or when that save did not evaluate
+    best = read_metadata(root / BEST).get("val_loss") if (root / BEST / MANIFEST_NAME).is_file() else None
     if best is not None and best <= claimed:
         return best
-    if claimed != float("inf") and checkpoint_val_loss(root / LAST) == claimed:
+    if claimed != float("inf") and read_metadata(root / LAST).get("val_loss") == claimed:
         if repair:
             copy_checkpoint(root, LAST, BEST)
         return claimed
