@@ -105,17 +105,9 @@ def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = 
     return folder / f"{digest.hexdigest()}.memmap"
 
 
-#: a temporary cache file untouched for this long belongs to a run that was killed
+#: a temporary cache file (``.NAME.XXXX.tmp``) untouched for this long belongs to a run that
+#: was killed (a live build writes as it goes): the next build deletes it
 STALE_TEMP_SECONDS = 3600.0
-
-
-def clean_stale_temp_files(folder: Path) -> None:
-    """Delete the temporary files (``.NAME.XXXX.tmp``) that a killed run left in the token
-    cache ``folder``, if untouched for :data:`STALE_TEMP_SECONDS` (a live build writes as it goes)."""
-    for tmp in folder.glob(".*.tmp"):
-        with contextlib.suppress(OSError):  # another process removed it first, or it is not ours to remove
-            if time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
-                tmp.unlink()
 
 
 def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = None,
@@ -130,7 +122,10 @@ def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None =
     if not path.is_file():
         if not build:
             raise DataError(f"token cache {path} is missing")
-        clean_stale_temp_files(path.parent)
+        for tmp in path.parent.glob(".*.tmp"):
+            with contextlib.suppress(OSError):  # another process removed it first, or it is not ours
+                if time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    tmp.unlink()
         if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
             raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} ids; the uint16 token cache holds 65,536")
         eot = np.array([tokenizer.eot_id], dtype=np.uint16)
