@@ -30,28 +30,24 @@ from customgpt.sections import FieldError, Section
 
 @dataclass
 class PretrainDataConfig(Section):
-    """Where the text comes from and how it is cut into training examples.
-
-    Attributes:
-        source: text files, folders, or registered dataset names (a string or a list).
-        val_fraction: the last fraction of the tokens held out for validation (0: none).
-        context_length: tokens per example; None: the model's context length.
-        stride: step between window starts; None: ``context_length`` (no overlap).
-        shuffle: shuffle the training windows each epoch (seeded by ``train.seed`` and the epoch).
-        pattern: which files of a folder to read.
-        cache_dir: folder of the token caches; None: ``$CUSTOMGPT_CACHE_DIR/tokens`` or
-            ``~/.cache/customgpt/tokens``.
-        data_dir: mirror folder of the registered datasets; None: ``$CUSTOMGPT_DATA_DIR``.
-    """
+    """Where the text comes from and how it is cut into training examples."""
 
     source: list[str] = field(default_factory=lambda: ["the-verdict"])
+    """Text files, folders, or registered dataset names (a string or a list)."""
     val_fraction: float = 0.1
+    """The last fraction of the tokens held out for validation (0: none)."""
     context_length: int | None = None
+    """Tokens per example; none: the model's context length."""
     stride: int | None = None
+    """Step between window starts; none: ``context_length`` (no overlap)."""
     shuffle: bool = True
+    """Shuffle the training windows each epoch (seeded by ``train.seed`` and the epoch)."""
     pattern: str = "*.txt"
+    """Which files of a folder to read."""
     cache_dir: str | None = None
+    """Folder of the token caches; none: ``$CUSTOMGPT_CACHE_DIR/tokens`` or ``~/.cache/customgpt/tokens``."""
     data_dir: str | None = None
+    """Mirror folder of the registered datasets; none: ``$CUSTOMGPT_DATA_DIR``."""
 
     def validate(self) -> None:
         if not self.source:
