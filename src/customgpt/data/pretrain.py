@@ -30,28 +30,24 @@ from customgpt.sections import FieldError, Section
 
 @dataclass
 class PretrainDataConfig(Section):
-    """Where the text comes from and how it is cut into training examples.
-
-    Attributes:
-        source: text files, folders, or registered dataset names (a string or a list).
-        val_fraction: the last fraction of the tokens held out for validation (0: none).
-        context_length: tokens per example; None: the model's context length.
-        stride: step between window starts; None: ``context_length`` (no overlap).
-        shuffle: shuffle the training windows each epoch (seeded by ``train.seed`` and the epoch).
-        pattern: which files of a folder to read.
-        cache_dir: folder of the token caches; None: ``$CUSTOMGPT_CACHE_DIR/tokens`` or
-            ``~/.cache/customgpt/tokens``.
-        data_dir: mirror folder of the registered datasets; None: ``$CUSTOMGPT_DATA_DIR``.
-    """
+    """Where the text comes from and how it is cut into training examples."""
 
     source: list[str] = field(default_factory=lambda: ["the-verdict"])
+    """Text files, folders, or registered dataset names (a string or a list)."""
     val_fraction: float = 0.1
+    """The last fraction of the tokens held out for validation (0: none)."""
     context_length: int | None = None
+    """Tokens per example; none: the model's context length."""
     stride: int | None = None
+    """Step between window starts; none: ``context_length`` (no overlap)."""
     shuffle: bool = True
+    """Shuffle the training windows each epoch (seeded by ``train.seed`` and the epoch)."""
     pattern: str = "*.txt"
+    """Which files of a folder to read."""
     cache_dir: str | None = None
+    """Folder of the token caches; none: ``$CUSTOMGPT_CACHE_DIR/tokens`` or ``~/.cache/customgpt/tokens``."""
     data_dir: str | None = None
+    """Mirror folder of the registered datasets; none: ``$CUSTOMGPT_DATA_DIR``."""
 
     def validate(self) -> None:
         if not self.source:
@@ -105,17 +101,9 @@ def cache_path(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = 
     return folder / f"{digest.hexdigest()}.memmap"
 
 
-#: a temporary cache file untouched for this long belongs to a run that was killed
+#: a temporary cache file (``.NAME.XXXX.tmp``) untouched for this long belongs to a run that
+#: was killed (a live build writes as it goes): the next build deletes it
 STALE_TEMP_SECONDS = 3600.0
-
-
-def clean_stale_temp_files(folder: Path) -> None:
-    """Delete the temporary files (``.NAME.XXXX.tmp``) that a killed run left in the token
-    cache ``folder``, if untouched for :data:`STALE_TEMP_SECONDS` (a live build writes as it goes)."""
-    for tmp in folder.glob(".*.tmp"):
-        with contextlib.suppress(OSError):  # another process removed it first, or it is not ours to remove
-            if time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
-                tmp.unlink()
 
 
 def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None = None,
@@ -130,7 +118,10 @@ def load_tokens(files: Sequence[Path], tokenizer, cache_dir: str | Path | None =
     if not path.is_file():
         if not build:
             raise DataError(f"token cache {path} is missing")
-        clean_stale_temp_files(path.parent)
+        for tmp in path.parent.glob(".*.tmp"):
+            with contextlib.suppress(OSError):  # another process removed it first, or it is not ours
+                if time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    tmp.unlink()
         if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
             raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} ids; the uint16 token cache holds 65,536")
         eot = np.array([tokenizer.eot_id], dtype=np.uint16)

@@ -30,17 +30,9 @@ _CHUNK = 1 << 16
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """One public dataset file.
-
-    Attributes:
-        name: the registry name (``customgpt data fetch NAME``).
-        filename: the file's name in a mirror folder and in the cache.
-        url: the canonical download address.
-        sha256: hex digest of the exact file.
-        size: size in bytes.
-        licence: the licence it is distributed under.
-        description: one line saying what it is.
-    """
+    """One public dataset file: its registry ``name`` (``customgpt data fetch NAME``), its
+    ``filename`` in a mirror folder and in the cache, canonical ``url``, hex ``sha256``, ``size``
+    in bytes, ``licence`` and a one-line ``description``."""
 
     name: str
     filename: str
@@ -186,36 +178,29 @@ def fetch(
     """
     info = get_info(name)
     mirror = mirror_dir(data_dir)
-    if mirror is not None:
+    status = local_status(name, data_dir, cache_dir)
+    if status == "mirrored":
+        return mirror / info.filename
+    if status == "mirror: bad checksum":
         candidate = mirror / info.filename
-        if candidate.is_file():
-            if not verify(candidate, info):
-                raise DataError(
-                    f"{candidate} is not the registered {info.name} file (sha256 {sha256_file(candidate)}, "
-                    f"expected {info.sha256}, {info.size} bytes); replace it with a fresh copy of {info.url}"
-                )
-            return candidate
-
+        raise DataError(
+            f"{candidate} is not the registered {info.name} file (sha256 {sha256_file(candidate)}, "
+            f"expected {info.sha256}, {info.size} bytes); replace it with a fresh copy of {info.url}"
+        )
     folder = dataset_cache_dir(cache_dir)
     target = folder / info.filename
-    if verify(target, info):
+    if status == "cached":
         return target
     target.unlink(missing_ok=True)  # a stale or corrupt cache entry: never use it, download again
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create the dataset cache folder {folder}: {exc}") from exc
-    _download(info, target, progress=progress, timeout=timeout, mirror=mirror, option=data_dir_option)
-    return target
 
-
-def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float, mirror: Path | None,
-              option: str) -> None:
-    """Stream ``info.url`` into a temp file beside ``target``, verify, then move into place."""
     from tqdm.auto import tqdm
 
-    # atomic_open removes the ``.part`` file on any error, a checksum mismatch included.
+    # stream into a ``.part`` file beside the target, checksummed as it comes; atomic_open moves
+    # it into place only on success and removes it on any error, a checksum mismatch included
     with atomic_open(target, "wb", suffix=".part") as out:
         digest = hashlib.sha256()
         try:
@@ -235,7 +220,7 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
             raise DataError(
                 f"cannot download {info.filename} from {info.url} ({reason}); {where}on an offline machine, "
                 f"download {info.url} elsewhere and put it in a mirror folder as {info.filename}, then set "
-                f"{DATA_DIR_ENV}=FOLDER (or pass {option} FOLDER)"
+                f"{DATA_DIR_ENV}=FOLDER (or pass {data_dir_option} FOLDER)"
             ) from exc
         actual = digest.hexdigest()
         if actual != info.sha256:
@@ -243,4 +228,4 @@ def _download(info: DatasetInfo, target: Path, *, progress: bool, timeout: float
                 f"checksum mismatch for {info.filename} downloaded from {info.url}: got sha256 {actual} "
                 f"({out.tell()} bytes), expected {info.sha256} ({info.size} bytes); the file was deleted"
             )
-
+    return target

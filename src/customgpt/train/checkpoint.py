@@ -1,11 +1,10 @@
 """Training checkpoints: everything needed to continue a run exactly where it stopped.
 
-A checkpoint folder (layout: docs/training.md, "Checkpoints and resume") holds the weights
-in the :mod:`customgpt.checkpoints` format (it also loads with ``load_model``),
-``trainer_state.pt`` (tensors and plain values only, read with ``torch.load(weights_only=True)``),
-``train_config.yaml`` and ``manifest.json`` (size and sha256 of every other file, written
-last). It is written whole and swapped into place (:func:`customgpt.io.atomic_folder`); a
-crash mid-swap leaves a complete ``<name>.prev/``, which :func:`find_checkpoint` falls back to.
+A checkpoint folder (layout: docs/training.md, "Checkpoints and resume") holds a model folder
+(:func:`customgpt.checkpoints.load_model` loads it), ``trainer_state.pt``, ``train_config.yaml``
+and ``manifest.json`` (size and sha256 of every other file, written last). It is written whole
+and swapped into place (:func:`customgpt.io.atomic_folder`, which leaves a complete
+``<name>.prev/`` after a crash mid-swap).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from customgpt.checkpoints import build_model, load_model, save_model
+from customgpt.checkpoints import build_model, load_model, read_metadata, save_model
 from customgpt.errors import CheckpointError
 from customgpt.io import atomic_folder, atomic_open, atomic_write_text, sha256_file
 from customgpt.lora import lora_layers, merged_state_dict
@@ -166,35 +165,26 @@ def copy_checkpoint(root: str | Path, src: str, dst: str) -> Path:
 # --------------------------------------------------------------------------- find and load
 
 
-def find_checkpoint(path: str | Path, name: str = LAST) -> Path:
+def find_checkpoint(path: str | Path) -> Path:
     """The checkpoint to resume from: ``path`` itself if it is a checkpoint folder, else
-    ``path/checkpoints/<name>`` of a run folder (or its ``.prev`` copy after a crash mid-swap)."""
+    ``path/checkpoints/last`` of a run folder (or its ``.prev`` copy after a crash mid-swap)."""
     path = Path(path)
     if (path / MANIFEST_NAME).is_file() or (path / STATE_NAME).is_file():
         return path
     for root in (path / CHECKPOINTS_DIR, path):
-        for candidate in (root / name, root / f"{name}.prev"):
+        for candidate in (root / LAST, root / f"{LAST}.prev"):
             if (candidate / MANIFEST_NAME).is_file():
                 return candidate
     if (path / CHECKPOINTS_DIR).is_dir() and not has_checkpoint(path / CHECKPOINTS_DIR):
         raise CheckpointError(f"nothing to resume in {path}: the run stopped before its first checkpoint "
                               f"({CHECKPOINTS_DIR}/ is empty); start it again without --resume")
-    raise CheckpointError(f"no checkpoint to resume from in {path} (looked for {CHECKPOINTS_DIR}/{name}/)")
+    raise CheckpointError(f"no checkpoint to resume from in {path} (looked for {CHECKPOINTS_DIR}/{LAST}/)")
 
 
 def has_checkpoint(root: str | Path) -> bool:
     """Whether the checkpoints folder ``root`` holds any complete checkpoint (or a ``.prev`` copy)."""
     root = Path(root)
     return root.is_dir() and any((d / MANIFEST_NAME).is_file() for d in root.iterdir() if d.is_dir())
-
-
-def checkpoint_val_loss(folder: str | Path) -> float | None:
-    """The validation loss recorded in checkpoint ``folder``'s ``metadata.json`` (None if absent)."""
-    try:
-        value = json.loads((Path(folder) / "metadata.json").read_text(encoding="utf-8")).get("val_loss")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def reconcile_best(root: str | Path, claimed: float, *, repair: bool = True) -> float:
@@ -210,10 +200,11 @@ def reconcile_best(root: str | Path, claimed: float, *, repair: bool = True) -> 
         The best validation loss to continue with (``inf`` when there is no ``best``).
     """
     root = Path(root)
-    best = checkpoint_val_loss(root / BEST) if (root / BEST / MANIFEST_NAME).is_file() else None
+    # the validation loss in metadata.json: None when absent or when that save did not evaluate
+    best = read_metadata(root / BEST).get("val_loss") if (root / BEST / MANIFEST_NAME).is_file() else None
     if best is not None and best <= claimed:
         return best
-    if claimed != float("inf") and checkpoint_val_loss(root / LAST) == claimed:
+    if claimed != float("inf") and read_metadata(root / LAST).get("val_loss") == claimed:
         if repair:
             copy_checkpoint(root, LAST, BEST)
         return claimed

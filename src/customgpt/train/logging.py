@@ -1,9 +1,6 @@
-"""What a run reports: a progress bar, ``metrics.jsonl``, PNG plots, optional TensorBoard.
-
-``metrics.jsonl`` (its fields: docs/training.md, "Metrics and plots") holds one JSON object
-per line, flushed as written, so a killed run keeps everything logged before it died; on
-resume, lines past the checkpoint's step are dropped first. Only rank 0 writes (pass
-``enabled=False`` elsewhere). matplotlib and TensorBoard are imported only when used.
+"""What a run reports: a progress bar, ``metrics.jsonl`` (its fields: docs/training.md,
+"Metrics and plots"), PNG plots, optional TensorBoard (matplotlib and TensorBoard are
+imported only when used).
 """
 
 from __future__ import annotations
@@ -35,7 +32,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricsLogger:
-    """Appends records to ``run_dir/metrics.jsonl`` and, optionally, TensorBoard.
+    """Appends records to ``run_dir/metrics.jsonl`` (one JSON object per line, flushed as written:
+    a killed run keeps everything logged before it died) and, optionally, TensorBoard.
 
     Args:
         run_dir: the run folder.
