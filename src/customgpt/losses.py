@@ -25,6 +25,7 @@ Conventions shared by every LM loss here:
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -284,19 +285,14 @@ def fused_linear_cross_entropy(
     h2 = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1).long()
     device_type = h2.device.type
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    if autocast:
         dtype = torch.get_autocast_dtype(device_type)
         h2, weight = h2.to(dtype), weight.to(dtype)
-        with torch.autocast(device_type, enabled=False):
-            return _dispatch(h2, weight, t, reduction, chunk)
-    return _dispatch(h2, weight, t, reduction, chunk)
-
-
-def _dispatch(hidden: Tensor, weight: Tensor, targets: Tensor, reduction: str, chunk: int) -> Tensor:
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _FusedLinearCrossEntropy.apply(hidden, weight, targets, reduction, chunk)
-    loss, _, _ = _loss_and_grads(hidden, weight, targets, reduction, chunk, False, False)
-    return loss
+    with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
+        if torch.is_grad_enabled() and (h2.requires_grad or weight.requires_grad):
+            return _FusedLinearCrossEntropy.apply(h2, weight, t, reduction, chunk)
+        return _loss_and_grads(h2, weight, t, reduction, chunk, False, False)[0]
 
 
 # --------------------------------------------------------------------------- the LM loss
