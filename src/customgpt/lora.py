@@ -418,7 +418,6 @@ def base_checksum(model: nn.Module, exclude_modules: Sequence[str] = ()) -> str:
         t = tensor.detach().cpu()
         if t.is_floating_point():
             t = t.float()
-        t = t.contiguous()
         digest.update(f"{key}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
