@@ -175,8 +175,9 @@ class LoRALinear(nn.Module):
             w.sub_(self.delta_weight().to(w.dtype))
             self.merged = False
 
-    def extra_repr(self) -> str:  # the shapes are in base_layer's repr, printed below this line
-        return f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, merged={self.merged}, disabled={self.disabled}"
+    def extra_repr(self) -> str:  # the shapes are in base_layer's repr
+        return (f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, "
+                f"merged={self.merged}, disabled={self.disabled}")
 
 
 # --------------------------------------------------------------------------- inject / trainability
