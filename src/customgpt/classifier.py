@@ -144,7 +144,7 @@ def save_classifier(
         raise ConfigError(f"{len(labels)} label names for a {model.num_classes}-class head")
     head_info = {"format": FORMAT, "labels": list(labels), "pooling": model.pooling,
                  "max_length": int(max_length), **dict(extra or {})}
-    gpt = getattr(model.gpt, "_orig_mod", model.gpt)
+    gpt = model.gpt
     if lora_layers(gpt):
         gpt = build_model(gpt.config, merged_state_dict(gpt))
     folder = Path(folder)

@@ -134,14 +134,12 @@ class LoRALinear(nn.Module):
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base_layer).__name__}")
         self.base_layer = base_layer
-        self.in_features = base_layer.in_features
-        self.out_features = base_layer.out_features
         self.r = r
         self.alpha = alpha
         self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
         factory = dict(device=base_layer.weight.device, dtype=base_layer.weight.dtype)
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **factory))  # (out, r)
+        self.lora_A = nn.Parameter(torch.empty(r, base_layer.in_features, **factory))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, r, **factory))  # (out, r)
         # PEFT's default: A like nn.Linear's own init, B zero so training starts at the base model.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -177,11 +175,9 @@ class LoRALinear(nn.Module):
             w.sub_(self.delta_weight().to(w.dtype))
             self.merged = False
 
-    def extra_repr(self) -> str:
-        return (
-            f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}, "
-            f"scaling={self.scaling:g}, merged={self.merged}, disabled={self.disabled}"
-        )
+    def extra_repr(self) -> str:  # the shapes are in base_layer's repr
+        return (f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, "
+                f"merged={self.merged}, disabled={self.disabled}")
 
 
 # --------------------------------------------------------------------------- inject / trainability
@@ -423,7 +419,6 @@ def base_checksum(model: nn.Module, exclude_modules: Sequence[str] = ()) -> str:
         t = tensor.detach().cpu()
         if t.is_floating_point():
             t = t.float()
-        t = t.contiguous()
         digest.update(f"{key}\0{tuple(t.shape)}\0{t.dtype}\0".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
@@ -650,7 +645,7 @@ def import_peft(model: nn.Module, folder: str | os.PathLike[str]) -> LoRAConfig:
     for key, tensor in load_weights(folder / PEFT_WEIGHTS).items():
         if not (key.startswith(_PEFT_PREFIX) and key.endswith(".weight")):
             raise CheckpointError(f"{folder / PEFT_WEIGHTS}: unexpected tensor {key!r}")
-        tensors[key[len(_PEFT_PREFIX) : -len(".weight")]] = tensor
+        tensors[key.removeprefix(_PEFT_PREFIX).removesuffix(".weight")] = tensor
     _check_fit(model, cfg, tensors, {}, folder)
     _inject_and_copy(model, cfg, tensors, {})
     return cfg
