@@ -1,8 +1,8 @@
 """The ``customgpt`` command line: a table from subcommand to the module that runs it.
 
 Each command module defines ``build_parser(parser)`` and ``run(args) -> int`` and imports
-its heavy dependencies inside ``run``, so ``customgpt --help`` stays instant. User mistakes
-(:class:`~customgpt.errors.CustomGPTError`), operating-system errors (``error: cannot write
+its heavy dependencies inside ``run``, so ``customgpt --help`` stays instant. Option mistakes,
+user mistakes (:class:`~customgpt.errors.CustomGPTError`), operating-system errors (``error: cannot write
 PATH: No space left on device``) and network failures print one line, ``error: ...``, and
 exit 2; a closed output pipe (``| head -1``) ends the command quietly.
 """
@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"customgpt {name}", description=COMMANDS[name][1])
+    parser = _Parser(prog=f"customgpt {name}", description=COMMANDS[name][1])
     module.build_parser(parser)
     args = parser.parse_args(rest)
     stdout = sys.stdout
@@ -91,6 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         sys.stdout = stdout
+
+
+class _Parser(argparse.ArgumentParser):
+    """Option errors in one line (``error: ...``, exit 2), like the commands' other errors; a
+    command's subcommands (``customgpt eval rouge``) are parsers of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 #: Exit status after the reader of our output went away (as a program killed by SIGPIPE).

@@ -1,4 +1,4 @@
-"""Glue shared by the CLI commands: the ``--device`` and ``--dtype`` options (resolved by
+"""Glue shared by the CLI commands: the model, ``--device`` and ``--dtype`` options (resolved by
 :mod:`customgpt.device`) and the output-folder check. Nothing heavy is imported here."""
 
 from __future__ import annotations
@@ -27,6 +27,23 @@ def add_dtype_argument(parser: argparse.ArgumentParser, default: str = "auto") -
         default=default,
         help="weight dtype: auto (as stored), float32, bfloat16 or float16 (default: %(default)s)",
     )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, no_cache: bool = False) -> None:
+    """``--model``, ``--config``, ``--device``, ``--dtype`` (what
+    :func:`customgpt.cli.generate.load_for_generation` reads) and, with ``no_cache``, ``--no-cache``."""
+    parser.add_argument(
+        "--model", required=True, metavar="MODEL",
+        help="preset name (random weights), checkpoint folder, Hugging Face folder, weights file or hub id",
+    )
+    parser.add_argument("--config", default=None, help="config (preset name) for a lone weights file")
+    add_device_argument(parser)
+    add_dtype_argument(parser)
+    if no_cache:
+        parser.add_argument(
+            "--no-cache", dest="use_cache", action="store_false",
+            help="run the whole window every step instead of using the KV cache (slow; for checking)",
+        )
 
 
 def check_output_folder(out: Path, inputs: Iterable[Path], *, force: bool, what: str = "model") -> None:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from customgpt.cli._common import add_model_arguments
 from customgpt.cli.generate import (
     STYLE_NAMES,
-    add_model_arguments,
     add_sampling_arguments,
     context_full_notice,
     load_for_generation,
-    one_line_errors,
     sampling_params_from_args,
     write_stream,
 )
@@ -34,8 +33,7 @@ HELP = "commands: /reset clears the history, /exit quits (or Ctrl-D); Ctrl-C sto
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
-    add_model_arguments(parser)
+    add_model_arguments(parser, no_cache=True)
     parser.add_argument(
         "--prompt-style", choices=STYLE_NAMES, default=None,
         help="the chat template the model was fine-tuned with (default: the one its folder records, else alpaca)",

@@ -212,8 +212,6 @@ def _judge(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.responses).with_suffix(".judge.json")
     if out.exists() and not args.force:  # before asking the judge anything
         raise CustomGPTError(f"{out} exists; pass --force to replace it, or choose another --out")
-    if args.retries < 0 or not args.timeout > 0:
-        raise CustomGPTError("--retries must be >= 0 and --timeout > 0")
     records = read_responses(args.responses, ("instruction", "output", args.response_key))
     api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
     with JudgeClient(args.url, args.model, api_key=api_key, timeout=args.timeout, max_retries=args.retries,

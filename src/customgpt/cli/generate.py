@@ -4,11 +4,6 @@
     customgpt generate --model gpt2 --prompt "Hello" --temperature 0.8 --top-k 50 --seed 1
     customgpt generate --model ft/ --prompt-style alpaca --prompt "Name three colours." --stop "###"
     customgpt generate --model cpu-tiny --prompt "Hi" --json     # one JSON object, no streaming
-
-MODEL is anything :func:`customgpt.checkpoints.load_model` accepts: a preset name (random,
-untrained weights: a warning says so), a customgpt or Hugging Face folder, a weights file or
-a hub id. The sampling options are shared with ``customgpt chat`` (see
-:func:`add_sampling_arguments`).
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from customgpt.cli._common import add_device_argument, add_dtype_argument
+from customgpt.cli._common import add_model_arguments
 from customgpt.io import decode_utf8_strict, read_text_strict
 from customgpt.prompts import PROMPT_STYLES
 
@@ -32,31 +27,6 @@ if TYPE_CHECKING:
     from customgpt.tokenizer import Tokenizer
 
 STYLE_NAMES = tuple(PROMPT_STYLES)
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Make option errors one line (``error: ...``, exit 2), like the command's other errors."""
-    prog = parser.prog
-
-    def error(message: str) -> None:  # argparse calls this and expects it not to return
-        print(f"error: {message} (see {prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-    parser.error = error  # type: ignore[method-assign]
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, metavar="MODEL",
-        help="preset name (random weights), checkpoint folder, Hugging Face folder, weights file or hub id",
-    )
-    parser.add_argument("--config", default=None, help="config (preset name) for a lone weights file")
-    add_device_argument(parser)
-    add_dtype_argument(parser)
-    parser.add_argument(
-        "--no-cache", dest="use_cache", action="store_false",
-        help="run the whole window every step instead of using the KV cache (slow; for checking)",
-    )
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 128) -> None:
@@ -115,8 +85,7 @@ def load_for_generation(args: argparse.Namespace) -> tuple[GPT, Tokenizer]:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
-    add_model_arguments(parser)
+    add_model_arguments(parser, no_cache=True)
     parser.add_argument(
         "--prompt", required=True,
         help="the prompt (UTF-8); '-' reads it from standard input. Without --prompt-style the text "

@@ -24,9 +24,8 @@ from customgpt.errors import ConfigError
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    from customgpt.cli.generate import STYLE_NAMES, one_line_errors
+    from customgpt.cli.generate import STYLE_NAMES
 
-    one_line_errors(parser)
     parser.add_argument("--chat", metavar="MODEL", default=None,
                         help="the chat model: preset, checkpoint or Hugging Face folder, weights file or hub id")
     parser.add_argument("--compare", metavar="MODEL", default=None,
