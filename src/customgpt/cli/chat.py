@@ -20,7 +20,6 @@ import sys
 
 from customgpt.cli._common import add_model_arguments
 from customgpt.cli.generate import (
-    STYLE_NAMES,
     add_sampling_arguments,
     context_full_notice,
     load_for_generation,
@@ -28,6 +27,7 @@ from customgpt.cli.generate import (
     write_stream,
 )
 from customgpt.io import decode_utf8_strict
+from customgpt.prompts import PROMPT_STYLES
 
 HELP = "commands: /reset clears the history, /exit quits (or Ctrl-D); Ctrl-C stops a reply"
 
@@ -35,7 +35,7 @@ HELP = "commands: /reset clears the history, /exit quits (or Ctrl-D); Ctrl-C sto
 def build_parser(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, no_cache=True)
     parser.add_argument(
-        "--prompt-style", choices=STYLE_NAMES, default=None,
+        "--prompt-style", choices=PROMPT_STYLES, default=None,
         help="the chat template the model was fine-tuned with (default: the one its folder records, else alpaca)",
     )
     parser.add_argument("--system", default=None, help="a system message put before the conversation")

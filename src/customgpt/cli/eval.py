@@ -5,11 +5,6 @@
     customgpt eval perplexity --model gpt2 --text story.txt
     customgpt eval rouge --responses r.json                 # per-record scores in r.rouge.json
     customgpt eval judge --responses r.json --url http://localhost:11434/v1 --model llama3
-
-``--data`` is a JSON / JSONL file of records or a registered dataset; ``--split`` picks
-train, val or test of the reference split (``order``, or ``random`` with ``--seed``) or
-``all`` records. A model saved by ``customgpt finetune instruct`` knows its prompt style;
-``--prompt-style`` overrides it (default for other models: alpaca).
 """
 
 from __future__ import annotations

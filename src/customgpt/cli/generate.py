@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from customgpt.model import GPT
     from customgpt.tokenizer import Tokenizer
 
-STYLE_NAMES = tuple(PROMPT_STYLES)
-
-
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 128) -> None:
     """The options that build :class:`~customgpt.generate.SamplingParams` (validated there)."""
     g = parser.add_argument_group("sampling")
@@ -92,7 +89,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         "<|endoftext|> in it is GPT-2's document separator; with a style it is plain text",
     )
     parser.add_argument(
-        "--prompt-style", choices=STYLE_NAMES, default=None,
+        "--prompt-style", choices=PROMPT_STYLES, default=None,
         help="wrap the prompt as an instruction in this template (and stop at its markers)",
     )
     parser.add_argument("--input", default=None, help="optional input for the instruction (with --prompt-style)")
