@@ -54,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # invalid UTF-8 is reported per line
-    out, err = sys.stdout, sys.stderr
-    if hasattr(out, "reconfigure"):
-        out.reconfigure(errors="replace")
+    err = sys.stderr
     print(f"chat with {args.model} (prompt style {session.style.name}); {HELP}", file=err)
 
     number = 0
@@ -87,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
             print(HELP, file=err)
             continue
         stream = session.send(line, on_context_full=context_full_notice(model))
-        if write_stream(stream, out):
+        if write_stream(stream):
             print("[reply interrupted]", file=err, flush=True)
     return 0

@@ -13,8 +13,14 @@ import argparse
 import os
 from pathlib import Path
 
+from customgpt.cli._common import add_device_argument
 
-def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+
+def _add_model_and_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="a model folder, weights file, preset or hub id")
+    p.add_argument("--prompt-style", help="alpaca, phi3 or plain (default: the style the model was trained "
+                   "with, else alpaca)")
+    add_device_argument(p)
     p.add_argument("--data", default="instruction-data",
                    help="a JSON list / JSONL file of records, or a registered dataset (default: %(default)s)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
@@ -28,15 +34,6 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="registry mirror folder (default: $CUSTOMGPT_DATA_DIR)")
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    from customgpt.cli._common import add_device_argument
-
-    p.add_argument("--model", "-m", required=True, help="a model folder, weights file, preset or hub id")
-    p.add_argument("--prompt-style", help="alpaca, phi3 or plain (default: the style the model was trained "
-                   "with, else alpaca)")
-    add_device_argument(p)
-
-
 def _add_output_arguments(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--out", "-o", help=f"where to write {what}")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -48,8 +45,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("responses", help="greedy responses to instruction records, as JSON with model_response",
                        description="Greedy responses to instruction records, written as the records plus "
                        "model_response (the reference recipe's format).")
-    _add_model_arguments(p)
-    _add_data_arguments(p)
+    _add_model_and_data_arguments(p)
     _add_output_arguments(p, "the responses (default: responses-SPLIT.json)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="the most tokens per response (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="records answered at once (default: %(default)s)")
@@ -61,8 +57,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("perplexity", help="perplexity on response tokens (or on a plain text file)",
                        description="Perplexity exp(mean token loss) on the response tokens of instruction "
                        "records, or on the whole of a plain text file (--text).")
-    _add_model_arguments(p)
-    _add_data_arguments(p)
+    _add_model_and_data_arguments(p)
     p.add_argument("--text", help="a UTF-8 text file ('-': standard input): perplexity over all its tokens instead of records")
     p.add_argument("--max-length", type=int, help="tokens per example or window (default: the model's context)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per batch (default: %(default)s)")

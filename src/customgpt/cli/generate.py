@@ -97,19 +97,20 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object (text, counts, finish reason, speed)")
 
 
-def write_stream(stream: Any, out: Any) -> bool:
-    """Write a text stream piece by piece, then a newline; Ctrl-C closes the stream (the
-    generation stops) instead of ending the program. Returns True when interrupted."""
+def write_stream(stream: Any) -> bool:
+    """Write a text stream to standard output piece by piece, then a newline (a character the
+    terminal cannot show is replaced, never fatal); Ctrl-C closes the stream (the generation
+    stops) instead of ending the program. Returns True when interrupted."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
     interrupted = False
     try:
         for piece in stream:
-            out.write(piece)
-            out.flush()
+            print(piece, end="", flush=True)
     except KeyboardInterrupt:
         stream.close()
         interrupted = True
-    out.write("\n")
-    out.flush()
+    print(flush=True)
     return interrupted
 
 
@@ -143,10 +144,7 @@ def run(args: argparse.Namespace) -> int:
         result = dataclasses.asdict(stream.collect())
         print(json.dumps({"model": args.model, **result}, indent=2, ensure_ascii=False))
         return 0
-    out = sys.stdout
-    if hasattr(out, "reconfigure"):
-        out.reconfigure(errors="replace")  # never die on a terminal that cannot show a character
-    write_stream(stream, out)
+    write_stream(stream)
     result = stream.result
     assert result is not None
     print(
