@@ -11,20 +11,18 @@ from customgpt.errors import CustomGPTError
 
 
 def add_device_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
-    """``--device auto|cpu|cuda|mps`` (``cuda:N`` also accepted)."""
     parser.add_argument(
         "--device",
         default=default,
         help="where to run: auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps "
-        f"(default: {default})",
+        "(default: %(default)s)",
     )
 
 
-def add_dtype_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
-    """``--dtype auto|float32|bfloat16|float16``."""
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
-        default=default,
+        default="auto",
         help="weight dtype: auto (as stored), float32, bfloat16 or float16 (default: %(default)s)",
     )
 

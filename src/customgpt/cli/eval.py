@@ -77,7 +77,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--responses", "-r", required=True, help="a responses file (JSON list of records)")
     p.add_argument("--url", required=True, help="the API base, e.g. http://localhost:11434/v1")
     p.add_argument("--model", "-m", required=True, help="the judge model's name on that server")
-    p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY, if set)")
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                   help="bearer token (default: $OPENAI_API_KEY, if set)")
     p.add_argument("--response-key", default="model_response", help="(default: %(default)s)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per answer (default: %(default)s)")
     p.add_argument("--retries", type=int, default=3, help="retries of a transient failure (default: %(default)s)")
@@ -203,8 +204,7 @@ def _judge(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:  # before asking the judge anything
         raise CustomGPTError(f"{out} exists; pass --force to replace it, or choose another --out")
     records = read_responses(args.responses, ("instruction", "output", args.response_key))
-    api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
-    with JudgeClient(args.url, args.model, api_key=api_key, timeout=args.timeout, max_retries=args.retries,
+    with JudgeClient(args.url, args.model, api_key=args.api_key, timeout=args.timeout, max_retries=args.retries,
                      seed=args.seed) as client:
         report = judge_responses(records, client, response_key=args.response_key, progress=not args.no_progress)
     write_json(out, {"judge": {"url": client.url, "model": args.model, "seed": args.seed, "temperature": 0.0},
