@@ -102,17 +102,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-#: Exit status after the reader of our output went away (as a program killed by SIGPIPE).
-CLOSED_PIPE_STATUS = 141
-
-
 def _closed_pipe() -> int:
-    """The reader of standard output closed it (``| head -1``): stop quietly. Standard
-    output is pointed at /dev/null so the interpreter's final flush does not fail again."""
+    """The reader of standard output closed it (``| head -1``): stop quietly, with status 141
+    (as a program killed by SIGPIPE). Standard output is pointed at /dev/null so the
+    interpreter's final flush does not fail again."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    return CLOSED_PIPE_STATUS
+    return 141
 
 
 class _NamedStdout:
