@@ -76,16 +76,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
-    from customgpt.tokenizer import get_tokenizer, load_bpe
-
-    if args.vocab is not None:
-        return load_bpe(args.vocab, special_tokens=args.special_token or [EOT_TEXT])
-    if args.special_token:
-        raise CustomGPTError("--special-token only applies with --vocab (GPT-2's special token is fixed)")
-    return get_tokenizer(args.engine)
-
-
 def _parse_ids(values: list[str]) -> list[int]:
     ids = []
     for value in values:
@@ -100,7 +90,14 @@ def _parse_ids(values: list[str]) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     if args.action == "train":
         return _train(args)
-    tok = _load(args)
+    from customgpt.tokenizer import get_tokenizer, load_bpe
+
+    if args.vocab is not None:
+        tok = load_bpe(args.vocab, special_tokens=args.special_token or [EOT_TEXT])
+    elif args.special_token:
+        raise CustomGPTError("--special-token only applies with --vocab (GPT-2's special token is fixed)")
+    else:
+        tok = get_tokenizer(args.engine)
     if args.action == "encode":
         text = read_text_strict("-") if args.text == "-" else args.text
         ids = tok.encode(text, allowed_special=args.allowed_special)
