@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from customgpt.cli._common import add_device_argument
+from customgpt.errors import CustomGPTError
 
 
 def _add_model_and_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _records(args: argparse.Namespace):
     from customgpt.data.instruct import read_instruction_file, resolve_source, split_records
-    from customgpt.errors import CustomGPTError
 
     keys = [k.strip() for k in args.fields.split(",")]
     if len(keys) != 3 or not all(keys) or len(set(keys)) != 3:
@@ -119,8 +119,6 @@ def _model_and_style(args: argparse.Namespace):
 
 
 def _check_at_least(low: int, **values: int | None) -> None:
-    from customgpt.errors import CustomGPTError
-
     for name, value in values.items():
         if value is not None and value < low:
             raise CustomGPTError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
@@ -130,7 +128,6 @@ def _check_at_least(low: int, **values: int | None) -> None:
 
 
 def _responses(args: argparse.Namespace) -> int:
-    from customgpt.errors import CustomGPTError
     from customgpt.evaluate.responses import generate_responses, with_responses, write_json
     from customgpt.tokenizer import get_tokenizer
 
@@ -153,7 +150,6 @@ def _responses(args: argparse.Namespace) -> int:
 
 def _perplexity(args: argparse.Namespace) -> int:
     from customgpt.data.instruct import InstructionDataset
-    from customgpt.errors import CustomGPTError
     from customgpt.evaluate.perplexity import response_perplexity, text_perplexity
     from customgpt.tokenizer import get_tokenizer
 
@@ -196,7 +192,6 @@ def _rouge(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from customgpt.errors import CustomGPTError
     from customgpt.evaluate.judge import JudgeClient, judge_responses
     from customgpt.evaluate.responses import read_responses, write_json
 
