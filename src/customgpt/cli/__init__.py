@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from customgpt import __version__
+
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("customgpt.cli.info", "show a model's shapes and parameter count"),
@@ -37,8 +39,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    from customgpt import __version__
-
     width = max(len(name) for name in COMMANDS)
     lines = [
         f"customgpt {__version__}: GPT-2 from scratch in PyTorch",
@@ -58,8 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from customgpt import __version__
-
         print(f"customgpt {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
