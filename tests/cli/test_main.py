@@ -45,6 +45,23 @@ def test_user_errors_are_one_line(argv, needle, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["info"], "the following arguments are required: MODEL"),
+        (["eval", "rouge"], "the following arguments are required: --responses/-r"),
+        (["tokenizer", "encode", "x", "--engine", "rust"], "argument --engine: invalid choice: 'rust'"),
+    ],
+)
+def test_option_errors_of_every_command_are_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    prog = " ".join(["customgpt", *argv[:2]]) if argv[0] != "info" else "customgpt info"
+    assert err.startswith(f"error: {needle}") and err.endswith(f" (see {prog} --help)\n") and err.count("\n") == 1
+
+
 def test_errors_have_no_traceback_in_a_real_process(tmp_path):
     save_model(tiny_model(), tmp_path / "ours")
     (tmp_path / "ours" / "model.safetensors").write_bytes(b"\x10\x00")

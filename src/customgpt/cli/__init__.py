@@ -1,8 +1,8 @@
 """The ``customgpt`` command line: a table from subcommand to the module that runs it.
 
 Each command module defines ``build_parser(parser)`` and ``run(args) -> int`` and imports
-its heavy dependencies inside ``run``, so ``customgpt --help`` stays instant. User mistakes
-(:class:`~customgpt.errors.CustomGPTError`), operating-system errors (``error: cannot write
+its heavy dependencies inside ``run``, so ``customgpt --help`` stays instant. Option mistakes,
+user mistakes (:class:`~customgpt.errors.CustomGPTError`), operating-system errors (``error: cannot write
 PATH: No space left on device``) and network failures print one line, ``error: ...``, and
 exit 2; a closed output pipe (``| head -1``) ends the command quietly.
 """
@@ -15,7 +15,9 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+from customgpt import __version__
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,8 +39,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    from customgpt import __version__
-
     width = max(len(name) for name in COMMANDS)
     lines = [
         f"customgpt {__version__}: GPT-2 from scratch in PyTorch",
@@ -58,8 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from customgpt import __version__
-
         print(f"customgpt {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
@@ -67,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"customgpt {name}", description=COMMANDS[name][1])
+    parser = _Parser(prog=f"customgpt {name}", description=COMMANDS[name][1])
     module.build_parser(parser)
     args = parser.parse_args(rest)
     stdout = sys.stdout
@@ -93,17 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = stdout
 
 
-#: Exit status after the reader of our output went away (as a program killed by SIGPIPE).
-CLOSED_PIPE_STATUS = 141
+class _Parser(argparse.ArgumentParser):
+    """Option errors in one line (``error: ...``, exit 2), like the commands' other errors; a
+    command's subcommands (``customgpt eval rouge``) are parsers of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _closed_pipe() -> int:
-    """The reader of standard output closed it (``| head -1``): stop quietly. Standard
-    output is pointed at /dev/null so the interpreter's final flush does not fail again."""
+    """The reader of standard output closed it (``| head -1``): stop quietly, with status 141
+    (as a program killed by SIGPIPE). Standard output is pointed at /dev/null so the
+    interpreter's final flush does not fail again."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-    return CLOSED_PIPE_STATUS
+    return 141
 
 
 class _NamedStdout:

@@ -18,26 +18,24 @@ from __future__ import annotations
 import argparse
 import sys
 
+from customgpt.cli._common import add_model_arguments
 from customgpt.cli.generate import (
-    STYLE_NAMES,
-    add_model_arguments,
     add_sampling_arguments,
     context_full_notice,
     load_for_generation,
-    one_line_errors,
     sampling_params_from_args,
     write_stream,
 )
 from customgpt.io import decode_utf8_strict
+from customgpt.prompts import PROMPT_STYLES
 
 HELP = "commands: /reset clears the history, /exit quits (or Ctrl-D); Ctrl-C stops a reply"
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
-    add_model_arguments(parser)
+    add_model_arguments(parser, no_cache=True)
     parser.add_argument(
-        "--prompt-style", choices=STYLE_NAMES, default=None,
+        "--prompt-style", choices=PROMPT_STYLES, default=None,
         help="the chat template the model was fine-tuned with (default: the one its folder records, else alpaca)",
     )
     parser.add_argument("--system", default=None, help="a system message put before the conversation")
@@ -56,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # invalid UTF-8 is reported per line
-    out, err = sys.stdout, sys.stderr
-    if hasattr(out, "reconfigure"):
-        out.reconfigure(errors="replace")
+    err = sys.stderr
     print(f"chat with {args.model} (prompt style {session.style.name}); {HELP}", file=err)
 
     number = 0
@@ -89,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
             print(HELP, file=err)
             continue
         stream = session.send(line, on_context_full=context_full_notice(model))
-        if write_stream(stream, out):
+        if write_stream(stream):
             print("[reply interrupted]", file=err, flush=True)
     return 0

@@ -22,19 +22,15 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-    from pathlib import Path
-
     from customgpt.classifier import load_classifier, predict_texts
-    from customgpt.data.classification import decode_utf8
     from customgpt.device import resolve_device
     from customgpt.errors import CustomGPTError
+    from customgpt.io import read_text_strict
     from customgpt.tokenizer import get_tokenizer
 
     texts = list(args.texts)
     if args.file:
-        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-        texts += [line for line in decode_utf8(data, args.file).splitlines() if line.strip()]
+        texts += [line for line in read_text_strict(args.file).splitlines() if line.strip()]
     if not texts:
         raise CustomGPTError("nothing to classify: give TEXT arguments or --file")
     if args.batch_size < 1:

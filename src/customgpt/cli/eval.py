@@ -5,11 +5,6 @@
     customgpt eval perplexity --model gpt2 --text story.txt
     customgpt eval rouge --responses r.json                 # per-record scores in r.rouge.json
     customgpt eval judge --responses r.json --url http://localhost:11434/v1 --model llama3
-
-``--data`` is a JSON / JSONL file of records or a registered dataset; ``--split`` picks
-train, val or test of the reference split (``order``, or ``random`` with ``--seed``) or
-``all`` records. A model saved by ``customgpt finetune instruct`` knows its prompt style;
-``--prompt-style`` overrides it (default for other models: alpaca).
 """
 
 from __future__ import annotations
@@ -18,8 +13,15 @@ import argparse
 import os
 from pathlib import Path
 
+from customgpt.cli._common import add_device_argument
+from customgpt.errors import CustomGPTError
 
-def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+
+def _add_model_and_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True, help="a model folder, weights file, preset or hub id")
+    p.add_argument("--prompt-style", help="alpaca, phi3 or plain (default: the style the model was trained "
+                   "with, else alpaca)")
+    add_device_argument(p)
     p.add_argument("--data", default="instruction-data",
                    help="a JSON list / JSONL file of records, or a registered dataset (default: %(default)s)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
@@ -33,15 +35,6 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="registry mirror folder (default: $CUSTOMGPT_DATA_DIR)")
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    from customgpt.cli._common import add_device_argument
-
-    p.add_argument("--model", "-m", required=True, help="a model folder, weights file, preset or hub id")
-    p.add_argument("--prompt-style", help="alpaca, phi3 or plain (default: the style the model was trained "
-                   "with, else alpaca)")
-    add_device_argument(p)
-
-
 def _add_output_arguments(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--out", "-o", help=f"where to write {what}")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -53,8 +46,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("responses", help="greedy responses to instruction records, as JSON with model_response",
                        description="Greedy responses to instruction records, written as the records plus "
                        "model_response (the reference recipe's format).")
-    _add_model_arguments(p)
-    _add_data_arguments(p)
+    _add_model_and_data_arguments(p)
     _add_output_arguments(p, "the responses (default: responses-SPLIT.json)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="the most tokens per response (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="records answered at once (default: %(default)s)")
@@ -66,8 +58,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("perplexity", help="perplexity on response tokens (or on a plain text file)",
                        description="Perplexity exp(mean token loss) on the response tokens of instruction "
                        "records, or on the whole of a plain text file (--text).")
-    _add_model_arguments(p)
-    _add_data_arguments(p)
+    _add_model_and_data_arguments(p)
     p.add_argument("--text", help="a UTF-8 text file ('-': standard input): perplexity over all its tokens instead of records")
     p.add_argument("--max-length", type=int, help="tokens per example or window (default: the model's context)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per batch (default: %(default)s)")
@@ -87,7 +78,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--responses", "-r", required=True, help="a responses file (JSON list of records)")
     p.add_argument("--url", required=True, help="the API base, e.g. http://localhost:11434/v1")
     p.add_argument("--model", "-m", required=True, help="the judge model's name on that server")
-    p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY, if set)")
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                   help="bearer token (default: $OPENAI_API_KEY, if set)")
     p.add_argument("--response-key", default="model_response", help="(default: %(default)s)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per answer (default: %(default)s)")
     p.add_argument("--retries", type=int, default=3, help="retries of a transient failure (default: %(default)s)")
@@ -105,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _records(args: argparse.Namespace):
     from customgpt.data.instruct import read_instruction_file, resolve_source, split_records
-    from customgpt.errors import CustomGPTError
 
     keys = [k.strip() for k in args.fields.split(",")]
     if len(keys) != 3 or not all(keys) or len(set(keys)) != 3:
@@ -128,8 +119,6 @@ def _model_and_style(args: argparse.Namespace):
 
 
 def _check_at_least(low: int, **values: int | None) -> None:
-    from customgpt.errors import CustomGPTError
-
     for name, value in values.items():
         if value is not None and value < low:
             raise CustomGPTError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
@@ -139,7 +128,6 @@ def _check_at_least(low: int, **values: int | None) -> None:
 
 
 def _responses(args: argparse.Namespace) -> int:
-    from customgpt.errors import CustomGPTError
     from customgpt.evaluate.responses import generate_responses, with_responses, write_json
     from customgpt.tokenizer import get_tokenizer
 
@@ -162,7 +150,6 @@ def _responses(args: argparse.Namespace) -> int:
 
 def _perplexity(args: argparse.Namespace) -> int:
     from customgpt.data.instruct import InstructionDataset
-    from customgpt.errors import CustomGPTError
     from customgpt.evaluate.perplexity import response_perplexity, text_perplexity
     from customgpt.tokenizer import get_tokenizer
 
@@ -205,18 +192,14 @@ def _rouge(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from customgpt.errors import CustomGPTError
     from customgpt.evaluate.judge import JudgeClient, judge_responses
     from customgpt.evaluate.responses import read_responses, write_json
 
     out = Path(args.out) if args.out else Path(args.responses).with_suffix(".judge.json")
     if out.exists() and not args.force:  # before asking the judge anything
         raise CustomGPTError(f"{out} exists; pass --force to replace it, or choose another --out")
-    if args.retries < 0 or not args.timeout > 0:
-        raise CustomGPTError("--retries must be >= 0 and --timeout > 0")
     records = read_responses(args.responses, ("instruction", "output", args.response_key))
-    api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
-    with JudgeClient(args.url, args.model, api_key=api_key, timeout=args.timeout, max_retries=args.retries,
+    with JudgeClient(args.url, args.model, api_key=args.api_key, timeout=args.timeout, max_retries=args.retries,
                      seed=args.seed) as client:
         report = judge_responses(records, client, response_key=args.response_key, progress=not args.no_progress)
     write_json(out, {"judge": {"url": client.url, "model": args.model, "seed": args.seed, "temperature": 0.0},

@@ -3,9 +3,6 @@
     customgpt finetune classify                                   # the spam-small preset
     customgpt finetune classify --config spam-124m --data.data_dir /path/to/datasets
     customgpt finetune classify --config my.yaml --train.lr 1e-4 --logging.out_dir runs/x
-
-Each task is one row of :data:`TASKS` (its config schema and its training function), so
-more objectives (instruction tuning, preference tuning) are added as rows, not branches.
 """
 
 from __future__ import annotations

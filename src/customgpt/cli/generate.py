@@ -4,11 +4,6 @@
     customgpt generate --model gpt2 --prompt "Hello" --temperature 0.8 --top-k 50 --seed 1
     customgpt generate --model ft/ --prompt-style alpaca --prompt "Name three colours." --stop "###"
     customgpt generate --model cpu-tiny --prompt "Hi" --json     # one JSON object, no streaming
-
-MODEL is anything :func:`customgpt.checkpoints.load_model` accepts: a preset name (random,
-untrained weights: a warning says so), a customgpt or Hugging Face folder, a weights file or
-a hub id. The sampling options are shared with ``customgpt chat`` (see
-:func:`add_sampling_arguments`).
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from customgpt.cli._common import add_device_argument, add_dtype_argument
+from customgpt.cli._common import add_model_arguments
 from customgpt.io import decode_utf8_strict, read_text_strict
 from customgpt.prompts import PROMPT_STYLES
 
@@ -30,34 +25,6 @@ if TYPE_CHECKING:
     from customgpt.generate import SamplingParams
     from customgpt.model import GPT
     from customgpt.tokenizer import Tokenizer
-
-STYLE_NAMES = tuple(PROMPT_STYLES)
-
-
-def one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Make option errors one line (``error: ...``, exit 2), like the command's other errors."""
-    prog = parser.prog
-
-    def error(message: str) -> None:  # argparse calls this and expects it not to return
-        print(f"error: {message} (see {prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-    parser.error = error  # type: ignore[method-assign]
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, metavar="MODEL",
-        help="preset name (random weights), checkpoint folder, Hugging Face folder, weights file or hub id",
-    )
-    parser.add_argument("--config", default=None, help="config (preset name) for a lone weights file")
-    add_device_argument(parser)
-    add_dtype_argument(parser)
-    parser.add_argument(
-        "--no-cache", dest="use_cache", action="store_false",
-        help="run the whole window every step instead of using the KV cache (slow; for checking)",
-    )
-
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 128) -> None:
     """The options that build :class:`~customgpt.generate.SamplingParams` (validated there)."""
@@ -115,15 +82,14 @@ def load_for_generation(args: argparse.Namespace) -> tuple[GPT, Tokenizer]:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    one_line_errors(parser)
-    add_model_arguments(parser)
+    add_model_arguments(parser, no_cache=True)
     parser.add_argument(
         "--prompt", required=True,
         help="the prompt (UTF-8); '-' reads it from standard input. Without --prompt-style the text "
         "<|endoftext|> in it is GPT-2's document separator; with a style it is plain text",
     )
     parser.add_argument(
-        "--prompt-style", choices=STYLE_NAMES, default=None,
+        "--prompt-style", choices=PROMPT_STYLES, default=None,
         help="wrap the prompt as an instruction in this template (and stop at its markers)",
     )
     parser.add_argument("--input", default=None, help="optional input for the instruction (with --prompt-style)")
@@ -131,19 +97,20 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object (text, counts, finish reason, speed)")
 
 
-def write_stream(stream: Any, out: Any) -> bool:
-    """Write a text stream piece by piece, then a newline; Ctrl-C closes the stream (the
-    generation stops) instead of ending the program. Returns True when interrupted."""
+def write_stream(stream: Any) -> bool:
+    """Write a text stream to standard output piece by piece, then a newline (a character the
+    terminal cannot show is replaced, never fatal); Ctrl-C closes the stream (the generation
+    stops) instead of ending the program. Returns True when interrupted."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
     interrupted = False
     try:
         for piece in stream:
-            out.write(piece)
-            out.flush()
+            print(piece, end="", flush=True)
     except KeyboardInterrupt:
         stream.close()
         interrupted = True
-    out.write("\n")
-    out.flush()
+    print(flush=True)
     return interrupted
 
 
@@ -177,10 +144,7 @@ def run(args: argparse.Namespace) -> int:
         result = dataclasses.asdict(stream.collect())
         print(json.dumps({"model": args.model, **result}, indent=2, ensure_ascii=False))
         return 0
-    out = sys.stdout
-    if hasattr(out, "reconfigure"):
-        out.reconfigure(errors="replace")  # never die on a terminal that cannot show a character
-    write_stream(stream, out)
+    write_stream(stream)
     result = stream.result
     assert result is not None
     print(

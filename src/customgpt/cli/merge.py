@@ -3,9 +3,8 @@
     customgpt merge --adapter runs/lora/adapter --out runs/lora/merged            # customgpt format
     customgpt merge --base gpt2 --adapter runs/lora/adapter --out export/x --hf   # Hugging Face folder
 
-The base model defaults to the one recorded in the adapter's ``adapter_config.json``. The
-adapter is refused if the base's shapes or weights (sha256 checksum) differ from the base it
-was saved on. The merged model is a plain GPT: it loads anywhere a base model loads.
+The adapter is refused if the base's shapes or weights (sha256 checksum) differ from the base
+it was saved on. The merged model is a plain GPT: it loads anywhere a base model loads.
 """
 
 from __future__ import annotations

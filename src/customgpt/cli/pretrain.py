@@ -53,12 +53,10 @@ def format_summary(summary: dict) -> str:
         return (f"the run in {run_dir} is finished ({summary['steps']} of {summary['total_steps']} steps, "
                 f"best validation loss {summary['best_val_loss']:.3f}): nothing to resume\n"
                 f"final model: {run_dir}/final")
-    first = f"{summary['first_loss']:.3f}"
+    first, resumed = f"{summary['first_loss']:.3f}", ""
     if summary.get("resumed_at") is not None:  # name the step the first loss is from
-        first += f" (step {summary.get('first_step')})"
-    return (
-        f"trained {summary['steps']} steps in {summary['seconds']:.1f}s"
-        + (f" (resumed at step {summary['resumed_at']})" if summary.get("resumed_at") is not None else "")
-        + f": train loss {first} -> {summary['last_loss']:.3f}, best validation loss "
-        f"{summary['best_val_loss']:.3f}\nrun folder: {run_dir} (final model: {run_dir}/final)"
-    )
+        first += f" (step {summary['first_step']})"
+        resumed = f" (resumed at step {summary['resumed_at']})"
+    return (f"trained {summary['steps']} steps in {summary['seconds']:.1f}s{resumed}: train loss {first} -> "
+            f"{summary['last_loss']:.3f}, best validation loss {summary['best_val_loss']:.3f}\n"
+            f"run folder: {run_dir} (final model: {run_dir}/final)")

@@ -17,7 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
-from customgpt.cli._common import add_device_argument, add_dtype_argument
+from customgpt.cli._common import add_model_arguments
 from customgpt.errors import CustomGPTError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -43,17 +43,11 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, metavar="MODEL",
-        help="preset name (random weights), checkpoint folder, Hugging Face folder, weights file or hub id",
-    )
-    parser.add_argument("--config", default=None, help="config (preset name) for a lone weights file")
+    add_model_arguments(parser)
     parser.add_argument("--model-name", default=None,
                         help="the id clients send as 'model' (default: MODEL as given)")
     parser.add_argument("--classifier", default=None, metavar="FOLDER",
                         help="a classifier folder (customgpt finetune classify) to serve at /v1/classify")
-    add_device_argument(parser)
-    add_dtype_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, loopback)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get("CUSTOMGPT_API_KEY"),

@@ -76,16 +76,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
-    from customgpt.tokenizer import get_tokenizer, load_bpe
-
-    if args.vocab is not None:
-        return load_bpe(args.vocab, special_tokens=args.special_token or [EOT_TEXT])
-    if args.special_token:
-        raise CustomGPTError("--special-token only applies with --vocab (GPT-2's special token is fixed)")
-    return get_tokenizer(args.engine)
-
-
 def _parse_ids(values: list[str]) -> list[int]:
     ids = []
     for value in values:
@@ -98,8 +88,17 @@ def _parse_ids(values: list[str]) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "train":
+        return _train(args)
+    from customgpt.tokenizer import get_tokenizer, load_bpe
+
+    if args.vocab is not None:
+        tok = load_bpe(args.vocab, special_tokens=args.special_token or [EOT_TEXT])
+    elif args.special_token:
+        raise CustomGPTError("--special-token only applies with --vocab (GPT-2's special token is fixed)")
+    else:
+        tok = get_tokenizer(args.engine)
     if args.action == "encode":
-        tok = _load(args)
         text = read_text_strict("-") if args.text == "-" else args.text
         ids = tok.encode(text, allowed_special=args.allowed_special)
         if args.show:
@@ -115,23 +114,12 @@ def run(args: argparse.Namespace) -> int:
             print(" ".join(map(str, ids)))
         return 0
 
-    if args.action == "decode":
-        tok = _load(args)
-        sys.stdout.write(tok.decode(_parse_ids(args.ids)) + "\n")
-        return 0
-
-    return _train(args)
+    print(tok.decode(_parse_ids(args.ids)))
+    return 0
 
 
 #: The files ``--hf-dir`` receives (see :func:`customgpt.tokenizer.save_hf_tokenizer_files`).
 HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and a.samefile(b)
-    except OSError:
-        return a.resolve() == b.resolve()
 
 
 def _check_outputs(source: Path, out: Path, hf_dir: Path | None, *, force: bool) -> None:
@@ -139,7 +127,7 @@ def _check_outputs(source: Path, out: Path, hf_dir: Path | None, *, force: bool)
     existing output without ``--force``."""
     outputs = [out] + ([hf_dir / name for name in HF_TOKENIZER_FILES] if hf_dir is not None else [])
     for target in outputs:
-        if _same_file(target, source):
+        if target.exists() and target.samefile(source):
             raise CustomGPTError(f"{target} is the training file: choose another output (the input is never overwritten)")
     if out.is_dir():
         raise CustomGPTError(f"--out {out} is a folder; give a file name such as {out / 'vocab.tiktoken'}")

@@ -4,10 +4,8 @@
     customgpt ui --chat runs/alpaca/final --compare runs/dpo/final --classifier runs/sms/best
     customgpt ui --chat gpt2 --prompt-style plain --host 0.0.0.0 --port 8080
 
-Then open http://HOST:PORT in a browser. MODEL is anything ``customgpt generate`` accepts; the
-device is chosen automatically (``--device`` to choose). The app's Chainlit folder (its
-``config.toml`` and readme) is written to a temporary folder that is removed when the
-server stops. Needs the ``ui`` extra: ``pip install customgpt[ui]``.
+Then open http://HOST:PORT in a browser. The app's Chainlit folder (its ``config.toml`` and
+readme) is a temporary folder, removed when the server stops. Needs the ``ui`` extra.
 """
 
 from __future__ import annotations
@@ -21,19 +19,17 @@ import tempfile
 from customgpt.cli._common import add_device_argument
 from customgpt.cli.serve import listen
 from customgpt.errors import ConfigError
+from customgpt.prompts import PROMPT_STYLES
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    from customgpt.cli.generate import STYLE_NAMES, one_line_errors
-
-    one_line_errors(parser)
     parser.add_argument("--chat", metavar="MODEL", default=None,
                         help="the chat model: preset, checkpoint or Hugging Face folder, weights file or hub id")
     parser.add_argument("--compare", metavar="MODEL", default=None,
                         help="a second chat model answering every message beside the first (the Compare profile)")
     parser.add_argument("--classifier", metavar="MODEL", default=None,
                         help="a classifier folder (from `customgpt finetune classify`) for the Classification profile")
-    parser.add_argument("--prompt-style", choices=STYLE_NAMES, default="alpaca",
+    parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="alpaca",
                         help="the chat template the chat models were fine-tuned with (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
