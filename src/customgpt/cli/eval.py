@@ -209,6 +209,6 @@ def _judge(args: argparse.Namespace) -> int:
                      "summary": report.summary(), "records": report.records}, force=args.force,
                inputs=[args.responses])
     left_out = f" ({len(report.unparseable)} unparseable answers left out)" if report.unparseable else ""
-    print(f"judge {args.model}: mean score {report.mean:.2f} over {report.scored} of {len(records)} records"
-          f"{left_out}; per-record scores in {out}")
+    mean = f"mean score {report.mean:.2f} over {report.scored}" if report.scored else "no score in the answers"
+    print(f"judge {args.model}: {mean} of {len(records)} records{left_out}; per-record scores in {out}")
     return 0
