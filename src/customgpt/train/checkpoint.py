@@ -233,6 +233,9 @@ def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
     loaded = load_model(Path(folder), device="cpu", dtype=torch.float32)
     try:
         model.load_state_dict(loaded.state_dict(), strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {folder} does not match the model: {exc}") from exc
+    except RuntimeError as exc:  # torch's message is one line per tensor: name the first only
+        first = next((line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        hint = (f"; resume with the run's own config (--config {Path(folder) / CONFIG_NAME})"
+                if (Path(folder) / CONFIG_NAME).is_file() else "")
+        raise CheckpointError(f"checkpoint {folder} does not match the model of this config ({first}){hint}") from exc
     return state
