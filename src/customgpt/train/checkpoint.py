@@ -234,8 +234,9 @@ def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
     try:
         model.load_state_dict(loaded.state_dict(), strict=True)
     except RuntimeError as exc:  # torch's message is one line per tensor: name the first only
-        first = next((line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
-        hint = (f"; resume with the run's own config (--config {Path(folder) / CONFIG_NAME})"
-                if (Path(folder) / CONFIG_NAME).is_file() else "")
-        raise CheckpointError(f"checkpoint {folder} does not match the model of this config ({first}){hint}") from exc
+        lines = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
+        config = Path(folder) / CONFIG_NAME
+        hint = f"; resume with the run's own config (--config {config})" if config.is_file() else ""
+        raise CheckpointError(f"checkpoint {folder} does not match the model of this config "
+                              f"({lines[0] if lines else exc}){hint}") from exc
     return state
