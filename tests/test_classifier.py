@@ -150,6 +150,11 @@ def test_load_errors(tmp_path):
         load_classifier(tmp_path)
     with pytest.raises(ConfigError, match="2 label names for a 3-class head"):
         save_classifier(GPTClassifier(_gpt(), 3), tmp_path / "x", ["a", "b"], max_length=4)
+    # a run folder given instead of its classifier: the classifiers inside it are named
+    save_classifier(GPTClassifier(_gpt(), 2), tmp_path / "run" / "best", ["a", "b"], max_length=4)
+    with pytest.raises(CheckpointError, match=r"run is not a classifier folder, but its subfolder\(s\) best are: "
+                       r"pass one of them, e.g. .*run/best$"):
+        load_classifier(tmp_path / "run")
 
 
 ENSEMBLE_JSON = {"format": "customgpt-classifier", "labels": ["ham", "spam"], "pooling": "last", "max_length": 64,

@@ -83,5 +83,6 @@ def test_sections_are_validated_on_direct_construction():
         LoggingConfig(log_every=0)
     with pytest.raises(ConfigError, match="threads"):
         RuntimeConfig(threads=0)
-    with pytest.raises(ConfigError, match="cannot change the shape"):
+    with pytest.raises(ConfigError, match=r"^n_layer: cannot change the shape of weights loaded from model.init "
+                       r"\(set it to null: --model.n_layer null\)$"):
         ModelSection(init="some/folder", n_layer=3)

@@ -169,6 +169,11 @@ def read_classifier_config(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / HEAD_CONFIG
     if not path.is_file():
+        # a run folder (runs/spam-small instead of runs/spam-small/best): name the classifiers inside it
+        inner = sorted(p.name for p in folder.iterdir() if (p / HEAD_CONFIG).is_file()) if folder.is_dir() else []
+        if inner:
+            raise CheckpointError(f"{folder} is not a classifier folder, but its subfolder(s) {', '.join(inner)} "
+                                  f"are: pass one of them, e.g. {folder / inner[0]}")
         raise CheckpointError(f"{folder} is not a classifier folder: no {HEAD_CONFIG} (train one with "
                               "`customgpt finetune classify`)")
     info = read_json_object(path)

@@ -81,6 +81,14 @@ def test_resolver_kinds_and_errors(tmp_path):
     (tmp_path / "empty" / "config.json").write_text('{"n_layer": 2, "n_heads": 3}')
     with pytest.raises(ConfigError, match="n_heads"):
         load_model(tmp_path / "empty")
+    (tmp_path / "blank").mkdir()
+    with pytest.raises(CheckpointError, match="blank holds no model.safetensors or pytorch_model.bin$"):
+        load_model(tmp_path / "blank")
+    # a run folder given instead of its model: the models inside it are named
+    save_model(tiny_model(), tmp_path / "run" / "final")
+    with pytest.raises(CheckpointError, match=r"run holds no model \(no config.json\), but its subfolder\(s\) "
+                       r"final do: pass one of them, e.g. .*run/final$"):
+        load_model(tmp_path / "run")
 
 
 def test_hub_id_offline_fails_fast_with_advice(monkeypatch):

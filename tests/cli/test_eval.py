@@ -81,6 +81,20 @@ def test_judge_over_loopback(responses, capsys):
     assert len(server.requests) == 3  # record 0, record 1 (a 500, then its retry); the empty response is 0 unasked
 
 
+def test_judge_with_no_score_in_its_answers_says_so(responses, capsys):
+    responses.write_text(json.dumps(ROWS[:2]))  # no empty response: every record is asked
+    server = Judge([("answer", "sixty")] * 2)
+    try:
+        code = main(["eval", "judge", "--responses", str(responses), "--url", server.url, "--model", "judge-8b",
+                     "--no-progress"])
+    finally:
+        server.close()
+    assert code == 0
+    beside = responses.with_name("responses.judge.json")
+    assert capsys.readouterr().out.endswith(f"judge judge-8b: no score in the answers of 2 records (2 unparseable "
+                                            f"answers left out); per-record scores in {beside}\n")
+
+
 def test_judge_unreachable_is_one_line(responses, capsys):
     server = Judge([])
     url = server.url

@@ -188,3 +188,30 @@ def test_full_disk_on_standard_output_is_one_line(tmp_path):
         )
     assert proc.returncode == 2
     assert proc.stderr == "error: cannot write standard output: No space left on device\n"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], []])
+def test_usage_into_a_closed_pipe_ends_quietly(argv):
+    """``customgpt --help | head -0``: the reader is gone before the usage is written."""
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "w") as closed:
+        proc = subprocess.run([sys.executable, "-m", "customgpt", *argv], stdout=closed,
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_usage_into_a_full_disk_is_one_line():
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "customgpt", "--help"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: cannot write standard output: No space left on device\n"

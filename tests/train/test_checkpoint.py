@@ -59,6 +59,18 @@ def test_round_trip_restores_weights_optimizer_and_rng(tmp_path):
     assert (folder / ckpt.CONFIG_NAME).read_text() == "train: {}\n"
 
 
+def test_another_shape_is_one_line_naming_the_runs_config(tmp_path):
+    model, opt = _trained()
+    folder = ckpt.save_checkpoint(tmp_path, ckpt.LAST, model, _state(opt, 7), config_yaml="train: {}\n")
+    wider = GPT(GPTConfig(vocab_size=97, context_length=16, n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load_checkpoint(folder, wider)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {folder} does not match the model of this config (size mismatch for ")
+    assert message.endswith(f"; resume with the run's own config (--config {folder / ckpt.CONFIG_NAME})")
+
+
 def test_state_file_loads_with_weights_only(tmp_path):
     model, opt = _trained()
     folder = ckpt.save_checkpoint(tmp_path, "last", model, _state(opt, 1))

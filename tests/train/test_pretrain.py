@@ -248,6 +248,10 @@ def test_kill_between_best_and_last_never_leaves_best_stale(verdict, cache, tmp_
         f"the run in {out} is finished (6 of 6 steps, best validation loss {min(val.values()):.3f}): "
         f"nothing to resume\nfinal model: {out}/final\n"
     )
+    # resuming it into another folder names the run the checkpoint belongs to, not the empty folder
+    other = ["--logging.out_dir", str(tmp_path / "other")]
+    assert cli_main(["pretrain", *args, *other, "--resume", str(out)]) == 0
+    assert capsys.readouterr().out.endswith(f"nothing to resume\nfinal model: {out}/final\n")
 
 
 def test_resume_repairs_a_best_left_behind_by_the_old_write_order(verdict, cache, tmp_path):

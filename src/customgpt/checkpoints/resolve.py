@@ -90,6 +90,12 @@ def _resolve_folder(folder: Path, spec: str, config: GPTConfig | None, require_w
     cfg_path = folder / CONFIG_NAME
     if not cfg_path.is_file():
         if config is None:
+            # a run folder (runs/x instead of runs/x/final): name the models inside it
+            inner = sorted(p.name for p in folder.iterdir() if (p / CONFIG_NAME).is_file())
+            if inner:
+                raise CheckpointError(f"{folder} holds no model (no {CONFIG_NAME}), but its subfolder(s) "
+                                      f"{', '.join(inner)} do: pass one of them, e.g. {folder / inner[0]}")
+            _folder_weights(folder)  # an empty folder: say that it holds no weights
             raise CheckpointError(f"{folder} has no {CONFIG_NAME}; pass a config (a preset name) for its weights")
         return ModelSource(spec, "file", config, _folder_weights(folder))
     folder_config, layout = _config_from_json(cfg_path)

@@ -55,11 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``customgpt`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(_usage())
-        return 0
+        return _print(_usage())
     if argv[0] in ("-V", "--version"):
-        print(f"customgpt {__version__}")
-        return 0
+        return _print(f"customgpt {__version__}")
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
@@ -89,6 +87,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         sys.stdout = stdout
+
+
+def _print(text: str) -> int:
+    """Print ``text`` (the usage or the version) and flush it; a closed pipe ends quietly, a
+    failed write (``> /dev/full``) is one line, as in :func:`main`."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _closed_pipe()
+    except OSError as exc:
+        _closed_pipe()  # the interpreter's exit must not fail on it again
+        print(f"error: cannot write standard output: {exc.strerror}", file=sys.stderr)
+        return 2
+    return 0
 
 
 class _Parser(argparse.ArgumentParser):

@@ -17,7 +17,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     parser.add_argument("--model", "-m", required=True, help="a classifier folder (a run's best/)")
     parser.add_argument("--file", "-f", help="classify every non-empty line of this UTF-8 file ('-': stdin)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: %(default)s)")
     add_device_argument(parser, default="cpu")
 
 

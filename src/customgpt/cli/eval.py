@@ -67,8 +67,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                        description="ROUGE-L F1 (rouge-score, no stemming) and exact match of each response "
                        "against its reference, as percentages; per-record scores written beside the file.")
     p.add_argument("--responses", "-r", required=True, help="a responses file (JSON list of records)")
-    p.add_argument("--response-key", default="model_response", help="(default: %(default)s)")
-    p.add_argument("--reference-key", default="output", help="(default: %(default)s)")
+    p.add_argument("--response-key", default="model_response",
+                   help="the record field holding the response (default: %(default)s)")
+    p.add_argument("--reference-key", default="output",
+                   help="the record field holding the reference answer (default: %(default)s)")
     _add_output_arguments(p, "the per-record scores (default: RESPONSES.rouge.json)")
 
     p = sub.add_parser("judge", help="scores 0-100 from an LLM judge behind an OpenAI-compatible endpoint",
@@ -80,7 +82,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help="the judge model's name on that server")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
                    help="bearer token (default: $OPENAI_API_KEY, if set)")
-    p.add_argument("--response-key", default="model_response", help="(default: %(default)s)")
+    p.add_argument("--response-key", default="model_response",
+                   help="the record field holding the response (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per answer (default: %(default)s)")
     p.add_argument("--retries", type=int, default=3, help="retries of a transient failure (default: %(default)s)")
     p.add_argument("--seed", type=int, default=123, help="sent with each request (default: %(default)s)")
@@ -206,6 +209,6 @@ def _judge(args: argparse.Namespace) -> int:
                      "summary": report.summary(), "records": report.records}, force=args.force,
                inputs=[args.responses])
     left_out = f" ({len(report.unparseable)} unparseable answers left out)" if report.unparseable else ""
-    print(f"judge {args.model}: mean score {report.mean:.2f} over {report.scored} of {len(records)} records"
-          f"{left_out}; per-record scores in {out}")
+    mean = f"mean score {report.mean:.2f} over {report.scored}" if report.scored else "no score in the answers"
+    print(f"judge {args.model}: {mean} of {len(records)} records{left_out}; per-record scores in {out}")
     return 0

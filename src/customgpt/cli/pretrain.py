@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from customgpt.train.config import add_config_arguments
 
@@ -50,9 +51,14 @@ def format_summary(summary: dict) -> str:
     """The closing lines of a run (or of a resume that found the run already finished)."""
     run_dir = summary["run_dir"]
     if summary.get("finished"):
-        return (f"the run in {run_dir} is finished ({summary['steps']} of {summary['total_steps']} steps, "
-                f"best validation loss {summary['best_val_loss']:.3f}): nothing to resume\n"
-                f"final model: {run_dir}/final")
+        # --resume PATH may name another run than logging.out_dir: name the checkpoint's own run
+        checkpoint = Path(summary["checkpoint"])
+        finished = (f"({summary['steps']} of {summary['total_steps']} steps, "
+                    f"best validation loss {summary['best_val_loss']:.3f}): nothing to resume")
+        if checkpoint.parent.name != "checkpoints":
+            return f"the run of {checkpoint} is finished {finished}"
+        run = checkpoint.parent.parent
+        return f"the run in {run} is finished {finished}\nfinal model: {run}/final"
     first, resumed = f"{summary['first_loss']:.3f}", ""
     if summary.get("resumed_at") is not None:  # name the step the first loss is from
         first += f" (step {summary['first_step']})"

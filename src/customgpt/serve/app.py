@@ -203,7 +203,7 @@ class _Server:
         if len(ids) <= self.ctx:
             return ids
         if not self.config.crop_prompt:
-            raise _bad(f"this model's maximum context length is {self.ctx} tokens, but the {param} has "
+            raise _bad(f"this model's maximum context length is {self.ctx} tokens, but the {param} came to "
                        f"{len(ids)} tokens (start the server with --crop-prompt to crop long prompts from "
                        "the left)", param, "context_length_exceeded")
         room = min(max_tokens, self.ctx // 2)

@@ -233,6 +233,10 @@ def load_checkpoint(folder: str | Path, model: nn.Module) -> dict[str, Any]:
     loaded = load_model(Path(folder), device="cpu", dtype=torch.float32)
     try:
         model.load_state_dict(loaded.state_dict(), strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {folder} does not match the model: {exc}") from exc
+    except RuntimeError as exc:  # torch's message is one line per tensor: name the first only
+        lines = [line.strip().rstrip(".") for line in str(exc).splitlines()[1:] if line.strip()]
+        config = Path(folder) / CONFIG_NAME
+        hint = f"; resume with the run's own config (--config {config})" if config.is_file() else ""
+        raise CheckpointError(f"checkpoint {folder} does not match the model of this config "
+                              f"({lines[0] if lines else exc}){hint}") from exc
     return state

@@ -383,7 +383,8 @@ class ModelSection(Section):
         if self.init is None:
             self.gpt_config()  # shape errors (e.g. n_embd % n_head) surface now, before training
         elif shaped:
-            raise FieldError(shaped[0], "cannot change the shape of weights loaded from model.init")
+            raise FieldError(shaped[0], "cannot change the shape of weights loaded from model.init "
+                                        f"(set it to null: --model.{shaped[0]} null)")
 
     def _changes(self) -> dict[str, Any]:
         keys = (*self._SHAPE, "dropout", "attn_dropout", "impl")
