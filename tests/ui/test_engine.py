@@ -148,8 +148,11 @@ def test_loading_failures_are_kept_for_the_page(tmp_path, caplog):
     assert not too_small.ok and "smaller than its tokenizer's" in too_small.error
     missing = load_chat_model("chat", str(tmp_path / "nope"), cpu)
     assert not missing.ok and "nope" in missing.error
-    not_a_classifier = load_classifier_model(str(tmp_path), cpu)
-    assert not not_a_classifier.ok and "classifier.json" in not_a_classifier.error
+    not_a_classifier = load_classifier_model(str(tmp_path), cpu)  # its subfolder clf is one: named
+    assert not not_a_classifier.ok and "not a classifier folder" in not_a_classifier.error
+    assert "clf" in not_a_classifier.error
+    plain = load_classifier_model(str(small), cpu)  # a language model's folder
+    assert not plain.ok and "classifier.json" in plain.error
     assert "is a classifier" in caplog.text and "nope" in caplog.text
     ok = load_classifier_model(str(folder), cpu)
     assert ok.ok and ok.info["labels"] == ["ham", "spam"] and "ham, spam" in ok.summary()
