@@ -44,3 +44,14 @@ def test_a_port_in_use_is_reported_before_loading_anything(capsys):
         port = busy.getsockname()[1]
         code, err = run_cli(capsys, "ui", "--chat", "no-such-model", "--port", str(port))
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "in use" in err
+
+
+def test_a_style_the_model_folder_records_that_cannot_be_rebuilt_is_one_line(capsys, tmp_path):
+    from customgpt.checkpoints import random_model, save_model
+    from customgpt.config import GPTConfig
+
+    model = random_model(GPTConfig.from_preset("cpu-tiny"), seed=0)
+    bad = save_model(model, tmp_path / "bad", metadata={"prompt_style": {"name": "nope"}})
+    code, err = run_cli(capsys, "ui", "--chat", str(bad), "--port", "1")
+    assert code == 2 and "unknown prompt style 'nope'" in err
+    assert len(err.strip().splitlines()) == 1

@@ -26,6 +26,25 @@ def test_environment_round_trip_and_defaults():
     assert AppConfig.from_env({"CUSTOMGPT_UI_CHAT": "  ", "CUSTOMGPT_UI_DEVICE": ""}) == AppConfig()
     assert config.profiles == ["Chat", "Compare", "Classification"]
     assert AppConfig(classifier="c").profiles == ["Classification"]
+    # An unset value is written empty: a variable already in the environment does not stand in for it.
+    stale = {"CUSTOMGPT_UI_COMPARE": "runs/old", "CUSTOMGPT_UI_PROMPT_STYLE": "plain"}
+    assert AppConfig.from_env({**stale, **AppConfig(chat="a").to_env()}) == AppConfig(chat="a")
+
+
+def test_the_style_a_model_folder_records_is_used_and_named_unless_one_is_asked_for(tmp_path):
+    from customgpt.checkpoints import random_model, save_model
+    from customgpt.config import GPTConfig
+
+    model = random_model(GPTConfig.from_preset("cpu-tiny"), seed=0)
+    tuned = str(save_model(model, tmp_path / "tuned", metadata={"prompt_style": {"name": "phi3"}}))
+    config = AppConfig(chat=tuned, compare="gpt2").check()
+    assert config.style_for(tuned).name == "phi3" and config.style_for("gpt2").name == "alpaca"
+    readme = (write_app_folder(tmp_path / "app", config) / "chainlit.md").read_text()
+    assert f"`{tuned}` (prompt style `phi3`)" in readme and "`gpt2` (prompt style `alpaca`)" in readme
+    assert AppConfig(chat=tuned, prompt_style="alpaca").check().style_for(tuned).name == "alpaca"
+    bad = save_model(model, tmp_path / "bad", metadata={"prompt_style": {"name": "nope"}})
+    with pytest.raises(ConfigError, match="unknown prompt style 'nope'"):
+        AppConfig(chat="a", compare=str(bad)).check()
 
 
 @pytest.mark.parametrize(

@@ -167,3 +167,21 @@ def test_classification_table_shows_every_class_and_escapes_text():
     assert len(rows) == 4 and rows[2].startswith("| 1 | a \\| b | **ham** | 90.0% | 10.0% |")
     assert "\\*c\\*" in rows[3] and "**spam**" in rows[3]
     assert escape_markdown("x\ny  <b>") == "x y \\<b\\>"
+
+
+def test_chat_models_use_the_style_their_folder_records_unless_one_is_asked_for(tmp_path):
+    from customgpt.checkpoints import random_model, save_model
+    from customgpt.config import GPTConfig
+    from customgpt.ui.config import AppConfig
+    from customgpt.ui.engine import AppState
+
+    model = random_model(GPTConfig.from_preset("cpu-tiny"), seed=0)
+    tuned = str(save_model(model, tmp_path / "tuned", metadata={"prompt_style": {"name": "phi3"}}))
+    base = str(save_model(model, tmp_path / "base"))
+    state = AppState.load(AppConfig(chat=tuned, compare=base, device="cpu"))
+    assert state.chat.style.name == "phi3" and state.compare.style.name == "alpaca"
+    assert "prompt style phi3" in state.chat.summary() and "prompt style alpaca" in state.compare.summary()
+    asked = AppState.load(AppConfig(chat=tuned, compare=base, prompt_style="alpaca", device="cpu"))
+    assert asked.chat.style.name == asked.compare.style.name == "alpaca"
+    unknown = load_chat_model("chat", tuned, resolve_device("cpu"), prompt_style="nope")
+    assert not unknown.ok and unknown.error.startswith("unknown prompt style 'nope'; known styles: alpaca")

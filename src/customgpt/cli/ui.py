@@ -29,8 +29,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="a second chat model answering every message beside the first (the Compare profile)")
     parser.add_argument("--classifier", metavar="MODEL", default=None,
                         help="a classifier folder (from `customgpt finetune classify`) for the Classification profile")
-    parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default="alpaca",
-                        help="the chat template the chat models were fine-tuned with (default: %(default)s)")
+    parser.add_argument("--prompt-style", choices=PROMPT_STYLES, default=None,
+                        help="the chat template the chat models were fine-tuned with (default: the one each "
+                             "model's folder records, else alpaca)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     add_device_argument(parser)

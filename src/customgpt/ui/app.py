@@ -119,7 +119,7 @@ async def start() -> None:
         widgets.append(Switch(id=RAW_SETTING_ID, label="Show replies as raw text", initial=False,
                               description="show the model's text exactly, without Markdown formatting"))
         await cl.ChatSettings(widgets).send()
-        sessions = [ChatSession(m.model, STATE.tokenizer, STATE.style) for m in ready]
+        sessions = [ChatSession(m.model, STATE.tokenizer, m.style) for m in ready]
         cl.user_session.set("conversations", sessions)
     cl.user_session.set("generations", [])
 
@@ -177,7 +177,7 @@ async def _chat(profile: str, text: str) -> None:
         return
     settings = cl.user_session.get("chat_settings") or {}
     context = min(m.context_length for m in models)
-    params = sampling_params(settings, context, STATE.style.stop_strings)
+    params = sampling_params(settings, context)  # each session adds its own style's stop strings
     raw = bool(settings.get(RAW_SETTING_ID, False))
     log.info("reply with %s (seed %d)", ", ".join(m.spec for m in models), params.seed)
 

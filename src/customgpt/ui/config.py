@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from customgpt.errors import ConfigError
+from customgpt.errors import ConfigError, CustomGPTError
 from customgpt.io import atomic_write_text
-from customgpt.prompts import get_prompt_style
+from customgpt.prompts import PromptStyle, get_prompt_style, style_for_model
 
 ENV_PREFIX = "CUSTOMGPT_UI_"
 #: The Chainlit app file (what ``chainlit run`` takes).
@@ -43,14 +43,15 @@ class AppConfig:
             file or a hub id), or None.
         compare: a second chat model answering beside the first (the Compare profile).
         classifier: a classifier folder written by ``customgpt finetune classify``.
-        prompt_style: the prompt style of the chat models.
+        prompt_style: the prompt style of the chat models; None: the one each model's folder
+            records, else alpaca (as ``customgpt chat``).
         device: where to run the models (``auto`` picks CUDA, then MPS, then the CPU).
     """
 
     chat: str | None = None
     compare: str | None = None
     classifier: str | None = None
-    prompt_style: str = "alpaca"
+    prompt_style: str | None = None
     device: str = "auto"
 
     def check(self) -> AppConfig:
@@ -59,8 +60,22 @@ class AppConfig:
             raise ConfigError("give a chat model (--chat MODEL) or a classifier (--classifier MODEL), or both")
         if self.compare and not self.chat:
             raise ConfigError("--compare needs --chat: the two chat models answer side by side")
-        get_prompt_style(self.prompt_style)  # an unknown style names the known ones
+        if self.prompt_style:
+            get_prompt_style(self.prompt_style)  # an unknown style names the known ones
+        for spec in (self.chat, self.compare):
+            if spec:
+                self.style_for(spec)  # a recorded style that cannot be rebuilt: one error, now
         return self
+
+    def style_for(self, spec: str) -> PromptStyle:
+        """The prompt style of chat model ``spec``: :attr:`prompt_style` when set, else the one
+        its folder records, else alpaca (:func:`~customgpt.prompts.style_for_model`).
+
+        Raises:
+            ConfigError: an unknown style name, or a recorded style that cannot be rebuilt.
+            CheckpointError: the folder's ``metadata.json`` is not a JSON object.
+        """
+        return style_for_model(self.prompt_style, spec, "alpaca")
 
     @property
     def profiles(self) -> list[str]:
@@ -75,13 +90,10 @@ class AppConfig:
         return out
 
     def to_env(self) -> dict[str, str]:
-        """The environment variables that :meth:`from_env` reads back."""
-        env = {f"{ENV_PREFIX}PROMPT_STYLE": self.prompt_style, f"{ENV_PREFIX}DEVICE": self.device}
-        for name in ("chat", "compare", "classifier"):
-            value = getattr(self, name)
-            if value:
-                env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
-        return env
+        """The environment variables that :meth:`from_env` reads back (an unset value as an
+        empty one, so that a variable already in the environment does not stand in for it)."""
+        names = ("chat", "compare", "classifier", "prompt_style", "device")
+        return {f"{ENV_PREFIX}{name.upper()}": str(getattr(self, name) or "") for name in names}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AppConfig:
@@ -95,7 +107,7 @@ class AppConfig:
             chat=get("CHAT"),
             compare=get("COMPARE"),
             classifier=get("CLASSIFIER"),
-            prompt_style=get("PROMPT_STYLE") or "alpaca",
+            prompt_style=get("PROMPT_STYLE"),
             device=get("DEVICE") or "auto",
         )
 
@@ -163,7 +175,7 @@ def profile_help(config: AppConfig) -> list[str]:
     out = []
     if config.chat:
         out.append(
-            f"- **{PROFILE_CHAT}**: talk with `{config.chat}` (prompt style `{config.prompt_style}`). "
+            f"- **{PROFILE_CHAT}**: talk with `{config.chat}` (prompt style {_style_name(config, config.chat)}). "
             "The reply streams in as it is generated; the settings button beside the message box sets "
             "temperature, top-k, top-p, repetition penalty, max new tokens and the seed; the stop button "
             "ends a reply. The conversation is kept while it fits in the model's context window (the "
@@ -172,7 +184,8 @@ def profile_help(config: AppConfig) -> list[str]:
     if config.chat and config.compare:
         out.append(
             f"- **{PROFILE_COMPARE}**: every message is answered by `{config.chat}` and by "
-            f"`{config.compare}`, with the same settings and seed, so you see what changed between them."
+            f"`{config.compare}` (prompt style {_style_name(config, config.compare)}), with the same "
+            "settings and seed, so you see what changed between them."
         )
     if config.classifier:
         out.append(
@@ -180,3 +193,12 @@ def profile_help(config: AppConfig) -> list[str]:
             "shows every class's probability."
         )
     return out
+
+
+def _style_name(config: AppConfig, spec: str) -> str:
+    """The prompt style chat model ``spec`` uses, as markdown, or why it has none (its model
+    then fails to load, with the same reason)."""
+    try:
+        return f"`{config.style_for(spec).name}`"
+    except CustomGPTError as exc:
+        return f"unreadable: {exc}"

@@ -25,7 +25,7 @@ from customgpt.classifier import HEAD_CONFIG, load_classifier, predict_texts
 from customgpt.device import resolve_device
 from customgpt.errors import ConfigError, CustomGPTError
 from customgpt.generate import ChatSession, GenerationResult, SamplingParams
-from customgpt.prompts import Message, PromptStyle, get_prompt_style
+from customgpt.prompts import Message, PromptStyle, style_for_model
 from customgpt.tokenizer import Tokenizer, get_tokenizer
 from customgpt.ui.config import AppConfig
 
@@ -46,6 +46,7 @@ class LoadedModel:
         description: where it came from (``"customgpt checkpoint ..."``, ``"preset ..."``).
         error: why loading failed (None when it did not).
         info: a classifier's ``classifier.json`` (labels, max_length).
+        style: a chat model's prompt style.
         lock: one generation (or classification) at a time per model: the KV cache lives in
             the model, so two sessions must not decode with it at once.
     """
@@ -56,6 +57,7 @@ class LoadedModel:
     description: str = ""
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    style: PromptStyle | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -75,7 +77,7 @@ class LoadedModel:
         if self.role == "classifier":
             extra = f", classes: {', '.join(str(x) for x in self.info.get('labels', []))}"
         else:
-            extra = f", context window {self.context_length} tokens"
+            extra = f", context window {self.context_length} tokens, prompt style {self.style.name}"
         return f"- **{self.role}** `{self.spec}`: {self.description}; {n / 1e6:.1f}M parameters on {device}{extra}"
 
 
@@ -91,11 +93,13 @@ def _load(loaded: LoadedModel, what: str, load: Callable[[], None]) -> LoadedMod
     return loaded
 
 
-def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_size: int | None = None) -> LoadedModel:
+def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_size: int | None = None,
+                    prompt_style: str | None = None) -> LoadedModel:
     """Load a language model for chatting; any failure is kept in ``error`` (and logged).
 
     ``tokenizer_vocab_size``: a model whose vocabulary is smaller than the tokenizer's is
-    refused here (the tokenizer would give it ids it has no embedding for)."""
+    refused here (the tokenizer would give it ids it has no embedding for). ``prompt_style``:
+    the style asked for; None: the one the model's folder records, else alpaca."""
     loaded = LoadedModel(role, spec)
 
     def load() -> None:
@@ -104,6 +108,7 @@ def load_chat_model(role: str, spec: str, device: torch.device, tokenizer_vocab_
                 f"{spec} is a classifier (it holds {HEAD_CONFIG}), not a language model: give it "
                 f"with --classifier, and a language model with --{role}"
             )
+        loaded.style = style_for_model(prompt_style, spec, "alpaca")
         source = resolve_model_spec(spec)
         loaded.description = source.describe()
         seed = 0 if source.kind == "preset" else None
@@ -130,33 +135,27 @@ class AppState:
 
     config: AppConfig
     tokenizer: Tokenizer
-    style: PromptStyle
     chat: LoadedModel | None = None
     compare: LoadedModel | None = None
     classifier: LoadedModel | None = None
     device: str = "cpu"
-    error: str | None = None  # a failure before any model (a bad device or prompt style)
+    error: str | None = None  # a failure before any model (a bad device)
 
     @classmethod
     def load(cls, config: AppConfig) -> AppState:
         tokenizer = get_tokenizer()
-        try:
-            style = get_prompt_style(config.prompt_style)
-        except CustomGPTError as exc:
-            log.error("%s; using alpaca", exc)
-            style, error = get_prompt_style("alpaca"), str(exc)
-        else:
-            error = None
+        error = None
         try:
             device = resolve_device(config.device)
         except CustomGPTError as exc:
             log.error("%s; using the CPU", exc)
             device, error = resolve_device("cpu"), str(exc)
-        state = cls(config, tokenizer, style, device=str(device), error=error)
+        state = cls(config, tokenizer, device=str(device), error=error)
         if config.chat:
-            state.chat = load_chat_model("chat", config.chat, device, tokenizer.vocab_size)
+            state.chat = load_chat_model("chat", config.chat, device, tokenizer.vocab_size, config.prompt_style)
         if config.chat and config.compare:
-            state.compare = load_chat_model("compare", config.compare, device, tokenizer.vocab_size)
+            state.compare = load_chat_model("compare", config.compare, device, tokenizer.vocab_size,
+                                            config.prompt_style)
         if config.classifier:
             state.classifier = load_classifier_model(config.classifier, device)
         return state
