@@ -244,3 +244,13 @@ def test_front_ends_use_the_style_a_model_folder_records(tmp_path):
     (tmp_path / "metadata.json").write_text(json.dumps({"prompt_style": template}))
     style = style_for_model(None, str(tmp_path), "alpaca")
     assert style.format_instruction("Why?") == "Q: Why?\nA: "
+
+
+def test_an_unknown_recorded_style_names_the_file(tmp_path):
+    import json
+
+    from customgpt.prompts import saved_prompt_style
+
+    (tmp_path / "metadata.json").write_text(json.dumps({"prompt_style": {"name": "nope"}}))
+    with pytest.raises(ConfigError, match=r"metadata\.json: prompt_style: unknown prompt style 'nope'"):
+        saved_prompt_style(tmp_path)

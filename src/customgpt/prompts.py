@@ -349,7 +349,10 @@ def prompt_style_from_dict(data: Mapping[str, Any], where: str = "prompt style")
         raise ConfigError(f"{where}: expected a mapping with a 'name', got {data!r}")
     rest = {k: v for k, v in data.items() if k != "name"}
     if not rest:
-        return get_prompt_style(data["name"])
+        try:
+            return get_prompt_style(data["name"])
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     unknown = sorted(set(rest) - set(_TEMPLATE_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown template key(s) {', '.join(unknown)}")
